@@ -1,0 +1,145 @@
+"""Outputs of the Hub and the Node: imperative actions for the adapter to carry out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from .channels import AuthorizeCallback
+from .events import ConnectionId, TransportId
+
+__all__ = [
+    "Authenticate",
+    "AuthenticationRequest",
+    "Authorize",
+    "BrokerPublish",
+    "BrokerSubscribe",
+    "BrokerUnsubscribe",
+    "CloseTransport",
+    "ConnectionInfo",
+    "Deliver",
+    "Disconnect",
+    "HubAction",
+    "NodeAction",
+    "Transmit",
+]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionInfo:
+    """A snapshot of a connection, handed to the application's callbacks."""
+
+    id: ConnectionId
+    user_id: str | None
+    authenticated: bool
+    info: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    transport: str = "memory"
+    peer: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Send one encoded message (JSON bytes, encoded once) to these connections."""
+
+    connection_ids: tuple[ConnectionId, ...]
+    payload: bytes
+    message_id: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close a connection with a code; the Hub has already forgotten it."""
+
+    connection_id: ConnectionId
+    code: int
+    reason: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BrokerPublish:
+    """Publish an envelope to the broker."""
+
+    topic: str
+    data: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BrokerSubscribe:
+    """Start receiving a topic from the broker."""
+
+    topic: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BrokerUnsubscribe:
+    """Stop receiving a topic from the broker."""
+
+    topic: str
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authorize:
+    """Run `callback(connection, channel)` and answer with `AuthorizationAnswered`."""
+
+    request_id: str
+    callback: AuthorizeCallback
+    connection: ConnectionInfo
+    channel: str
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticationRequest:
+    """What the application's authenticate hook sees of a connecting client."""
+
+    token: str | None
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    peer: str | None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authenticate:
+    """Run the application's authenticate hook; answer with `AuthenticationAnswered`."""
+
+    request_id: str
+    request: AuthenticationRequest
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Bytes are waiting for this socket: pull them with `Node.data_to_send`."""
+
+    transport_id: TransportId
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CloseTransport:
+    """Close this socket once what `Node.data_to_send` returned has been written."""
+
+    transport_id: TransportId
+
+
+HubAction = Deliver | Disconnect | BrokerPublish | BrokerSubscribe | BrokerUnsubscribe | Authorize
+NodeAction = (
+    Transmit
+    | CloseTransport
+    | BrokerPublish
+    | BrokerSubscribe
+    | BrokerUnsubscribe
+    | Authorize
+    | Authenticate
+)

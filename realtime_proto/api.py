@@ -1,0 +1,102 @@
+"""The HTTP API for backends: publish, send, and read channels and presence."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+from .errors import ErrorCode, MessageError
+from .events import ConnectionId
+from .hub import Hub
+from .message import JsonValue, decode_json
+
+__all__ = ["ApiResponse", "bearer_token", "handle_api"]
+
+#: (HTTP status, JSON body)
+ApiResponse = tuple[int, JsonValue]
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an `Authorization: Bearer …` header, if any."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def error_body(code: int, message: str) -> dict[str, Any]:
+    """The JSON body of every HTTP error answer."""
+    return {"error": {"code": int(code), "message": message}}
+
+
+def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
+               headers: Mapping[str, str], body: bytes, *, now: float,
+               max_body_bytes: int) -> ApiResponse:
+    """Answer one `/api/…` request; never raises for what the caller sent."""
+    token = bearer_token(headers)
+    if api_key is None or token is None or not hmac.compare_digest(token, api_key):
+        return 401, error_body(ErrorCode.UNAUTHENTICATED, "missing or wrong API key")
+    parts = [unquote(p) for p in path.split("/")[2:]]
+    try:
+        match method, parts:
+            case "POST", ["publish"]:
+                return _publish(hub, _object(body, max_body_bytes), now)
+            case "POST", ["users", user_id, "send"]:
+                fields = _object(body, max_body_bytes)
+                return 200, {"id": hub.send_to_user(user_id, _event(fields), fields.get("data"),
+                                                    now=now)}
+            case "POST", ["connections", connection_id, "send"]:
+                fields = _object(body, max_body_bytes)
+                sent = hub.send(ConnectionId(connection_id), _event(fields), fields.get("data"),
+                                now=now)
+                if sent is None:
+                    return 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
+                                           "no such connection on this node")
+                return 200, {"id": sent}
+            case "GET", ["channels"]:
+                channels = [{"name": n, "subscribers": c} for n, c in hub.channels().items()]
+                return 200, {"channels": channels}
+            case "GET", [channel]:
+                return 200, {"name": channel, "subscribers": hub.channels().get(channel, 0),
+                             "members": _members(hub, channel)}
+            case "GET", [channel, "members"]:
+                return 200, {"members": _members(hub, channel) or []}
+            case _:
+                return 404, error_body(ErrorCode.MALFORMED_MESSAGE, f"no API call {method} {path}")
+    except MessageError as error:
+        status = 413 if error.code == ErrorCode.MESSAGE_TOO_LARGE else 400
+        return status, error_body(error.code, error.message)
+
+
+def _publish(hub: Hub, fields: dict[str, Any], now: float) -> ApiResponse:
+    channels = fields.get("channels", [fields.get("channel")] if "channel" in fields else None)
+    if not isinstance(channels, list) or not channels or not all(
+            isinstance(c, str) for c in channels):
+        raise MessageError(ErrorCode.MISSING_FIELD, "'channel' or 'channels' is required")
+    exclude = fields.get("exclude_connection_id")
+    if exclude is not None and not isinstance(exclude, str):
+        raise MessageError(ErrorCode.INVALID_FIELD, "'exclude_connection_id' must be a string")
+    event = _event(fields)
+    ids = [hub.broadcast(c, event, fields.get("data"), now=now,
+                         exclude=ConnectionId(exclude) if exclude else None) for c in channels]
+    return 200, {"id": ids[0], "ids": ids}
+
+
+def _object(body: bytes, max_bytes: int) -> dict[str, Any]:
+    value = decode_json(body, max_bytes=max_bytes)
+    if not isinstance(value, dict):
+        raise MessageError(ErrorCode.NOT_AN_OBJECT, "the body must be a JSON object")
+    return value
+
+
+def _event(fields: dict[str, Any]) -> str:
+    event = fields.get("event")
+    if not isinstance(event, str) or not event:
+        raise MessageError(ErrorCode.MISSING_FIELD, "'event' (a string) is required")
+    return event
+
+
+def _members(hub: Hub, channel: str) -> list[dict[str, Any]] | None:
+    if not channel.startswith("presence-"):
+        return None
+    return [m.to_dict() for m in hub.members(channel)]

@@ -1,0 +1,133 @@
+"""Configuration values for the Hub and the Node: frozen and validated when built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import final
+
+from .errors import ConfigError
+
+__all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "StaticFile"]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Every bound the server keeps; the defaults are documented in docs/configuration.md."""
+
+    #: largest message a client may send (bytes)
+    max_message_bytes: int = 64 * 1024
+    #: channels one connection may be subscribed to
+    max_subscriptions: int = 128
+    #: authorizations in flight on one connection
+    max_pending_authorizations: int = 16
+    #: bytes queued for one socket before it counts as a slow consumer
+    max_output_bytes: int = 1024 * 1024
+    #: messages queued for one long-poll connection before it counts as a slow consumer
+    max_poll_backlog: int = 1000
+    #: HTTP request head size
+    max_head_bytes: int = 16 * 1024
+    #: HTTP request body size (API calls and `POST /send`)
+    max_body_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            if getattr(self, item.name) < 1:
+                raise ConfigError(f"limit {item.name} must be at least 1")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubConfig:
+    """What the Hub needs: identity, timings and limits."""
+
+    node_id: str = "node"
+    #: seconds of client silence before the server sends `ping`
+    heartbeat_interval: float = 25.0
+    #: seconds of client silence before the connection is closed (None: 2 x heartbeat + 10)
+    idle_timeout: float | None = None
+    #: seconds an authorization callback may take
+    authorization_timeout: float = 10.0
+    #: seconds between presence heartbeats to the other nodes
+    presence_heartbeat_interval: float = 5.0
+    #: seconds of silence after which another node's presence members are removed
+    presence_ttl: float = 15.0
+    #: how often the periodic sweep (timeouts, heartbeats) runs
+    sweep_interval: float = 1.0
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            raise ConfigError("node_id must not be empty")
+        for name in ("heartbeat_interval", "authorization_timeout", "sweep_interval",
+                     "presence_heartbeat_interval", "presence_ttl"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.presence_ttl <= self.presence_heartbeat_interval:
+            raise ConfigError("presence_ttl must be longer than presence_heartbeat_interval")
+        if self.idle_timeout is not None and self.idle_timeout <= self.heartbeat_interval:
+            raise ConfigError("idle_timeout must be longer than heartbeat_interval")
+
+    @property
+    def effective_idle_timeout(self) -> float:
+        """The idle timeout in force."""
+        if self.idle_timeout is not None:
+            return self.idle_timeout
+        return 2 * self.heartbeat_interval + 10.0
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaticFile:
+    """A file served as it is (the example chat, `/realtime.js`)."""
+
+    content_type: str
+    body: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Everything a Node needs, on top of the Hub's configuration."""
+
+    hub: HubConfig = field(default_factory=HubConfig)
+    #: HS256 secret for connection tokens (None: tokens are refused unless authenticated by a hook)
+    jwt_secret: str | None = None
+    #: the HTTP API key (None: the API refuses every call)
+    api_key: str | None = None
+    #: ask the application (an `Authenticate` action) instead of checking JWTs
+    custom_authentication: bool = False
+    #: seconds a long-poll request is held when nothing is queued
+    poll_timeout: float = 25.0
+    #: seconds without a poll after which a long-poll connection is closed
+    poll_session_timeout: float = 30.0
+    #: seconds between SSE comment heartbeats
+    sse_heartbeat_interval: float = 15.0
+    #: SSE `retry:` advice to the browser, in milliseconds
+    sse_retry_ms: int = 3000
+    #: Access-Control-Allow-Origin for browsers on other origins (None: no CORS headers)
+    cors_origin: str | None = "*"
+    #: path → file, served on GET
+    static_files: Mapping[str, StaticFile] = field(default_factory=dict)
+    #: the runtime name reported in /metrics and /health
+    runtime: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:
+            raise ConfigError("poll_session_timeout must be longer than poll_timeout (> 0)")
+        if self.sse_heartbeat_interval <= 0:
+            raise ConfigError("sse_heartbeat_interval must be positive")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """Maps monotonic seconds to Unix milliseconds, read once at the edge."""
+
+    monotonic_at: float
+    unix_ms: int
+
+    def unix_ms_at(self, now: float) -> int:
+        """Unix milliseconds at monotonic time `now`; never jumps with the wall clock."""
+        return self.unix_ms + round((now - self.monotonic_at) * 1000)

@@ -1,0 +1,107 @@
+"""Envelopes between nodes: origin, per-topic sequence, kind, and the encoded payload."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import final
+
+from .errors import ErrorCode, MessageError
+
+__all__ = ["Envelope", "EnvelopeKind", "SequenceWindow"]
+
+
+class EnvelopeKind(enum.StrEnum):
+    """What an envelope carries."""
+
+    #: a message for a channel's subscribers
+    CHANNEL = "c"
+    #: a message for a user's connections
+    USER = "u"
+    #: presence and cluster control (joins, leaves, heartbeats, full syncs)
+    CONTROL = "p"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One unit a node publishes to the broker.
+
+    The wire form is a one-line JSON header, a newline, then the payload bytes exactly as
+    they were encoded for clients, so a receiving node forwards them without re-encoding.
+    """
+
+    origin: str
+    sequence: int
+    kind: EnvelopeKind
+    payload: bytes
+    #: the id of the carried message (SSE clients see it as the event id)
+    message_id: str | None = None
+    #: a connection that must not receive it (the sender of a client event)
+    exclude: str | None = None
+
+    def encode(self) -> bytes:
+        """The bytes handed to the broker."""
+        header: dict[str, object] = {"o": self.origin, "s": self.sequence, "k": self.kind.value}
+        if self.message_id is not None:
+            header["m"] = self.message_id
+        if self.exclude is not None:
+            header["x"] = self.exclude
+        return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.payload
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        """Parse an envelope from the broker.
+
+        Raises:
+            MessageError: the bytes are not an envelope (4000).
+        """
+        head, newline, payload = data.partition(b"\n")
+        try:
+            header = json.loads(head) if newline else None
+            return cls(
+                origin=str(header["o"]),
+                sequence=int(header["s"]),
+                kind=EnvelopeKind(header["k"]),
+                payload=payload,
+                message_id=header.get("m"),
+                exclude=header.get("x"),
+            )
+        except (ValueError, TypeError, KeyError):
+            raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None
+
+
+class SequenceWindow:
+    """Per (origin, topic) sequence tracking: drops duplicates, counts gaps."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], int] = {}
+        self.duplicates = 0
+        self.lost = 0
+
+    def accept(self, origin: str, topic: str, sequence: int) -> tuple[bool, int]:
+        """Whether to process an envelope, and how many before it were missed."""
+        key = (origin, topic)
+        last = self._last.get(key)
+        if last is not None and sequence <= last:
+            self.duplicates += 1
+            return False, 0
+        gap = 0 if last is None else sequence - last - 1
+        self.lost += gap
+        self._last[key] = sequence
+        return True, gap
+
+    def forget_origin(self, origin: str) -> None:
+        """Drop what is known of a node (it expired or restarted)."""
+        for key in [k for k in self._last if k[0] == origin]:
+            del self._last[key]
+
+    def forget_topic(self, topic: str) -> None:
+        """Drop what is known of a topic (this node unsubscribed from it)."""
+        for key in [k for k in self._last if k[1] == topic]:
+            del self._last[key]
+
+    def forget_all(self) -> None:
+        """Start over (after a broker outage, when sequences may have moved on)."""
+        self._last.clear()

@@ -1,0 +1,170 @@
+"""Inputs to the Hub and the Node: past-tense facts, frozen and validated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NewType, final
+
+from .message import JsonValue
+
+__all__ = [
+    "AuthenticationAnswered",
+    "AuthorizationAnswered",
+    "BrokerLost",
+    "BrokerRestored",
+    "ConnectionClosed",
+    "ConnectionId",
+    "ConnectionOpened",
+    "EnvelopeReceived",
+    "HubEvent",
+    "MessageReceived",
+    "NodeEvent",
+    "Published",
+    "SentToConnection",
+    "SentToUser",
+    "TransportId",
+    "User",
+]
+
+#: A client connection as the Hub sees it (one per WebSocket, SSE stream or poll session).
+ConnectionId = NewType("ConnectionId", str)
+#: One socket as the Node and the adapter see it.
+TransportId = NewType("TransportId", str)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    """Who a connection belongs to, as authentication established it."""
+
+    id: str
+    #: presence info shown to other members
+    info: Mapping[str, Any] = field(default_factory=dict)
+    #: channel patterns this user may join without asking a rule (the JWT `channels` claim)
+    channels: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionOpened:
+    """A client connection was accepted; `user` is None for an anonymous one."""
+
+    connection_id: ConnectionId
+    user: User | None = None
+    #: "websocket", "sse", "polling" or "memory"
+    transport: str = "memory"
+    peer: str | None = None
+    #: whether the client answers `ping` (bidirectional transports); idle timeout applies
+    expects_pong: bool = True
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived:
+    """A client sent a message: raw text/bytes, or an already-decoded JSON value."""
+
+    connection_id: ConnectionId
+    data: str | bytes | JsonValue
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionClosed:
+    """A client connection is gone."""
+
+    connection_id: ConnectionId
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Published:
+    """The application publishes an event on a channel."""
+
+    channel: str
+    event: str
+    data: JsonValue = None
+    exclude: ConnectionId | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SentToUser:
+    """The application sends an event to every connection of a user, on every node."""
+
+    user_id: str
+    event: str
+    data: JsonValue = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SentToConnection:
+    """The application sends an event to one connection of this node."""
+
+    connection_id: ConnectionId
+    event: str
+    data: JsonValue = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvelopeReceived:
+    """The broker delivered bytes published by some node on a topic."""
+
+    topic: str
+    data: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationAnswered:
+    """The application's authorization callback answered an `Authorize` action."""
+
+    request_id: str
+    allowed: bool
+    #: presence info returned by the callback, if any
+    info: Mapping[str, Any] | None = None
+    #: set when the callback raised; the subscription is refused with 4500
+    error: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticationAnswered:
+    """The application's authenticate hook answered an `Authenticate` action."""
+
+    request_id: str
+    #: None: anonymous when `rejected` is False, refused with 401 when True
+    user: User | None = None
+    rejected: bool = False
+    reason: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerLost:
+    """The broker connection went away."""
+
+    reason: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerRestored:
+    """The broker connection is back and every topic is subscribed again."""
+
+
+HubEvent = (
+    ConnectionOpened
+    | MessageReceived
+    | ConnectionClosed
+    | Published
+    | SentToUser
+    | SentToConnection
+    | EnvelopeReceived
+    | AuthorizationAnswered
+    | BrokerLost
+    | BrokerRestored
+)
+NodeEvent = HubEvent | AuthenticationAnswered

@@ -1,0 +1,107 @@
+"""A transport straight into the Hub, for tests and for embedding without sockets."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..actions import (
+    Authorize,
+    BrokerPublish,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    Deliver,
+    Disconnect,
+)
+from ..events import (
+    AuthorizationAnswered,
+    ConnectionClosed,
+    ConnectionId,
+    ConnectionOpened,
+    MessageReceived,
+    User,
+)
+from ..hub import Hub
+
+__all__ = ["BrokerAction", "MemoryTransport"]
+
+BrokerAction = BrokerPublish | BrokerSubscribe | BrokerUnsubscribe
+
+
+class MemoryTransport:
+    """Connects in-memory clients to a Hub and runs its actions synchronously.
+
+    Each client's messages are kept decoded in `inbox[connection_id]`; closes are kept in
+    `closed[connection_id]` as (code, reason). Authorization callbacks run at once (they
+    must be plain functions here). Broker actions go to `on_broker`, if given.
+    """
+
+    def __init__(self, hub: Hub, *, clock: Callable[[], float],
+                 new_id: Callable[[], str],
+                 on_broker: Callable[[BrokerAction], None] | None = None) -> None:
+        self.hub = hub
+        self._clock = clock
+        self._new_id = new_id
+        self._on_broker = on_broker
+        self.inbox: dict[ConnectionId, list[dict[str, Any]]] = {}
+        self.closed: dict[ConnectionId, tuple[int, str]] = {}
+        self.authorize_calls = 0
+        self.run()
+
+    def connect(self, user: User | None = None) -> ConnectionId:
+        """Open a client connection; its id."""
+        connection_id = ConnectionId(self._new_id())
+        self.inbox[connection_id] = []
+        self.hub.handle(ConnectionOpened(connection_id=connection_id, user=user), now=self._clock())
+        self.run()
+        return connection_id
+
+    def send(self, connection_id: ConnectionId, message: dict[str, Any] | str | bytes) -> None:
+        """A client sends a message (a dict, or raw JSON text or bytes)."""
+        self.hub.handle(MessageReceived(connection_id=connection_id, data=message),
+                        now=self._clock())
+        self.run()
+
+    def close(self, connection_id: ConnectionId) -> None:
+        """A client goes away."""
+        self.hub.handle(ConnectionClosed(connection_id=connection_id), now=self._clock())
+        self.run()
+
+    def take(self, connection_id: ConnectionId) -> list[dict[str, Any]]:
+        """Drain one client's received messages."""
+        messages, self.inbox[connection_id] = self.inbox[connection_id], []
+        return messages
+
+    def run(self) -> None:
+        """Carry out every pending Hub action."""
+        while actions := self.hub.actions():
+            for action in actions:
+                match action:
+                    case Deliver():
+                        message = json.loads(action.payload)
+                        for connection_id in action.connection_ids:
+                            self.inbox.setdefault(connection_id, []).append(message)
+                    case Disconnect():
+                        self.closed[action.connection_id] = (action.code, action.reason)
+                    case Authorize():
+                        self._authorize(action)
+                    case BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe():
+                        if self._on_broker is not None:
+                            self._on_broker(action)
+
+    def _authorize(self, action: Authorize) -> None:
+        self.authorize_calls += 1
+        try:
+            result = action.callback(action.connection, action.channel)
+            if inspect.isawaitable(result):
+                raise TypeError("MemoryTransport runs plain callbacks only")
+        except Exception as error:  # the application's bug: refuse, keep serving
+            answer = AuthorizationAnswered(request_id=action.request_id, allowed=False,
+                                           error=repr(error))
+        else:
+            answer = AuthorizationAnswered(
+                request_id=action.request_id, allowed=bool(result),
+                info=result if isinstance(result, dict) else None)
+        self.hub.handle(answer, now=self._clock())

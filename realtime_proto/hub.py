@@ -1,0 +1,549 @@
+"""The Hub: connections, channels, presence, authorization and routing, as messages."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from .actions import (
+    Authorize,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    ConnectionInfo,
+    Deliver,
+    Disconnect,
+    HubAction,
+)
+from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
+from .channels import validate_channel_name as _valid
+from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, user_topic
+from .config import Epoch, HubConfig
+from .envelope import Envelope, EnvelopeKind
+from .errors import ErrorCode, LocalProtocolError, MessageError
+from .events import (
+    AuthorizationAnswered,
+    BrokerLost,
+    BrokerRestored,
+    ConnectionClosed,
+    ConnectionId,
+    ConnectionOpened,
+    EnvelopeReceived,
+    HubEvent,
+    MessageReceived,
+    Published,
+    SentToConnection,
+    SentToUser,
+    User,
+)
+from .message import JsonValue, Message, MessageType, decode_json
+from .presence import Member
+
+__all__ = ["Hub", "HubStatistics"]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubStatistics:
+    """Counters and gauges of one Hub, for /metrics."""
+
+    connections: Mapping[str, int]
+    subscriptions: int
+    channels: int
+    messages_in: int
+    messages_out: int
+    published: int
+    errors: Mapping[int, int]
+    broker_connected: bool
+    envelopes_lost: int
+    envelopes_duplicate: int
+    nodes: int
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    id: ConnectionId
+    user: User | None
+    transport: str
+    peer: str | None
+    expects_pong: bool
+    connected_at: float
+    last_activity_at: float
+    pinged: bool = False
+    channels: set[str] = field(default_factory=set)
+    pending: dict[str, str] = field(default_factory=dict)  # channel -> request id
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> ConnectionInfo:
+        return ConnectionInfo(
+            id=self.id,
+            user_id=self.user.id if self.user else None,
+            authenticated=self.user is not None,
+            info=dict(self.user.info) if self.user else {},
+            metadata=dict(self.metadata),
+            transport=self.transport,
+            peer=self.peer,
+        )
+
+
+@dataclass(slots=True)
+class _Pending:
+    connection_id: ConnectionId
+    channel: str
+    deadline: float
+
+
+class Hub:
+    """The server state machine of one process, on messages (no bytes, no I/O).
+
+    Inputs go through `handle(event, now=…)` and `tick(now=…)`; outputs are drained
+    from `actions()`. `handle` and `tick` never raise because of what a client or the
+    broker sent; they raise `LocalProtocolError` for caller mistakes (an unknown
+    connection id, `now` going backwards).
+    """
+
+    def __init__(self, config: HubConfig, *, new_id: Callable[[], str], epoch: Epoch) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self._new_id = new_id
+        self._epoch = epoch
+        self._now = epoch.monotonic_at
+        self._rules = AuthRules()
+        self._connections: dict[ConnectionId, _Connection] = {}
+        self._subscribers: dict[str, dict[ConnectionId, None]] = {}
+        self._users: dict[str, set[ConnectionId]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._actions: list[HubAction] = []
+        self._cluster = ClusterState(config, self._now)
+        self._next_sweep_at = self._now
+        self._messages_in = 0
+        self._messages_out = 0
+        self._published = 0
+        self._errors: Counter[int] = Counter()
+        self._actions.append(BrokerSubscribe(CLUSTER_TOPIC))
+        self._actions.extend(self._cluster.hello())
+
+    # -- the state-machine verbs ---------------------------------------------------------
+
+    def handle(self, event: HubEvent, *, now: float) -> None:
+        """Feed one input event.
+
+        Raises:
+            LocalProtocolError: an unknown connection id, or `now` went backwards.
+        """
+        self._advance(now)
+        match event:
+            case ConnectionOpened():
+                self._open(event, now)
+            case MessageReceived():
+                self._receive(self._get(event.connection_id), event.data, now)
+            case ConnectionClosed():
+                self._remove(self._get(event.connection_id))
+            case Published():
+                self.broadcast(event.channel, event.event, event.data, now=now,
+                               exclude=event.exclude)
+            case SentToUser():
+                self.send_to_user(event.user_id, event.event, event.data, now=now)
+            case SentToConnection():
+                self.send(event.connection_id, event.event, event.data, now=now)
+            case EnvelopeReceived():
+                self._envelope(event.topic, event.data, now)
+            case AuthorizationAnswered():
+                self._answered(event)
+            case BrokerLost():
+                self._cluster.broker_connected = False
+            case BrokerRestored():
+                self._cluster.broker_connected = True
+                self._actions.extend(self._cluster.restored())
+
+    def tick(self, *, now: float) -> None:
+        """Let time pass: pings, idle and authorization timeouts, cluster heartbeats."""
+        self._advance(now)
+        if now < self._next_sweep_at:
+            return
+        self._next_sweep_at = now + self.config.sweep_interval
+        self._sweep_connections(now)
+        self._sweep_pending(now)
+        actions, left = self._cluster.sweep(now)
+        self._actions.extend(actions)
+        self._announce(left, "user.left", now)
+
+    def next_deadline(self) -> float:
+        """When `tick` next has work to do (monotonic seconds)."""
+        return self._next_sweep_at
+
+    def actions(self) -> list[HubAction]:
+        """Drain the actions produced so far."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    # -- the application's API -----------------------------------------------------------
+
+    def channel(self, pattern: str) -> ChannelRule:
+        """The authorization rule for a channel pattern (`private-chat.*`)."""
+        return self._rules.channel(pattern)
+
+    def broadcast(self, channel: str, event: str, data: JsonValue = None, *, now: float,
+                  exclude: ConnectionId | None = None, user_id: str | None = None) -> str:
+        """Publish an event to a channel on every node; the message id.
+
+        Raises:
+            MessageError: the channel name is invalid (4008).
+        """
+        self._advance(now)
+        _valid(channel)
+        message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
+                                           event=event, data=data, user_id=user_id)
+        self._published += 1
+        self._deliver(self._subscribers.get(channel, ()), payload, message_id, exclude)
+        envelope = self._cluster.envelope(channel_topic(channel), EnvelopeKind.CHANNEL,
+                                          payload, message_id, exclude)
+        self._actions.append(envelope)
+        return message_id
+
+    def send_to_user(self, user_id: str, event: str, data: JsonValue = None, *,
+                     now: float) -> str:
+        """Send an event to every connection of a user, on every node; the message id."""
+        self._advance(now)
+        message_id, payload = self._encode(MessageType.EVENT, now, event=event, data=data)
+        self._published += 1
+        self._deliver(self._users.get(user_id, ()), payload, message_id)
+        self._actions.append(self._cluster.envelope(user_topic(user_id), EnvelopeKind.USER,
+                                                    payload, message_id))
+        return message_id
+
+    def send(self, connection_id: ConnectionId, event: str, data: JsonValue = None, *,
+             now: float) -> str | None:
+        """Send an event to one connection of this node; the message id, None if unknown."""
+        self._advance(now)
+        if connection_id not in self._connections:
+            return None
+        message_id, payload = self._encode(MessageType.EVENT, now, event=event, data=data)
+        self._deliver((connection_id,), payload, message_id)
+        return message_id
+
+    def disconnect(self, connection_id: ConnectionId, code: int = 1000, reason: str = "") -> None:
+        """Close a connection from the application's side."""
+        self._drop(self._get(connection_id), code, reason)
+
+    def connection(self, connection_id: ConnectionId) -> ConnectionInfo | None:
+        """A snapshot of a local connection, or None."""
+        conn = self._connections.get(connection_id)
+        return conn.info() if conn else None
+
+    def set_metadata(self, connection_id: ConnectionId, key: str, value: Any) -> None:
+        """Attach application data to a connection (seen by authorization callbacks)."""
+        self._get(connection_id).metadata[key] = value
+
+    def connection_ids(self, *, channel: str | None = None,
+                       user_id: str | None = None) -> list[ConnectionId]:
+        """Local connections, optionally only a channel's subscribers or a user's."""
+        if channel is not None:
+            return list(self._subscribers.get(channel, ()))
+        if user_id is not None:
+            return sorted(self._users.get(user_id, ()))
+        return list(self._connections)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with local subscribers, and how many."""
+        return {name: len(subs) for name, subs in sorted(self._subscribers.items())}
+
+    def members(self, channel: str) -> list[Member]:
+        """The members of a presence channel, over every node."""
+        return self._cluster.presence.members(channel)
+
+    def statistics(self) -> HubStatistics:
+        """A snapshot of the counters."""
+        return HubStatistics(
+            connections=Counter(c.transport for c in self._connections.values()),
+            subscriptions=sum(len(s) for s in self._subscribers.values()),
+            channels=len(self._subscribers),
+            messages_in=self._messages_in,
+            messages_out=self._messages_out,
+            published=self._published,
+            errors=dict(self._errors),
+            broker_connected=self._cluster.broker_connected,
+            envelopes_lost=self._cluster.window.lost,
+            envelopes_duplicate=self._cluster.window.duplicates,
+            nodes=len(self._cluster.heard) + 1,
+        )
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        if now < self._now:
+            raise LocalProtocolError(f"now went backwards ({now} < {self._now})")
+        self._now = now
+
+    def _get(self, connection_id: ConnectionId) -> _Connection:
+        conn = self._connections.get(connection_id)
+        if conn is None:
+            raise LocalProtocolError(f"unknown connection {connection_id!r}")
+        return conn
+
+    def _open(self, event: ConnectionOpened, now: float) -> None:
+        if event.connection_id in self._connections:
+            raise LocalProtocolError(f"connection {event.connection_id!r} is already open")
+        conn = _Connection(id=event.connection_id, user=event.user, transport=event.transport,
+                           peer=event.peer, expects_pong=event.expects_pong,
+                           connected_at=now, last_activity_at=now)
+        self._connections[conn.id] = conn
+        if conn.user is not None:
+            local = self._users.setdefault(conn.user.id, set())
+            if not local:
+                self._actions.append(BrokerSubscribe(user_topic(conn.user.id)))
+            local.add(conn.id)
+        self._reply(conn, "connection.established", {
+            "connection_id": conn.id,
+            "user_id": conn.user.id if conn.user else None,
+            "heartbeat": self.config.heartbeat_interval,
+        }, now)
+
+    def _remove(self, conn: _Connection) -> None:
+        del self._connections[conn.id]
+        for request_id in conn.pending.values():
+            self._pending.pop(request_id, None)
+        for channel in sorted(conn.channels):
+            self._leave(conn, channel, self._now)
+        if conn.user is not None:
+            local = self._users[conn.user.id]
+            local.discard(conn.id)
+            if not local:
+                del self._users[conn.user.id]
+                self._actions.append(BrokerUnsubscribe(user_topic(conn.user.id)))
+
+    def _drop(self, conn: _Connection, code: int, reason: str) -> None:
+        self._remove(conn)
+        self._actions.append(Disconnect(conn.id, code, reason))
+
+    def _sweep_connections(self, now: float) -> None:
+        idle_timeout = self.config.effective_idle_timeout
+        heartbeat = self.config.heartbeat_interval
+        for conn in list(self._connections.values()):
+            if not conn.expects_pong:
+                continue
+            idle = now - conn.last_activity_at
+            if idle >= idle_timeout:
+                self._errors[ErrorCode.IDLE_TIMEOUT] += 1
+                self._drop(conn, ErrorCode.IDLE_TIMEOUT, "idle timeout")
+            elif idle >= heartbeat and not conn.pinged:
+                conn.pinged = True
+                message_id, payload = self._encode(MessageType.PING, now)
+                self._deliver((conn.id,), payload, message_id)
+
+    # -- client messages -----------------------------------------------------------------
+
+    def _receive(self, conn: _Connection, data: object, now: float) -> None:
+        conn.last_activity_at = now
+        conn.pinged = False
+        self._messages_in += 1
+        try:
+            if isinstance(data, str | bytes):
+                message = Message.from_json(data, max_bytes=self.config.limits.max_message_bytes)
+            else:
+                message = Message.from_dict(data)
+            match message.type:
+                case MessageType.SUBSCRIBE:
+                    self._subscribe(conn, _valid(message.channel or ""), now)
+                case MessageType.UNSUBSCRIBE:
+                    self._unsubscribe(conn, _valid(message.channel or ""), now)
+                case MessageType.EVENT:
+                    self._client_event(conn, message, now)
+                case MessageType.PING:
+                    message_id, payload = self._encode(MessageType.PONG, now)
+                    self._deliver((conn.id,), payload, message_id)
+                case MessageType.PONG | MessageType.ERROR:
+                    pass
+        except MessageError as error:
+            channel = data.get("channel") if isinstance(data, dict) else None
+            if channel is None and isinstance(data, str | bytes):
+                channel = _channel_hint(data)
+            self._error(conn, error.code, error.message, now,
+                        channel if isinstance(channel, str) else None)
+
+    def _subscribe(self, conn: _Connection, channel: str, now: float) -> None:
+        if channel in conn.channels:
+            self._succeeded(conn, channel, now)
+            return
+        if channel in conn.pending:
+            return
+        limits = self.config.limits
+        if len(conn.channels) + len(conn.pending) >= limits.max_subscriptions:
+            raise MessageError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                               f"at most {limits.max_subscriptions} subscriptions")
+        if not channel_kind(channel).needs_authorization:
+            self._join(conn, channel, None, now)
+            return
+        if conn.user is None:
+            raise MessageError(ErrorCode.UNAUTHENTICATED, f"{channel} needs an authenticated user")
+        if any(pattern_matches(pattern, channel) for pattern in conn.user.channels):
+            self._join(conn, channel, conn.user.info, now)
+            return
+        rule = self._rules.find(channel)
+        if rule is None or rule.callback is None:
+            raise MessageError(ErrorCode.FORBIDDEN, f"no rule allows {channel}")
+        if len(conn.pending) >= limits.max_pending_authorizations:
+            raise MessageError(ErrorCode.TOO_MANY_PENDING, "too many authorizations in flight")
+        request_id = self._new_id()
+        conn.pending[channel] = request_id
+        self._pending[request_id] = _Pending(conn.id, channel,
+                                             now + self.config.authorization_timeout)
+        self._actions.append(Authorize(request_id=request_id, callback=rule.callback,
+                                       connection=conn.info(), channel=channel))
+
+    def _answered(self, answer: AuthorizationAnswered) -> None:
+        pending = self._pending.pop(answer.request_id, None)
+        conn = self._connections.get(pending.connection_id) if pending else None
+        if pending is None or conn is None:
+            return  # late: the connection left or the request timed out
+        del conn.pending[pending.channel]
+        if answer.error is not None:
+            self._error(conn, ErrorCode.INTERNAL_ERROR, "authorization failed", self._now,
+                        pending.channel)
+        elif not answer.allowed:
+            self._error(conn, ErrorCode.FORBIDDEN, f"not allowed to join {pending.channel}",
+                        self._now, pending.channel)
+        else:
+            info = answer.info if answer.info is not None else (conn.user.info if conn.user else {})
+            self._join(conn, pending.channel, info, self._now)
+
+    def _sweep_pending(self, now: float) -> None:
+        for request_id, pending in list(self._pending.items()):
+            if pending.deadline <= now:
+                del self._pending[request_id]
+                conn = self._connections[pending.connection_id]
+                del conn.pending[pending.channel]
+                self._error(conn, ErrorCode.FORBIDDEN, "authorization timed out", now,
+                            pending.channel)
+
+    def _join(self, conn: _Connection, channel: str, info: Mapping[str, Any] | None,
+              now: float) -> None:
+        conn.channels.add(channel)
+        subscribers = self._subscribers.setdefault(channel, {})
+        if not subscribers:
+            self._actions.append(BrokerSubscribe(channel_topic(channel)))
+        subscribers[conn.id] = None
+        self._reply(conn, "subscription.succeeded", {}, now, channel)
+        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
+            member = Member(user_id=conn.user.id, info=dict(info or {}))
+            first, actions = self._cluster.join(channel, conn.id, member)
+            self._actions.extend(actions)
+            if first:
+                self._announce([(channel, member)], "user.joined", now, exclude=conn.id)
+            self._succeeded(conn, channel, now, only_sync=True)
+
+    def _succeeded(self, conn: _Connection, channel: str, now: float,
+                   only_sync: bool = False) -> None:
+        if not only_sync:
+            self._reply(conn, "subscription.succeeded", {}, now, channel)
+        if channel_kind(channel) is ChannelKind.PRESENCE:
+            members = [m.to_dict() for m in self.members(channel)]
+            self._reply(conn, "presence.sync", {"members": members}, now, channel)
+
+    def _unsubscribe(self, conn: _Connection, channel: str, now: float) -> None:
+        if channel not in conn.channels:
+            raise MessageError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel}")
+        self._leave(conn, channel, now)
+        self._reply(conn, "unsubscription.succeeded", {}, now, channel)
+
+    def _leave(self, conn: _Connection, channel: str, now: float) -> None:
+        conn.channels.discard(channel)
+        subscribers = self._subscribers[channel]
+        del subscribers[conn.id]
+        if not subscribers:
+            del self._subscribers[channel]
+            self._actions.append(BrokerUnsubscribe(channel_topic(channel)))
+            self._cluster.window.forget_topic(channel_topic(channel))
+        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
+            member, actions = self._cluster.leave(channel, conn.id)
+            self._actions.extend(actions)
+            if member is not None:
+                self._announce([(channel, member)], "user.left", now)
+
+    def _client_event(self, conn: _Connection, message: Message, now: float) -> None:
+        if not message.channel or not message.event:
+            raise MessageError(ErrorCode.MISSING_FIELD,
+                               "a client event needs 'channel' and 'event'")
+        channel = _valid(message.channel)
+        if not channel_kind(channel).needs_authorization:
+            raise MessageError(ErrorCode.FORBIDDEN,
+                               "client events are allowed on private and presence channels only")
+        if channel not in conn.channels:
+            raise MessageError(ErrorCode.FORBIDDEN, f"not subscribed to {channel}")
+        self.broadcast(channel, message.event, message.data, now=now, exclude=conn.id,
+                       user_id=conn.user.id if conn.user else None)
+
+    # -- the broker ----------------------------------------------------------------------
+
+    def _envelope(self, topic: str, data: bytes, now: float) -> None:
+        try:
+            envelope = Envelope.decode(data)
+        except MessageError:
+            self._errors[ErrorCode.MALFORMED_MESSAGE] += 1
+            return
+        accepted, actions = self._cluster.receive(topic, envelope, now)
+        self._actions.extend(actions)
+        if not accepted:
+            return
+        match envelope.kind:
+            case EnvelopeKind.CHANNEL:
+                targets: Iterable[ConnectionId] = self._subscribers.get(topic[2:], ())
+                self._deliver(targets, envelope.payload, envelope.message_id or "",
+                              ConnectionId(envelope.exclude) if envelope.exclude else None)
+            case EnvelopeKind.USER:
+                self._deliver(self._users.get(topic[2:], ()), envelope.payload,
+                              envelope.message_id or "")
+            case EnvelopeKind.CONTROL:
+                joined, left, actions = self._cluster.control(envelope)
+                self._actions.extend(actions)
+                self._announce(joined, "user.joined", now)
+                self._announce(left, "user.left", now)
+
+    # -- output --------------------------------------------------------------------------
+
+    def _encode(self, kind: MessageType, now: float, *, channel: str | None = None,
+                event: str | None = None, data: JsonValue = None,
+                user_id: str | None = None) -> tuple[str, bytes]:
+        message_id = self._new_id()
+        message = Message(type=kind, id=message_id, channel=channel, event=event, data=data,
+                          timestamp=self._epoch.unix_ms_at(now), user_id=user_id)
+        return message_id, message.encode()
+
+    def _deliver(self, targets: Iterable[ConnectionId], payload: bytes, message_id: str,
+                 exclude: ConnectionId | None = None) -> None:
+        chosen = tuple(c for c in targets if c != exclude) if exclude else tuple(targets)
+        if chosen:
+            self._messages_out += len(chosen)
+            self._actions.append(Deliver(chosen, payload, message_id))
+
+    def _reply(self, conn: _Connection, event: str, data: JsonValue, now: float,
+               channel: str | None = None) -> None:
+        message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
+                                           event=event, data=data)
+        self._deliver((conn.id,), payload, message_id)
+
+    def _error(self, conn: _Connection, code: int, text: str, now: float,
+               channel: str | None = None) -> None:
+        self._errors[code] += 1
+        message_id, payload = self._encode(MessageType.ERROR, now, channel=channel,
+                                           data={"code": int(code), "message": text})
+        self._deliver((conn.id,), payload, message_id)
+
+    def _announce(self, changes: list[tuple[str, Member]], event: str, now: float,
+                  exclude: ConnectionId | None = None) -> None:
+        for channel, member in changes:
+            if channel in self._subscribers:
+                message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
+                                                   event=event, data=member.to_dict())
+                self._deliver(self._subscribers[channel], payload, message_id, exclude)
+
+
+def _channel_hint(raw: str | bytes) -> str | None:
+    """The `channel` of a message that failed validation, so the error can name it."""
+    try:
+        value = decode_json(raw)
+    except MessageError:
+        return None
+    channel = value.get("channel") if isinstance(value, dict) else None
+    return channel if isinstance(channel, str) else None

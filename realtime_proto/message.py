@@ -1,0 +1,150 @@
+"""The message value: its fields, validation, and JSON encoding and decoding."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any, TypeAlias, final
+
+from .errors import ErrorCode, MessageError
+
+__all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json"]
+
+#: Anything `json` can encode; kept loose because payloads are the application's.
+JsonValue: TypeAlias = Any
+
+_FIELDS = ("id", "type", "channel", "event", "data", "timestamp", "user_id")
+
+
+class MessageType(enum.StrEnum):
+    """The six message types of the wire protocol."""
+
+    #: an application or system event
+    EVENT = "event"
+    #: a client asks to join a channel
+    SUBSCRIBE = "subscribe"
+    #: a client asks to leave a channel
+    UNSUBSCRIBE = "unsubscribe"
+    #: something went wrong; `data` holds `code` and `message`
+    ERROR = "error"
+    #: a liveness probe; answered with `pong`
+    PING = "ping"
+    #: the answer to `ping`
+    PONG = "pong"
+
+
+_NEEDS_CHANNEL = frozenset({MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE})
+
+
+def _check(value: object, kind: type | tuple[type, ...], name: str) -> None:
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise MessageError(ErrorCode.INVALID_FIELD, f"field {name!r} has the wrong type")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One protocol message; validated when built, so an invalid one cannot exist.
+
+    Raises:
+        MessageError: a field has the wrong type or a required field is missing.
+    """
+
+    type: MessageType
+    id: str | None = None
+    channel: str | None = None
+    event: str | None = None
+    data: JsonValue = None
+    #: milliseconds since the Unix epoch
+    timestamp: int | None = None
+    #: the sender's user id, set by the server on client events
+    user_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, MessageType):
+            raise MessageError(ErrorCode.INVALID_FIELD, "field 'type' must be a MessageType")
+        for name in ("id", "channel", "event", "user_id"):
+            _check(getattr(self, name), str, name)
+        _check(self.timestamp, int, "timestamp")
+        if self.type in _NEEDS_CHANNEL and not self.channel:
+            raise MessageError(ErrorCode.MISSING_FIELD, f"a {self.type} message needs 'channel'")
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        """The message as a plain dict; `user_id` only when set."""
+        result: dict[str, JsonValue] = {
+            "id": self.id,
+            "type": self.type.value,
+            "channel": self.channel,
+            "event": self.event,
+            "data": self.data,
+            "timestamp": self.timestamp,
+        }
+        if self.user_id is not None:
+            result["user_id"] = self.user_id
+        return result
+
+    def to_json(self) -> str:
+        """The message as compact JSON text."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    def encode(self) -> bytes:
+        """The message as compact UTF-8 JSON bytes, ready for any framing."""
+        return self.to_json().encode()
+
+    @classmethod
+    def from_dict(cls, value: object) -> Message:
+        """Build a message from a decoded JSON value.
+
+        Raises:
+            MessageError: not an object (4004), unknown type (4006), a wrong field type
+                (4005), or a missing required field (4007).
+        """
+        if not isinstance(value, dict):
+            raise MessageError(ErrorCode.NOT_AN_OBJECT, "a message must be a JSON object")
+        kind = value.get("type")
+        if kind is None:
+            raise MessageError(ErrorCode.MISSING_FIELD, "a message needs 'type'")
+        if not isinstance(kind, str):
+            raise MessageError(ErrorCode.INVALID_FIELD, "field 'type' must be a string")
+        try:
+            message_type = MessageType(kind)
+        except ValueError:
+            raise MessageError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}") from None
+        fields = {name: value.get(name) for name in _FIELDS if name != "type"}
+        return cls(type=message_type, **fields)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes, *, max_bytes: int | None = None) -> Message:
+        """Decode and validate one message.
+
+        Raises:
+            MessageError: too large (4009), not UTF-8 (4002), not JSON (4000), or any
+                error of `from_dict`.
+        """
+        return cls.from_dict(decode_json(raw, max_bytes=max_bytes))
+
+
+def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
+    """Decode JSON from a peer, mapping each failure to its error code.
+
+    Raises:
+        MessageError: too large (4009), not UTF-8 (4002), not JSON (4000).
+    """
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if max_bytes is not None and size > max_bytes:
+        raise MessageError(ErrorCode.MESSAGE_TOO_LARGE, f"message over {max_bytes} bytes")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageError(ErrorCode.INVALID_UTF8, "message is not valid UTF-8") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise MessageError(ErrorCode.MALFORMED_MESSAGE, "message is not valid JSON") from None
+
+
+def encode_json(value: JsonValue) -> bytes:
+    """Compact UTF-8 JSON, the one encoding used for every body the core writes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

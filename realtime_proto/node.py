@@ -1,0 +1,530 @@
+"""The Node: bytes in, I/O actions out; the one object an adapter drives."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import final
+
+from . import longpoll
+from .actions import (
+    Authenticate,
+    AuthenticationRequest,
+    Authorize,
+    BrokerPublish,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    CloseTransport,
+    Deliver,
+    Disconnect,
+    NodeAction,
+    Transmit,
+)
+from .api import bearer_token, error_body, handle_api
+from .config import Epoch, NodeConfig
+from .errors import ErrorCode, MessageError
+from .events import (
+    AuthenticationAnswered,
+    ConnectionClosed,
+    ConnectionId,
+    ConnectionOpened,
+    MessageReceived,
+    NodeEvent,
+    TransportId,
+    User,
+)
+from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violation
+from .framing.http import HttpFraming
+from .framing.sse import SseFraming, encode_event
+from .framing.websocket import WebSocketFraming, frame_message
+from .hub import Hub, HubStatistics
+from .jwt import decode_hs256, user_from_claims
+from .longpoll import PollSession
+from .message import JsonValue, Message, MessageType, encode_json
+from .metrics import render_metrics
+
+__all__ = ["Node", "NodeStatistics"]
+
+_Framing = HttpFraming | WebSocketFraming | SseFraming
+_JSON = "application/json"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatistics:
+    """Counters and gauges of one Node (and its Hub), for /metrics and /health."""
+
+    node_id: str
+    runtime: str
+    transports: int
+    poll_sessions: int
+    encodings: dict[str, int]
+    slow_consumers: int
+    http_responses: dict[int, int]
+    hub: HubStatistics
+
+
+@dataclass(slots=True, eq=False)
+class _Transport:
+    id: TransportId
+    framing: _Framing
+    peer: str | None
+    secure: bool
+    #: the Hub connection this socket carries (WebSocket, SSE)
+    connection_id: ConnectionId | None = None
+    #: bytes handed to the framing since the adapter last pulled them
+    queued_bytes: int = 0
+    #: the long-poll connection whose poll this socket holds
+    holding: ConnectionId | None = None
+    cors: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Node:
+    """Everything between the sockets and the application, for one server process.
+
+    `receive_data`, `receive_eof`, `handle` and `tick` never raise because of what a
+    peer or the broker sent. After every call, drain `actions()`; for each `Transmit`
+    pull `data_to_send(transport_id)`; after a `CloseTransport` write what was pulled
+    and close the socket. Not thread-safe: one loop drives it.
+    """
+
+    def __init__(self, config: NodeConfig, *, new_id: Callable[[], str], epoch: Epoch) -> None:
+        self.config = config
+        self.hub = Hub(config.hub, new_id=new_id, epoch=epoch)
+        self._new_id = new_id
+        self._epoch = epoch
+        self._transports: dict[TransportId, _Transport] = {}
+        self._routes: dict[ConnectionId, _Transport | PollSession] = {}
+        self._final_output: dict[TransportId, list[bytes]] = {}
+        self._waiting_auth: dict[str, tuple[TransportId, RequestReceived]] = {}
+        self._actions: list[NodeAction] = []
+        self._dirty: dict[TransportId, None] = {}
+        self._polls_to_answer: dict[ConnectionId, PollSession] = {}
+        self._encodings: Counter[str] = Counter()
+        self._responses: Counter[int] = Counter()
+        self._slow_consumers = 0
+        self._now = epoch.monotonic_at
+        self._run_hub()
+
+    # -- the adapter's verbs -------------------------------------------------------------
+
+    def open_connection(self, *, now: float, peer: str | None = None,
+                        secure: bool = False) -> TransportId:
+        """Register a new socket; its id for every later call."""
+        transport_id = TransportId(self._new_id())
+        limits = self.config.hub.limits
+        framing = HttpFraming(max_head_bytes=limits.max_head_bytes,
+                              max_body_bytes=limits.max_body_bytes, now=now)
+        self._transports[transport_id] = _Transport(transport_id, framing, peer, secure)
+        return transport_id
+
+    def receive_data(self, transport_id: TransportId, data: bytes, *, now: float) -> None:
+        """Bytes arrived on a socket. Input for a socket the Node closed is ignored."""
+        self._now = now
+        transport = self._transports.get(transport_id)
+        if transport is not None:
+            transport.framing.receive_data(data, now=now)
+            self._pump(transport, now)
+        self._finish_call()
+
+    def receive_eof(self, transport_id: TransportId, *, now: float) -> None:
+        """The peer closed its side, or the socket failed."""
+        self._now = now
+        transport = self._transports.get(transport_id)
+        if transport is not None:
+            transport.framing.receive_eof(now=now)
+            self._pump(transport, now)
+            if transport.id in self._transports:
+                self._finish(transport, now)
+        self._finish_call()
+
+    def handle(self, event: NodeEvent, *, now: float) -> None:
+        """Feed an application, broker or callback event."""
+        self._now = now
+        if isinstance(event, AuthenticationAnswered):
+            self._authenticated(event, now)
+        else:
+            self.hub.handle(event, now=now)
+        self._finish_call()
+
+    def tick(self, *, now: float) -> None:
+        """Let time pass; call at `next_deadline()`."""
+        self._now = now
+        if now >= self.hub.next_deadline():
+            for transport in list(self._transports.values()):
+                deadline = transport.framing.next_deadline()
+                if deadline is not None and deadline <= now:
+                    transport.framing.tick(now=now)
+                    self._pump(transport, now)
+            for session in list(self._polls()):
+                self._sweep_poll(session, now)
+        self.hub.tick(now=now)
+        self._finish_call()
+
+    def next_deadline(self) -> float:
+        """When `tick` next has work to do (monotonic seconds)."""
+        return self.hub.next_deadline()
+
+    def actions(self) -> list[NodeAction]:
+        """Drain the actions produced so far."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def data_to_send(self, transport_id: TransportId) -> list[bytes]:
+        """Drain the bytes waiting for one socket."""
+        final = self._final_output.pop(transport_id, None)
+        if final is not None:
+            return final
+        transport = self._transports.get(transport_id)
+        if transport is None:
+            return []
+        transport.queued_bytes = 0
+        return transport.framing.data_to_send()
+
+    def shutdown(self, *, now: float, code: int = 1001,
+                 reason: str = "server shutting down") -> None:
+        """Close every client connection (WebSocket 1001, SSE ended, polls answered)."""
+        for connection_id in self.hub.connection_ids():
+            self.hub.disconnect(connection_id, code, reason)
+        self._run_hub()
+        for transport in list(self._transports.values()):
+            if transport.connection_id is None and transport.holding is None:
+                transport.framing.close(code, reason)
+                self._finish(transport, now)
+        self._finish_call()
+
+    def statistics(self) -> NodeStatistics:
+        """A snapshot of the counters."""
+        return NodeStatistics(
+            node_id=self.hub.node_id, runtime=self.config.runtime,
+            transports=len(self._transports), poll_sessions=sum(1 for _ in self._polls()),
+            encodings=dict(self._encodings), slow_consumers=self._slow_consumers,
+            http_responses=dict(self._responses), hub=self.hub.statistics())
+
+    # -- framing events ------------------------------------------------------------------
+
+    def _pump(self, transport: _Transport, now: float) -> None:
+        while events := transport.framing.events():
+            for event in events:
+                match event:
+                    case RequestReceived():
+                        self._request(transport, event, now)
+                    case MessageIn():
+                        if transport.connection_id is not None:
+                            self.hub.handle(MessageReceived(connection_id=transport.connection_id,
+                                                            data=event.data), now=now)
+                    case PeerClosed() | Violation():
+                        self._finish(transport, now)
+                        return
+            self._run_hub()
+        self._collect(transport, now)
+
+    def _collect(self, transport: _Transport, now: float) -> None:
+        if transport.id not in self._transports:
+            return
+        if transport.framing.closed:
+            self._finish(transport, now)
+        else:
+            self._dirty[transport.id] = None
+
+    def _finish(self, transport: _Transport, now: float) -> None:
+        """Forget a socket: its Hub connection closes, its held poll is released."""
+        self._transports.pop(transport.id, None)
+        self._dirty.pop(transport.id, None)
+        connection_id = transport.connection_id
+        if connection_id is not None and self._routes.get(connection_id) is transport:
+            del self._routes[connection_id]
+            self.hub.handle(ConnectionClosed(connection_id=connection_id), now=now)
+            self._run_hub()
+        if transport.holding is not None:
+            session = self._routes.get(transport.holding)
+            if isinstance(session, PollSession):
+                session.release_hold(now, self.config.poll_session_timeout)
+        self._final_output[transport.id] = transport.framing.data_to_send()
+        self._actions.append(CloseTransport(transport.id))
+
+    # -- HTTP requests -------------------------------------------------------------------
+
+    def _request(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        cors = self._cors(request)
+        transport.cors = cors
+        path, method = request.path, request.method
+        if method == "OPTIONS":
+            self._respond(transport, 204, b"", [
+                *cors, ("access-control-allow-methods", "GET, POST, OPTIONS"),
+                ("access-control-allow-headers", "authorization, content-type"),
+                ("access-control-max-age", "600")])
+        elif path.startswith("/api/"):
+            status, body = handle_api(self.hub, self.config.api_key, method, path,
+                                      request.headers, request.body, now=now,
+                                      max_body_bytes=self.config.hub.limits.max_body_bytes)
+            self._run_hub()
+            self._respond_json(transport, status, body)
+        elif path == "/health" and method == "GET":
+            self._respond_json(transport, 200, self._health())
+        elif path == "/metrics" and method == "GET":
+            self._respond(transport, 200, render_metrics(self.statistics()),
+                          [("content-type", "text/plain; version=0.0.4")])
+        elif (path in ("/ws", "/sse") and method == "GET") or (
+                path == "/poll" and method == "GET" and "connection_id" not in request.query):
+            self._authenticate(transport, request, now)
+        elif path == "/poll" and method == "GET":
+            self._poll(transport, request, now)
+        elif path == "/send" and method == "POST":
+            self._send(transport, request, now)
+        elif method in ("GET", "HEAD") and (static := self._static(path)) is not None:
+            self._respond(transport, 200, static.body if method == "GET" else b"",
+                          [("content-type", static.content_type), ("cache-control", "no-cache")])
+        else:
+            self._respond_json(transport, 404, error_body(404, f"nothing at {path}"))
+
+    def _respond(self, transport: _Transport, status: int, body: bytes,
+                 headers: list[tuple[str, str]]) -> None:
+        self._responses[status] += 1
+        transport.framing.respond(status, headers, body)  # type: ignore[union-attr]
+
+    def _respond_json(self, transport: _Transport, status: int, body: JsonValue) -> None:
+        self._respond(transport, status, encode_json(body),
+                      [("content-type", _JSON), *transport.cors])
+
+    def _cors(self, request: RequestReceived) -> list[tuple[str, str]]:
+        origin = self.config.cors_origin
+        return [("access-control-allow-origin", origin)] if origin else []
+
+    def _static(self, path: str) -> object | None:
+        files = self.config.static_files
+        return files.get(path) or (files.get(path + "index.html") if path.endswith("/") else None)
+
+    def _health(self) -> JsonValue:
+        stats = self.hub.statistics()
+        return {"status": "ok" if stats.broker_connected else "degraded",
+                "node_id": self.hub.node_id, "runtime": self.config.runtime,
+                "broker": "connected" if stats.broker_connected else "disconnected",
+                "connections": sum(stats.connections.values())}
+
+    # -- authentication and the three transports ------------------------------------------
+
+    def _authenticate(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        token = request.query.get("token") or bearer_token(request.headers)
+        if self.config.custom_authentication:
+            request_id = self._new_id()
+            self._waiting_auth[request_id] = (transport.id, request)
+            self._actions.append(Authenticate(request_id=request_id, request=AuthenticationRequest(
+                token=token, path=request.path, query=request.query, headers=request.headers,
+                peer=transport.peer)))
+            return
+        user = None
+        if token is not None:
+            try:
+                if self.config.jwt_secret is None:
+                    raise MessageError(ErrorCode.UNAUTHENTICATED, "this server accepts no tokens")
+                claims = decode_hs256(token, self.config.jwt_secret,
+                                      now_unix=self._epoch.unix_ms_at(now) / 1000)
+                user = user_from_claims(claims)
+            except MessageError as error:
+                self._respond_json(transport, 401, error_body(error.code, error.message))
+                return
+        self._accept(transport, request, user, now)
+
+    def _authenticated(self, answer: AuthenticationAnswered, now: float) -> None:
+        transport_id, request = self._waiting_auth.pop(answer.request_id, (None, None))
+        transport = self._transports.get(transport_id) if transport_id else None
+        if transport is None or request is None:
+            return  # the client went away meanwhile
+        if answer.rejected:
+            self._respond_json(transport, 401, error_body(
+                ErrorCode.UNAUTHENTICATED, answer.reason or "authentication failed"))
+        else:
+            self._accept(transport, request, answer.user, now)
+        self._collect(transport, now)
+
+    def _accept(self, transport: _Transport, request: RequestReceived, user: User | None,
+                now: float) -> None:
+        connection_id = ConnectionId(self._new_id())
+        kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
+        opened = ConnectionOpened(connection_id=connection_id, user=user, transport=kind,
+                                  peer=transport.peer, expects_pong=kind == "websocket")
+        if kind == "websocket":
+            handshake = transport.framing.take_over()  # type: ignore[union-attr]
+            framing = WebSocketFraming(max_message_bytes=self.config.hub.limits.max_message_bytes)
+            transport.framing = framing
+            if not framing.accept(handshake, now=now):
+                return
+        elif kind == "sse":
+            transport.framing.take_over()  # type: ignore[union-attr]
+            transport.framing = SseFraming(now=now, extra_headers=transport.cors,
+                                           heartbeat_interval=self.config.sse_heartbeat_interval,
+                                           retry_ms=self.config.sse_retry_ms)
+        if kind == "polling":
+            session = PollSession(connection_id, now=now,
+                                  expires_at=now + self.config.poll_session_timeout)
+            self._routes[connection_id] = session
+        else:
+            transport.connection_id = connection_id
+            self._routes[connection_id] = transport
+        self.hub.handle(opened, now=now)
+        self._run_hub()
+        if kind == "sse":
+            for channel in filter(None, request.query.get("channels", "").split(",")):
+                message = {"type": "subscribe", "channel": channel}
+                self.hub.handle(MessageReceived(connection_id=connection_id, data=message),
+                                now=now)
+            self._run_hub()
+        if kind == "polling":
+            self._answer_poll(transport, self._routes[connection_id], now)  # type: ignore[arg-type]
+
+    def _poll(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        session = self._routes.get(ConnectionId(request.query["connection_id"]))
+        if not isinstance(session, PollSession):
+            self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
+                                                           "unknown or expired connection"))
+            return
+        try:
+            cursor = int(request.query.get("cursor", "0"))
+        except ValueError:
+            self._respond_json(transport, 400, error_body(ErrorCode.INVALID_FIELD,
+                                                           "cursor must be an integer"))
+            return
+        session.acknowledge(cursor)
+        previous = self._transports.get(session.held) if session.held else None
+        if previous is not None:
+            self._answer_poll(previous, session, now, empty=True)
+        if session.pending or session.closed:
+            self._answer_poll(transport, session, now)
+        else:
+            session.hold(transport.id, now + self.config.poll_timeout)
+            transport.holding = session.id
+
+    def _answer_poll(self, transport: _Transport, session: PollSession, now: float,
+                     empty: bool = False) -> None:
+        body = session.response_body(empty=empty)
+        session.release_hold(now, self.config.poll_session_timeout)
+        transport.holding = None
+        self._respond(transport, 200, body, [("content-type", _JSON), *transport.cors])
+        self._dirty[transport.id] = None
+        if session.closed and not empty:
+            self._routes.pop(session.id, None)
+
+    def _sweep_poll(self, session: PollSession, now: float) -> None:
+        held = self._transports.get(session.held) if session.held else None
+        if held is not None and session.held_until <= now:
+            self._answer_poll(held, session, now, empty=True)
+        elif held is None and session.expires_at <= now:
+            del self._routes[session.id]
+            if not session.closed:
+                self.hub.handle(ConnectionClosed(connection_id=session.id), now=now)
+                self._run_hub()
+
+    def _send(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        connection_id = ConnectionId(request.query.get("connection_id", ""))
+        route = self._routes.get(connection_id)
+        if route is None or (isinstance(route, PollSession) and route.closed):
+            self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
+                                                           "unknown or expired connection"))
+            return
+        try:
+            messages = longpoll.parse_send_body(request.body,
+                                                self.config.hub.limits.max_body_bytes)
+        except MessageError as error:
+            status = 413 if error.code == ErrorCode.MESSAGE_TOO_LARGE else 400
+            self._respond_json(transport, status, error_body(error.code, error.message))
+            return
+        for message in messages:
+            self.hub.handle(MessageReceived(connection_id=connection_id, data=message), now=now)
+        self._run_hub()
+        if isinstance(route, PollSession) and route.held is None:
+            route.release_hold(now, self.config.poll_session_timeout)
+        self._respond_json(transport, 202, {"accepted": len(messages)})
+
+    # -- Hub actions ---------------------------------------------------------------------
+
+    def _run_hub(self) -> None:
+        for action in self.hub.actions():
+            match action:
+                case Deliver():
+                    self._deliver(action)
+                case Disconnect():
+                    self._disconnect(action)
+                case BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize():
+                    self._actions.append(action)
+
+    def _deliver(self, action: Deliver) -> None:
+        """Frame once per framing kind, then one buffer append per subscriber."""
+        ws_frame = sse_chunk = None
+        limit = self.config.hub.limits.max_output_bytes
+        for connection_id in action.connection_ids:
+            route = self._routes.get(connection_id)
+            if route is None:
+                continue
+            if isinstance(route, PollSession):
+                if not route.push(action.payload, self.config.hub.limits.max_poll_backlog):
+                    self._slow(connection_id)
+                self._polls_to_answer[connection_id] = route
+                continue
+            if route.framing.kind is FramingKind.WEBSOCKET:
+                if ws_frame is None:
+                    ws_frame = frame_message(action.payload)
+                    self._encodings["websocket"] += 1
+                frame = ws_frame
+            else:
+                if sse_chunk is None:
+                    sse_chunk = encode_event(action.message_id, action.payload)
+                    self._encodings["sse"] += 1
+                frame = sse_chunk
+            route.framing.send_encoded(frame)  # type: ignore[union-attr]
+            route.queued_bytes += len(frame)
+            if route.queued_bytes > limit:
+                self._slow(connection_id)
+            else:
+                self._dirty[route.id] = None
+
+    def _slow(self, connection_id: ConnectionId) -> None:
+        route = self._routes.get(connection_id)
+        if route is None:
+            return
+        self._slow_consumers += 1
+        if isinstance(route, _Transport):
+            route.framing.data_to_send()  # drop what it could not read
+            route.queued_bytes = 0
+        elif isinstance(route, PollSession):
+            route.drop_pending()
+        self.hub.disconnect(connection_id, ErrorCode.SLOW_CONSUMER, "slow consumer")
+
+    def _disconnect(self, action: Disconnect) -> None:
+        route = self._routes.get(action.connection_id)
+        if route is None:
+            return
+        if isinstance(route, PollSession):
+            route.close(self._closed_message(action))
+            self._polls_to_answer[route.id] = route
+            return
+        del self._routes[action.connection_id]
+        route.connection_id = None
+        if route.framing.kind is FramingKind.SSE:
+            route.framing.send_encoded(encode_event(None, self._closed_message(action)))  # type: ignore[union-attr]
+        route.framing.close(action.code, action.reason)
+        self._collect(route, self._now)
+
+    def _closed_message(self, action: Disconnect) -> bytes:
+        return Message(type=MessageType.EVENT, event="connection.closed",
+                       data={"code": action.code, "reason": action.reason}).encode()
+
+    def _polls(self) -> list[PollSession]:
+        return [r for r in self._routes.values() if isinstance(r, PollSession)]
+
+    def _finish_call(self) -> None:
+        """Answer the polls that got messages, then one Transmit per socket with output."""
+        self._run_hub()
+        polls, self._polls_to_answer = self._polls_to_answer, {}
+        for session in polls.values():
+            held = self._transports.get(session.held) if session.held else None
+            if held is not None and (session.pending or session.closed):
+                self._answer_poll(held, session, self._now)
+        dirty, self._dirty = self._dirty, {}
+        for transport_id in dirty:
+            transport = self._transports.get(transport_id)
+            if transport is not None and transport.framing.closed:
+                self._finish(transport, self._now)
+            else:
+                self._actions.append(Transmit(transport_id))

@@ -1,0 +1,434 @@
+// clients/js/realtime.js against the real server, every feature on every transport.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
+
+import { RealtimeClient, SseParser } from '../../clients/js/realtime.js';
+import {
+  TcpProxy,
+  freePort,
+  signJwt,
+  startRealtimeServer,
+  until,
+  waitEvent,
+  waitState,
+  withTimeout,
+} from './helpers.mjs';
+
+const TRANSPORTS = ['websocket', 'sse', 'polling'];
+
+// Fast timings so failures and reconnects happen within a test's patience.
+const FAST = {
+  WebSocket,
+  reconnectDelay: 50,
+  maxReconnectDelay: 250,
+  connectTimeout: 4000,
+  pollRetryDelay: 100,
+  sendRetryDelay: 100,
+};
+
+const clients = new Set();
+
+function makeClient(url, transport, options = {}) {
+  const transports = options.transports ?? (transport ? [transport] : undefined);
+  const c = new RealtimeClient(url, { ...FAST, ...options, ...(transports ? { transports } : {}) });
+  clients.add(c);
+  return c;
+}
+
+function closeAll() {
+  for (const c of clients) c.disconnect();
+  clients.clear();
+}
+
+function userToken(server, sub, extra = {}) {
+  return signJwt(server.jwtSecret, {
+    sub,
+    info: { name: sub[0].toUpperCase() + sub.slice(1) },
+    channels: ['private-*', 'presence-*'],
+    exp: Math.floor(Date.now() / 1000) + 3600,
+    ...extra,
+  });
+}
+
+async function connected(client, timeout = 8000) {
+  await waitState(client, 'connected', timeout);
+  return client;
+}
+
+async function subscribed(client, name, timeout = 5000) {
+  const ch = client.subscribe(name);
+  if (ch.state !== 'subscribed') await waitEvent(ch, 'subscription.succeeded', { timeout });
+  return ch;
+}
+
+let uniq = 0;
+const unique = (prefix) => `${prefix}${Date.now().toString(36)}${++uniq}`;
+
+describe('SSE parser', () => {
+  test('fields, comments, CRLF and chunks split anywhere', () => {
+    const got = [];
+    const p = new SseParser((d) => got.push(d));
+    const text = 'retry: 3000\r\n\r\n: heartbeat\n\nid: m-1\ndata: {"a":1}\n\nid: m-2\r\ndata: line1\r\ndata:line2\r\r';
+    for (const ch of text) p.push(ch);
+    assert.deepEqual(got, ['{"a":1}', 'line1\nline2']);
+  });
+});
+
+describe('client against the real server', () => {
+  let server;
+
+  before(async () => {
+    server = await startRealtimeServer();
+  });
+
+  after(async () => {
+    closeAll();
+    await server?.kill('SIGTERM');
+  });
+
+  for (const transport of TRANSPORTS) {
+    describe(transport, () => {
+      after(closeAll);
+
+      test('connects: state events, connectionId, userId, transport', async () => {
+        const states = [];
+        const c = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'alice') } });
+        assert.equal(c.state, 'connecting');
+        c.on('state', (s) => states.push(s));
+        await connected(c);
+        assert.deepEqual(states, ['connecting', 'connected']);
+        assert.equal(typeof c.connectionId, 'string');
+        assert.ok(c.connectionId.length > 0);
+        assert.equal(c.userId, 'alice');
+        assert.equal(c.transport, transport);
+        assert.equal(typeof c.heartbeat, 'number');
+        c.disconnect();
+        assert.equal(c.state, 'disconnected');
+        assert.equal(c.connectionId, null);
+        assert.deepEqual(states, ['connecting', 'connected', 'disconnected']);
+      });
+
+      test('anonymous connection (no token), http:// URL', async () => {
+        const c = makeClient(server.httpUrl, transport);
+        await connected(c);
+        assert.equal(c.userId, null);
+        c.disconnect();
+      });
+
+      test('subscribes and receives events published through the HTTP API', async () => {
+        const c = makeClient(server.wsUrl, transport);
+        await connected(c);
+        const name = unique('news.');
+        const ch = await subscribed(c, name);
+        assert.equal(ch.state, 'subscribed');
+        const all = [];
+        ch.on('*', (event, data) => all.push([event, data]));
+        const got = waitEvent(ch, 'article.published');
+        await server.publish(name, 'article.published', { title: 'Hello', n: 1 });
+        const [data, message] = await got;
+        assert.deepEqual(data, { title: 'Hello', n: 1 });
+        assert.equal(message.channel, name);
+        assert.equal(message.event, 'article.published');
+        assert.equal(typeof message.id, 'string');
+        assert.equal(typeof message.timestamp, 'number');
+        assert.deepEqual(all, [['article.published', { title: 'Hello', n: 1 }]]);
+        // off() removes a listener
+        const seen = [];
+        const fn = (d) => seen.push(d);
+        ch.on('x', fn);
+        ch.off('x', fn);
+        const marker = waitEvent(ch, 'marker');
+        await server.publish(name, 'x', 1);
+        await server.publish(name, 'marker', 2);
+        await marker;
+        assert.deepEqual(seen, []);
+      });
+
+      test('client events reach the other subscribers, not the sender', async () => {
+        const a = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'alice') } });
+        const b = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'bob') } });
+        await Promise.all([connected(a), connected(b)]);
+        const name = unique('private-chat.');
+        const [ca, cb] = await Promise.all([subscribed(a, name), subscribed(b, name)]);
+        const echoed = [];
+        ca.on('message.sent', (d) => echoed.push(d));
+        const got = waitEvent(cb, 'message.sent');
+        ca.send('message.sent', { text: 'Hello!' });
+        const [data, message] = await got;
+        assert.deepEqual(data, { text: 'Hello!' });
+        assert.equal(message.user_id, 'alice');
+        assert.equal(message.channel, name);
+        // Anything the server had queued for alice before this marker arrives first.
+        const marker = waitEvent(ca, 'marker');
+        await server.publish(name, 'marker', {});
+        await marker;
+        assert.deepEqual(echoed, []);
+      });
+
+      test('presence: sync, user.joined, user.left, members kept current', async () => {
+        const a = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'alice') } });
+        const b = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'bob') } });
+        await Promise.all([connected(a), connected(b)]);
+        const name = unique('presence-room.');
+        const ra = a.subscribe(name);
+        const [syncA] = await waitEvent(ra, 'presence.sync');
+        assert.deepEqual(
+          syncA.map((m) => m.user_id),
+          ['alice'],
+        );
+        assert.deepEqual(ra.members, [{ user_id: 'alice', info: { name: 'Alice' } }]);
+        assert.deepEqual(ra.me, { user_id: 'alice', info: { name: 'Alice' } });
+
+        const joined = waitEvent(ra, 'user.joined');
+        const rb = b.subscribe(name);
+        const [syncB] = await waitEvent(rb, 'presence.sync');
+        assert.deepEqual(syncB.map((m) => m.user_id).sort(), ['alice', 'bob']);
+        const [member] = await joined;
+        assert.deepEqual(member, { user_id: 'bob', info: { name: 'Bob' } });
+        assert.deepEqual(ra.members.map((m) => m.user_id).sort(), ['alice', 'bob']);
+        assert.deepEqual(rb.members.map((m) => m.user_id).sort(), ['alice', 'bob']);
+
+        const left = waitEvent(ra, 'user.left', { timeout: 8000 });
+        b.disconnect();
+        const [gone] = await left;
+        assert.equal(gone.user_id, 'bob');
+        assert.deepEqual(
+          ra.members.map((m) => m.user_id),
+          ['alice'],
+        );
+      });
+
+      test('subscription.error 4001 for an anonymous connection on a private channel', async () => {
+        const c = makeClient(server.wsUrl, transport);
+        await connected(c);
+        const ch = c.subscribe(unique('private-secret.'));
+        const [err, message] = await waitEvent(ch, 'subscription.error');
+        assert.equal(err.code, 4001);
+        assert.equal(typeof err.message, 'string');
+        assert.equal(message.type, 'error');
+        assert.equal(ch.state, 'failed');
+        assert.equal(c.state, 'connected');
+      });
+
+      test('subscription.error 4003 for a channel the token does not allow', async () => {
+        const token = userToken(server, 'carol', { channels: ['private-allowed.*'] });
+        const c = makeClient(server.wsUrl, transport, { auth: { token } });
+        await connected(c);
+        const ok = await subscribed(c, unique('private-allowed.'));
+        assert.equal(ok.state, 'subscribed');
+        const ch = c.subscribe(unique('private-other.'));
+        const [err] = await waitEvent(ch, 'subscription.error');
+        assert.equal(err.code, 4003);
+        assert.equal(ch.state, 'failed');
+      });
+
+      test('unsubscribe: unsubscription.succeeded, no more events', async () => {
+        const c = makeClient(server.wsUrl, transport);
+        await connected(c);
+        const name = unique('news.');
+        const keep = unique('keep.');
+        const ch = await subscribed(c, name);
+        const kept = await subscribed(c, keep);
+        const after = [];
+        ch.on('*', (e) => after.push(e));
+        const done = waitEvent(ch, 'unsubscription.succeeded');
+        c.unsubscribe(name);
+        assert.equal(ch.state, 'unsubscribed');
+        assert.equal(c.channel(name), null);
+        await done;
+        const info = await server.api('GET', `/api/channels/${encodeURIComponent(name)}`).catch(() => null);
+        if (info) assert.equal(info.subscribers, 0);
+        await server.publish(name, 'late', {});
+        const marker = waitEvent(kept, 'marker');
+        await server.publish(keep, 'marker', {});
+        await marker;
+        assert.deepEqual(after, ['unsubscription.succeeded']);
+      });
+
+      test('sends while reconnecting are queued and flushed after resubscription', async () => {
+        const proxy = await new TcpProxy(server.port).listen();
+        try {
+          const a = makeClient(proxy.wsUrl, transport, { auth: { token: userToken(server, 'alice') } });
+          const b = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'bob') } });
+          await Promise.all([connected(a), connected(b)]);
+          const name = unique('private-q.');
+          const [ca, cb] = await Promise.all([subscribed(a, name), subscribed(b, name)]);
+          const received = [];
+          cb.on('note', (d, m) => received.push([d.n, m.user_id]));
+
+          proxy.down = true;
+          const reconnecting = waitState(a, 'reconnecting');
+          proxy.cut();
+          await reconnecting;
+          assert.equal(ca.send('note', { n: 1 }), false);
+          ca.send('note', { n: 2 });
+          ca.send('note', { n: 3 });
+          assert.equal(a.queueSize, 3);
+
+          const resubscribed = waitEvent(ca, 'subscription.succeeded', { timeout: 10000 });
+          proxy.down = false;
+          await resubscribed;
+          await until(() => received.length >= 3, { what: 'the queued notes' });
+          assert.deepEqual(received, [
+            [1, 'alice'],
+            [2, 'alice'],
+            [3, 'alice'],
+          ]);
+          assert.equal(a.queueSize, 0);
+        } finally {
+          await proxy.close();
+        }
+      });
+
+      test('falls back past refused endpoints and remembers the one that worked', async () => {
+        if (transport === 'websocket') return; // nothing to fall back to
+        const proxy = await new TcpProxy(server.port).listen();
+        try {
+          proxy.refusePaths = transport === 'sse' ? ['/ws'] : ['/ws', '/sse'];
+          const c = makeClient(proxy.wsUrl, null, {
+            transports: ['websocket', 'sse', 'polling'],
+            auth: { token: userToken(server, 'dave') },
+          });
+          await connected(c);
+          assert.equal(c.transport, transport);
+          assert.ok(proxy.refused.includes('/ws'));
+          const ch = await subscribed(c, unique('news.'));
+          const got = waitEvent(ch, 'hello');
+          await server.publish(ch.name, 'hello', { via: transport });
+          assert.deepEqual((await got)[0], { via: transport });
+
+          // The next reconnect starts with the remembered transport.
+          const before = proxy.refused.length;
+          const back = waitEvent(ch, 'subscription.succeeded', { timeout: 10000 });
+          proxy.cut();
+          await back;
+          assert.equal(c.transport, transport);
+          assert.equal(proxy.refused.length, before);
+        } finally {
+          await proxy.close();
+        }
+      });
+
+      test('bad token: failed after maxAuthFailures, token function called each attempt', async () => {
+        let calls = 0;
+        const c = makeClient(server.wsUrl, transport, {
+          maxAuthFailures: 2,
+          auth: {
+            token: async () => {
+              calls++;
+              return signJwt('not-the-secret', { sub: 'mallory' });
+            },
+          },
+        });
+        const states = [];
+        c.on('state', (s) => states.push(s));
+        await waitState(c, 'failed', 8000);
+        assert.equal(calls, 2);
+        assert.deepEqual(states, ['connecting', 'reconnecting', 'failed']);
+      });
+    });
+  }
+
+  test('failed after maxReconnectAttempts when nothing listens', async () => {
+    const port = await freePort();
+    const c = makeClient(`ws://127.0.0.1:${port}`, null, { maxReconnectAttempts: 2 });
+    const states = [];
+    c.on('state', (s) => states.push(s));
+    await waitState(c, 'failed', 8000);
+    assert.deepEqual(states, ['connecting', 'reconnecting', 'failed']);
+    // connect() starts over
+    const again = waitState(c, 'reconnecting');
+    c.connect();
+    await again;
+    c.disconnect();
+  });
+
+  test('the client answers the server ping with pong', async () => {
+    // Drive a raw ping through the message handler: the client must answer it.
+    const c = makeClient(server.wsUrl, 'websocket');
+    await connected(c);
+    const sent = [];
+    const t = c._transport;
+    const orig = t.send.bind(t);
+    t.send = (items) => {
+      sent.push(...items.map((i) => i.msg));
+      return orig(items);
+    };
+    c._handleMessage({ type: 'ping' });
+    assert.deepEqual(sent, [{ type: 'pong' }]);
+    c.disconnect();
+  });
+});
+
+describe('server restart', () => {
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: reconnects and resubscribes after the server is killed and restarted; fresh token`, async () => {
+      const server = await startRealtimeServer();
+      try {
+        let calls = 0;
+        const c = makeClient(server.wsUrl, transport, {
+          auth: {
+            token: () => {
+              calls++;
+              return userToken(server, 'erin');
+            },
+          },
+        });
+        await connected(c);
+        assert.equal(calls, 1);
+        const first = c.connectionId;
+        const news = await subscribed(c, 'news');
+        const room = c.subscribe('presence-room.restart');
+        await waitEvent(room, 'presence.sync');
+
+        const reconnecting = waitState(c, 'reconnecting', 8000);
+        await server.kill('SIGKILL');
+        await reconnecting;
+        assert.equal(c.connectionId, null);
+
+        const resubscribed = Promise.all([
+          waitEvent(news, 'subscription.succeeded', { timeout: 20000 }),
+          waitEvent(room, 'presence.sync', { timeout: 20000 }),
+        ]);
+        await server.start();
+        const [, [members]] = await resubscribed;
+        assert.equal(c.state, 'connected');
+        assert.notEqual(c.connectionId, first);
+        assert.ok(calls >= 2, `token function called ${calls} times`);
+        assert.deepEqual(
+          members.map((m) => m.user_id),
+          ['erin'],
+        );
+
+        const got = waitEvent(news, 'after.restart');
+        await server.publish('news', 'after.restart', { ok: true });
+        assert.deepEqual((await got)[0], { ok: true });
+        c.disconnect();
+      } finally {
+        await server.kill('SIGTERM');
+      }
+    });
+  }
+});
+
+describe('dead connection detection', () => {
+  test('nothing received for the dead timeout: reconnects', async () => {
+    const server = await startRealtimeServer();
+    const proxy = await new TcpProxy(server.port).listen();
+    try {
+      // deadTimeout overrides 2 × heartbeat + grace; the server's heartbeat is longer.
+      const c = makeClient(proxy.wsUrl, 'websocket', { deadTimeout: 700 });
+      await connected(c);
+      const first = c.connectionId;
+      const [, , info] = await waitEvent(c, 'state', { filter: (s) => s === 'reconnecting', timeout: 5000 });
+      assert.match(info.reason, /heartbeat/);
+      await withTimeout(connected(c), 5000, 'reconnect');
+      assert.notEqual(c.connectionId, first);
+      c.disconnect();
+    } finally {
+      await proxy.close();
+      await server.kill('SIGTERM');
+    }
+  });
+});
