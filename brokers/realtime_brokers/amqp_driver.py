@@ -62,8 +62,8 @@ class _AmqpConnection:
         headers: dict[str, Any] | None = None if key == topic else {_TOPIC_HEADER: topic}
         await self._exchange.publish(aio_pika.Message(data, headers=headers), routing_key=key)
 
-    async def flush(self) -> None:
-        return None
+    async def flush(self) -> int:
+        return 0
 
     async def subscribe(self, topic: str) -> None:
         await self._queue.bind(self._exchange, routing_key=_routing_key(topic))

@@ -76,10 +76,11 @@ class BrokerOptions:
     """Seconds between end-to-end probes while connected."""
     probe_timeout: float = 5.0
     """Seconds a probe may take to come back before the connection is declared dead."""
-    backoff_min: float = 0.1
-    """First reconnection delay in seconds; doubles per failed attempt."""
-    backoff_max: float = 5.0
-    """Largest reconnection delay in seconds."""
+    reconnect_min_interval: float = 0.1
+    """First delay before reconnecting, in seconds; doubles per failed attempt, with
+    jitter (each wait is between half and all of the current delay)."""
+    reconnect_max_interval: float = 5.0
+    """Largest delay between reconnection attempts, in seconds."""
     connect_timeout: float = 5.0
     """Seconds allowed for connecting and re-subscribing every topic."""
     close_timeout: float = 2.0
@@ -88,13 +89,18 @@ class BrokerOptions:
     def __post_init__(self) -> None:
         if self.queue_size < 1:
             raise ValueError("queue_size must be at least 1")
-        for name in ("probe_interval", "probe_timeout", "backoff_min", "connect_timeout"):
+        for name in (
+            "probe_interval",
+            "probe_timeout",
+            "reconnect_min_interval",
+            "connect_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.close_timeout < 0:
             raise ValueError("close_timeout must not be negative")
-        if self.backoff_max < self.backoff_min:
-            raise ValueError("backoff_max must not be smaller than backoff_min")
+        if self.reconnect_max_interval < self.reconnect_min_interval:
+            raise ValueError("reconnect_max_interval must not be below reconnect_min_interval")
 
 
 class BrokerClient(Protocol):

@@ -42,8 +42,9 @@ class Connection(Protocol):
     async def publish(self, topic: str, data: bytes) -> None:
         """Send one message."""
 
-    async def flush(self) -> None:
-        """Return once every earlier publish has been accepted by the broker."""
+    async def flush(self) -> int:
+        """Return once the broker has answered every earlier publish: how many of them it
+        rejected for good (they are counted as dropped)."""
 
     async def subscribe(self, topic: str) -> None:
         """Return once messages published on ``topic`` from now on will be delivered."""

@@ -127,8 +127,9 @@ class _MemoryConnection:
         self._check()
         self._bus._publish(topic, data)
 
-    async def flush(self) -> None:
+    async def flush(self) -> int:
         self._check()
+        return 0
 
     async def subscribe(self, topic: str) -> None:
         self._check()

@@ -71,12 +71,12 @@ class _NatsConnection:
             await self._client.publish(self._subject(topic), data)
         except MaxPayloadError as exc:
             raise MessageRejected(
-                f"{len(data)} bytes exceed the server's max_payload "
-                f"({self._client.max_payload})"
+                f"{len(data)} bytes exceed the server's max_payload ({self._client.max_payload})"
             ) from exc
 
-    async def flush(self) -> None:
+    async def flush(self) -> int:
         await self._client.flush(timeout=self._timeout)
+        return 0
 
     async def subscribe(self, topic: str) -> None:
         if topic in self._subs:

@@ -2,14 +2,14 @@
 
 Options besides asyncpg's own: ``prefix`` (channel prefix, default ``rt:``), ``table``
 (large payloads, default ``realtime_payloads``), ``payload_ttl`` (seconds a stored payload
-is kept, default 60) and ``notify_limit`` (largest NOTIFY payload in bytes, default 7999;
+is kept, default 60) and ``notify_max_bytes`` (largest NOTIFY payload in bytes, default 7999;
 the server's limit is 8000 exclusive).
 
 The channel of a topic is ``prefix + topic`` if that fits in 63 bytes (PostgreSQL's
 identifier limit), else ``prefix + "~"`` and a digest. NOTIFY payloads are text, so every
 payload carries its topic and the bytes as ``T<len>:<topic><utf-8 text>`` (when the bytes
 are UTF-8 without NUL and the server encoding is UTF8), ``B<len>:<topic><base64>``, or —
-when that would not fit in ``notify_limit`` — ``R<len>:<topic><row id>``: the bytes are
+when that would not fit in ``notify_max_bytes`` — ``R<len>:<topic><row id>``: the bytes are
 stored in the table (created if missing) by the same statement that notifies, so the row
 is committed when the notification is delivered; the receiver SELECTs it, keeping arrival
 order. Publishers delete rows older than ``payload_ttl`` as they store new ones.
@@ -41,7 +41,7 @@ logger = logging.getLogger("realtime_brokers")
 
 _CHANNEL_LIMIT = 63
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
-_OPTIONS = {"prefix", "table", "payload_ttl", "notify_limit"}
+_OPTIONS = {"prefix", "table", "payload_ttl", "notify_max_bytes"}
 
 
 def decode_payload(payload: str) -> tuple[str, str, str]:
@@ -188,8 +188,8 @@ class _PgConnection:
                 shared.next_cleanup = now + shared.ttl / 2
                 await self._conn.execute(shared.cleanup_sql, float(shared.ttl))
 
-    async def flush(self) -> None:
-        return None
+    async def flush(self) -> int:
+        return 0
 
     async def subscribe(self, topic: str) -> None:
         async with self._lock:
@@ -228,11 +228,11 @@ class PostgresDriver:
             raise ValueError(f"PostgreSQL table name {table!r} must be [schema.]identifier")
         try:
             ttl = float(own.get("payload_ttl", "60"))
-            limit = int(own.get("notify_limit", "7999"))
+            limit = int(own.get("notify_max_bytes", "7999"))
         except ValueError:
-            raise ValueError("payload_ttl and notify_limit must be numbers") from None
+            raise ValueError("payload_ttl and notify_max_bytes must be numbers") from None
         if ttl <= 0 or limit < 100:
-            raise ValueError("payload_ttl must be positive and notify_limit at least 100")
+            raise ValueError("payload_ttl must be positive and notify_max_bytes at least 100")
         self._shared = _Shared(own.get("prefix", "rt:"), table, ttl, limit)
         bounded_name(self._shared.prefix, "x" * 100, _CHANNEL_LIMIT)  # checks the prefix
 
@@ -250,9 +250,7 @@ class PostgresDriver:
             timeout=self._timeout,
             server_settings={"application_name": f"realtime:{self._node_id}"[:63]},
         )
-        conn.add_termination_listener(
-            lambda _conn: sink.lost("postgresql: connection closed")
-        )
+        conn.add_termination_listener(lambda _conn: sink.lost("postgresql: connection closed"))
         return _PgConnection(conn, sink, self._shared)
 
 

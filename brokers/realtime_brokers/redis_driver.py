@@ -1,7 +1,8 @@
 """Redis Pub/Sub: ``redis://[[user]:password@]host[:port][/db][?prefix=rt:]``.
 
 Each connection is a pair of redis-py asyncio connections: one in subscribe mode, read by
-one task that delivers messages in arrival order, and one for ``PUBLISH``. The channel of
+one task that delivers messages in arrival order, and one for ``PUBLISH``, pipelined: the
+supervisor's :meth:`flush` reads the replies. The channel of
 a topic is ``prefix + topic`` (Redis channel names are binary-safe), so the topic is
 recovered from the channel name. redis-py's own retries are off: the supervisor
 reconnects. A closed or reset socket shows up as an error in the reader task or in a
@@ -12,16 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, Connection, parse_url
+from redis.exceptions import ResponseError
 
 from .api import BrokerOptions
 from .driver import Sink
 from .urls import display_address, take_query
 
 __all__ = ["RedisDriver", "create_driver"]
+
+logger = logging.getLogger("realtime_brokers")
 
 
 class _RedisConnection:
@@ -31,10 +36,11 @@ class _RedisConnection:
         self._prefix = prefix.encode("utf-8")
         self._pending: deque[tuple[bytes, asyncio.Future[None]]] = deque()
         self._reader: asyncio.Task[None] | None = None
+        self._replies_due = 0
 
     @property
     def confirms_publishes(self) -> bool:
-        return True
+        return False
 
     def start_reading(self, sink: Sink) -> None:
         self._reader = asyncio.create_task(self._read(sink), name="redis-pubsub-reader")
@@ -71,10 +77,18 @@ class _RedisConnection:
 
     async def publish(self, topic: str, data: bytes) -> None:
         await self._pub.send_command("PUBLISH", self._channel(topic), data)
-        await self._pub.read_response()
+        self._replies_due += 1
 
-    async def flush(self) -> None:
-        return None
+    async def flush(self) -> int:
+        rejected = 0
+        while self._replies_due:
+            try:
+                await self._pub.read_response()
+            except ResponseError as exc:
+                logger.error("redis: PUBLISH rejected: %s", exc)
+                rejected += 1
+            self._replies_due -= 1
+        return rejected
 
     async def _change(self, command: str, topic: str) -> None:
         channel = self._channel(topic)

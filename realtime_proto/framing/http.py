@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
+from realtime_proto.errors import ErrorCode
 from realtime_proto.framing import (
     FramingEvent,
     FramingKind,
@@ -23,11 +24,6 @@ __all__ = ["LAST_CHUNK", "HttpFraming", "HttpState", "encode_chunk", "stream_hea
 
 #: The zero-length chunk that ends a chunked body (RFC 9112 §7.1).
 LAST_CHUNK = b"0\r\n\r\n"
-
-# Codes of the JSON error bodies (docs/protocol.md, "Error codes").
-_MALFORMED = 4000
-_TOO_LARGE = 4009
-_IDLE_TIMEOUT = 4020
 
 # The framing owns message delimitation; a caller's copy would contradict it (RFC 9112 §6.3).
 _DELIMITING_HEADERS = frozenset({"content-length", "transfer-encoding"})
@@ -234,18 +230,18 @@ class HttpFraming:
         """Answer 408 if the request timer ran out (slowloris, idle keep-alive)."""
         self._now = now
         if self._deadline is not None and now >= self._deadline:
-            self._fail(408, _IDLE_TIMEOUT, "request timeout")
+            self._fail(408, ErrorCode.IDLE_TIMEOUT, "request timeout")
 
     def _read(self, now: float) -> None:
         while self._state is HttpState.READING:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
+                # h11's message depends on how the bytes were split, so it is not
+                # reported: only its status (400, 431, 501) is.
                 status = exc.error_status_hint
-                if status == 431:
-                    self._fail(431, _MALFORMED, "request head too large")
-                else:
-                    self._fail(status, _MALFORMED, "malformed request", detail=str(exc))
+                message = "request head too large" if status == 431 else "malformed request"
+                self._fail(status, ErrorCode.MALFORMED_MESSAGE, message)
                 return
             match event:
                 case h11.Request():
@@ -253,7 +249,7 @@ class HttpFraming:
                 case h11.Data(data=chunk):
                     self._body += chunk
                     if len(self._body) > self._max_body:
-                        self._fail(413, _TOO_LARGE, "request body too large")
+                        self._fail(413, ErrorCode.MESSAGE_TOO_LARGE, "request body too large")
                 case h11.EndOfMessage():
                     self._on_end()
                 case _:  # NEED_DATA; EOF never reaches h11, see receive_eof()
@@ -267,15 +263,15 @@ class HttpFraming:
         self._request = request
         self._body = bytearray()
         if head_length > self._max_head:
-            self._fail(431, _MALFORMED, "request head too large")
+            self._fail(431, ErrorCode.MALFORMED_MESSAGE, "request head too large")
             return
         for name, value in request.headers:
             if name == b"content-length" and int(value) > self._max_body:
-                self._fail(413, _TOO_LARGE, "request body too large")
+                self._fail(413, ErrorCode.MESSAGE_TOO_LARGE, "request body too large")
                 return
         if self._h11.they_are_waiting_for_100_continue:
             # The body fits, so invite it now instead of making the client wait (RFC 9110 §10.1.1).
-            self._out.append(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+            self._out.append(self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason="Continue")))
 
     def _on_end(self) -> None:
         request = self._request
@@ -301,10 +297,9 @@ class HttpFraming:
         self._state = HttpState.RESPONDING
         self._deadline = None
 
-    def _fail(self, status: int, code: int, message: str, *, detail: str = "") -> None:
-        # h11's detail quotes the peer's bytes: it goes to the Violation, not to the peer.
-        self._events.append(Violation(code=status, reason=f"{message}: {detail}" if detail else message))
-        body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
+    def _fail(self, status: int, code: ErrorCode, message: str) -> None:
+        self._events.append(Violation(code=status, reason=message))
+        body = json.dumps({"error": {"code": int(code), "message": message}}, separators=(",", ":"))
         self._send_response(
             status, [("content-type", "application/json")], body.encode(), close=True
         )
@@ -314,7 +309,9 @@ class HttpFraming:
         self, status: int, headers: Sequence[tuple[str, str]], body: bytes, *, close: bool
     ) -> None:
         method = self._request.method if self._request is not None else b""
-        fields = [(name, value) for name, value in headers if name.lower() not in _DELIMITING_HEADERS]
+        fields = [
+            (name, value) for name, value in headers if name.lower() not in _DELIMITING_HEADERS
+        ]
         if status not in _NO_CONTENT:
             fields.append(("content-length", str(len(body))))
         if close:

@@ -15,8 +15,8 @@ from ..actions import (
     Deliver,
     Disconnect,
 )
+from ..callbacks import authorization_answer
 from ..events import (
-    AuthorizationAnswered,
     ConnectionClosed,
     ConnectionId,
     ConnectionOpened,
@@ -98,10 +98,7 @@ class MemoryTransport:
             if inspect.isawaitable(result):
                 raise TypeError("MemoryTransport runs plain callbacks only")
         except Exception as error:  # the application's bug: refuse, keep serving
-            answer = AuthorizationAnswered(request_id=action.request_id, allowed=False,
-                                           error=repr(error))
+            answer = authorization_answer(action.request_id, error=error)
         else:
-            answer = AuthorizationAnswered(
-                request_id=action.request_id, allowed=bool(result),
-                info=result if isinstance(result, dict) else None)
+            answer = authorization_answer(action.request_id, result)
         self.hub.handle(answer, now=self._clock())

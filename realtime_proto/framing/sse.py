@@ -91,7 +91,10 @@ class SseFraming:
             ("x-accel-buffering", "no"),
             *extra_headers,
         ]
-        self._out: list[bytes] = [stream_head(200, headers), encode_chunk(b"retry: %d\n\n" % retry_ms)]
+        self._out: list[bytes] = [
+            stream_head(200, headers),
+            encode_chunk(b"retry: %d\n\n" % retry_ms),
+        ]
         self._events: list[FramingEvent] = []
         self._state = SseState.OPEN
         self._now = now

@@ -21,13 +21,13 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from realtime_proto.errors import ErrorCode
 from realtime_proto.framing import FramingEvent, FramingKind, MessageIn, PeerClosed, Violation
 
 __all__ = ["WebSocketFraming", "WebSocketState", "frame_message"]
 
 # h11's own end-of-head rule (a blank line, bare LF tolerated), so the split agrees with it.
 _HEAD_END = re.compile(rb"\n\r?\n")
-_TOO_LARGE = 4009
 # RFC 6455 §7.4.1: 1006 means the connection dropped without a Close frame.
 _ABNORMAL_CLOSURE = 1006
 _INVALID_PAYLOAD = 1007
@@ -99,7 +99,7 @@ class WebSocketFraming:
         self._events: list[FramingEvent] = []
         self._out: list[bytes] = []
         self._text: list[str] = []
-        self._binary: list[bytes] = []
+        self._binary: list[bytes | bytearray] = []
         self._message_bytes = 0
         self._now = 0.0
         self._close_deadline: float | None = None
@@ -258,8 +258,9 @@ class WebSocketFraming:
         self._message_bytes += size
         if self._message_bytes <= self._max_message:
             return True
-        self._events.append(Violation(code=_TOO_LARGE, reason="message too large"))
-        self.close(_TOO_LARGE, "message too large")
+        code = int(ErrorCode.MESSAGE_TOO_LARGE)
+        self._events.append(Violation(code=code, reason="message too large"))
+        self.close(code, "message too large")
         return False
 
     def _deliver(self, data: str | bytes) -> None:

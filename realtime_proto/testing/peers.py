@@ -65,7 +65,7 @@ class WebSocketPeer:
         self._host = host
         self._head = bytearray()
         self._text: list[str] = []
-        self._binary: list[bytes] = []
+        self._binary: list[bytes | bytearray] = []
         self._outbox: list[bytes] = []
         #: True once the server's 101 arrived
         self.accepted = False
@@ -211,7 +211,10 @@ class HttpPeer:
                     request, body = self._sent.popleft()
                 elif self._reader.trailing_data[0]:
                     # An answer to no request of ours (400 to hand-typed bytes, 408).
-                    request, body = h11.Request(method="GET", target="/", headers=[("host", "x")]), b""
+                    request, body = (
+                        h11.Request(method="GET", target="/", headers=[("host", "x")]),
+                        b"",
+                    )
                 else:
                     return responses
                 self._reader.send(request)
@@ -222,12 +225,23 @@ class HttpPeer:
                 case h11.InformationalResponse():
                     pass
                 case h11.Response(status_code=status, headers=headers):
-                    self._status, self._headers, self._body = status, _header_dict(headers), bytearray()
+                    self._status, self._headers, self._body = (
+                        status,
+                        _header_dict(headers),
+                        bytearray(),
+                    )
                 case h11.Data(data=chunk):
                     self._body += chunk
                 case h11.EndOfMessage():
-                    responses.append(HttpResponse(status=self._status, headers=self._headers, body=bytes(self._body)))
-                    if self._reader.our_state is not h11.DONE or self._reader.their_state is not h11.DONE:
+                    responses.append(
+                        HttpResponse(
+                            status=self._status, headers=self._headers, body=bytes(self._body)
+                        )
+                    )
+                    if (
+                        self._reader.our_state is not h11.DONE
+                        or self._reader.their_state is not h11.DONE
+                    ):
                         return responses
                     self._reader.start_next_cycle()
                 case _:

@@ -1,0 +1,9 @@
+"""realtime_asyncio: the asyncio adapter, the embedding API and the `realtime` command."""
+
+from realtime_proto import User
+from realtime_proto.actions import AuthenticationRequest, ConnectionInfo
+
+from .edge import Settings
+from .server import RealtimeServer
+
+__all__ = ["AuthenticationRequest", "ConnectionInfo", "RealtimeServer", "Settings", "User"]

@@ -1,0 +1,192 @@
+"""The `realtime` command: flags over REALTIME_* environment over a TOML file over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any, NoReturn
+
+from realtime_proto.errors import ConfigError
+
+from .edge import Settings
+
+__all__ = ["main", "resolve_settings"]
+
+_HELP = {
+    "host": "address to listen on",
+    "port": "port to listen on",
+    "broker": "broker URL: memory://, redis://, nats://, amqp://, postgresql://",
+    "api_key": "key for the HTTP API (Authorization: Bearer KEY); generated and printed "
+               "when not given",
+    "jwt_secret": "HS256 secret that signs connection tokens",
+    "static_dir": "directory served at / (the example chat, your own pages)",
+    "log_level": "debug, info, warning or error",
+    "node_id": "this node's id in a cluster (default: host-pid-random)",
+    "tls_cert": "PEM certificate chain: serve https:// and wss://",
+    "tls_key": "PEM private key for --tls-cert",
+    "runtime": "asyncio, trio or gevent",
+    "cors_origin": "Access-Control-Allow-Origin for other origins ('' to disable)",
+    "heartbeat_interval": "seconds of client silence before the server pings",
+    "idle_timeout": "seconds of client silence before closing (default 2 x heartbeat + 10)",
+    "authorization_timeout": "seconds an authorization callback may take",
+    "presence_heartbeat_interval": "seconds between presence heartbeats to other nodes",
+    "presence_ttl": "seconds after which a silent node's presence members are removed",
+    "poll_timeout": "seconds a long-poll request is held",
+    "poll_session_timeout": "seconds without a poll before a long-poll connection closes",
+    "sse_heartbeat_interval": "seconds between SSE comment heartbeats",
+    "max_message_bytes": "largest message a client may send",
+    "max_subscriptions": "channels per connection",
+    "max_output_bytes": "bytes queued per socket before it is dropped as a slow consumer",
+    "max_poll_backlog": "messages queued per long-poll connection before it is dropped",
+    "max_body_bytes": "largest HTTP request body (API, POST /send)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _fail(message, status=2)
+
+
+def _fail(message: str, status: int = 1) -> NoReturn:
+    print(f"realtime: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _option_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    result = {}
+    for name in Settings.names():
+        args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
+        result[name] = args[0] if args else hints[name]
+    return result
+
+
+def _convert(name: str, value: Any, kind: type, source: str) -> Any:
+    if value is None or isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{source}: {name} must be {kind.__name__}, not {value!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="realtime", description="realtime_proto server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="run a server",
+        description="Run a realtime server. Every option can also be set as an environment "
+                    "variable REALTIME_<NAME> (e.g. REALTIME_PORT) or in the TOML file of "
+                    "--config; flags win over the environment, which wins over the file.")
+    serve.error = parser.error  # type: ignore[method-assign]
+    serve.add_argument("--config", help="TOML file with any of the options below")
+    for name, kind in _option_types().items():
+        serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                           metavar=kind.__name__.upper(), help=_HELP[name])
+    token = commands.add_parser("token", help="print an HS256 connection token (for testing)")
+    token.error = parser.error  # type: ignore[method-assign]
+    token.add_argument("--secret", required=True)
+    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("--channels", default="", help="comma-separated channel patterns")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    return parser
+
+
+def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
+                     config_path: str | None) -> Settings:
+    """Merge the sources in order of precedence.
+
+    Raises:
+        ConfigError: a value has the wrong type, an unknown key, or the file is unreadable.
+    """
+    types = _option_types()
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    path = config_path or environ.get("REALTIME_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"cannot read config file {path}: {error}") from None
+        unknown = sorted(set(data) - set(types))
+        if unknown:
+            raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
+        layers.append((path, data))
+    layers.append(("environment", {name: environ[f"REALTIME_{name.upper()}"]
+                                   for name in types if f"REALTIME_{name.upper()}" in environ}))
+    layers.append(("command line", {k: v for k, v in flags.items() if v is not None}))
+    merged: dict[str, Any] = {}
+    for source, values in layers:
+        for name, value in values.items():
+            merged[name] = _convert(name, value, types[name], source)
+    for name in ("api_key", "jwt_secret", "tls_cert", "tls_key", "static_dir", "cors_origin"):
+        if merged.get(name) == "" and name != "cors_origin":
+            merged[name] = None
+    if merged.get("cors_origin") == "":
+        merged["cors_origin"] = None
+    try:
+        return Settings(**merged)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `realtime` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "token":
+        import time
+
+        from realtime_proto.jwt import encode_hs256
+
+        claims: dict[str, Any] = {"sub": args.sub, "exp": int(time.time()) + args.ttl}
+        if args.channels:
+            claims["channels"] = args.channels.split(",")
+        print(encode_hs256(claims, args.secret))
+        return
+    flags = {name: getattr(args, name) for name in Settings.names()}
+    try:
+        settings = resolve_settings(flags, os.environ, args.config)
+    except ConfigError as error:
+        _fail(str(error))
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
+    from realtime_brokers import BrokerError
+
+    runtime = settings.runtime
+    try:
+        if runtime == "asyncio":
+            from .server import RealtimeServer as Server
+        elif runtime == "trio":
+            from realtime_trio import RealtimeServer as Server  # type: ignore[import-not-found,no-redef]
+        elif runtime == "gevent":
+            from realtime_gevent import RealtimeServer as Server  # type: ignore[import-not-found,no-redef]
+        else:
+            _fail(f"unknown runtime {runtime!r}; use asyncio, trio or gevent", status=2)
+    except ImportError as error:
+        _fail(f"the {runtime} runtime is not installed: {error}")
+    try:
+        server = Server(settings)
+        if settings.api_key_generated:
+            print(f"realtime: generated API key (use --api-key to choose one): "
+                  f"{settings.api_key}", flush=True)
+        server.run()
+    except OSError as error:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}")
+    except (BrokerError, ConfigError, ValueError) as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,147 @@
+"""What every runtime reads at its edge: settings, clocks, ids and static files."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
+
+__all__ = [
+    "Settings",
+    "build_node_config",
+    "client_script",
+    "load_static_files",
+    "new_epoch",
+    "new_node_id",
+    "random_id",
+]
+
+#: files larger than this are not served from memory
+_MAX_STATIC_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(kw_only=True)
+class Settings:
+    """Every option of `realtime serve` and of the embedding API, with its default."""
+
+    host: str = "127.0.0.1"
+    port: int = 6001
+    broker: str = "memory://"
+    api_key: str | None = None
+    jwt_secret: str | None = None
+    static_dir: str | None = None
+    log_level: str = "info"
+    node_id: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    runtime: str = "asyncio"
+    cors_origin: str | None = "*"
+    heartbeat_interval: float = 25.0
+    idle_timeout: float | None = None
+    authorization_timeout: float = 10.0
+    presence_heartbeat_interval: float = 5.0
+    presence_ttl: float = 15.0
+    poll_timeout: float = 25.0
+    poll_session_timeout: float = 30.0
+    sse_heartbeat_interval: float = 15.0
+    max_message_bytes: int = 64 * 1024
+    max_subscriptions: int = 128
+    max_output_bytes: int = 1024 * 1024
+    max_poll_backlog: int = 1000
+    max_body_bytes: int = 1024 * 1024
+    #: True when no key was given and one was generated (the CLI prints it once)
+    api_key_generated: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            self.api_key = secrets.token_urlsafe(24)
+            self.api_key_generated = True
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The option names, in declaration order."""
+        return [f.name for f in fields(cls) if f.init]
+
+
+def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> NodeConfig:
+    """The core's configuration for these settings.
+
+    Raises:
+        ConfigError: a value is out of range.
+    """
+    limits = Limits(max_message_bytes=settings.max_message_bytes,
+                    max_subscriptions=settings.max_subscriptions,
+                    max_output_bytes=settings.max_output_bytes,
+                    max_poll_backlog=settings.max_poll_backlog,
+                    max_body_bytes=settings.max_body_bytes)
+    hub = HubConfig(node_id=node_id, heartbeat_interval=settings.heartbeat_interval,
+                    idle_timeout=settings.idle_timeout,
+                    authorization_timeout=settings.authorization_timeout,
+                    presence_heartbeat_interval=settings.presence_heartbeat_interval,
+                    presence_ttl=settings.presence_ttl, limits=limits)
+    return NodeConfig(hub=hub, jwt_secret=settings.jwt_secret, api_key=settings.api_key,
+                      poll_timeout=settings.poll_timeout,
+                      poll_session_timeout=settings.poll_session_timeout,
+                      sse_heartbeat_interval=settings.sse_heartbeat_interval,
+                      cors_origin=settings.cors_origin, runtime=runtime,
+                      static_files=load_static_files(settings.static_dir))
+
+
+def new_epoch() -> Epoch:
+    """Read both clocks once: the only wall-clock read of a process."""
+    return Epoch(time.monotonic(), int(time.time() * 1000))
+
+
+def new_node_id() -> str:
+    """A node id unique per process start: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def random_id() -> str:
+    """An unguessable id (connection ids double as the key of SSE/long-poll sends)."""
+    return secrets.token_urlsafe(12)
+
+
+def client_script() -> Path | None:
+    """Where the JavaScript client is: packaged beside us, or in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "static" / "realtime.js",
+                      here.parents[2] / "clients" / "js" / "realtime.js"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_static_files(directory: str | os.PathLike[str] | None) -> dict[str, StaticFile]:
+    """Read a directory's files into memory, keyed by URL path, plus `/realtime.js`."""
+    files: dict[str, StaticFile] = {}
+    script = client_script()
+    if script is not None:
+        files["/realtime.js"] = _static(script)
+    if directory is None:
+        return files
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"static directory {root} does not exist")
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if (path.is_file() and path.stat().st_size <= _MAX_STATIC_BYTES
+                and not any(part.startswith((".", "__")) for part in relative.parts)
+                and path.suffix != ".py"):
+            files["/" + relative.as_posix()] = _static(path)
+    return files
+
+
+def _static(path: Path) -> StaticFile:
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if content_type.startswith("text/") or content_type.endswith("javascript"):
+        content_type += "; charset=utf-8"
+    return StaticFile(content_type=content_type, body=path.read_bytes())

@@ -1,0 +1,395 @@
+"""The asyncio adapter: sockets, one timer, callbacks and the broker around a Node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import ssl
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from realtime_brokers import BrokerClient, open_broker
+from realtime_proto import ChannelRule, Node, NodeConfig
+from realtime_proto.actions import (
+    Authenticate,
+    Authorize,
+    BrokerPublish,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    CloseTransport,
+    ConnectionInfo,
+    NodeAction,
+    Transmit,
+)
+from realtime_proto.callbacks import authentication_answer, authorization_answer
+from realtime_proto.events import (
+    BrokerLost,
+    BrokerRestored,
+    ConnectionId,
+    EnvelopeReceived,
+    NodeEvent,
+    TransportId,
+)
+from realtime_proto.message import JsonValue
+from realtime_proto.presence import Member
+
+from .edge import Settings, build_node_config, new_epoch, new_node_id, random_id
+
+__all__ = ["RealtimeServer"]
+
+log = logging.getLogger("realtime")
+
+#: seconds a closing socket may take to drain before it is aborted
+_CLOSE_GRACE = 5.0
+
+
+class _Client(asyncio.Protocol):
+    """One socket: bytes in to the Node, bytes out when the Node says so."""
+
+    def __init__(self, server: RealtimeServer, secure: bool) -> None:
+        self._server = server
+        self._secure = secure
+        self.transport: asyncio.Transport | None = None
+        self.id = TransportId("")
+        self.paused = False
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = self.transport.get_extra_info("peername")
+        server = self._server
+        self.id = server.node.open_connection(now=server.now(), secure=self._secure,
+                                              peer=f"{peer[0]}:{peer[1]}" if peer else None)
+        server.clients[self.id] = self
+
+    def data_received(self, data: bytes) -> None:
+        server = self._server
+        server.node.receive_data(self.id, data, now=server.now())
+        server.pump()
+
+    def eof_received(self) -> bool:
+        server = self._server
+        server.node.receive_eof(self.id, now=server.now())
+        server.pump()
+        return True  # keep the socket open until what is queued has been written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self._server
+        server.clients.pop(self.id, None)
+        server.node.receive_eof(self.id, now=server.now())
+        server.pump()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._server.schedule_write(self.id)
+
+    def write_pending(self) -> None:
+        """Write everything the Node has for this socket in one go."""
+        if self.transport is None or self.paused and not self.closing:
+            return
+        chunks = self._server.node.data_to_send(self.id)
+        if chunks:
+            self.transport.writelines(chunks)
+
+    def close(self) -> None:
+        """Write what is left, then close; abort if the peer will not take it."""
+        self.closing = True
+        self.write_pending()
+        if self.transport is not None:
+            self.transport.close()
+            loop = asyncio.get_running_loop()
+            loop.call_later(_CLOSE_GRACE, self.transport.abort)
+
+
+class RealtimeServer:
+    """A realtime server inside an asyncio program.
+
+    Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook,
+    `await start()` (or `run()` to block), then publish with `broadcast`,
+    `send_to_user` and `send`. Callbacks may be plain functions or coroutines.
+    """
+
+    def __init__(self, settings: Settings | None = None, **options: Any) -> None:
+        self.settings = settings or Settings(**options)
+        self.node_id = self.settings.node_id or new_node_id()
+        self.node = Node(build_node_config(self.settings, self.node_id, runtime="asyncio"),
+                         new_id=random_id, epoch=new_epoch())
+        self.clients: dict[TransportId, _Client] = {}
+        self.broker: BrokerClient | None = None
+        self._authenticate_hook: Callable[[Any], Any] | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._to_write: dict[TransportId, None] = {}
+        self._write_scheduled = False
+        self._pumping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = asyncio.Event()
+
+    # -- the application's API -----------------------------------------------------------
+
+    def channel(self, pattern: str) -> ChannelRule:
+        """The authorization rule for a channel pattern; `.authorize(fn)` registers fn."""
+        return self.node.hub.channel(pattern)
+
+    def authenticate(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Register the hook that turns a connecting request into a user (a decorator).
+
+        The hook gets an `AuthenticationRequest` (token, path, query, headers, peer) and
+        returns a `User` (or a user id), None for anonymous, or False to refuse (401).
+        """
+        self._authenticate_hook = hook
+        self.node.config = _with_custom_authentication(self.node.config)
+        return hook
+
+    def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
+                  exclude: str | None = None) -> str:
+        """Publish to a channel's subscribers on every node; the message id."""
+        message_id = self.node.hub.broadcast(channel, event, data, now=self.now(),
+                                             exclude=ConnectionId(exclude) if exclude else None)
+        self.pump()
+        return message_id
+
+    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
+        """Send to every connection of a user, on every node; the message id."""
+        message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
+        self.pump()
+        return message_id
+
+    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
+        """Send to one connection of this node; the message id, or None if unknown."""
+        message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
+        self.pump()
+        return message_id
+
+    def members(self, channel: str) -> list[Member]:
+        """Members of a presence channel across the cluster."""
+        return self.node.hub.members(channel)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with subscribers on this node, and how many."""
+        return self.node.hub.channels()
+
+    def connection(self, connection_id: str) -> ConnectionInfo | None:
+        """A snapshot of one connection of this node."""
+        return self.node.hub.connection(ConnectionId(connection_id))
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    # -- running -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Monotonic seconds, the Node's clock."""
+        return (self._loop or asyncio.get_running_loop()).time()
+
+    async def start(self) -> None:
+        """Connect the broker and start listening; returns once serving.
+
+        Raises:
+            OSError: the address is in use or cannot be bound.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.broker = open_broker(self.settings.broker, self, node_id=self.node_id)
+        await self.broker.start()
+        ssl_context = self._ssl_context()
+        server = await self._loop.create_server(
+            lambda: _Client(self, ssl_context is not None), self.settings.host,
+            self.settings.port, ssl=ssl_context, reuse_address=True, backlog=4096)
+        self._servers.append(server)
+        self.pump()
+        log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
+                 self.settings.host, self.port, self.settings.broker.partition("?")[0])
+
+    async def serve(self) -> None:
+        """Start, then serve until `stop()` or cancellation; shuts down gracefully."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.aclose()
+
+    def stop(self) -> None:
+        """Ask `serve()` to return (thread-unsafe; call from the loop)."""
+        self._stopped.set()
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM, on uvloop when installed."""
+        try:
+            import uvloop
+        except ImportError:
+            runner = asyncio.run
+        else:
+            runner = uvloop.run  # type: ignore[assignment]
+        runner(self._run_until_signal())
+
+    async def _run_until_signal(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.stop)
+        await self.serve()
+
+    async def aclose(self, timeout: float = _CLOSE_GRACE) -> None:
+        """Stop accepting, close every client (WebSocket 1001), stop the broker."""
+        for server in self._servers:
+            server.close()
+        if self._loop is not None:
+            self.node.shutdown(now=self.now())
+            self.pump()
+            self._flush_writes()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while self.clients:
+                        await asyncio.sleep(0.01)
+            for client in list(self.clients.values()):
+                if client.transport is not None:
+                    client.transport.abort()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.broker is not None:
+            await self.broker.aclose()
+        self._servers.clear()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.settings.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return context
+
+    # -- driving the Node ----------------------------------------------------------------
+
+    def handle(self, event: NodeEvent) -> None:
+        """Feed an event to the Node and carry out what follows."""
+        self.node.handle(event, now=self.now())
+        self.pump()
+
+    def pump(self) -> None:
+        """Carry out every action the Node has produced, then re-arm the timer."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while actions := self.node.actions():
+                for action in actions:
+                    self._carry_out(action)
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _carry_out(self, action: NodeAction) -> None:
+        match action:
+            case Transmit(transport_id):
+                self.schedule_write(transport_id)
+            case CloseTransport(transport_id):
+                client = self.clients.get(transport_id)
+                if client is not None:
+                    client.close()
+            case BrokerPublish(topic, data):
+                assert self.broker is not None
+                self.broker.publish_nowait(topic, data)
+            case BrokerSubscribe(topic):
+                assert self.broker is not None
+                self.broker.subscribe_nowait(topic)
+            case BrokerUnsubscribe(topic):
+                assert self.broker is not None
+                self.broker.unsubscribe_nowait(topic)
+            case Authorize():
+                self._call(action.callback, (action.connection, action.channel),
+                           lambda result, error: authorization_answer(action.request_id, result,
+                                                                      error))
+            case Authenticate():
+                hook = self._authenticate_hook
+                self._call(hook or (lambda request: None), (action.request,),
+                           lambda result, error: authentication_answer(action.request_id,
+                                                                       result, error))
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+              answer: Callable[[object, BaseException | None], NodeEvent]) -> None:
+        """Run an application callback, sync or async, and feed its answer back."""
+        try:
+            result = fn(*args)
+        except Exception as error:
+            log.exception("callback %r failed", fn)
+            self.node.handle(answer(None, error), now=self.now())
+            return
+        if not inspect.isawaitable(result):
+            self.node.handle(answer(result, None), now=self.now())
+            return
+
+        async def wait(awaitable: Awaitable[Any]) -> None:
+            try:
+                value = await awaitable
+            except Exception as error:
+                log.exception("callback %r failed", fn)
+                self.handle(answer(None, error))
+            else:
+                self.handle(answer(value, None))
+
+        task = asyncio.ensure_future(wait(result))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def schedule_write(self, transport_id: TransportId) -> None:
+        """Write this socket's bytes once, at the end of this loop turn."""
+        self._to_write[transport_id] = None
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        self._write_scheduled = False
+        pending, self._to_write = self._to_write, {}
+        for transport_id in pending:
+            client = self.clients.get(transport_id)
+            if client is not None:
+                client.write_pending()
+
+    def _arm_timer(self) -> None:
+        deadline = self.node.next_deadline()
+        if deadline == self._timer_at or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.node.tick(now=self.now())
+        self.pump()
+
+    # -- BrokerListener ------------------------------------------------------------------
+
+    def message_received(self, topic: str, data: bytes) -> None:
+        self.handle(EnvelopeReceived(topic=topic, data=data))
+
+    def connection_lost(self, reason: str) -> None:
+        log.warning("broker connection lost: %s", reason)
+        self.handle(BrokerLost(reason=reason))
+
+    def connection_restored(self) -> None:
+        log.warning("broker connection restored")
+        self.handle(BrokerRestored())
+
+
+def _with_custom_authentication(config: NodeConfig) -> NodeConfig:
+    from dataclasses import replace
+
+    return replace(config, custom_authentication=True)
