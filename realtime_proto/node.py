@@ -167,7 +167,8 @@ class Node:
         return self.hub.next_deadline()
 
     def actions(self) -> list[NodeAction]:
-        """Drain the actions produced so far."""
+        """Drain the actions produced so far, including those of calls made on `hub`."""
+        self._finish_call()
         actions, self._actions = self._actions, []
         return actions
 
@@ -273,8 +274,11 @@ class Node:
             self._poll(transport, request, now)
         elif path == "/send" and method == "POST":
             self._send(transport, request, now)
+        elif path == "/close" and method == "POST":
+            self._close_request(transport, request, now)
         elif method in ("GET", "HEAD") and (static := self._static(path)) is not None:
-            self._respond(transport, 200, static.body if method == "GET" else b"",
+            # HttpFraming leaves the body out of a HEAD answer and keeps its length
+            self._respond(transport, 200, static.body,
                           [("content-type", static.content_type), ("cache-control", "no-cache")])
         else:
             self._respond_json(transport, 404, error_body(404, f"nothing at {path}"))
@@ -282,7 +286,7 @@ class Node:
     def _respond(self, transport: _Transport, status: int, body: bytes,
                  headers: list[tuple[str, str]]) -> None:
         self._responses[status] += 1
-        transport.framing.respond(status, headers, body)  # type: ignore[union-attr]
+        transport.framing.respond(status, headers, body, now=self._now)  # type: ignore[union-attr]
 
     def _respond_json(self, transport: _Transport, status: int, body: JsonValue) -> None:
         self._respond(transport, status, encode_json(body),
@@ -437,6 +441,23 @@ class Node:
             route.release_hold(now, self.config.poll_session_timeout)
         self._respond_json(transport, 202, {"accepted": len(messages)})
 
+    def _close_request(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        """`POST /close`: an SSE or long-poll client leaves now rather than by timeout."""
+        connection_id = ConnectionId(request.query.get("connection_id", ""))
+        route = self._routes.get(connection_id)
+        if route is None:
+            self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
+                                                           "unknown or expired connection"))
+            return
+        self.hub.disconnect(connection_id, 1000, "closed by the client")
+        self._run_hub()
+        if isinstance(route, PollSession):
+            self._routes.pop(connection_id, None)
+            held = self._transports.get(route.held) if route.held else None
+            if held is not None:
+                self._answer_poll(held, route, now)
+        self._respond_json(transport, 200, {"closed": True})
+
     # -- Hub actions ---------------------------------------------------------------------
 
     def _run_hub(self) -> None:
@@ -472,17 +493,17 @@ class Node:
                     sse_chunk = encode_event(action.message_id, action.payload)
                     self._encodings["sse"] += 1
                 frame = sse_chunk
+            if route.queued_bytes > limit:  # what it was sent before is still unread
+                self._slow(connection_id)
+                continue
             route.framing.send_encoded(frame)  # type: ignore[union-attr]
             route.queued_bytes += len(frame)
-            if route.queued_bytes > limit:
-                self._slow(connection_id)
-            else:
-                self._dirty[route.id] = None
+            self._dirty[route.id] = None
 
     def _slow(self, connection_id: ConnectionId) -> None:
         route = self._routes.get(connection_id)
-        if route is None:
-            return
+        if route is None or self.hub.connection(connection_id) is None:
+            return  # already closing
         self._slow_consumers += 1
         if isinstance(route, _Transport):
             route.framing.data_to_send()  # drop what it could not read

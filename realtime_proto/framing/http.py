@@ -29,6 +29,8 @@ LAST_CHUNK = b"0\r\n\r\n"
 _DELIMITING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 # Responses that never carry content, so they get no body and no Content-Length (RFC 9110 §6.4.1).
 _NO_CONTENT = frozenset({204, 304})
+_JSON = "application/json"
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
 
 
 class HttpState(enum.Enum):
@@ -128,7 +130,7 @@ class HttpFraming:
             return
         if self._raw is not None:
             self._raw += data
-        self._read(now)
+        self._read()
 
     def receive_eof(self, *, now: float) -> None:
         """Record that the peer closed its side; a partial request is dropped.
@@ -200,7 +202,7 @@ class HttpFraming:
         self._raw = bytearray(self._h11.trailing_data[0])
         self._request = None
         self._held_bytes = 0
-        self._read(now)
+        self._read()
 
     def take_over(self) -> bytes:
         """Hand the connection to another framing (WebSocket upgrade or SSE stream).
@@ -232,7 +234,7 @@ class HttpFraming:
         if self._deadline is not None and now >= self._deadline:
             self._fail(408, ErrorCode.IDLE_TIMEOUT, "request timeout")
 
-    def _read(self, now: float) -> None:
+    def _read(self) -> None:
         while self._state is HttpState.READING:
             try:
                 event = self._h11.next_event()
@@ -271,7 +273,7 @@ class HttpFraming:
                 return
         if self._h11.they_are_waiting_for_100_continue:
             # The body fits, so invite it now instead of making the client wait (RFC 9110 §10.1.1).
-            self._out.append(self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason="Continue")))
+            self._out.append(self._h11.send(_CONTINUE))
 
     def _on_end(self) -> None:
         request = self._request
@@ -300,9 +302,7 @@ class HttpFraming:
     def _fail(self, status: int, code: ErrorCode, message: str) -> None:
         self._events.append(Violation(code=status, reason=message))
         body = json.dumps({"error": {"code": int(code), "message": message}}, separators=(",", ":"))
-        self._send_response(
-            status, [("content-type", "application/json")], body.encode(), close=True
-        )
+        self._send_response(status, [("content-type", _JSON)], body.encode(), close=True)
         self._finish()
 
     def _send_response(

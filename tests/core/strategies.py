@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Protocol, TypeVar
 
 from hypothesis import strategies as st
@@ -36,7 +37,7 @@ class Fed:
 def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     """Cut `data` at the sorted positions `cuts` (each strictly inside it)."""
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in pairwise(bounds)]
 
 
 def bytewise(data: bytes) -> list[bytes]:

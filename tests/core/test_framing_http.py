@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realtime_proto.framing import FramingEvent, PeerClosed, RequestReceived, Violation
+from realtime_proto.framing import (
+    Framing,
+    FramingEvent,
+    FramingKind,
+    PeerClosed,
+    RequestReceived,
+    Violation,
+)
 from realtime_proto.framing.http import (
     LAST_CHUNK,
     HttpFraming,
@@ -132,7 +139,9 @@ CASES = [
     ),
     Case(
         "keep-alive: three pipelined requests, answered in order",
-        peer.request("GET", "/1") + peer.request("POST", "/2", body=b"xy") + peer.request("GET", "/3"),
+        peer.request("GET", "/1")
+        + peer.request("POST", "/2", body=b"xy")
+        + peer.request("GET", "/3"),
         [
             request("GET", "/1"),
             request("POST", "/2", headers={"content-length": "2"}, body=b"xy"),
@@ -167,7 +176,14 @@ CASES = [
     Case(
         "expect: 100-continue gets its invitation",
         peer.request("POST", "/send", [("expect", "100-continue")], b"hi"),
-        [request("POST", "/send", headers={"expect": "100-continue", "content-length": "2"}, body=b"hi")],
+        [
+            request(
+                "POST",
+                "/send",
+                headers={"expect": "100-continue", "content-length": "2"},
+                body=b"hi",
+            )
+        ],
         [(200, None)],
     ),
     Case(
@@ -241,7 +257,9 @@ def test_table_whole_and_bytewise(case: Case) -> None:
     fed = feed_all_ways(make, case.data, react=answer)
     assert fed.events == case.events
     answered = responses(fed.output)
-    assert [(r.status, error_code(r) if r.status >= 400 else None) for r in answered] == case.answers
+    assert [
+        (r.status, error_code(r) if r.status >= 400 else None) for r in answered
+    ] == case.answers
     assert fed.closed is case.closed
 
 
@@ -263,7 +281,9 @@ def test_response_bytes_and_head_request() -> None:
     # The caller's Content-Length is replaced, and HEAD gets the length but no body.
     assert out == b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n"
     assert client.receive(out) == [
-        HttpResponse(status=200, headers={"content-type": "text/plain", "content-length": "5"}, body=b"")
+        HttpResponse(
+            status=200, headers={"content-type": "text/plain", "content-length": "5"}, body=b""
+        )
     ]
 
 
@@ -479,3 +499,8 @@ def test_expect_100_continue_is_answered_before_the_body() -> None:
     framing.receive_data(b"hi", now=0)
     [event] = framing.events()
     assert isinstance(event, RequestReceived) and event.body == b"hi"
+
+
+def test_satisfies_the_framing_protocol() -> None:
+    framing: Framing = make()  # checked by mypy
+    assert framing.kind is FramingKind.HTTP

@@ -1,0 +1,390 @@
+"""WebSocketFraming: frames fed whole, byte by byte and in hypothesis splits."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wsproto import ConnectionType
+from wsproto.connection import Connection
+from wsproto.events import Event, TextMessage
+
+from realtime_proto.framing import (
+    Framing,
+    FramingEvent,
+    FramingKind,
+    MessageIn,
+    PeerClosed,
+    RequestReceived,
+    Violation,
+)
+from realtime_proto.framing.http import HttpFraming
+from realtime_proto.framing.websocket import WebSocketFraming, WebSocketState, frame_message
+from realtime_proto.testing.peers import PongReceived, WebSocketPeer
+
+from .strategies import chunkings, feed, feed_all_ways
+
+MAX_MESSAGE = 100
+
+
+def handshake(peer: WebSocketPeer | None = None) -> bytes:
+    return (peer or WebSocketPeer()).handshake_bytes("/ws")
+
+
+def make() -> WebSocketFraming:
+    framing = WebSocketFraming(max_message_bytes=MAX_MESSAGE, close_timeout=5.0)
+    assert framing.accept(handshake(), now=0.0)
+    framing.data_to_send()  # the 101
+    return framing
+
+
+def masked(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
+    """A hand-made client frame, for what a real client would never send."""
+    key = b"\x01\x02\x03\x04"
+    assert len(payload) < 126
+    first = (0x80 if fin else 0) | rsv | opcode
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes((first, 0x80 | len(payload))) + key + body
+
+
+def unmasked(opcode: int, payload: bytes) -> bytes:
+    return bytes((0x80 | opcode, len(payload))) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    payload = struct.pack("!H", code) + reason.encode()
+    return bytes((0x88, len(payload))) + payload
+
+
+def server_frames(data: bytes) -> list[Event]:
+    """Read the server's bytes with a real wsproto client frame layer."""
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(data)
+    return list(client.events())
+
+
+peer = WebSocketPeer()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    data: bytes
+    events: list[FramingEvent]
+    output: bytes = b""
+    closed: bool = False
+
+
+CASES = [
+    Case("text", peer.send_text("hello"), [MessageIn(data="hello")]),
+    Case("binary", peer.send_bytes(b"\x00\xff"), [MessageIn(data=b"\x00\xff")]),
+    Case(
+        "two messages",
+        peer.send_text("a") + peer.send_text("é"),
+        [MessageIn(data="a"), MessageIn(data="é")],
+    ),
+    Case(
+        "fragmented text is one message",
+        peer.send_fragments(["one ", "two ", "three"]),
+        [MessageIn(data="one two three")],
+    ),
+    Case(
+        "a code point split across fragments",
+        masked(0x1, "é".encode()[:1], fin=False) + masked(0x0, "é".encode()[1:]),
+        [MessageIn(data="é")],
+    ),
+    Case("ping is answered", peer.ping(b"are you there"), [], b"\x8a\x0dare you there"),
+    Case(
+        "ping inside a fragmented message",
+        masked(0x1, b"ab", fin=False) + peer.ping(b"p") + masked(0x0, b"cd"),
+        [MessageIn(data="abcd")],
+        b"\x8a\x01p",
+    ),
+    Case("unsolicited pong is ignored", masked(0xA, b"x"), []),
+    Case(
+        "close is echoed",
+        peer.send_text("last") + WebSocketPeer().close(1001, "going away"),
+        [MessageIn(data="last"), PeerClosed(code=1001, reason="going away")],
+        close_frame(1001, "going away"),
+        closed=True,
+    ),
+    Case(
+        "close without a code",
+        masked(0x8, b""),
+        [PeerClosed(code=1005, reason="")],
+        b"\x88\x00",
+        closed=True,
+    ),
+    Case(
+        "frames after the close are ignored",
+        WebSocketPeer().close(1000) + masked(0x1, b"late"),
+        [PeerClosed(code=1000, reason="")],
+        close_frame(1000),
+        closed=True,
+    ),
+    Case(
+        "message over max_message_bytes",
+        peer.send_text("x" * (MAX_MESSAGE + 1)),
+        [Violation(code=4009, reason="message too large")],
+        close_frame(4009, "message too large"),
+    ),
+    Case(
+        "fragments over max_message_bytes, then the peer's close",
+        masked(0x2, b"x" * 60, fin=False)
+        + masked(0x0, b"x" * 60, fin=False)
+        + masked(0x0, b"x" * 60)
+        + masked(0x8, struct.pack("!H", 4009)),
+        [Violation(code=4009, reason="message too large"), PeerClosed(code=4009, reason="")],
+        close_frame(4009, "message too large"),
+        closed=True,
+    ),
+    Case(
+        "invalid UTF-8 in a text frame",
+        masked(0x1, b"ok \xff\xfe"),
+        [Violation(code=1007, reason="invalid UTF-8 in a text message")],
+        close_frame(1007, "invalid UTF-8 in a text message"),
+        closed=True,
+    ),
+    Case(
+        "unmasked client frame",
+        unmasked(0x1, b"hi"),
+        [Violation(code=1002, reason="server received unexpected unmasked frame")],
+        close_frame(1002, "server received unexpected unmasked frame"),
+        closed=True,
+    ),
+    Case(
+        "continuation with nothing to continue",
+        masked(0x0, b"x"),
+        [Violation(code=1002, reason="unexpected CONTINUATION")],
+        close_frame(1002, "unexpected CONTINUATION"),
+        closed=True,
+    ),
+    Case(
+        "new message inside a fragmented one",
+        masked(0x1, b"a", fin=False) + masked(0x1, b"b"),
+        [Violation(code=1002, reason="expected CONTINUATION, got <Opcode.TEXT: 1>")],
+        close_frame(1002, "expected CONTINUATION, got <Opcode.TEXT: 1>"),
+        closed=True,
+    ),
+    Case(
+        "reserved opcode",
+        masked(0x3, b""),
+        [Violation(code=1002, reason="Invalid opcode 0x3")],
+        close_frame(1002, "Invalid opcode 0x3"),
+        closed=True,
+    ),
+    Case(
+        "reserved bit without an extension",
+        masked(0x1, b"x", rsv=0x40),
+        [Violation(code=1002, reason="Reserved bit set unexpectedly")],
+        close_frame(1002, "Reserved bit set unexpectedly"),
+        closed=True,
+    ),
+    Case(
+        "fragmented ping",
+        masked(0x9, b"x", fin=False),
+        [Violation(code=1002, reason="Invalid attempt to fragment control frame")],
+        close_frame(1002, "Invalid attempt to fragment control frame"),
+        closed=True,
+    ),
+    Case(
+        "close code out of range",
+        masked(0x8, struct.pack("!H", 999)),
+        [Violation(code=1002, reason="CLOSE with invalid code")],
+        close_frame(1002, "CLOSE with invalid code"),
+        closed=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_table_whole_and_bytewise(case: Case) -> None:
+    fed = feed_all_ways(make, case.data)
+    assert fed.events == case.events
+    assert fed.output == case.output
+    assert fed.closed is case.closed
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_table_in_hypothesis_splits(case: Case, data: st.DataObject) -> None:
+    chunks = data.draw(chunkings(case.data))
+    assert feed(make(), chunks) == feed(make(), [case.data])
+
+
+def upgrade_through_http(chunks: list[bytes]) -> tuple[list[FramingEvent], bytes]:
+    """Drive the hand-off as the Node does: HTTP until the request, then WebSocket."""
+    http = HttpFraming(now=0.0)
+    ws = WebSocketFraming()
+    events: list[FramingEvent] = []
+    for i, chunk in enumerate(chunks):
+        http.receive_data(chunk, now=0.0)
+        if any(isinstance(event, RequestReceived) for event in http.events()):
+            assert ws.accept(http.take_over(), now=0.0)
+            for rest in chunks[i + 1 :]:
+                ws.receive_data(rest, now=0.0)
+            events += ws.events()
+            return events, b"".join(ws.data_to_send())
+    raise AssertionError("no request")
+
+
+HAND_OFF_PEER = WebSocketPeer()
+HAND_OFF = (
+    HAND_OFF_PEER.handshake_bytes("/ws?token=t")
+    + HAND_OFF_PEER.send_text("right behind the head")
+    + HAND_OFF_PEER.ping(b"p")
+    + HAND_OFF_PEER.send_fragments(["a", "b"])
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(chunks=chunkings(HAND_OFF))
+def test_handshake_hand_off_with_frames_behind_the_head(chunks: list[bytes]) -> None:
+    events, output = upgrade_through_http(chunks)
+    assert events == [MessageIn(data="right behind the head"), MessageIn(data="ab")]
+    assert output.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-extensions" not in output.lower()
+    assert output.endswith(b"\x8a\x01p")  # the pong
+
+
+def test_accept_with_a_real_client() -> None:
+    client = WebSocketPeer()
+    framing = WebSocketFraming()
+    assert framing.accept(client.handshake_bytes("/ws"), now=0.0)
+    assert framing.is_open and framing.state is WebSocketState.OPEN
+    assert client.receive(b"".join(framing.data_to_send())) == []
+    assert client.accepted
+    framing.send_encoded(frame_message(b'{"type":"pong"}'))
+    assert client.receive(b"".join(framing.data_to_send())) == [MessageIn(data='{"type":"pong"}')]
+    framing.receive_data(client.ping(b"x"), now=0.0)
+    assert client.receive(b"".join(framing.data_to_send())) == [PongReceived(payload=b"x")]
+
+
+def test_permessage_deflate_is_not_offered_back() -> None:
+    framing = WebSocketFraming()
+    head = WebSocketPeer().handshake_bytes(
+        "/ws", extra_headers=[("sec-websocket-extensions", "permessage-deflate")]
+    )
+    assert framing.accept(head, now=0.0)
+    assert b"extensions" not in b"".join(framing.data_to_send()).lower()
+
+
+BASE = b"GET /ws HTTP/1.1\r\nhost: x\r\n"
+UPGRADE = b"upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZQ==\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (BASE + b"\r\n", 400),
+        (BASE + UPGRADE + b"\r\n", 400),  # no version
+        (BASE + UPGRADE + b"sec-websocket-version: 8\r\n\r\n", 426),
+        (b"POST /ws HTTP/1.1\r\nhost: x\r\n" + UPGRADE + b"sec-websocket-version: 13\r\n\r\n", 400),
+        (b"GARBAGE\r\n\r\n", 400),
+        (BASE + UPGRADE, 400),  # incomplete head
+    ],
+    ids=["plain GET", "no version", "old version", "POST", "garbage", "incomplete"],
+)
+def test_rejected_handshakes(head: bytes, status: int) -> None:
+    framing = WebSocketFraming()
+    assert framing.accept(head, now=0.0) is False
+    [violation] = framing.events()
+    assert isinstance(violation, Violation) and violation.code == status
+    out = b"".join(framing.data_to_send())
+    assert out.startswith(b"HTTP/1.1 %d " % status)
+    assert b"connection: close" in out.lower()
+    if status == 426:
+        assert b"sec-websocket-version: 13" in out.lower()
+    assert framing.closed
+    framing.receive_data(b"ignored", now=0.0)
+    assert framing.events() == []
+
+
+def test_close_waits_for_the_peer_then_times_out() -> None:
+    framing = make()
+    framing.receive_data(b"", now=10.0)
+    framing.close(1000, "bye")
+    assert framing.data_to_send() == [close_frame(1000, "bye")]
+    assert framing.state is WebSocketState.CLOSING and not framing.closed
+    assert framing.next_deadline() == 15.0
+    framing.send_encoded(frame_message(b"dropped"))
+    assert framing.data_to_send() == []
+    framing.close(1000)  # a second close is a no-op
+    framing.tick(now=14.9)
+    assert not framing.closed
+    framing.tick(now=15.0)
+    assert framing.closed and framing.events() == [] and framing.next_deadline() is None
+
+
+def test_close_answered_by_the_peer() -> None:
+    framing = make()
+    framing.close(4020, "idle")
+    framing.data_to_send()
+    framing.receive_data(
+        WebSocketPeer().send_text("in flight") + masked(0x8, struct.pack("!H", 4020)), now=1.0
+    )
+    assert framing.events() == [PeerClosed(code=4020, reason="")]
+    assert framing.closed and framing.data_to_send() == []
+
+
+def test_eof() -> None:
+    framing = make()
+    framing.receive_eof(now=1.0)
+    assert framing.events() == [PeerClosed(code=1006, reason="")]
+    assert framing.closed
+    framing.receive_eof(now=1.0)
+    assert framing.events() == []
+    with pytest.raises(RuntimeError):
+        framing.receive_data(b"x", now=1.0)
+
+
+def test_eof_while_closing() -> None:
+    framing = make()
+    framing.close(1001)
+    framing.receive_eof(now=1.0)
+    assert framing.events() == [PeerClosed(code=1006, reason="")]
+    assert framing.closed
+
+
+def test_misuse_before_accept() -> None:
+    framing = WebSocketFraming()
+    with pytest.raises(RuntimeError):
+        framing.receive_data(b"x", now=0.0)
+    with pytest.raises(RuntimeError):
+        framing.send_encoded(b"x")
+    assert framing.accept(handshake(), now=0.0)
+    with pytest.raises(RuntimeError):
+        framing.accept(handshake(), now=0.0)
+    with pytest.raises(ValueError):
+        WebSocketFraming(max_message_bytes=0)
+
+
+def test_encode_once_appends_the_same_object() -> None:
+    frame = frame_message(b'{"type":"event"}')
+    framings = [make(), make()]
+    for framing in framings:
+        framing.send_encoded(frame)
+    assert all(framing.data_to_send()[0] is frame for framing in framings)
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 100000])
+def test_frame_message_equals_wsproto_and_a_client_reads_it(size: int) -> None:
+    payload = bytes(ord("a") + i % 26 for i in range(size))
+    frame = frame_message(payload)
+    assert frame == Connection(ConnectionType.SERVER).send(TextMessage(data=payload.decode()))
+    received = server_frames(frame)
+    assert all(isinstance(event, TextMessage) for event in received)
+    assert "".join(event.data for event in received if isinstance(event, TextMessage)) == (
+        payload.decode()
+    )
+    last = received[-1]
+    assert isinstance(last, TextMessage) and last.message_finished
+
+
+def test_satisfies_the_framing_protocol() -> None:
+    framing: Framing = make()  # checked by mypy
+    assert framing.kind is FramingKind.WEBSOCKET
