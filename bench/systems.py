@@ -41,6 +41,7 @@ class System:
     available: Callable[[], bool] = lambda: True
     env: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+    group: str = "peer"  # "ours", "peer", "runtime" (scenario 5) or "probe" (not a peer)
 
 
 def _pip_version(dist: str, python: str = BENCH_PY) -> str:
@@ -106,7 +107,7 @@ register(System(
     command=lambda port: [OURS_BIN, "serve", "--port", str(port),
                           "--api-key", API_KEY],
     dialect="ours", publisher=ours_publisher, version=_ours_version, ours=True,
-    transports=("ws", "sse", "poll"), available=_ours_available,
+    transports=("ws", "sse", "poll"), available=_ours_available, group="ours",
     notes="`realtime serve`; publisher: `POST /api/publish` (keep-alive, pipelined)",
 ))
 register(System(
@@ -168,5 +169,5 @@ register(System(
     command=lambda port: [BENCH_PY, str(BENCH / "peers" / "raw_uvloop.py"), "--port", str(port),
                           "--batch"],
     dialect="json", publisher=loadgen.WSPublisher,
-    version=lambda: "uvloop " + _pip_version("uvloop"),
+    version=lambda: "uvloop " + _pip_version("uvloop"), group="probe",
 ))

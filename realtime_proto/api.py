@@ -56,10 +56,10 @@ def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
             case "GET", ["channels"]:
                 channels = [{"name": n, "subscribers": c} for n, c in hub.channels().items()]
                 return 200, {"channels": channels}
-            case "GET", [channel]:
+            case "GET", ["channels", channel]:
                 return 200, {"name": channel, "subscribers": hub.channels().get(channel, 0),
                              "members": _members(hub, channel)}
-            case "GET", [channel, "members"]:
+            case "GET", ["channels", channel, "members"]:
                 return 200, {"members": _members(hub, channel) or []}
             case _:
                 return 404, error_body(ErrorCode.MALFORMED_MESSAGE, f"no API call {method} {path}")

@@ -505,12 +505,17 @@ class Node:
         if route is None or self.hub.connection(connection_id) is None:
             return  # already closing
         self._slow_consumers += 1
-        if isinstance(route, _Transport):
-            route.framing.data_to_send()  # drop what it could not read
-            route.queued_bytes = 0
-        elif isinstance(route, PollSession):
-            route.drop_pending()
         self.hub.disconnect(connection_id, ErrorCode.SLOW_CONSUMER, "slow consumer")
+        if isinstance(route, PollSession):
+            route.drop_pending()
+            return
+        # Drop what it could not read and close now: waiting for its close handshake
+        # would keep the buffer (and the socket) for a client that does not read.
+        del self._routes[connection_id]
+        route.connection_id = None
+        route.framing.data_to_send()
+        route.framing.close(ErrorCode.SLOW_CONSUMER, "slow consumer")
+        self._finish(route, self._now)
 
     def _disconnect(self, action: Disconnect) -> None:
         route = self._routes.get(action.connection_id)

@@ -1,0 +1,305 @@
+"""Running servers and measuring them: the pieces the scenarios are made of."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import loadgen
+from systems import BENCH, System
+
+RESULTS = BENCH / "results"
+LOGS = RESULTS / "logs"
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Config:
+    quick: bool = False
+    server_core: int = 0
+    gen_core: int = 1
+    workers_per_10k: int = 2  # subscriber processes per 10,000 connections (at least 1)
+    tick: float = 0.005  # throughput mode: seconds between receive sweeps
+    fd_limit: int = 20000
+    only_systems: list[str] = field(default_factory=list)
+
+
+_port = [7300]
+
+
+def next_port() -> int:
+    _port[0] += 1
+    return _port[0]
+
+
+def foreign_cpu_ticks(exclude: set[int]) -> int:
+    """CPU ticks used so far by every process that is not ours (other work on the machine)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        pid = int(d)
+        if pid in exclude:
+            continue
+        total += loadgen.cpu_ticks(pid)
+    return total
+
+
+class Server:
+    """One server process, pinned to the server core, logging to bench/results/logs."""
+
+    def __init__(self, system: System, cfg: Config, tag: str) -> None:
+        self.system = system
+        self.port = next_port()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{system.name}-{tag}.log"
+        self.log = open(self.log_path, "w")
+        env = dict(os.environ, **system.env)
+        env.pop("PYTHONPATH", None)
+        argv = ["taskset", "-c", str(cfg.server_core), *system.command(self.port)]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     stdin=subprocess.DEVNULL, cwd=str(BENCH))
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{system.name} exited at start: {self.tail()}")
+            try:
+                socket.create_connection((HOST, self.port), 0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{system.name} did not listen on {self.port}") from None
+                time.sleep(0.05)
+
+    def tail(self) -> str:
+        self.log.flush()
+        try:
+            return self.log_path.read_text()[-600:]
+        except OSError:
+            return ""
+
+    def rss_kib(self) -> int:
+        return loadgen.rss_kib(self.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@contextlib.contextmanager
+def running(system: System, cfg: Config, tag: str) -> Iterator[Server]:
+    srv = Server(system, cfg, tag)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def workers_for(n: int, cfg: Config) -> int:
+    return max(1, -(-n * cfg.workers_per_10k // 10000))
+
+
+@contextlib.contextmanager
+def generator(cfg: Config, workers: int) -> Iterator[loadgen.LoadGen]:
+    gen = loadgen.LoadGen(workers, cfg.gen_core)
+    try:
+        yield gen
+    finally:
+        with contextlib.suppress(Exception):
+            gen.close()
+        gen.shutdown()
+
+
+class Meter:
+    """CPU of the server, of the load generator, per core, and of everything else."""
+
+    def __init__(self, srv: Server, gen: loadgen.LoadGen) -> None:
+        self.ours = {srv.pid, os.getpid(), *gen.pids}
+        self.cpu = loadgen.CPUMeter(srv.pid, [os.getpid(), *gen.pids])
+        self.f0 = foreign_cpu_ticks(self.ours)
+        self.t0 = time.monotonic()
+
+    def read(self) -> dict[str, Any]:
+        r = self.cpu.read()
+        dt = time.monotonic() - self.t0
+        r["foreign_cpu"] = (foreign_cpu_ticks(self.ours) - self.f0) / loadgen.TICK / dt
+        return r
+
+
+async def open_publisher(system: System, srv: Server) -> loadgen.Publisher:
+    pub = system.publisher(HOST, srv.port)
+    await pub.open()
+    return pub
+
+
+def connect(gen: loadgen.LoadGen, srv: Server, system: System, n: int,
+            transport: str = "ws", timeout: float = 90) -> dict[str, Any]:
+    r = gen.connect(HOST, srv.port, n, system.dialect, transport, timeout=timeout)
+    if r["ok"] < n:
+        r["server_log"] = srv.tail()
+    return r
+
+
+def measure_fanout(system: System, cfg: Config, n: int, duration: float,
+                   transport: str = "ws", workers: int | None = None,
+                   tag: str = "") -> dict[str, Any]:
+    """Scenario 1 (and 4): deliveries per second to n subscribers of one channel."""
+    out: dict[str, Any] = {"system": system.name, "n": n, "transport": transport}
+    workers = workers or workers_for(n, cfg)
+    out["workers"] = workers
+    with running(system, cfg, tag or f"fanout-{transport}-{n}") as srv, \
+            generator(cfg, workers) as gen:
+        c = connect(gen, srv, system, n, transport)
+        out["connect"] = c
+        if c["ok"] == 0:
+            out["error"] = "no subscriber connected"
+            return out
+        n_ok = c["ok"]
+
+        async def go() -> None:
+            pub = await open_publisher(system, srv)
+            gen.reset("count", cfg.tick)
+            # warm-up, which also sizes the window: about 250 ms of this server's work
+            # in flight, so that it never waits for the publisher nor drains for long
+            warm = await loadgen.fanout(pub, gen, n_ok, min(1.0, duration / 3),
+                                        max(2, min(500, 20_000 // n_ok)))
+            window = max(2, min(500, int(warm["rate"] * 0.25 / n_ok)))
+            out["window"] = window
+            out["warmup_rate"] = warm["rate"]
+            await asyncio.sleep(0.2)
+            gen.reset("count", cfg.tick)
+            meter = Meter(srv, gen)
+            r = await loadgen.fanout(pub, gen, n_ok, duration, window)
+            r.update(meter.read())
+            out.update(r)
+            out["publisher_errors"] = pub.errors[:3]
+            pub.close()
+
+        asyncio.run(go())
+        st = gen.stats()
+        out["subscribers"] = st["conns"]
+        out["per_conn_min"], out["per_conn_max"] = st["min"], st["max"]
+        out["all_delivered"] = (out["delivered"] == out["expected"]
+                                and st["min"] == st["max"] == out["published"]
+                                and n_ok == n)
+        out["rss_kib"] = srv.rss_kib()
+        out["errors"] = st["errors"]
+    return out
+
+
+def measure_latency(system: System, cfg: Config, n: int, rate: float,
+                    duration: float) -> dict[str, Any]:
+    """Scenario 2: publish-to-receipt latency at a fixed publish rate."""
+    import numpy as np
+
+    count = int(rate * duration)
+    out: dict[str, Any] = {"system": system.name, "n": n, "rate": rate, "messages": count}
+    with running(system, cfg, f"latency-{n}") as srv, \
+            generator(cfg, workers_for(n, cfg)) as gen:
+        c = connect(gen, srv, system, n)
+        out["connect"] = c
+        if c["ok"] == 0:
+            out["error"] = "no subscriber connected"
+            return out
+        n_ok = c["ok"]
+
+        async def go() -> None:
+            pub = await open_publisher(system, srv)
+            gen.reset("count", -1)
+            await loadgen.paced(pub, gen, n_ok, rate, max(5, int(rate)), drain=5)  # warm-up
+            await asyncio.sleep(0.2)
+            gen.reset("latency", -1)
+            meter = Meter(srv, gen)
+            r = await loadgen.paced(pub, gen, n_ok, rate, count)
+            r.update(meter.read())
+            out.update(r)
+            pub.close()
+
+        asyncio.run(go())
+        st = gen.stats(latency=True)
+        lat = np.frombuffer(st["lat"], dtype=np.int64) / 1e6  # ms
+        out["all_delivered"] = out["delivered"] == out["expected"] and n_ok == n
+        if len(lat):
+            out.update({
+                "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+                "p99_ms": float(np.percentile(lat, 99)), "p999_ms": float(np.percentile(lat, 99.9)),
+                "max_ms": float(lat.max()), "mean_ms": float(lat.mean()), "samples": len(lat),
+            })
+        out["errors"] = st["errors"]
+    return out
+
+
+def measure_memory(system: System, cfg: Config, steps: list[int]) -> dict[str, Any]:
+    """Scenario 3: server RSS per idle subscribed WebSocket connection, and how many it
+    holds up to the open-file limit."""
+    import numpy as np
+
+    target = steps[-1]
+    workers = max(2, -(-target // 5000))
+    out: dict[str, Any] = {"system": system.name, "steps": [], "target": target}
+    with running(system, cfg, "memory") as srv, generator(cfg, workers) as gen:
+        # warm-up: exercise the code paths once, then measure from an idle baseline
+        connect(gen, srv, system, 100)
+        gen.close()
+        time.sleep(1.0)
+        base = srv.rss_kib()
+        out["base_rss_kib"] = base
+        held = 0
+        for step in steps:
+            want = step - held
+            c = connect(gen, srv, system, want, timeout=120)
+            held += c["ok"]
+            time.sleep(1.5)
+            if not srv.alive():
+                out["error"] = f"server died at {held} connections"
+                break
+            rss = srv.rss_kib()
+            out["steps"].append({"connections": held, "rss_kib": rss,
+                                 "kib_per_conn": (rss - base) / held if held else 0.0,
+                                 "failed": c["failed"], "seconds": c["seconds"],
+                                 "errors": c["errors"][:2]})
+            if c["ok"] < want:
+                out["refused_at"] = held
+                break  # the server (or the open-file limit) refused more
+        # are they all alive? one publish must reach every one of them
+        if srv.alive():
+            async def verify() -> dict[str, Any]:
+                pub = await open_publisher(system, srv)
+                gen.reset("count", -1)
+                r = await loadgen.paced(pub, gen, held, 10, 1, drain=15)
+                pub.close()
+                return r
+            v = asyncio.run(verify())
+            out["verified"] = v["delivered"]
+        out["held"] = held
+        st = [s for s in out["steps"] if s["connections"] >= 1000]
+        if len(st) >= 2:
+            x = np.array([s["connections"] for s in st], dtype=float)
+            y = np.array([s["rss_kib"] for s in st], dtype=float)
+            slope, icpt = np.polyfit(x, y, 1)
+            out["slope_kib"] = float(slope)
+            out["projection_100k_mib"] = float((icpt + slope * 100_000) / 1024)
+        at10k = [s for s in out["steps"] if s["connections"] == 10000]
+        if at10k:
+            out["kib_per_conn_10k"] = at10k[0]["kib_per_conn"]
+    return out

@@ -1,0 +1,451 @@
+"""docs/benchmarks.md and docs/bench/*.png from bench/results/results.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import systems
+
+ROOT = systems.ROOT
+
+
+def _cmd(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return "?"
+
+
+def machine_info(env: dict[str, str], cfg: Any) -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError):
+        pass
+    virt = _cmd(["systemd-detect-virt"]) or "?"
+    if virt in ("?", ""):
+        hv = _cmd(["sh", "-c", "lscpu | grep -i 'hypervisor vendor'"])
+        virt = hv.split(":", 1)[1].strip() if ":" in hv else "?"
+    return {
+        "cpu": model, "cores": os.cpu_count(), "memory": mem, "virtualization": virt,
+        "kernel": platform.release(), "os": _cmd(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "python_ours": _cmd([str(systems.MAIN_VENV / "bin" / "python"), "-c",
+                             "import platform; print(platform.python_version())"]),
+        "node": systems.node_version(),
+        "fd_limit": cfg.fd_limit, "server_core": cfg.server_core, "gen_core": cfg.gen_core,
+        "tick_ms": cfg.tick * 1000, **env,
+    }
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "—"
+    if x >= 100:
+        return f"{x:,.0f}{unit}"
+    if x >= 10:
+        return f"{x:.1f}{unit}"
+    return f"{x:.2f}{unit}"
+
+
+def _ratio(x: float | None, ours: float | None, lower_is_better: bool = False) -> str:
+    if x is None or not ours:
+        return "—"
+    return f"{x / ours:.2f}×"
+
+
+def _label(results: dict[str, Any], name: str) -> str:
+    v = results.get("versions", {}).get(name, {})
+    return v.get("label", name)
+
+
+def _order(names: set[str]) -> list[str]:
+    return [n for n in systems.ORDER if n in names] + sorted(names - set(systems.ORDER))
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def _plots(results: dict[str, Any], outdir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    made = []
+    sc = results.get("scenarios", {})
+    fan = sc.get("fanout", {}).get("runs", [])
+    if fan:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for name in _order({r["system"] for r in fan}):
+            pts = sorted((r["n"], r["rate"]) for r in fan if r["system"] == name and r.get("rate"))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                        linewidth=2.5 if name == "ours" else 1.5, label=_label(results, name))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("subscribers on the channel")
+        ax.set_ylabel("deliveries per second")
+        ax.set_title("Fan-out throughput (WebSocket)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(outdir / "fanout_throughput.png", dpi=110)
+        plt.close(fig)
+        made.append("fanout_throughput.png")
+    lat = sc.get("latency", {}).get("runs", [])
+    if lat:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=False)
+        for ax, key in zip(axes, ("p50_ms", "p99_ms")):
+            for name in _order({r["system"] for r in lat}):
+                pts = sorted((r["n"], r[key]) for r in lat if r["system"] == name and r.get(key))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                            linewidth=2.5 if name == "ours" else 1.5, label=_label(results, name))
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("subscribers (1,000 at 100 msg/s; 10,000 at 10 msg/s)")
+            ax.set_ylabel("ms")
+            ax.set_title(f"Latency {key[:3]}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(outdir / "latency.png", dpi=110)
+        plt.close(fig)
+        made.append("latency.png")
+    mem = sc.get("memory", {}).get("runs", [])
+    if mem:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for name in _order({r["system"] for r in mem}):
+            r = next(x for x in mem if x["system"] == name)
+            pts = [(s["connections"], s["rss_kib"] / 1024) for s in r.get("steps", [])]
+            if pts:
+                ax.plot([0] + [p[0] for p in pts], [r["base_rss_kib"] / 1024] + [p[1] for p in pts],
+                        marker="o", linewidth=2.5 if name == "ours" else 1.5,
+                        label=_label(results, name))
+        ax.set_xlabel("idle subscribed WebSocket connections")
+        ax.set_ylabel("server RSS (MiB)")
+        ax.set_title("Server memory against connections")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(outdir / "memory.png", dpi=110)
+        plt.close(fig)
+        made.append("memory.png")
+    return made
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    c = r.get("cores") or {}
+    if not c:
+        return "—"
+    return " / ".join(f"{float(v):.0%}" for _, v in sorted(c.items(), key=lambda kv: int(kv[0])))
+
+
+def _fanout_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
+    runs = sc.get("runs", [])
+    ns = sorted({r["n"] for r in runs})
+    names = _order({r["system"] for r in runs})
+    by = {(r["system"], r["n"]): r for r in runs}
+    out = ["Deliveries per second (messages × subscribers reached, per second of the whole run, "
+           "from the first publish to the last delivery) and their ratio to ours. ✓: every "
+           "subscriber received every message exactly once.", ""]
+    head = "| system | " + " | ".join(f"N = {n:,}" for n in ns) + " | " + \
+           " | ".join(f"× ours at {n:,}" for n in ns) + " |"
+    out += [head, "|" + "---|" * (1 + 2 * len(ns))]
+    for name in names:
+        cells, ratios = [], []
+        for n in ns:
+            r = by.get((name, n), {})
+            rate = r.get("rate")
+            ok = " ✓" if r.get("all_delivered") else (" ✗" if rate else "")
+            cells.append((_fmt(rate) + ok) if rate else ("failed" if r.get("error") else "—"))
+            ratios.append(_ratio(rate, by.get(("ours", n), {}).get("rate")))
+        out.append(f"| {_label(results, name)} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    out += ["", "<details><summary>run details (CPU per core: server core / load-generator "
+            "core; other processes' CPU; flow-control window)</summary>", "",
+            "| system | N | deliveries/s | published | delivered/expected | cores busy | "
+            "server proc | load gen procs | others | window | sub procs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        for n in ns:
+            r = by.get((name, n))
+            if not r:
+                continue
+            if r.get("error"):
+                out.append(f"| {name} | {n:,} | failed: {str(r['error'])[:80]} | | | | | | | | |")
+                continue
+            out.append(
+                f"| {name} | {n:,} | {_fmt(r.get('rate'))} | {r.get('published', 0):,} | "
+                f"{r.get('delivered', 0):,}/{r.get('expected', 0):,} | {_cpu(r)} | "
+                f"{r.get('server_cpu', 0):.0%} | {r.get('loadgen_cpu', 0):.0%} | "
+                f"{r.get('foreign_cpu', 0):.0%} | {r.get('window', '—')} | {r.get('workers', '—')} |")
+    out += ["", "</details>", ""]
+    return out
+
+
+def _latency_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
+    runs = sc.get("runs", [])
+    points = sorted({(r["n"], r["rate"]) for r in runs})
+    names = _order({r["system"] for r in runs})
+    by = {(r["system"], r["n"], r["rate"]): r for r in runs}
+    out = ["Publish-to-receipt latency in milliseconds: the publisher stamps each message with "
+           "`CLOCK_MONOTONIC` (system-wide on Linux) and each subscriber process subtracts it "
+           "from the time it read the chunk that carried the message. Every delivery is a "
+           "sample. Ratio: p99 against ours.", ""]
+    for n, rate in points:
+        out += [f"**N = {n:,} subscribers, {rate:g} messages/s** "
+                f"({rate * n:,.0f} deliveries/s for {sc.get('duration', '?')} s)", "",
+                "| system | p50 | p90 | p99 | p99.9 | max | p99 × ours | all delivered |",
+                "|---|---|---|---|---|---|---|---|"]
+        ours = by.get(("ours", n, rate), {}).get("p99_ms")
+        for name in names:
+            r = by.get((name, n, rate))
+            if not r:
+                continue
+            if r.get("error") or "p50_ms" not in r:
+                out.append(f"| {_label(results, name)} | failed: {str(r.get('error', 'no samples'))[:80]} "
+                           "| | | | | | |")
+                continue
+            out.append(
+                f"| {_label(results, name)} | {_fmt(r['p50_ms'])} | {_fmt(r['p90_ms'])} | "
+                f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | "
+                f"{_ratio(r['p99_ms'], ours)} | {'✓' if r.get('all_delivered') else '✗'} |")
+        out.append("")
+    return out
+
+
+def _memory_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
+    runs = sc.get("runs", [])
+    names = _order({r["system"] for r in runs})
+    by = {r["system"]: r for r in runs}
+    steps = sc.get("steps", [])
+    out = [f"Server RSS growth per idle subscribed WebSocket connection (RSS after N connections "
+           f"minus RSS at rest after a warm-up, divided by N), measured at "
+           f"{', '.join(f'{s:,}' for s in steps)} connections; the slope is a least-squares fit "
+           "over those steps; *held*: connections open at the end, *verified*: how many of them "
+           "received one more published message. The projection to 100,000 connections "
+           "extrapolates the slope (the open-file limit stops a real test there).", ""]
+    at = 10000 if 10000 in steps else steps[-1] if steps else 0
+    out += [f"| system | KiB/conn at {at:,} | slope KiB/conn | base RSS MiB | held | verified | "
+            "RSS MiB at held | projected MiB at 100k | × ours (KiB/conn) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    ours_k = None
+    if "ours" in by:
+        ours_k = _kib_at(by["ours"], at)
+    for name in names:
+        r = by[name]
+        if r.get("error") and not r.get("steps"):
+            out.append(f"| {_label(results, name)} | failed: {str(r['error'])[:80]} | | | | | | | |")
+            continue
+        k = _kib_at(r, at)
+        last = (r.get("steps") or [{}])[-1]
+        out.append(
+            f"| {_label(results, name)} | {_fmt(k)} | {_fmt(r.get('slope_kib'))} | "
+            f"{r.get('base_rss_kib', 0) / 1024:.1f} | {r.get('held', 0):,} | "
+            f"{r.get('verified', 0):,} | {last.get('rss_kib', 0) / 1024:.1f} | "
+            f"{_fmt(r.get('projection_100k_mib'))} | {_ratio(k, ours_k)} |")
+    out += ["", "<details><summary>KiB per connection at each step</summary>", "",
+            "| system | " + " | ".join(f"{s:,}" for s in steps) + " |",
+            "|---|" + "---|" * len(steps)]
+    for name in names:
+        r = by[name]
+        cells = []
+        for s in steps:
+            st = next((x for x in r.get("steps", []) if abs(x["connections"] - s) <= s * 0.02), None)
+            cells.append(_fmt(st["kib_per_conn"]) if st else "—")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "</details>", ""]
+    return out
+
+
+def _kib_at(r: dict[str, Any], at: int) -> float | None:
+    for s in r.get("steps", []):
+        if abs(s["connections"] - at) <= at * 0.02:
+            return s["kib_per_conn"]
+    return None
+
+
+def _transports_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
+    if sc.get("pending"):
+        return [f"*Pending:* {sc['pending']}.", ""]
+    runs = sc.get("runs", [])
+    out = ["Ours only: the same fan-out with subscribers on Server-Sent Events (`GET /sse?channels=bench`) "
+           "and on long-polling (`GET /poll`, then `GET /poll?connection_id=…&cursor=…` in a loop, "
+           "each answer carrying every message queued since the last), against WebSocket in the "
+           "same run.", "",
+           "| transport | N | deliveries/s | × WebSocket | all delivered |", "|---|---|---|---|---|"]
+    ws = {r["n"]: r.get("rate") for r in runs if r.get("transport") == "ws"}
+    for r in runs:
+        if r.get("error"):
+            out.append(f"| {r.get('transport')} | {r['n']:,} | failed: {str(r['error'])[:80]} | | |")
+            continue
+        out.append(f"| {r['transport']} | {r['n']:,} | {_fmt(r.get('rate'))} | "
+                   f"{_ratio(r.get('rate'), ws.get(r['n']))} | {'✓' if r.get('all_delivered') else '✗'} |")
+    out.append("")
+    return out
+
+
+def _loadgen_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
+    out = []
+    cap = sc.get("capacity", {})
+    fastest = 0.0
+    fan = results.get("scenarios", {}).get("fanout", {}).get("runs", [])
+    tr = results.get("scenarios", {}).get("transports", {}).get("runs", [])
+    peer_best = max((r.get("rate") or 0 for r in fan if r.get("system") != "ours"), default=0)
+    fastest = max((r.get("rate") or 0 for r in fan + tr), default=0)
+    if cap.get("rate"):
+        out += [
+            f"* **Capacity.** Against the raw server in its coalescing mode (every frame queued "
+            f"for a connection written in one write per loop turn: `bench/peers/raw_uvloop.py "
+            f"--batch`), the subscribers counted **{cap['rate']:,.0f} deliveries/s** "
+            f"(N = {cap.get('n', 0):,}) with the load-generator core {_cpu(cap).split(' / ')[-1]} "
+            f"busy and its processes at {cap.get('loadgen_cpu', 0):.0%} of a core. That is "
+            f"{cap['rate'] / peer_best:.1f}× the fastest peer measured here ({peer_best:,.0f}/s)"
+            + (f" and {cap['rate'] / fastest:.1f}× the fastest figure in this report "
+               f"({fastest:,.0f}/s)" if fastest and fastest != peer_best else "")
+            + "." if peer_best else "."]
+    sc_runs = [r for r in sc.get("scaling", []) if r.get("rate")]
+    if len(sc_runs) >= 2:
+        a, b = sc_runs[0], sc_runs[1]
+        out += [
+            f"* **More subscriber processes change nothing.** {_label(results, a['system'])} at "
+            f"N = {a['n']:,}: {a['rate']:,.0f} deliveries/s with {a['workers']} subscriber "
+            f"processes, {b['rate']:,.0f}/s with {b['workers']} ({b['rate'] / a['rate'] - 1:+.0%}); "
+            f"load-generator processes at {a.get('loadgen_cpu', 0):.0%} and "
+            f"{b.get('loadgen_cpu', 0):.0%} of their core, the server core at "
+            f"{_cpu(a).split(' / ')[0]} and {_cpu(b).split(' / ')[0]}."]
+    if fan:
+        worst = max((r.get("loadgen_cpu", 0) for r in fan if r.get("rate")), default=0)
+        out += [f"* **Headroom in every run.** In the fan-out runs the load-generator processes "
+                f"used at most {worst:.0%} of their core (per-run figures in the details tables), "
+                "while the server core was busy."]
+    out.append("")
+    return out
+
+
+def _pending_section(sc: dict[str, Any]) -> list[str]:
+    if sc.get("pending"):
+        return [f"*Pending:* {sc['pending']}.", ""]
+    runs = sc.get("runs", [])
+    if not runs:
+        return ["No results.", ""]
+    out = ["| system | N | deliveries/s | all delivered |", "|---|---|---|---|"]
+    for r in runs:
+        out.append(f"| {r.get('system')} | {r.get('n', 0):,} | {_fmt(r.get('rate'))} | "
+                   f"{'✓' if r.get('all_delivered') else '✗'} |")
+    out.append("")
+    return out
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    import scenarios as scmod
+
+    plots = _plots(results, out.parent / "bench")
+    m = results.get("machine", {})
+    sc = results.get("scenarios", {})
+    vers = results.get("versions", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run.sh` (see `bench/README.md`); do not edit by hand. Every figure "
+        "below was measured on the machine described here, in one session, with the server "
+        "pinned to one core and the load generator to the other.",
+        "",
+    ]
+    if not vers.get("ours", {}).get("available"):
+        lines += ["> **Our server is pending:** `realtime serve` was not available when this "
+                  "report was generated, so only the peers were measured. Re-run "
+                  "`bench/run.sh` once it exists.", ""]
+    lines += [
+        "## Machine",
+        "",
+        "| | |", "|---|---|",
+        f"| CPU | {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('virtualization', '?')} guest) |",
+        f"| memory | {m.get('memory', '?')} |",
+        f"| kernel | Linux {m.get('kernel', '?')} ({m.get('os', '?')}) |",
+        f"| Python | {m.get('python', '?')} (harness and Python peers, `bench/.venv`); "
+        f"{m.get('python_ours', '?')} (ours, `.venv`) |",
+        f"| Node | {m.get('node', '?')} |",
+        f"| pinning | server on core {m.get('server_core')}, load generator (publisher and "
+        f"subscriber processes) on core {m.get('gen_core')} (`taskset`/`sched_setaffinity`); "
+        f"nice {m.get('nice', '0')} |",
+        f"| network | loopback only, {m.get('netns', '?')}; TCP congestion control "
+        f"{m.get('congestion_control', '?')} |",
+        f"| open files | {m.get('fd_limit', '?'):,} per process (hard limit) |" if isinstance(
+            m.get("fd_limit"), int) else "| open files | ? |",
+        "",
+        "## Systems",
+        "",
+        "| system | version | how it fans out |", "|---|---|---|",
+    ]
+    for name in _order(set(vers)):
+        v = vers[name]
+        if name == "raw-batch":
+            continue
+        lines.append(f"| {v['label']} | {v['version']}{'' if v.get('available') else ' (not available)'} "
+                     f"| {v.get('notes', '')} |")
+    lines += [
+        "",
+        "Every system runs the same shape: N subscribers join one channel (room); one publisher "
+        "sends messages whose data is a 64-byte JSON object carrying a send timestamp; the server "
+        "sends each to all N. Peers receive `{\"type\":\"publish\",…}` on a WebSocket from the "
+        "publisher (socket.io: a `publish` event) and forward it; ours gets `POST /api/publish`. "
+        "WebSocket compression is off everywhere; keepalive pings are off on the peers.",
+        "",
+        "How it is measured: the subscribers are raw-socket uvloop clients (no WebSocket library) "
+        "spread over several processes, each with its own loopback source address. After "
+        "subscribing they do not decode frames: they count a marker that every published payload "
+        "carries once, with `bytes.count`. In throughput runs they sweep their sockets every "
+        f"{m.get('tick_ms', 5):g} ms (so one `recv` takes every frame that arrived meanwhile) and "
+        "the publisher keeps about 250 ms of the server's work in flight (a window sized from a "
+        "warm-up), so the server never waits for the publisher. Latency runs read as soon as data "
+        "arrives.",
+        "",
+    ]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}](bench/{p})" for p in plots] + [""]
+    order = sorted(scmod.SCENARIOS.values(), key=lambda s: (s.number == 0, s.number))
+    for s in order:
+        r = sc.get(s.name)
+        title = f"## {s.number}. {s.title}" if s.number else f"## {s.title}"
+        lines += [title, ""]
+        if r is None:
+            lines += ["*Not run yet.*", ""]
+            continue
+        if r.get("mode"):
+            lines += [f"<sub>{r['mode']} run, {r.get('when', '')}, {r.get('seconds', 0):.0f} s</sub>", ""]
+        if s.name == "fanout":
+            lines += _fanout_section(results, r)
+        elif s.name == "latency":
+            lines += _latency_section(results, r)
+        elif s.name == "memory":
+            lines += _memory_section(results, r)
+        elif s.name == "transports":
+            lines += _transports_section(results, r)
+        elif s.name == "loadgen":
+            lines += _loadgen_section(results, r)
+        else:
+            lines += _pending_section(r)
+    extra = ROOT / "bench" / "NOTES.md"
+    if extra.exists():
+        lines += [extra.read_text().rstrip(), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
