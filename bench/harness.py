@@ -41,17 +41,13 @@ def next_port() -> int:
     return _port[0]
 
 
-def foreign_cpu_ticks(exclude: set[int]) -> int:
-    """CPU ticks used so far by every process that is not ours (other work on the machine)."""
-    total = 0
+def foreign_cpu_ticks(exclude: set[int]) -> dict[int, int]:
+    """CPU ticks used so far by each process that is not ours (other work on the machine)."""
+    out = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        pid = int(d)
-        if pid in exclude:
-            continue
-        total += loadgen.cpu_ticks(pid)
-    return total
+        if d.isdigit() and int(d) not in exclude:
+            out[int(d)] = loadgen.cpu_ticks(int(d))
+    return out
 
 
 class Server:
@@ -142,7 +138,9 @@ class Meter:
     def read(self) -> dict[str, Any]:
         r = self.cpu.read()
         dt = time.monotonic() - self.t0
-        r["foreign_cpu"] = (foreign_cpu_ticks(self.ours) - self.f0) / loadgen.TICK / dt
+        f1 = foreign_cpu_ticks(self.ours)
+        used = sum(t - self.f0.get(pid, 0) for pid, t in f1.items())
+        r["foreign_cpu"] = max(0, used) / loadgen.TICK / dt
         return r
 
 
@@ -181,9 +179,9 @@ def measure_fanout(system: System, cfg: Config, n: int, duration: float,
             gen.reset("count", cfg.tick)
             # warm-up, which also sizes the window: about 250 ms of this server's work
             # in flight, so that it never waits for the publisher nor drains for long
-            warm = await loadgen.fanout(pub, gen, n_ok, min(1.0, duration / 3),
-                                        max(2, min(500, 20_000 // n_ok)))
-            window = max(2, min(500, int(warm["rate"] * 0.25 / n_ok)))
+            floor = max(2, min(500, 20_000 // n_ok))
+            warm = await loadgen.fanout(pub, gen, n_ok, 1.0, floor)
+            window = max(floor, min(500, int(warm["rate"] * 0.25 / n_ok)))
             out["window"] = window
             out["warmup_rate"] = warm["rate"]
             await asyncio.sleep(0.2)

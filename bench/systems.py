@@ -171,3 +171,15 @@ register(System(
     dialect="json", publisher=loadgen.WSPublisher,
     version=lambda: "uvloop " + _pip_version("uvloop"), group="probe",
 ))
+
+
+# Scenario 5: ours on each runtime (the asyncio one above is the baseline).
+for _rt in ("trio", "gevent"):
+    register(System(
+        name=f"ours-{_rt}", label=f"realtime_proto ({_rt})",
+        command=lambda port, rt=_rt: [OURS_BIN, "serve", "--port", str(port), "--api-key", API_KEY,
+                                      "--runtime", rt],
+        dialect="ours", publisher=ours_publisher, version=_ours_version, ours=True,
+        transports=("ws",), available=_ours_available, group="runtime",
+        notes=f"`realtime serve --runtime {_rt}`",
+    ))

@@ -778,7 +778,10 @@ export class Channel extends Emitter {
     const event = msg.event;
     const data = msg.data;
     if (this.state === 'unsubscribed') {
-      if (event === 'unsubscription.succeeded') this._emit(event, data ?? {}, msg);
+      if (event === 'unsubscription.succeeded') {
+        this._emit(event, data ?? {}, msg);
+        this._emit('*', event, data ?? {}, msg);
+      }
       return;
     }
     if (event === 'subscription.succeeded') {

@@ -69,7 +69,7 @@ describe('SSE parser', () => {
   test('fields, comments, CRLF and chunks split anywhere', () => {
     const got = [];
     const p = new SseParser((d) => got.push(d));
-    const text = 'retry: 3000\r\n\r\n: heartbeat\n\nid: m-1\ndata: {"a":1}\n\nid: m-2\r\ndata: line1\r\ndata:line2\r\r';
+    const text = 'retry: 3000\r\n\r\n: heartbeat\n\nid: m-1\ndata: {"a":1}\n\nid: m-2\r\ndata: line1\r\ndata:line2\r\r\n: trailing';
     for (const ch of text) p.push(ch);
     assert.deepEqual(got, ['{"a":1}', 'line1\nline2']);
   });

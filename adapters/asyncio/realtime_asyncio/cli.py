@@ -190,3 +190,7 @@ def _serve(settings: Settings) -> None:
         _fail(str(error))
     except KeyboardInterrupt:
         pass
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,7 @@ from realtime_proto.events import (
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
 
+from .asgi import RealtimeASGI
 from .edge import Settings, build_node_config, new_epoch, new_node_id, random_id
 
 __all__ = ["RealtimeServer"]
@@ -133,6 +134,7 @@ class RealtimeServer:
         self._pumping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
+        self._asgi: RealtimeASGI | None = None
 
     # -- the application's API -----------------------------------------------------------
 
@@ -193,8 +195,24 @@ class RealtimeServer:
         """Monotonic seconds, the Node's clock."""
         return (self._loop or asyncio.get_running_loop()).time()
 
-    async def start(self) -> None:
+    @property
+    def started(self) -> bool:
+        """Whether `start` has run."""
+        return self._loop is not None
+
+    @property
+    def asgi_app(self) -> RealtimeASGI:
+        """An ASGI application serving the same endpoints (mount it anywhere)."""
+        if self._asgi is None:
+            self._asgi = RealtimeASGI(self)
+        return self._asgi
+
+    async def start(self, *, listen: bool = True) -> None:
         """Connect the broker and start listening; returns once serving.
+
+        Args:
+            listen: bind the configured host and port; False when only the ASGI
+                application serves (mounted in another server).
 
         Raises:
             OSError: the address is in use or cannot be bound.
@@ -203,12 +221,14 @@ class RealtimeServer:
         self._loop = asyncio.get_running_loop()
         self.broker = open_broker(self.settings.broker, self, node_id=self.node_id)
         await self.broker.start()
+        self.pump()
+        if not listen:
+            return
         ssl_context = self._ssl_context()
         server = await self._loop.create_server(
             lambda: _Client(self, ssl_context is not None), self.settings.host,
             self.settings.port, ssl=ssl_context, reuse_address=True, backlog=4096)
         self._servers.append(server)
-        self.pump()
         log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
                  self.settings.host, self.port, self.settings.broker.partition("?")[0])
 

@@ -1,0 +1,138 @@
+"""The `realtime` command as a user runs it: options, errors, serving and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+
+from realtime_asyncio.cli import resolve_settings
+from realtime_proto.errors import ConfigError
+
+REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*REALTIME, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def wait_listening(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError("server did not start listening")
+
+
+def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "realtime.toml"
+    config.write_text('port = 7001\nbroker = "memory://file"\nheartbeat_interval = 5\n'
+                      'api_key = "from-file"\n')
+    settings = resolve_settings({"port": "7003"},
+                                {"REALTIME_PORT": "7002", "REALTIME_API_KEY": "from-env"},
+                                str(config))
+    assert (settings.port, settings.api_key, settings.broker, settings.heartbeat_interval) == (
+        7003, "from-env", "memory://file", 5.0)
+    assert resolve_settings({}, {}, None).port == 6001
+
+
+@pytest.mark.parametrize(("flags", "environ", "message"), [
+    ({"port": "abc"}, {}, "port must be int"),
+    ({}, {"REALTIME_HEARTBEAT_INTERVAL": "soon"}, "heartbeat_interval must be float"),
+    ({"tls_cert": "c.pem"}, {}, "--tls-cert and --tls-key go together"),
+])
+def test_bad_values_are_config_errors(flags: dict[str, str], environ: dict[str, str],
+                                      message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_settings(flags, environ, None)
+
+
+def test_unknown_keys_and_unreadable_files(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("colour = 'blue'\n")
+    with pytest.raises(ConfigError, match="unknown option"):
+        resolve_settings({}, {}, str(config))
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        resolve_settings({}, {}, str(tmp_path / "missing.toml"))
+
+
+def test_help_documents_every_option() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    for option in ("--host", "--port", "--broker", "--config", "--api-key", "--jwt-secret",
+                   "--log-level", "--max-message-bytes", "--tls-cert", "--runtime"):
+        assert option in result.stdout
+    assert "REALTIME_" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("serve", "--port", "abc"), "port must be int"),
+    (("serve", "--no-such-flag"), "unrecognized arguments"),
+    (("serve", "--config", "/nonexistent/realtime.toml"), "cannot read config file"),
+    (("serve", "--broker", "carrier-pigeon://x"), "unsupported broker URL"),
+])
+def test_bad_options_fail_with_one_clear_line(args: tuple[str, ...], needle: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("realtime: error:") and needle in lines[0]
+
+
+def test_port_in_use_fails_with_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"realtime: error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_serve_prints_a_generated_key_then_sigterm_closes_clients_with_1001() -> None:
+    port = free_port()
+    process = subprocess.Popen([*REALTIME, "serve", "--port", str(port)], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, process)
+
+        async def client() -> int | None:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                established = json.loads(await ws.recv())
+                assert established["event"] == "connection.established"
+                process.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(20):
+                        async for _ in ws:
+                            pass
+                except websockets.ConnectionClosed:
+                    pass
+                return ws.close_code
+        assert asyncio.run(client()) == 1001
+        assert process.wait(timeout=20) == 0
+        assert process.stdout is not None
+        key_line = process.stdout.readline()
+        assert key_line.startswith("realtime: generated API key") and len(key_line.split()[-1]) > 20
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=20)  # also closes the pipes
