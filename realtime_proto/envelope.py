@@ -59,7 +59,7 @@ class Envelope:
         """
         head, newline, payload = data.partition(b"\n")
         try:
-            header = json.loads(head) if newline else None
+            header = json.loads(head) if newline else {}
             return cls(
                 origin=str(header["o"]),
                 sequence=int(header["s"]),

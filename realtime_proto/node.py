@@ -22,7 +22,7 @@ from .actions import (
     Transmit,
 )
 from .api import bearer_token, error_body, handle_api
-from .config import Epoch, NodeConfig
+from .config import Epoch, NodeConfig, StaticFile
 from .errors import ErrorCode, MessageError
 from .events import (
     AuthenticationAnswered,
@@ -296,7 +296,7 @@ class Node:
         origin = self.config.cors_origin
         return [("access-control-allow-origin", origin)] if origin else []
 
-    def _static(self, path: str) -> object | None:
+    def _static(self, path: str) -> StaticFile | None:
         files = self.config.static_files
         return files.get(path) or (files.get(path + "index.html") if path.endswith("/") else None)
 

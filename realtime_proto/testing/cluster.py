@@ -29,8 +29,8 @@ class SimulatedBroker:
     def __init__(self, rng: random.Random, *, min_delay: float = 0.001,
                  max_delay: float = 0.05) -> None:
         self._rng = rng
-        self._min_delay = min_delay
-        self._max_delay = max_delay
+        self.min_delay = min_delay
+        self.max_delay = max_delay
         self.subscriptions: dict[str, set[str]] = {}
         self.partitioned: set[str] = set()
         self._queue: list[tuple[float, int, str, str, bytes]] = []
@@ -51,7 +51,7 @@ class SimulatedBroker:
                 self.published += 1
                 for target, topics in self.subscriptions.items():
                     if topic in topics and target not in self.partitioned:
-                        at = now + self._rng.uniform(self._min_delay, self._max_delay)
+                        at = now + self._rng.uniform(self.min_delay, self.max_delay)
                         at = max(at, self._last_at.get((node_id, target), 0.0))  # FIFO
                         self._last_at[(node_id, target)] = at
                         heapq.heappush(self._queue, (at, next(self._order), target, topic, data))
@@ -156,7 +156,7 @@ class Cluster:
 
     def settle(self) -> None:
         """Deliver what the broker holds (a short run, shorter than any timeout)."""
-        self.run_for(self.broker._max_delay * 4 + 0.01)
+        self.run_for(self.broker.max_delay * 4 + 0.01)
 
 
 def _fields(config: HubConfig) -> dict[str, Any]:

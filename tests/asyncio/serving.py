@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from realtime_asyncio import RealtimeServer
+
 from realtime_proto.jwt import encode_hs256
 
 API_KEY = "test-api-key"

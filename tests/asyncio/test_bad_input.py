@@ -130,7 +130,7 @@ def test_bad_http_requests_get_4xx(request_bytes: bytes, status: int) -> None:
 
 def test_truncated_request_is_dropped_quietly() -> None:
     async def scenario(server: Any, good: WsClient) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"cha")
         await writer.drain()
         writer.close()

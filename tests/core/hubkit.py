@@ -10,7 +10,8 @@ from realtime_proto.testing import FakeClock, MemoryTransport, counter_ids
 
 def make(config: HubConfig | None = None) -> tuple[Hub, MemoryTransport, FakeClock]:
     clock = FakeClock()
-    hub = Hub(config or HubConfig(), new_id=counter_ids("m"), epoch=Epoch(clock.now, 1_700_000_000_000))
+    epoch = Epoch(clock.now, 1_700_000_000_000)
+    hub = Hub(config or HubConfig(), new_id=counter_ids("m"), epoch=epoch)
     broker: list[Any] = []
     transport = MemoryTransport(hub, clock=clock, new_id=counter_ids("c"), on_broker=broker.append)
     transport.broker_log = broker  # type: ignore[attr-defined]

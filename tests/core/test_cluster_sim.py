@@ -34,7 +34,7 @@ def test_every_message_reaches_every_subscriber_once_in_publish_order(seed: int)
     rng = random.Random(seed)
     nodes = list(cluster.transports)
     subscribers = []
-    for index in range(rng.randint(2, 6)):
+    for _index in range(rng.randint(2, 6)):
         node = rng.choice(nodes)
         conn = cluster.connect(node)
         cluster.send(node, conn, {"type": "subscribe", "channel": "news"})

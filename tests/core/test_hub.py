@@ -252,7 +252,7 @@ def test_subscription_limit() -> None:
 
 
 def test_broker_topics_follow_local_subscribers() -> None:
-    hub, transport, _ = make()
+    _hub, transport, _ = make()
     log = transport.broker_log  # type: ignore[attr-defined]
     a, b = transport.connect(), transport.connect()
     log.clear()

@@ -272,7 +272,7 @@ def test_slow_websocket_consumer_is_dropped_and_others_keep_receiving() -> None:
         h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "n"})))
         h.take(transport)
     # the adapter stops pulling for `slow` (its socket is full): emulate by not pumping it
-    for number in range(20):
+    for _number in range(20):
         h.node.hub.broadcast("n", "x", "y" * 100, now=h.clock.now)
         for action in h.node.actions():
             transport = getattr(action, "transport_id", None)

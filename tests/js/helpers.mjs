@@ -11,14 +11,14 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLIENT_PATH = path.join(ROOT, 'clients', 'js', 'realtime.js');
 
-/** The `realtime` console script (REALTIME_BIN overrides). */
+/** The `realtime` console script (JS_TEST_REALTIME_BIN overrides). */
 export function realtimeBin() {
-  return process.env.REALTIME_BIN || path.join(ROOT, '.venv', 'bin', 'realtime');
+  return process.env.JS_TEST_REALTIME_BIN || path.join(ROOT, '.venv', 'bin', 'realtime');
 }
 
-/** The Python interpreter that has realtime_proto installed (REALTIME_PYTHON overrides). */
+/** The Python interpreter that has realtime_proto installed (JS_TEST_PYTHON overrides). */
 export function pythonBin() {
-  return process.env.REALTIME_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
+  return process.env.JS_TEST_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
 }
 
 export function freePort() {

@@ -9,7 +9,6 @@ import sys
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from typing import Any, NoReturn
 
 from realtime_proto.errors import ConfigError
@@ -68,7 +67,7 @@ def _option_types() -> dict[str, type]:
 
 
 def _convert(name: str, value: Any, kind: type, source: str) -> Any:
-    if value is None or isinstance(value, kind) and not isinstance(value, bool):
+    if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from realtime_brokers import BrokerClient, open_broker
+
 from realtime_proto import ChannelRule, Node, NodeConfig
 from realtime_proto.actions import (
     Authenticate,
@@ -93,7 +94,7 @@ class _Client(asyncio.Protocol):
 
     def write_pending(self) -> None:
         """Write everything the Node has for this socket in one go."""
-        if self.transport is None or self.paused and not self.closing:
+        if self.transport is None or (self.paused and not self.closing):
             return
         chunks = self._server.node.data_to_send(self.id)
         if chunks:
