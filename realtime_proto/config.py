@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, fields
 from typing import final
 
 from .errors import ConfigError
+from .ratelimit import Rate
 
-__all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "StaticFile"]
+__all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
 
 
 @final
@@ -39,6 +40,21 @@ class Limits:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimits:
+    """Token-bucket rates, counted per node; None switches one off."""
+
+    #: messages a connection may send
+    messages: Rate | None = Rate(50, 100)
+    #: subscribe requests a connection may make
+    subscriptions: Rate | None = Rate(10, 50)
+    #: new connections (WebSocket, SSE, long-poll) from one IP address
+    connections: Rate | None = Rate(20, 100)
+    #: HTTP API calls with one API key
+    api_calls: Rate | None = Rate(500, 1000)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HubConfig:
     """What the Hub needs: identity, timings and limits."""
 
@@ -56,6 +72,7 @@ class HubConfig:
     #: how often the periodic sweep (timeouts, heartbeats) runs
     sweep_interval: float = 1.0
     limits: Limits = field(default_factory=Limits)
+    rates: RateLimits = field(default_factory=RateLimits)
 
     def __post_init__(self) -> None:
         if not self.node_id:

@@ -39,6 +39,7 @@ from .events import (
 )
 from .message import JsonValue, Message, MessageType, decode_json
 from .presence import Member
+from .ratelimit import TokenBucket
 
 __all__ = ["Hub", "HubStatistics"]
 
@@ -74,6 +75,8 @@ class _Connection:
     channels: set[str] = field(default_factory=set)
     pending: dict[str, str] = field(default_factory=dict)  # channel -> request id
     metadata: dict[str, Any] = field(default_factory=dict)
+    message_bucket: TokenBucket | None = None
+    subscribe_bucket: TokenBucket | None = None
 
     def info(self) -> ConnectionInfo:
         return ConnectionInfo(
@@ -285,9 +288,14 @@ class Hub:
     def _open(self, event: ConnectionOpened, now: float) -> None:
         if event.connection_id in self._connections:
             raise LocalProtocolError(f"connection {event.connection_id!r} is already open")
+        rates = self.config.rates
         conn = _Connection(id=event.connection_id, user=event.user, transport=event.transport,
                            peer=event.peer, expects_pong=event.expects_pong,
-                           connected_at=now, last_activity_at=now)
+                           connected_at=now, last_activity_at=now,
+                           message_bucket=TokenBucket(rates.messages, now)
+                           if rates.messages else None,
+                           subscribe_bucket=TokenBucket(rates.subscriptions, now)
+                           if rates.subscriptions else None)
         self._connections[conn.id] = conn
         if conn.user is not None:
             local = self._users.setdefault(conn.user.id, set())
@@ -338,6 +346,9 @@ class Hub:
         conn.last_activity_at = now
         conn.pinged = False
         self._messages_in += 1
+        if conn.message_bucket is not None and (wait := conn.message_bucket.take(now)):
+            self._rate_limited(conn, wait, now)
+            return
         try:
             if isinstance(data, str | bytes):
                 message = Message.from_json(data, max_bytes=self.config.limits.max_message_bytes)
@@ -345,6 +356,10 @@ class Hub:
                 message = Message.from_dict(data)
             match message.type:
                 case MessageType.SUBSCRIBE:
+                    if conn.subscribe_bucket is not None and (
+                            wait := conn.subscribe_bucket.take(now)):
+                        self._rate_limited(conn, wait, now, message.channel)
+                        return
                     self._subscribe(conn, _valid(message.channel or ""), now)
                 case MessageType.UNSUBSCRIBE:
                     self._unsubscribe(conn, _valid(message.channel or ""), now)
@@ -524,11 +539,16 @@ class Hub:
         self._deliver((conn.id,), payload, message_id)
 
     def _error(self, conn: _Connection, code: int, text: str, now: float,
-               channel: str | None = None) -> None:
+               channel: str | None = None, **extra: JsonValue) -> None:
         self._errors[code] += 1
         message_id, payload = self._encode(MessageType.ERROR, now, channel=channel,
-                                           data={"code": int(code), "message": text})
+                                           data={"code": int(code), "message": text, **extra})
         self._deliver((conn.id,), payload, message_id)
+
+    def _rate_limited(self, conn: _Connection, wait: float, now: float,
+                      channel: str | None = None) -> None:
+        self._error(conn, ErrorCode.RATE_LIMITED, "rate limited", now, channel,
+                    retry_after=round(wait, 3))
 
     def _announce(self, changes: list[tuple[str, Member]], event: str, now: float,
                   exclude: ConnectionId | None = None) -> None:

@@ -43,6 +43,7 @@ from .jwt import decode_hs256, user_from_claims
 from .longpoll import PollSession
 from .message import JsonValue, Message, MessageType, encode_json
 from .metrics import render_metrics
+from .ratelimit import TokenBuckets
 
 __all__ = ["Node", "NodeStatistics"]
 
@@ -104,6 +105,9 @@ class Node:
         self._encodings: Counter[str] = Counter()
         self._responses: Counter[int] = Counter()
         self._slow_consumers = 0
+        rates = config.hub.rates
+        self._connect_buckets = TokenBuckets(rates.connections) if rates.connections else None
+        self._api_buckets = TokenBuckets(rates.api_calls) if rates.api_calls else None
         self._now = epoch.monotonic_at
         self._run_hub()
 
@@ -159,6 +163,9 @@ class Node:
                     self._pump(transport, now)
             for session in list(self._polls()):
                 self._sweep_poll(session, now)
+            for buckets in (self._connect_buckets, self._api_buckets):
+                if buckets is not None:
+                    buckets.sweep(now)
         self.hub.tick(now=now)
         self._finish_call()
 
@@ -257,6 +264,9 @@ class Node:
                 ("access-control-allow-headers", "authorization, content-type"),
                 ("access-control-max-age", "600")])
         elif path.startswith("/api/"):
+            if self._refused(transport, self._api_buckets,
+                             bearer_token(request.headers) or "", now):
+                return
             status, body = handle_api(self.hub, self.config.api_key, method, path,
                                       request.headers, request.body, now=now,
                                       max_body_bytes=self.config.hub.limits.max_body_bytes)
@@ -309,7 +319,21 @@ class Node:
 
     # -- authentication and the three transports ------------------------------------------
 
+    def _refused(self, transport: _Transport, buckets: TokenBuckets | None, key: str,
+                 now: float) -> bool:
+        """Answer 429 when `key` is over its rate; whether it was."""
+        wait = buckets.take(key, now) if buckets is not None else 0.0
+        if wait:
+            self._respond(transport, 429, encode_json(
+                error_body(ErrorCode.RATE_LIMITED, "rate limited") | {"retry_after": wait}),
+                [("content-type", _JSON), ("retry-after", str(max(1, round(wait)))),
+                 *transport.cors])
+        return bool(wait)
+
     def _authenticate(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        address = (transport.peer or "").rpartition(":")[0]
+        if self._refused(transport, self._connect_buckets, address, now):
+            return
         token = request.query.get("token") or bearer_token(request.headers)
         if self.config.custom_authentication:
             request_id = self._new_id()

@@ -90,8 +90,18 @@ class _NatsConnection:
             await sub.unsubscribe()
 
     async def close(self) -> None:
+        await _close_quietly(self._client)
+
+
+async def _close_quietly(client: Client) -> None:
+    """Close ``client``, and its socket even where nats-py leaves it open (a failed
+    handshake)."""
+    with contextlib.suppress(Exception):
+        await client.close()
+    transport = getattr(client, "_transport", None)
+    if transport is not None:
         with contextlib.suppress(Exception):
-            await self._client.close()
+            transport.close()
 
 
 class NatsDriver:
@@ -129,15 +139,19 @@ class NatsDriver:
             detail = f": {type(error).__name__}: {error}" if error is not None else ""
             sink.lost(f"nats: connection closed{detail}")
 
-        await client.connect(
-            servers=[self._url],
-            name=self._name,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            connect_timeout=max(1, math.ceil(self._timeout)),
-            error_cb=on_error,
-            closed_cb=on_closed,
-        )
+        try:
+            await client.connect(
+                servers=[self._url],
+                name=self._name,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=max(1, math.ceil(self._timeout)),
+                error_cb=on_error,
+                closed_cb=on_closed,
+            )
+        except BaseException:
+            await _close_quietly(client)
+            raise
         return _NatsConnection(client, self._prefix, self._timeout)
 
 

@@ -293,3 +293,33 @@ def test_metadata_is_visible_to_callbacks() -> None:
     transport.send(conn, {"type": "subscribe", "channel": "private-x"})
     assert seen == [{"role": "admin"}]
     assert hub.connection(conn).metadata == {"role": "admin"}  # type: ignore[union-attr]
+
+
+def test_message_rate_limit_answers_4029_with_a_retry_hint() -> None:
+    from realtime_proto.config import RateLimits
+    from realtime_proto.ratelimit import Rate
+
+    _, transport, clock = make(HubConfig(rates=RateLimits(messages=Rate(2, 3))))
+    conn = transport.connect()
+    transport.take(conn)
+    for _ in range(4):
+        transport.send(conn, {"type": "ping"})
+    got = transport.take(conn)
+    assert [m["type"] for m in got] == ["pong", "pong", "pong", "error"]
+    assert got[-1]["data"]["code"] == ErrorCode.RATE_LIMITED
+    assert got[-1]["data"]["retry_after"] == 0.5
+    clock.advance(0.5)
+    transport.send(conn, {"type": "ping"})
+    assert [m["type"] for m in transport.take(conn)] == ["pong"]
+
+
+def test_subscription_rate_limit_names_the_channel() -> None:
+    from realtime_proto.config import RateLimits
+    from realtime_proto.ratelimit import Rate
+
+    _, transport, _ = make(HubConfig(rates=RateLimits(subscriptions=Rate(1, 1))))
+    conn = transport.connect()
+    transport.send(conn, {"type": "subscribe", "channel": "a"})
+    transport.send(conn, {"type": "subscribe", "channel": "b"})
+    error = transport.take(conn)[-1]
+    assert (error["channel"], error["data"]["code"]) == ("b", ErrorCode.RATE_LIMITED)

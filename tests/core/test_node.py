@@ -307,3 +307,21 @@ def test_shutdown_closes_every_transport_its_own_way() -> None:
     [answer] = poll_peer.receive(h.take(poll))
     assert json.loads(answer.body)["messages"][-1]["data"]["code"] == 1001
     assert {sse} <= h.closed
+
+
+def test_connections_per_address_and_api_calls_per_key_are_rate_limited() -> None:
+    from realtime_proto.config import RateLimits
+    from realtime_proto.ratelimit import Rate
+
+    h = Harness(hub=HubConfig(node_id="n1", rates=RateLimits(connections=Rate(1, 2),
+                                                             api_calls=Rate(1, 1))))
+    statuses = [http(h, "GET", "/poll").status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    refused = http(h, "GET", "/poll")
+    assert json.loads(refused.body)["error"]["code"] == 4029
+    assert int(refused.headers["retry-after"]) >= 1
+    assert api(h, "GET", "/api/channels").status == 200
+    assert api(h, "GET", "/api/channels").status == 429
+    h.advance(1.5)
+    assert http(h, "GET", "/poll").status == 200
+    assert api(h, "GET", "/api/channels").status == 200

@@ -44,6 +44,14 @@ _HELP = {
     "max_output_bytes": "bytes queued per socket before it is dropped as a slow consumer",
     "max_poll_backlog": "messages queued per long-poll connection before it is dropped",
     "max_body_bytes": "largest HTTP request body (API, POST /send)",
+    "message_rate": "messages per second a connection may send (0: no limit)",
+    "message_burst": "messages a connection may send at once",
+    "subscribe_rate": "subscribe requests per second per connection (0: no limit)",
+    "subscribe_burst": "subscribe requests at once per connection",
+    "connection_rate": "new connections per second from one IP address (0: no limit)",
+    "connection_burst": "new connections at once from one IP address",
+    "api_rate": "HTTP API calls per second per API key (0: no limit)",
+    "api_burst": "HTTP API calls at once per API key",
 }
 
 

@@ -6,11 +6,14 @@ import mimetypes
 import os
 import secrets
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
+from realtime_proto.config import RateLimits
+from realtime_proto.ratelimit import Rate
 
 __all__ = [
     "Settings",
@@ -20,6 +23,7 @@ __all__ = [
     "new_epoch",
     "new_node_id",
     "random_id",
+    "server_ssl_context",
 ]
 
 #: files larger than this are not served from memory
@@ -55,6 +59,14 @@ class Settings:
     max_output_bytes: int = 1024 * 1024
     max_poll_backlog: int = 1000
     max_body_bytes: int = 1024 * 1024
+    message_rate: float = 50.0
+    message_burst: float = 100.0
+    subscribe_rate: float = 10.0
+    subscribe_burst: float = 50.0
+    connection_rate: float = 20.0
+    connection_burst: float = 100.0
+    api_rate: float = 500.0
+    api_burst: float = 1000.0
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -82,7 +94,13 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     max_output_bytes=settings.max_output_bytes,
                     max_poll_backlog=settings.max_poll_backlog,
                     max_body_bytes=settings.max_body_bytes)
-    hub = HubConfig(node_id=node_id, heartbeat_interval=settings.heartbeat_interval,
+    def rate(name: str) -> Rate | None:
+        per_second = getattr(settings, f"{name}_rate")
+        return Rate(per_second, getattr(settings, f"{name}_burst")) if per_second > 0 else None
+
+    rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
+                       connections=rate("connection"), api_calls=rate("api"))
+    hub = HubConfig(node_id=node_id, rates=rates, heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
@@ -108,6 +126,20 @@ def new_node_id() -> str:
 def random_id() -> str:
     """An unguessable id (connection ids double as the key of SSE/long-poll sends)."""
     return secrets.token_urlsafe(12)
+
+
+def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for --tls-cert/--tls-key, or None to serve plain TCP.
+
+    Raises:
+        OSError: a file cannot be read.
+        ssl.SSLError: the certificate or key is invalid, or they do not match.
+    """
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
 
 
 def client_script() -> Path | None:

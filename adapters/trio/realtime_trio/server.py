@@ -1,0 +1,443 @@
+"""The trio adapter: sockets, one timer, callbacks and the broker around a Node."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, assert_never
+
+import trio
+
+from realtime_asyncio.edge import (
+    Settings,
+    build_node_config,
+    new_epoch,
+    new_node_id,
+    random_id,
+    server_ssl_context,
+)
+from realtime_proto import ChannelRule, Node
+from realtime_proto.actions import (
+    Authenticate,
+    Authorize,
+    BrokerPublish,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    CloseTransport,
+    ConnectionInfo,
+    NodeAction,
+    Transmit,
+)
+from realtime_proto.callbacks import authentication_answer, authorization_answer
+from realtime_proto.events import (
+    BrokerLost,
+    BrokerRestored,
+    ConnectionId,
+    EnvelopeReceived,
+    NodeEvent,
+    TransportId,
+)
+from realtime_proto.message import JsonValue
+from realtime_proto.presence import Member
+
+from .bridge import BrokerBridge
+
+__all__ = ["RealtimeServer"]
+
+log = logging.getLogger("realtime")
+
+#: seconds a closing socket (and, at shutdown, the whole server) may take to drain
+_CLOSE_GRACE = 5.0
+#: seconds the broker may take to send what is queued and disconnect at shutdown
+_BROKER_CLOSE_TIMEOUT = 5.0
+#: bytes asked of a socket per read
+_READ_BYTES = 65536
+
+Answer = Callable[[object, BaseException | None], NodeEvent]
+
+
+class _Socket:
+    """One client socket: its stream, its writer's wake-up and its closing state."""
+
+    __slots__ = ("closing", "id", "scope", "stream", "wake", "write_scope")
+
+    def __init__(self, stream: trio.abc.Stream, transport_id: TransportId) -> None:
+        self.stream = stream
+        self.id = transport_id
+        self.wake = trio.Event()
+        self.closing = False
+        #: bounds the writer once the Node has asked for a close
+        self.write_scope = trio.CancelScope()
+        #: the nursery of the reader and the writer
+        self.scope = trio.CancelScope()
+
+
+class RealtimeServer:
+    """A realtime server inside a trio program.
+
+    Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook, run
+    `await nursery.start(server.serve)` (or `run()` to block), then publish with
+    `broadcast`, `send_to_user` and `send` from the trio thread. Callbacks may be plain
+    functions or async functions (run as trio tasks). Cancelling `serve` shuts down
+    gracefully. Other threads reach the server with
+    ``trio.from_thread.run_sync(server.broadcast, …, trio_token=server.trio_token)``.
+    """
+
+    def __init__(self, settings: Settings | None = None, **options: Any) -> None:
+        self.settings = settings or Settings(**options)
+        self.node_id = self.settings.node_id or new_node_id()
+        self.node = Node(build_node_config(self.settings, self.node_id, runtime="trio"),
+                         new_id=random_id, epoch=new_epoch())
+        self.sockets: dict[TransportId, _Socket] = {}
+        self.broker: BrokerBridge | None = None
+        self.trio_token: trio.lowlevel.TrioToken | None = None
+        self._authenticate_hook: Callable[[Any], Any] | None = None
+        self._listeners: list[trio.SocketListener] = []
+        self._nursery: trio.Nursery | None = None
+        self._timer_scope: trio.CancelScope | None = None
+        self._accepting = trio.CancelScope()
+        self._shield = trio.CancelScope(shield=True)
+        self._running = False
+        self._shutting_down = False
+        self._pumping = False
+        self._stop = trio.Event()
+        self._drained = trio.Event()
+
+    # -- the application's API -----------------------------------------------------------
+
+    def channel(self, pattern: str) -> ChannelRule:
+        """The authorization rule for a channel pattern; `.authorize(fn)` registers fn."""
+        return self.node.hub.channel(pattern)
+
+    def authenticate(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Register the hook that turns a connecting request into a user (a decorator).
+
+        The hook gets an `AuthenticationRequest` (token, path, query, headers, peer) and
+        returns a `User` (or a user id), None for anonymous, or False to refuse (401).
+        """
+        from dataclasses import replace
+
+        self._authenticate_hook = hook
+        self.node.config = replace(self.node.config, custom_authentication=True)
+        return hook
+
+    def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
+                  exclude: str | None = None) -> str:
+        """Publish to a channel's subscribers on every node; the message id."""
+        message_id = self.node.hub.broadcast(channel, event, data, now=self.now(),
+                                             exclude=ConnectionId(exclude) if exclude else None)
+        self.pump()
+        return message_id
+
+    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
+        """Send to every connection of a user, on every node; the message id."""
+        message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
+        self.pump()
+        return message_id
+
+    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
+        """Send to one connection of this node; the message id, or None if unknown."""
+        message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
+        self.pump()
+        return message_id
+
+    def members(self, channel: str) -> list[Member]:
+        """Members of a presence channel across the cluster."""
+        return self.node.hub.members(channel)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with subscribers on this node, and how many."""
+        return self.node.hub.channels()
+
+    def connection(self, connection_id: str) -> ConnectionInfo | None:
+        """A snapshot of one connection of this node."""
+        return self.node.hub.connection(ConnectionId(connection_id))
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return int(self._listeners[0].socket.getsockname()[1])
+
+    # -- running -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Monotonic seconds, the Node's clock (the one `new_epoch` read)."""
+        return time.monotonic()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Connect the broker, listen, and serve until `stop()` or cancellation.
+
+        `task_status.started()` is called once listening. On the way out every client is
+        closed (WebSocket 1001, SSE ended, polls answered) within a grace period, then
+        the broker is closed.
+
+        Raises:
+            OSError: the address is in use or cannot be bound.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        try:
+            await self._start()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve_shielded)
+                task_status.started()
+                try:
+                    await self._stop.wait()
+                finally:
+                    self._begin_shutdown()
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + _BROKER_CLOSE_TIMEOUT
+                await self._close_broker()
+
+    def stop(self) -> None:
+        """Ask `serve()` to shut down and return (from the trio thread)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM."""
+        trio.run(self._run_until_signal)
+
+    async def _run_until_signal(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        self.stop()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+                try:
+                    await self.serve()
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _start(self) -> None:
+        self.trio_token = token = trio.lowlevel.current_trio_token()
+        self.broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
+                                   call_soon=token.run_sync_soon)
+        started = trio.Event()
+        errors: list[BaseException | None] = []
+
+        def done(error: BaseException | None) -> None:
+            errors.append(error)
+            started.set()
+
+        self.broker.start(done)
+        await started.wait()
+        if errors[0] is not None:
+            raise errors[0]
+        ssl_context = server_ssl_context(self.settings)
+        self._listeners = await trio.open_tcp_listeners(
+            self.settings.port, host=self.settings.host, backlog=4096)
+        self._ssl_context = ssl_context
+        self._running = True
+        self.pump()
+        log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
+                 self.settings.host, self.port, self.settings.broker.partition("?")[0])
+
+    async def _serve_shielded(self) -> None:
+        """Accept, time and serve sockets, shielded from the caller's cancellation so
+        that clients can be told goodbye; bounded by the grace period once stopping."""
+        with self._shield:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._run_timer)
+                nursery.start_soon(self._accept)
+                await self._drained.wait()
+                nursery.cancel_scope.cancel()
+
+    def _begin_shutdown(self) -> None:
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._accepting.cancel()
+        self._shield.deadline = trio.current_time() + _CLOSE_GRACE
+        self.node.shutdown(now=self.now())
+        self.pump()
+        if not self.sockets:
+            self._drained.set()
+
+    async def _accept(self) -> None:
+        with self._accepting:
+            await trio.serve_listeners(self._serve_socket, self._listeners,  # type: ignore[arg-type]
+                                       handler_nursery=self._nursery)
+        for listener in self._listeners:
+            await trio.aclose_forcefully(listener)
+
+    async def _close_broker(self) -> None:
+        if self.broker is None:
+            return
+        closed = trio.Event()
+        self.broker.close(closed.set)
+        await closed.wait()
+
+    # -- sockets -------------------------------------------------------------------------
+
+    async def _serve_socket(self, tcp: trio.SocketStream) -> None:
+        try:
+            host, port = tcp.socket.getpeername()[:2]
+            peer: str | None = f"{host}:{port}"
+        except OSError:
+            peer = None
+        stream: trio.abc.Stream = tcp
+        if self._ssl_context is not None:
+            stream = trio.SSLStream(tcp, self._ssl_context, server_side=True,
+                                    https_compatible=True)
+        sock = _Socket(stream, self.node.open_connection(
+            now=self.now(), peer=peer, secure=self._ssl_context is not None))
+        self.sockets[sock.id] = sock
+        try:
+            with sock.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write, sock)
+                    await self._read(sock)
+        except Exception:
+            log.exception("serving socket %s failed", sock.id)
+        finally:
+            del self.sockets[sock.id]
+            self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
+            self.pump()
+            await trio.aclose_forcefully(stream)
+            if self._shutting_down and not self.sockets:
+                self._drained.set()
+
+    async def _read(self, sock: _Socket) -> None:
+        try:
+            while data := await sock.stream.receive_some(_READ_BYTES):
+                self.node.receive_data(sock.id, data, now=self.now())
+                self.pump()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self.node.receive_eof(sock.id, now=self.now())
+        self.pump()
+
+    async def _write(self, sock: _Socket) -> None:
+        """Write what the Node has, one `send_all` per wake-up; pull nothing more while a
+        send is in progress (the Node's buffer, and its slow-consumer rule, hold the rest)."""
+        with sock.write_scope:
+            try:
+                while True:
+                    await sock.wake.wait()
+                    sock.wake = trio.Event()
+                    closing = sock.closing
+                    chunks = self.node.data_to_send(sock.id)
+                    if chunks:
+                        await sock.stream.send_all(b"".join(chunks))
+                    if closing:
+                        break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        sock.scope.cancel()
+
+    # -- driving the Node ----------------------------------------------------------------
+
+    def handle(self, event: NodeEvent) -> None:
+        """Feed an event to the Node and carry out what follows."""
+        self.node.handle(event, now=self.now())
+        self.pump()
+
+    def pump(self) -> None:
+        """Carry out every action the Node has produced, then re-arm the timer."""
+        if self._pumping or not self._running:
+            return  # before `serve`, actions wait in the Node
+        self._pumping = True
+        try:
+            while actions := self.node.actions():
+                for action in actions:
+                    self._carry_out(action)
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _carry_out(self, action: NodeAction) -> None:
+        broker = self.broker
+        assert broker is not None
+        match action:
+            case Transmit(transport_id):
+                sock = self.sockets.get(transport_id)
+                if sock is not None:
+                    sock.wake.set()
+            case CloseTransport(transport_id):
+                sock = self.sockets.get(transport_id)
+                if sock is None:
+                    self.node.data_to_send(transport_id)  # gone already: drop its last bytes
+                elif not sock.closing:
+                    sock.closing = True
+                    sock.wake.set()
+                    sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
+            case BrokerPublish(topic, data):
+                broker.publish_nowait(topic, data)
+            case BrokerSubscribe(topic):
+                broker.subscribe_nowait(topic)
+            case BrokerUnsubscribe(topic):
+                broker.unsubscribe_nowait(topic)
+            case Authorize():
+                request_id = action.request_id
+                self._call(action.callback, (action.connection, action.channel),
+                           lambda result, error: authorization_answer(request_id, result, error))
+            case Authenticate():
+                request_id = action.request_id
+                self._call(self._authenticate_hook or _anonymous, (action.request,),
+                           lambda result, error: authentication_answer(request_id, result, error))
+            case _:
+                assert_never(action)
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], answer: Answer) -> None:
+        """Run an application callback, plain or async, and feed its answer back."""
+        try:
+            result = fn(*args)
+        except Exception as error:
+            log.exception("callback %r failed", fn)
+            self.node.handle(answer(None, error), now=self.now())
+            return
+        if inspect.isawaitable(result) and self._nursery is not None:
+            self._nursery.start_soon(self._answer_later, fn, result, answer)
+        else:
+            self.node.handle(answer(result, None), now=self.now())
+
+    async def _answer_later(self, fn: Callable[..., Any], awaitable: Awaitable[Any],
+                            answer: Answer) -> None:
+        try:
+            value = await awaitable
+        except Exception as error:
+            log.exception("callback %r failed", fn)
+            self.handle(answer(None, error))
+        else:
+            self.handle(answer(value, None))
+
+    def _arm_timer(self) -> None:
+        scope = self._timer_scope
+        if scope is not None:
+            scope.deadline = trio.current_time() + (self.node.next_deadline() - self.now())
+
+    async def _run_timer(self) -> None:
+        """The one timer: sleep until the Node's deadline; `pump` moves it."""
+        while True:
+            with trio.CancelScope() as scope:
+                self._timer_scope = scope
+                self._arm_timer()
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self.node.tick(now=self.now())
+            self.pump()
+
+    # -- BrokerListener (called on the trio thread by the bridge) -------------------------
+
+    def message_received(self, topic: str, data: bytes) -> None:
+        self.handle(EnvelopeReceived(topic=topic, data=data))
+
+    def connection_lost(self, reason: str) -> None:
+        log.warning("broker connection lost: %s", reason)
+        self.handle(BrokerLost(reason=reason))
+
+    def connection_restored(self) -> None:
+        log.warning("broker connection restored")
+        self.handle(BrokerRestored())
+
+
+def _anonymous(request: object) -> None:
+    return None

@@ -1,0 +1,77 @@
+"""The example chat: rooms, who is online, typing indicators and read receipts.
+
+    python examples/chat/server.py --port 6001
+
+then open http://127.0.0.1:6001/ in two browser windows. Messages are client events on
+`private-room.NAME`; who is online is the presence channel `presence-room.NAME`. A
+backend can post into a room through the HTTP API (shown as a system message):
+
+    curl -H "Authorization: Bearer $KEY" -d '{"channel":"private-room.general",
+      "event":"message.sent","data":{"user":"server","text":"Hello from the API"}}' \\
+      http://127.0.0.1:6001/api/publish
+
+Authentication is a demo: the token is the display name the user picked. A real
+application would verify a session or a signed token here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import unicodedata
+from pathlib import Path
+
+from realtime_asyncio import RealtimeServer, User
+
+MAX_NAME_LENGTH = 32
+
+
+def display_name(token: str | None) -> str | None:
+    """The token as a display name: 1-32 characters, no control characters."""
+    if token is None:
+        return None
+    name = token.strip()
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        return None
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        return None
+    return name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The realtime_proto example chat.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=6001, help="port to listen on")
+    parser.add_argument(
+        "--api-key", default=None, help="key for the HTTP API (generated and printed if not given)"
+    )
+    args = parser.parse_args()
+
+    server = RealtimeServer(
+        host=args.host,
+        port=args.port,
+        static_dir=Path(__file__).parent,
+        api_key=args.api_key,
+    )
+
+    @server.authenticate
+    def authenticate(request) -> User | None:  # type: ignore[no-untyped-def]
+        # request.token: str | None, request.headers, request.query
+        name = display_name(request.token)
+        if name is None:
+            return None  # anonymous: public channels only
+        return User(id=name, info={"name": name})
+
+    server.channel("private-room.*").authorize(
+        lambda connection, channel: connection.authenticated
+    )
+    # A dict means allowed, with the presence info the other members see.
+    server.channel("presence-room.*").authorize(
+        lambda connection, channel: {"name": connection.user_id}
+    )
+
+    print(f"chat on http://{args.host}:{args.port}/", flush=True)
+    server.run()  # blocks; Ctrl-C stops
+
+
+if __name__ == "__main__":
+    main()
