@@ -224,7 +224,13 @@ def measure_latency(system: System, cfg: Config, n: int, rate: float,
         async def go() -> None:
             pub = await open_publisher(system, srv)
             gen.reset("count", -1)
-            await loadgen.paced(pub, gen, n_ok, rate, max(5, int(rate)), drain=5)  # warm-up
+            w = await loadgen.paced(pub, gen, n_ok, rate, max(5, int(rate)), drain=5)  # warm-up
+            if w["overloaded"] or w["delivered"] < w["expected"]:
+                out.update({"overloaded": True, "published": w["published"],
+                            "expected": w["expected"], "delivered": w["delivered"],
+                            "note": "could not keep up with the rate during the warm-up"})
+                pub.close()
+                return
             await asyncio.sleep(0.2)
             gen.reset("latency", -1)
             meter = Meter(srv, gen)
@@ -236,8 +242,9 @@ def measure_latency(system: System, cfg: Config, n: int, rate: float,
         asyncio.run(go())
         st = gen.stats(latency=True)
         lat = np.frombuffer(st["lat"], dtype=np.int64) / 1e6  # ms
-        out["all_delivered"] = out["delivered"] == out["expected"] and n_ok == n
-        if len(lat):
+        out["all_delivered"] = (out.get("delivered") == out.get("expected") and n_ok == n
+                                and not out.get("overloaded"))
+        if len(lat) and not out.get("overloaded"):
             out.update({
                 "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
                 "p99_ms": float(np.percentile(lat, 99)), "p999_ms": float(np.percentile(lat, 99.9)),

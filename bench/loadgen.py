@@ -548,6 +548,7 @@ class Worker:
                     r = {"error": f"unknown command {cmd}"}
             except Exception as e:  # report, don't die: the orchestrator decides
                 r = {"error": repr(e)}
+            os.set_blocking(self.pipe.fileno(), True)  # the loop made it non-blocking
             self.pipe.send(r)
 
 
@@ -899,21 +900,29 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
 
 
 async def paced(pub: Publisher, gen: LoadGen, n: int, rate: float, count: int,
-                drain: float = 10.0) -> dict[str, Any]:
-    """Publish ``count`` messages at ``rate`` per second (absolute schedule)."""
+                drain: float = 10.0, max_behind: float = 2.0) -> dict[str, Any]:
+    """Publish ``count`` messages at ``rate`` per second (absolute schedule). Stops early,
+    marked ``overloaded``, when deliveries fall ``max_behind`` seconds behind the schedule."""
     t0 = time.monotonic()
+    overloaded = False
+    seq = 0
     for seq in range(count):
         target = t0 + seq / rate
         delay = target - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        if seq * n - gen.total() > max_behind * rate * n:
+            overloaded = True
+            break
         pub.publish(seq)
-    expected = count * n
+    else:
+        seq = count
+    expected = seq * n
     deadline = time.monotonic() + drain
     while gen.total() < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
-    return {"published": count, "expected": expected, "delivered": gen.total(),
-            "seconds": time.monotonic() - t0}
+    return {"published": seq, "expected": expected, "delivered": gen.total(),
+            "seconds": time.monotonic() - t0, "overloaded": overloaded}
 
 
 def json_dumps(o: Any) -> str:

@@ -220,6 +220,11 @@ def _latency_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
             r = by.get((name, n, rate))
             if not r:
                 continue
+            if r.get("overloaded"):
+                out.append(f"| {_label(results, name)} | overloaded: could not sustain {rate:g} msg/s "
+                           f"({r.get('delivered', 0):,} of {r.get('expected', 0):,} delivered in time) "
+                           "| | | | | | ✗ |")
+                continue
             if r.get("error") or "p50_ms" not in r:
                 out.append(f"| {_label(results, name)} | failed: {str(r.get('error', 'no samples'))[:80]} "
                            "| | | | | | |")

@@ -26,6 +26,10 @@ BENCH_PY = str(BENCH / ".venv" / "bin" / "python")
 MAIN_VENV = ROOT / ".venv"
 OURS_BIN = os.environ.get("REALTIME_BIN", str(MAIN_VENV / "bin" / "realtime"))
 API_KEY = "bench-key"
+# The peers have no rate limits; ours are switched off for the benchmark (environment
+# variables, so that a server without these options still starts).
+OURS_ENV = {f"REALTIME_{k}": "0" for k in
+            ("CONNECTION_RATE", "API_RATE", "MESSAGE_RATE", "SUBSCRIBE_RATE")}
 
 
 @dataclass
@@ -107,7 +111,7 @@ register(System(
     command=lambda port: [OURS_BIN, "serve", "--port", str(port),
                           "--api-key", API_KEY],
     dialect="ours", publisher=ours_publisher, version=_ours_version, ours=True,
-    transports=("ws", "sse", "poll"), available=_ours_available, group="ours",
+    transports=("ws", "sse", "poll"), available=_ours_available, group="ours", env=OURS_ENV,
     notes="`realtime serve`; publisher: `POST /api/publish` (keep-alive, pipelined)",
 ))
 register(System(
@@ -180,6 +184,6 @@ for _rt in ("trio", "gevent"):
         command=lambda port, rt=_rt: [OURS_BIN, "serve", "--port", str(port), "--api-key", API_KEY,
                                       "--runtime", rt],
         dialect="ours", publisher=ours_publisher, version=_ours_version, ours=True,
-        transports=("ws",), available=_ours_available, group="runtime",
+        transports=("ws",), available=_ours_available, group="runtime", env=OURS_ENV,
         notes=f"`realtime serve --runtime {_rt}`",
     ))

@@ -47,7 +47,8 @@ class Deliver:
 
     connection_ids: tuple[ConnectionId, ...]
     payload: bytes
-    message_id: str
+    #: the SSE event id (`epoch:offset:channel` on channels with history), if any
+    event_id: str | None = None
 
 
 @final

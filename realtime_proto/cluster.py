@@ -54,12 +54,12 @@ class ClusterState:
     # -- publishing ----------------------------------------------------------------------
 
     def envelope(self, topic: str, kind: EnvelopeKind, payload: bytes,
-                 message_id: str | None = None, exclude: str | None = None) -> BrokerPublish:
+                 exclude: str | None = None) -> BrokerPublish:
         """The broker action for a payload, with this node's next sequence on the topic."""
         sequence = self._sequences.get(topic, 0) + 1
         self._sequences[topic] = sequence
         envelope = Envelope(origin=self.node_id, sequence=sequence, kind=kind, payload=payload,
-                            message_id=message_id, exclude=exclude)
+                            exclude=exclude)
         return BrokerPublish(topic, envelope.encode())
 
     def _control(self, **fields: Any) -> BrokerPublish:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import final
 
 from .errors import ConfigError
+from .history import HistoryRule
 from .ratelimit import Rate
 
 __all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
@@ -73,6 +74,8 @@ class HubConfig:
     sweep_interval: float = 1.0
     limits: Limits = field(default_factory=Limits)
     rates: RateLimits = field(default_factory=RateLimits)
+    #: channels that keep history (for recovery), by pattern
+    history: tuple[HistoryRule, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.node_id:

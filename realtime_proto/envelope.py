@@ -36,16 +36,12 @@ class Envelope:
     sequence: int
     kind: EnvelopeKind
     payload: bytes
-    #: the id of the carried message (SSE clients see it as the event id)
-    message_id: str | None = None
     #: a connection that must not receive it (the sender of a client event)
     exclude: str | None = None
 
     def encode(self) -> bytes:
         """The bytes handed to the broker."""
         header: dict[str, object] = {"o": self.origin, "s": self.sequence, "k": self.kind.value}
-        if self.message_id is not None:
-            header["m"] = self.message_id
         if self.exclude is not None:
             header["x"] = self.exclude
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.payload
@@ -65,7 +61,6 @@ class Envelope:
                 sequence=int(header["s"]),
                 kind=EnvelopeKind(header["k"]),
                 payload=payload,
-                message_id=header.get("m"),
                 exclude=header.get("x"),
             )
         except (ValueError, TypeError, KeyError):

@@ -38,6 +38,7 @@ from .events import (
     User,
 )
 from .message import JsonValue, Message, MessageType, decode_json
+from .history import ChannelStream, find_rule, restamp
 from .presence import Member
 from .ratelimit import TokenBucket
 
@@ -60,6 +61,7 @@ class HubStatistics:
     envelopes_lost: int
     envelopes_duplicate: int
     nodes: int
+    recoveries: Mapping[bool, int]
 
 
 @dataclass(slots=True, eq=False)
@@ -90,11 +92,36 @@ class _Connection:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _SubscribeOptions:
+    """What a subscribe may ask for in its `data`: recovery, or recent history."""
+
+    recover: tuple[str, int] | None = None
+    history: int = 0
+
+    @classmethod
+    def parse(cls, data: JsonValue) -> _SubscribeOptions:
+        if not isinstance(data, dict):
+            return cls()
+        recover, history = data.get("recover"), data.get("history", 0)
+        position = None
+        if isinstance(recover, dict):
+            epoch, offset = recover.get("epoch"), recover.get("offset")
+            if not isinstance(epoch, str) or not isinstance(offset, int):
+                raise MessageError(ErrorCode.INVALID_FIELD,
+                                   "'recover' needs 'epoch' (string) and 'offset' (integer)")
+            position = (epoch, offset)
+        if not isinstance(history, int) or isinstance(history, bool) or history < 0:
+            raise MessageError(ErrorCode.INVALID_FIELD, "'history' must be a count")
+        return cls(position, history)
+
+
 @dataclass(slots=True)
 class _Pending:
     connection_id: ConnectionId
     channel: str
     deadline: float
+    options: _SubscribeOptions
 
 
 class Hub:
@@ -117,6 +144,7 @@ class Hub:
         self._subscribers: dict[str, dict[ConnectionId, None]] = {}
         self._users: dict[str, set[ConnectionId]] = {}
         self._pending: dict[str, _Pending] = {}
+        self._streams: dict[str, ChannelStream] = {}
         self._actions: list[HubAction] = []
         self._cluster = ClusterState(config, self._now)
         self._next_sweep_at = self._now
@@ -124,6 +152,7 @@ class Hub:
         self._messages_out = 0
         self._published = 0
         self._errors: Counter[int] = Counter()
+        self._recoveries: Counter[bool] = Counter()
         self._actions.append(BrokerSubscribe(CLUSTER_TOPIC))
         self._actions.extend(self._cluster.hello())
 
@@ -196,14 +225,31 @@ class Hub:
         """
         self._advance(now)
         _valid(channel)
+        stream = self._stream(channel)
+        offset = stream.next_offset() if stream else None
         message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
-                                           event=event, data=data, user_id=user_id)
+                                           event=event, data=data, user_id=user_id,
+                                           offset=offset, epoch=stream.epoch if stream else None)
         self._published += 1
-        self._deliver(self._subscribers.get(channel, ()), payload, message_id, exclude)
-        envelope = self._cluster.envelope(channel_topic(channel), EnvelopeKind.CHANNEL,
-                                          payload, message_id, exclude)
-        self._actions.append(envelope)
+        self._to_subscribers(channel, stream, offset, payload, exclude, now)
+        self._actions.append(self._cluster.envelope(channel_topic(channel), EnvelopeKind.CHANNEL,
+                                                    payload, exclude))
         return message_id
+
+    def _stream(self, channel: str) -> ChannelStream | None:
+        """The channel's history stream, created on first use if a rule asks for one."""
+        stream = self._streams.get(channel)
+        if stream is None and (rule := find_rule(self.config.history, channel)) is not None:
+            stream = self._streams[channel] = ChannelStream(rule, self._new_id)
+        return stream
+
+    def _to_subscribers(self, channel: str, stream: ChannelStream | None, offset: int | None,
+                        payload: bytes, exclude: ConnectionId | None, now: float) -> None:
+        event_id = None
+        if stream is not None and offset is not None:
+            stream.append(offset, payload, now)
+            event_id = f"{stream.epoch}:{offset}:{channel}"
+        self._deliver(self._subscribers.get(channel, ()), payload, event_id, exclude)
 
     def send_to_user(self, user_id: str, event: str, data: JsonValue = None, *,
                      now: float) -> str:
@@ -211,9 +257,9 @@ class Hub:
         self._advance(now)
         message_id, payload = self._encode(MessageType.EVENT, now, event=event, data=data)
         self._published += 1
-        self._deliver(self._users.get(user_id, ()), payload, message_id)
+        self._deliver(self._users.get(user_id, ()), payload)
         self._actions.append(self._cluster.envelope(user_topic(user_id), EnvelopeKind.USER,
-                                                    payload, message_id))
+                                                    payload))
         return message_id
 
     def send(self, connection_id: ConnectionId, event: str, data: JsonValue = None, *,
@@ -223,7 +269,7 @@ class Hub:
         if connection_id not in self._connections:
             return None
         message_id, payload = self._encode(MessageType.EVENT, now, event=event, data=data)
-        self._deliver((connection_id,), payload, message_id)
+        self._deliver((connection_id,), payload)
         return message_id
 
     def disconnect(self, connection_id: ConnectionId, code: int = 1000, reason: str = "") -> None:
@@ -270,6 +316,7 @@ class Hub:
             envelopes_lost=self._cluster.window.lost,
             envelopes_duplicate=self._cluster.window.duplicates,
             nodes=len(self._cluster.heard) + 1,
+            recoveries=dict(self._recoveries),
         )
 
     # -- connections ---------------------------------------------------------------------
@@ -338,7 +385,7 @@ class Hub:
             elif idle >= heartbeat and not conn.pinged:
                 conn.pinged = True
                 message_id, payload = self._encode(MessageType.PING, now)
-                self._deliver((conn.id,), payload, message_id)
+                self._deliver((conn.id,), payload)
 
     # -- client messages -----------------------------------------------------------------
 
@@ -360,14 +407,14 @@ class Hub:
                             wait := conn.subscribe_bucket.take(now)):
                         self._rate_limited(conn, wait, now, message.channel)
                         return
-                    self._subscribe(conn, _valid(message.channel or ""), now)
+                    self._subscribe(conn, _valid(message.channel or ""), now, message.data)
                 case MessageType.UNSUBSCRIBE:
                     self._unsubscribe(conn, _valid(message.channel or ""), now)
                 case MessageType.EVENT:
                     self._client_event(conn, message, now)
                 case MessageType.PING:
                     message_id, payload = self._encode(MessageType.PONG, now)
-                    self._deliver((conn.id,), payload, message_id)
+                    self._deliver((conn.id,), payload)
                 case MessageType.PONG | MessageType.ERROR:
                     pass
         except MessageError as error:
@@ -377,7 +424,9 @@ class Hub:
             self._error(conn, error.code, error.message, now,
                         channel if isinstance(channel, str) else None)
 
-    def _subscribe(self, conn: _Connection, channel: str, now: float) -> None:
+    def _subscribe(self, conn: _Connection, channel: str, now: float,
+                   options: JsonValue = None) -> None:
+        request = _SubscribeOptions.parse(options)
         if channel in conn.channels:
             self._succeeded(conn, channel, now)
             return
@@ -388,12 +437,12 @@ class Hub:
             raise MessageError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                                f"at most {limits.max_subscriptions} subscriptions")
         if not channel_kind(channel).needs_authorization:
-            self._join(conn, channel, None, now)
+            self._join(conn, channel, None, now, request)
             return
         if conn.user is None:
             raise MessageError(ErrorCode.UNAUTHENTICATED, f"{channel} needs an authenticated user")
         if any(pattern_matches(pattern, channel) for pattern in conn.user.channels):
-            self._join(conn, channel, conn.user.info, now)
+            self._join(conn, channel, conn.user.info, now, request)
             return
         rule = self._rules.find(channel)
         if rule is None or rule.callback is None:
@@ -403,7 +452,7 @@ class Hub:
         request_id = self._new_id()
         conn.pending[channel] = request_id
         self._pending[request_id] = _Pending(conn.id, channel,
-                                             now + self.config.authorization_timeout)
+                                             now + self.config.authorization_timeout, request)
         self._actions.append(Authorize(request_id=request_id, callback=rule.callback,
                                        connection=conn.info(), channel=channel))
 
@@ -421,7 +470,7 @@ class Hub:
                         self._now, pending.channel)
         else:
             info = answer.info if answer.info is not None else (conn.user.info if conn.user else {})
-            self._join(conn, pending.channel, info, self._now)
+            self._join(conn, pending.channel, info, self._now, pending.options)
 
     def _sweep_pending(self, now: float) -> None:
         for request_id, pending in list(self._pending.items()):
@@ -433,13 +482,30 @@ class Hub:
                             pending.channel)
 
     def _join(self, conn: _Connection, channel: str, info: Mapping[str, Any] | None,
-              now: float) -> None:
+              now: float, request: _SubscribeOptions) -> None:
         conn.channels.add(channel)
         subscribers = self._subscribers.setdefault(channel, {})
         if not subscribers:
             self._actions.append(BrokerSubscribe(channel_topic(channel)))
         subscribers[conn.id] = None
-        self._reply(conn, "subscription.succeeded", {}, now, channel)
+        stream = self._stream(channel)
+        success: dict[str, JsonValue] = {}
+        missed: tuple[bytes, ...] = ()
+        if stream is not None:
+            success = {"epoch": stream.epoch, "offset": stream.offset}
+            if request.recover is not None:
+                recovery = stream.since(*request.recover, now)
+                success["recovered"] = recovery.recovered
+                missed = recovery.payloads
+                self._recoveries[recovery.recovered] += 1
+            elif request.history:
+                missed = stream.last(request.history, now)
+        elif request.recover is not None:
+            success["recovered"] = False
+            self._recoveries[False] += 1
+        self._reply(conn, "subscription.succeeded", success, now, channel)
+        for payload in missed:
+            self._deliver((conn.id,), payload)
         if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
             member = Member(user_id=conn.user.id, info=dict(info or {}))
             first, actions = self._cluster.join(channel, conn.id, member)
@@ -503,12 +569,16 @@ class Hub:
             return
         match envelope.kind:
             case EnvelopeKind.CHANNEL:
-                targets: Iterable[ConnectionId] = self._subscribers.get(topic[2:], ())
-                self._deliver(targets, envelope.payload, envelope.message_id or "",
-                              ConnectionId(envelope.exclude) if envelope.exclude else None)
+                channel = topic[2:]
+                stream = self._stream(channel)
+                payload, offset = envelope.payload, None
+                if stream is not None:  # this node's stream position, so recovery works here
+                    offset = stream.next_offset()
+                    payload = restamp(payload, offset, stream.epoch)
+                exclude = ConnectionId(envelope.exclude) if envelope.exclude else None
+                self._to_subscribers(channel, stream, offset, payload, exclude, now)
             case EnvelopeKind.USER:
-                self._deliver(self._users.get(topic[2:], ()), envelope.payload,
-                              envelope.message_id or "")
+                self._deliver(self._users.get(topic[2:], ()), envelope.payload)
             case EnvelopeKind.CONTROL:
                 joined, left, actions = self._cluster.control(envelope)
                 self._actions.extend(actions)
@@ -518,32 +588,33 @@ class Hub:
     # -- output --------------------------------------------------------------------------
 
     def _encode(self, kind: MessageType, now: float, *, channel: str | None = None,
-                event: str | None = None, data: JsonValue = None,
-                user_id: str | None = None) -> tuple[str, bytes]:
+                event: str | None = None, data: JsonValue = None, user_id: str | None = None,
+                offset: int | None = None, epoch: str | None = None) -> tuple[str, bytes]:
         message_id = self._new_id()
         message = Message(type=kind, id=message_id, channel=channel, event=event, data=data,
-                          timestamp=self._epoch.unix_ms_at(now), user_id=user_id)
+                          timestamp=self._epoch.unix_ms_at(now), user_id=user_id,
+                          offset=offset, epoch=epoch)
         return message_id, message.encode()
 
-    def _deliver(self, targets: Iterable[ConnectionId], payload: bytes, message_id: str,
-                 exclude: ConnectionId | None = None) -> None:
+    def _deliver(self, targets: Iterable[ConnectionId], payload: bytes,
+                 event_id: str | None = None, exclude: ConnectionId | None = None) -> None:
         chosen = tuple(c for c in targets if c != exclude) if exclude else tuple(targets)
         if chosen:
             self._messages_out += len(chosen)
-            self._actions.append(Deliver(chosen, payload, message_id))
+            self._actions.append(Deliver(chosen, payload, event_id))
 
     def _reply(self, conn: _Connection, event: str, data: JsonValue, now: float,
                channel: str | None = None) -> None:
         message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                            event=event, data=data)
-        self._deliver((conn.id,), payload, message_id)
+        self._deliver((conn.id,), payload)
 
     def _error(self, conn: _Connection, code: int, text: str, now: float,
                channel: str | None = None, **extra: JsonValue) -> None:
         self._errors[code] += 1
         message_id, payload = self._encode(MessageType.ERROR, now, channel=channel,
                                            data={"code": int(code), "message": text, **extra})
-        self._deliver((conn.id,), payload, message_id)
+        self._deliver((conn.id,), payload)
 
     def _rate_limited(self, conn: _Connection, wait: float, now: float,
                       channel: str | None = None) -> None:
@@ -556,7 +627,7 @@ class Hub:
             if channel in self._subscribers:
                 message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                                    event=event, data=member.to_dict())
-                self._deliver(self._subscribers[channel], payload, message_id, exclude)
+                self._deliver(self._subscribers[channel], payload, exclude=exclude)
 
 
 def _channel_hint(raw: str | bytes) -> str | None:

@@ -14,7 +14,7 @@ __all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json"]
 #: Anything `json` can encode; kept loose because payloads are the application's.
 JsonValue: TypeAlias = Any
 
-_FIELDS = ("id", "type", "channel", "event", "data", "timestamp", "user_id")
+_FIELDS = ("id", "type", "channel", "event", "data", "timestamp", "user_id", "offset", "epoch")
 
 
 class MessageType(enum.StrEnum):
@@ -60,18 +60,23 @@ class Message:
     timestamp: int | None = None
     #: the sender's user id, set by the server on client events
     user_id: str | None = None
+    #: position in the channel's stream, on channels that keep history
+    offset: int | None = None
+    #: the stream's epoch, which changes when its history may have been lost
+    epoch: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, MessageType):
             raise MessageError(ErrorCode.INVALID_FIELD, "field 'type' must be a MessageType")
-        for name in ("id", "channel", "event", "user_id"):
+        for name in ("id", "channel", "event", "user_id", "epoch"):
             _check(getattr(self, name), str, name)
         _check(self.timestamp, int, "timestamp")
+        _check(self.offset, int, "offset")
         if self.type in _NEEDS_CHANNEL and not self.channel:
             raise MessageError(ErrorCode.MISSING_FIELD, f"a {self.type} message needs 'channel'")
 
     def to_dict(self) -> dict[str, JsonValue]:
-        """The message as a plain dict; `user_id` only when set."""
+        """The message as a plain dict; `user_id`, `offset` and `epoch` only when set."""
         result: dict[str, JsonValue] = {
             "id": self.id,
             "type": self.type.value,
@@ -80,8 +85,9 @@ class Message:
             "data": self.data,
             "timestamp": self.timestamp,
         }
-        if self.user_id is not None:
-            result["user_id"] = self.user_id
+        for name in ("user_id", "offset", "epoch"):
+            if getattr(self, name) is not None:
+                result[name] = getattr(self, name)
         return result
 
     def to_json(self) -> str:

@@ -58,6 +58,9 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", hub.envelopes_lost)])
     metric("broker_envelopes_duplicate_total", "counter", "Duplicate envelopes dropped.",
            [("", hub.envelopes_duplicate)])
+    metric("recoveries_total", "counter", "Subscriptions that asked to recover, by outcome.",
+           [(f'outcome="{name}"', hub.recoveries.get(ok, 0))
+            for ok, name in ((True, "recovered"), (False, "failed"))])
     metric("cluster_nodes", "gauge", "Nodes this node hears, itself included.",
            [("", hub.nodes)])
     return ("\n".join(lines) + "\n").encode()

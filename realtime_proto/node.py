@@ -394,8 +394,15 @@ class Node:
         self.hub.handle(opened, now=now)
         self._run_hub()
         if kind == "sse":
+            # EventSource resends the id of the last event with one (WHATWG SSE §9.2.4):
+            # "epoch:offset:channel" of a channel with history, so that channel recovers.
+            last_epoch, _, rest = request.headers.get("last-event-id", "").partition(":")
+            last_offset, _, last_channel = rest.partition(":")
             for channel in filter(None, request.query.get("channels", "").split(",")):
-                message = {"type": "subscribe", "channel": channel}
+                message: dict[str, JsonValue] = {"type": "subscribe", "channel": channel}
+                if channel == last_channel and last_offset.isdigit():
+                    message["data"] = {"recover": {"epoch": last_epoch,
+                                                   "offset": int(last_offset)}}
                 self.hub.handle(MessageReceived(connection_id=connection_id, data=message),
                                 now=now)
             self._run_hub()
@@ -514,7 +521,7 @@ class Node:
                 frame = ws_frame
             else:
                 if sse_chunk is None:
-                    sse_chunk = encode_event(action.message_id, action.payload)
+                    sse_chunk = encode_event(action.event_id, action.payload)
                     self._encodings["sse"] += 1
                 frame = sse_chunk
             if route.queued_bytes > limit:  # what it was sent before is still unread

@@ -54,22 +54,26 @@ class CommandQueue:
 
     def publish(self, topic: str, data: bytes) -> None:
         """Queue a publish."""
-        self._append(Command(Op.PUBLISH, topic, data))
+        self._reserve()
+        self._commands.append(Command(Op.PUBLISH, topic, data))
+        self.publishes += 1
 
     def subscribe(self, topic: str) -> bool:
         """Queue a subscription unless ``topic`` is already wanted; True if queued."""
         if topic in self.wanted:
             return False
+        self._reserve()
         self.wanted.add(topic)
-        self._append(Command(Op.SUBSCRIBE, topic))
+        self._commands.append(Command(Op.SUBSCRIBE, topic))
         return True
 
     def unsubscribe(self, topic: str) -> bool:
         """Queue an unsubscription if ``topic`` is wanted; True if queued."""
         if topic not in self.wanted:
             return False
+        self._reserve()
         self.wanted.discard(topic)
-        self._append(Command(Op.UNSUBSCRIBE, topic))
+        self._commands.append(Command(Op.UNSUBSCRIBE, topic))
         return True
 
     def pop(self) -> Command:
@@ -114,12 +118,10 @@ class CommandQueue:
         self.publishes = 0
         return publishes
 
-    def _append(self, command: Command) -> None:
+    def _reserve(self) -> None:
+        """Make room for one more command if the queue is full."""
         if len(self._commands) >= self.limit:
             self._make_room()
-        self._commands.append(command)
-        if command.op is Op.PUBLISH:
-            self.publishes += 1
 
     def _make_room(self) -> bool:
         """Drop the oldest publish, or fold subscription changes; False if neither helped."""

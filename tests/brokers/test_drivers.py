@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from realtime_brokers import BrokerError, BrokerUnavailable
 
 from .support import Recorder, Target, opened, run, subscribed

@@ -122,7 +122,7 @@ def test_presence_counts_users_not_connections_across_nodes() -> None:
 
 def test_envelope_round_trip_and_sequence_window() -> None:
     envelope = Envelope(origin="n1", sequence=7, kind=EnvelopeKind.CHANNEL, payload=b'{"a":1}',
-                        message_id="m", exclude="c1")
+                        exclude="c1")
     assert Envelope.decode(envelope.encode()) == envelope
     with pytest.raises(MessageError):
         Envelope.decode(b"garbage")

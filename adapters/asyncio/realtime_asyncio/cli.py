@@ -52,6 +52,8 @@ _HELP = {
     "connection_burst": "new connections at once from one IP address",
     "api_rate": "HTTP API calls per second per API key (0: no limit)",
     "api_burst": "HTTP API calls at once per API key",
+    "history": "channels that keep history for recovery: pattern=size:ttl,… "
+               "(e.g. 'private-room.*=100:300')",
 }
 
 

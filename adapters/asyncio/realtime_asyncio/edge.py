@@ -13,6 +13,7 @@ from pathlib import Path
 
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.config import RateLimits
+from realtime_proto.history import HistoryRule
 from realtime_proto.ratelimit import Rate
 
 __all__ = [
@@ -67,6 +68,7 @@ class Settings:
     connection_burst: float = 100.0
     api_rate: float = 500.0
     api_burst: float = 1000.0
+    history: str = ""
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -100,7 +102,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
 
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
-    hub = HubConfig(node_id=node_id, rates=rates, heartbeat_interval=settings.heartbeat_interval,
+    hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history), heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
@@ -111,6 +113,23 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
                       cors_origin=settings.cors_origin, runtime=runtime,
                       static_files=load_static_files(settings.static_dir))
+
+
+def parse_history(text: str) -> tuple[HistoryRule, ...]:
+    """`pattern=size:ttl,…` (e.g. `private-room.*=100:300`) as history rules.
+
+    Raises:
+        ValueError: the text does not have that shape.
+    """
+    rules = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        pattern, _, limits = item.rpartition("=")
+        size, _, ttl = limits.partition(":")
+        try:
+            rules.append(HistoryRule(pattern, int(size), float(ttl)))
+        except ValueError:
+            raise ValueError(f"history rule {item!r} is not pattern=size:ttl") from None
+    return tuple(rules)
 
 
 def new_epoch() -> Epoch:
@@ -128,8 +147,14 @@ def random_id() -> str:
     return secrets.token_urlsafe(12)
 
 
-def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def server_ssl_context(settings: Settings, *,
+                       context_class: type[ssl.SSLContext] = ssl.SSLContext,
+                       ) -> ssl.SSLContext | None:
     """The TLS context for --tls-cert/--tls-key, or None to serve plain TCP.
+
+    Args:
+        settings: where the certificate chain and key are.
+        context_class: the context type (gevent passes its cooperative `SSLContext`).
 
     Raises:
         OSError: a file cannot be read.
@@ -137,7 +162,7 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """
     if not settings.tls_cert:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = context_class(ssl.PROTOCOL_TLS_SERVER)  # secure defaults, TLS 1.2 or later
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
     return context
 

@@ -201,11 +201,11 @@ class BrokerBridge:
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
         if self._stop:
+            self.report(lambda: self._on_started(RuntimeError("closed before it started")))
             return
         try:
             await self._client.start()
         except Exception as error:
-            self._closed = True
             self.report(lambda: self._on_started(error))
             return
         self._outbox.drain()

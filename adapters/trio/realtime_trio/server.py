@@ -5,8 +5,10 @@ from __future__ import annotations
 import inspect
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, assert_never
 
 import trio
@@ -96,6 +98,7 @@ class RealtimeServer:
         self.trio_token: trio.lowlevel.TrioToken | None = None
         self._authenticate_hook: Callable[[Any], Any] | None = None
         self._listeners: list[trio.SocketListener] = []
+        self._ssl_context: ssl.SSLContext | None = None
         self._nursery: trio.Nursery | None = None
         self._timer_scope: trio.CancelScope | None = None
         self._accepting = trio.CancelScope()
@@ -118,8 +121,6 @@ class RealtimeServer:
         The hook gets an `AuthenticationRequest` (token, path, query, headers, peer) and
         returns a `User` (or a user id), None for anonymous, or False to refuse (401).
         """
-        from dataclasses import replace
-
         self._authenticate_hook = hook
         self.node.config = replace(self.node.config, custom_authentication=True)
         return hook
@@ -216,6 +217,7 @@ class RealtimeServer:
                     nursery.cancel_scope.cancel()
 
     async def _start(self) -> None:
+        self._ssl_context = server_ssl_context(self.settings)
         self.trio_token = token = trio.lowlevel.current_trio_token()
         self.broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
                                    call_soon=token.run_sync_soon)
@@ -230,10 +232,8 @@ class RealtimeServer:
         await started.wait()
         if errors[0] is not None:
             raise errors[0]
-        ssl_context = server_ssl_context(self.settings)
         self._listeners = await trio.open_tcp_listeners(
             self.settings.port, host=self.settings.host, backlog=4096)
-        self._ssl_context = ssl_context
         self._running = True
         self.pump()
         log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
