@@ -37,8 +37,8 @@ from .events import (
     SentToUser,
     User,
 )
-from .message import JsonValue, Message, MessageType, decode_json
 from .history import ChannelStream, find_rule, restamp
+from .message import JsonValue, Message, MessageType, decode_json
 from .presence import Member
 from .ratelimit import TokenBucket
 
@@ -384,7 +384,7 @@ class Hub:
                 self._drop(conn, ErrorCode.IDLE_TIMEOUT, "idle timeout")
             elif idle >= heartbeat and not conn.pinged:
                 conn.pinged = True
-                message_id, payload = self._encode(MessageType.PING, now)
+                _, payload = self._encode(MessageType.PING, now)
                 self._deliver((conn.id,), payload)
 
     # -- client messages -----------------------------------------------------------------
@@ -413,7 +413,7 @@ class Hub:
                 case MessageType.EVENT:
                     self._client_event(conn, message, now)
                 case MessageType.PING:
-                    message_id, payload = self._encode(MessageType.PONG, now)
+                    _, payload = self._encode(MessageType.PONG, now)
                     self._deliver((conn.id,), payload)
                 case MessageType.PONG | MessageType.ERROR:
                     pass
@@ -605,14 +605,14 @@ class Hub:
 
     def _reply(self, conn: _Connection, event: str, data: JsonValue, now: float,
                channel: str | None = None) -> None:
-        message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
+        _, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                            event=event, data=data)
         self._deliver((conn.id,), payload)
 
     def _error(self, conn: _Connection, code: int, text: str, now: float,
                channel: str | None = None, **extra: JsonValue) -> None:
         self._errors[code] += 1
-        message_id, payload = self._encode(MessageType.ERROR, now, channel=channel,
+        _, payload = self._encode(MessageType.ERROR, now, channel=channel,
                                            data={"code": int(code), "message": text, **extra})
         self._deliver((conn.id,), payload)
 
@@ -625,7 +625,7 @@ class Hub:
                   exclude: ConnectionId | None = None) -> None:
         for channel, member in changes:
             if channel in self._subscribers:
-                message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
+                _, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                                    event=event, data=member.to_dict())
                 self._deliver(self._subscribers[channel], payload, exclude=exclude)
 

@@ -205,7 +205,7 @@ describe('the example chat', () => {
       await alice.waitForSelector('.seen >> text=Seen by bob', { timeout: WAIT });
 
       await bob.click('#composer-input');
-      await bob.keyboard.type('Thanks! Typing from a long-poll connection 👋');
+      await bob.keyboard.type('Thanks! Typing from a long-poll connection, by the way.');
       await bob.keyboard.press('Enter');
       await alice.waitForSelector('.message[data-user="bob"] .text >> text=long-poll connection', { timeout: WAIT });
 
@@ -221,9 +221,12 @@ describe('the example chat', () => {
       await waitEvent(carolRoom, 'subscription.succeeded', { timeout: WAIT });
       await alice.waitForFunction(() => document.querySelectorAll('#member-list .member').length === 3, null, { timeout: WAIT });
       carolRoom.send('message.sent', { id: 'carol-1', text: 'Nice, the typing indicator and read receipts work across transports.' });
-      await alice.waitForSelector('.message[data-user="carol"]', { timeout: WAIT });
+      carolRoom.send('message.sent', { id: 'carol-2', text: 'And if my connection drops, my messages wait in the queue until it is back.' });
+      await alice.waitForSelector('.message[data-key="carol-2"]', { timeout: WAIT });
+      assert.equal(await alice.$$eval('.message[data-user="carol"]', (els) => els.length), 2);
+      assert.equal(await alice.$$eval('.message[data-user="carol"].grouped', (els) => els.length), 1);
       await alice.click('#composer-input');
-      await alice.keyboard.type('Agreed. Shipping it 🚀');
+      await alice.keyboard.type('Agreed. Shipping it.');
       await alice.keyboard.press('Enter');
       await alice.waitForSelector('.seen >> text=Seen by bob', { timeout: WAIT });
       carolRoom.send('typing', { typing: true });

@@ -102,7 +102,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
 
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
-    hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history), heartbeat_interval=settings.heartbeat_interval,
+    hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history),
+                    heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
