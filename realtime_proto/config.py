@@ -8,6 +8,7 @@ from typing import final
 
 from .errors import ConfigError
 from .history import HistoryRule
+from .jwt import JwtConfig
 from .ratelimit import Rate
 
 __all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
@@ -76,6 +77,8 @@ class HubConfig:
     rates: RateLimits = field(default_factory=RateLimits)
     #: channels that keep history (for recovery), by pattern
     history: tuple[HistoryRule, ...] = ()
+    #: how connection and subscription tokens are verified (None: no tokens accepted)
+    jwt: JwtConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -112,8 +115,6 @@ class NodeConfig:
     """Everything a Node needs, on top of the Hub's configuration."""
 
     hub: HubConfig = field(default_factory=HubConfig)
-    #: HS256 secret for connection tokens (None: tokens are refused unless authenticated by a hook)
-    jwt_secret: str | None = None
     #: the HTTP API key (None: the API refuses every call)
     api_key: str | None = None
     #: ask the application (an `Authenticate` action) instead of checking JWTs

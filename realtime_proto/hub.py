@@ -38,6 +38,7 @@ from .events import (
     User,
 )
 from .history import ChannelStream, find_rule, restamp
+from .jwt import verify_token
 from .message import JsonValue, Message, MessageType, decode_json
 from .presence import Member
 from .ratelimit import TokenBucket
@@ -98,6 +99,7 @@ class _SubscribeOptions:
 
     recover: tuple[str, int] | None = None
     history: int = 0
+    token: str | None = None
 
     @classmethod
     def parse(cls, data: JsonValue) -> _SubscribeOptions:
@@ -113,7 +115,10 @@ class _SubscribeOptions:
             position = (epoch, offset)
         if not isinstance(history, int) or isinstance(history, bool) or history < 0:
             raise MessageError(ErrorCode.INVALID_FIELD, "'history' must be a count")
-        return cls(position, history)
+        token = data.get("token")
+        if token is not None and not isinstance(token, str):
+            raise MessageError(ErrorCode.INVALID_FIELD, "'token' must be a string")
+        return cls(position, history, token)
 
 
 @dataclass(slots=True)
@@ -444,6 +449,10 @@ class Hub:
         if any(pattern_matches(pattern, channel) for pattern in conn.user.channels):
             self._join(conn, channel, conn.user.info, now, request)
             return
+        if request.token is not None:
+            self._join(conn, channel, self._subscription_token(conn.user, channel,
+                                                               request.token, now), now, request)
+            return
         rule = self._rules.find(channel)
         if rule is None or rule.callback is None:
             raise MessageError(ErrorCode.FORBIDDEN, f"no rule allows {channel}")
@@ -455,6 +464,25 @@ class Hub:
                                              now + self.config.authorization_timeout, request)
         self._actions.append(Authorize(request_id=request_id, callback=rule.callback,
                                        connection=conn.info(), channel=channel))
+
+    def _subscription_token(self, user: User, channel: str, token: str,
+                            now: float) -> Mapping[str, Any]:
+        """Check a per-channel token (`sub` = this user, `channel` = this channel); its info.
+
+        Raises:
+            MessageError: 4003 when the token is bad or for another user or channel.
+        """
+        if self.config.jwt is None:
+            raise MessageError(ErrorCode.FORBIDDEN, "this server accepts no subscription tokens")
+        try:
+            claims = verify_token(token, self.config.jwt,
+                                  now_unix=self._epoch.unix_ms_at(now) / 1000)
+        except MessageError as error:
+            raise MessageError(ErrorCode.FORBIDDEN, error.message) from None
+        if str(claims.get("sub")) != user.id or claims.get("channel") != channel:
+            raise MessageError(ErrorCode.FORBIDDEN, "token for another user or channel")
+        info = claims.get("info")
+        return info if isinstance(info, dict) else user.info
 
     def _answered(self, answer: AuthorizationAnswered) -> None:
         pending = self._pending.pop(answer.request_id, None)

@@ -39,7 +39,7 @@ from .framing.http import HttpFraming
 from .framing.sse import SseFraming, encode_event
 from .framing.websocket import WebSocketFraming, frame_message
 from .hub import Hub, HubStatistics
-from .jwt import decode_hs256, user_from_claims
+from .jwt import user_from_claims, verify_token
 from .longpoll import PollSession
 from .message import JsonValue, Message, MessageType, encode_json
 from .metrics import render_metrics
@@ -345,9 +345,9 @@ class Node:
         user = None
         if token is not None:
             try:
-                if self.config.jwt_secret is None:
+                if self.config.hub.jwt is None:
                     raise MessageError(ErrorCode.UNAUTHENTICATED, "this server accepts no tokens")
-                claims = decode_hs256(token, self.config.jwt_secret,
+                claims = verify_token(token, self.config.hub.jwt,
                                       now_unix=self._epoch.unix_ms_at(now) / 1000)
                 user = user_from_claims(claims)
             except MessageError as error:

@@ -6,8 +6,9 @@ the subscriber's event loop. It is the embedded default for a single process and
 broker of simulated clusters in tests.
 
 A bus can also misbehave on purpose, so the supervisor's fault handling can be tested
-without a network: :meth:`MemoryBus.cut`, :meth:`MemoryBus.refuse` and
-:meth:`MemoryBus.swallow` mirror the TCP proxy of the broker tests.
+without a network. ``memory://NAME?via=LINK`` connects through the :class:`MemoryLink`
+``memory_bus(NAME).link(LINK)``, whose ``cut``, ``refuse``, ``allow`` and ``swallow``
+mirror the TCP proxy of the broker tests and touch only the connections made through it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from urllib.parse import urlsplit
 
 from .api import BrokerOptions
 from .driver import Connection, Sink
+from .urls import take_query
 
-__all__ = ["MemoryBus", "MemoryDriver", "create_driver", "memory_bus"]
+__all__ = ["MemoryBus", "MemoryDriver", "MemoryLink", "create_driver", "memory_bus"]
 
 _BUSES: dict[str, MemoryBus] = {}
 
@@ -31,53 +33,50 @@ def memory_bus(name: str = "") -> MemoryBus:
     return bus
 
 
+class MemoryLink:
+    """A way onto a bus that tests can break, like a TCP proxy in front of a server."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.refusing = False
+        self.swallowing = False
+        self.connections: set[_MemoryConnection] = set()
+
+    def cut(self) -> int:
+        """Break every connection made through this link; return how many."""
+        connections = list(self.connections)
+        for conn in connections:
+            conn.broken(f"memory link {self.name!r} cut")
+        return len(connections)
+
+    def refuse(self, refusing: bool = True) -> None:
+        """Make new connections through this link fail (or succeed again with ``False``)."""
+        self.refusing = refusing
+
+    def allow(self) -> None:
+        """Accept new connections through this link again."""
+        self.refusing = False
+
+    def swallow(self, swallowing: bool = True) -> None:
+        """Keep connections open but lose every message they send or should receive,
+        and let new connections hang (or stop doing so with ``False``)."""
+        self.swallowing = swallowing
+
+
 class MemoryBus:
     """Topics → subscribed connections, within one process."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._subscribers: dict[str, set[_MemoryConnection]] = {}
-        self._connections: set[_MemoryConnection] = set()
-        self.refusing = False
-        self.swallowing = False
+        self._links: dict[str, MemoryLink] = {}
 
-    def cut(self) -> int:
-        """Break every open connection (their clients reconnect); return how many."""
-        connections = list(self._connections)
-        for conn in connections:
-            conn.broken("memory bus connection cut")
-        return len(connections)
-
-    def refuse(self, refusing: bool = True) -> None:
-        """Make new connections fail (or succeed again with ``False``)."""
-        self.refusing = refusing
-
-    def allow(self) -> None:
-        """Accept new connections again."""
-        self.refusing = False
-
-    def swallow(self, swallowing: bool = True) -> None:
-        """Keep connections open but silently lose every message (or stop doing so)."""
-        self.swallowing = swallowing
-
-    @property
-    def connections(self) -> int:
-        """Open connections."""
-        return len(self._connections)
-
-    def _connect(self, conn: _MemoryConnection) -> None:
-        if self.refusing:
-            raise ConnectionRefusedError(f"memory bus {self.name!r} refuses connections")
-        self._connections.add(conn)
-
-    def _disconnect(self, conn: _MemoryConnection) -> None:
-        self._connections.discard(conn)
-        for topic in conn.topics:
-            subscribers = self._subscribers.get(topic)
-            if subscribers is not None:
-                subscribers.discard(conn)
-                if not subscribers:
-                    del self._subscribers[topic]
+    def link(self, name: str) -> MemoryLink:
+        """The link ``memory://BUS?via=NAME`` connects through."""
+        link = self._links.get(name)
+        if link is None:
+            link = self._links[name] = MemoryLink(name)
+        return link
 
     def _subscribe(self, conn: _MemoryConnection, topic: str) -> None:
         self._subscribers.setdefault(topic, set()).add(conn)
@@ -90,34 +89,40 @@ class MemoryBus:
                 del self._subscribers[topic]
 
     def _publish(self, topic: str, data: bytes) -> None:
-        if self.swallowing:
-            return
         for conn in self._subscribers.get(topic, ()):
             conn.receive(topic, data)
 
 
 class _MemoryConnection:
-    def __init__(self, bus: MemoryBus, sink: Sink) -> None:
+    def __init__(self, bus: MemoryBus, link: MemoryLink | None, sink: Sink) -> None:
         self._bus = bus
+        self._link = link
         self._sink = sink
         self._loop = asyncio.get_running_loop()
-        self.topics: set[str] = set()
+        self._topics: set[str] = set()
         self._open = True
+        if link is not None:
+            link.connections.add(self)
 
     @property
     def confirms_publishes(self) -> bool:
         return True
+
+    @property
+    def _swallowing(self) -> bool:
+        return self._link is not None and self._link.swallowing
 
     def _check(self) -> None:
         if not self._open:
             raise ConnectionError("memory bus connection is closed")
 
     def broken(self, reason: str) -> None:
-        self._bus._disconnect(self)
-        self._open = False
+        self._disconnect()
         self._loop.call_soon_threadsafe(self._sink.lost, reason)
 
     def receive(self, topic: str, data: bytes) -> None:
+        if self._swallowing:
+            return
         if asyncio.get_running_loop() is self._loop:
             self._loop.call_soon(self._sink.deliver, topic, data)
         else:
@@ -125,7 +130,8 @@ class _MemoryConnection:
 
     async def publish(self, topic: str, data: bytes) -> None:
         self._check()
-        self._bus._publish(topic, data)
+        if not self._swallowing:
+            self._bus._publish(topic, data)
 
     async def flush(self) -> int:
         self._check()
@@ -133,26 +139,34 @@ class _MemoryConnection:
 
     async def subscribe(self, topic: str) -> None:
         self._check()
-        if not self._bus.swallowing:
-            self.topics.add(topic)
+        if not self._swallowing:
+            self._topics.add(topic)
             self._bus._subscribe(self, topic)
 
     async def unsubscribe(self, topic: str) -> None:
         self._check()
-        self.topics.discard(topic)
+        self._topics.discard(topic)
         self._bus._unsubscribe(self, topic)
+
+    def _disconnect(self) -> None:
+        self._open = False
+        if self._link is not None:
+            self._link.connections.discard(self)
+        for topic in self._topics:
+            self._bus._unsubscribe(self, topic)
+        self._topics.clear()
 
     async def close(self) -> None:
         if self._open:
-            self._open = False
-            self._bus._disconnect(self)
+            self._disconnect()
 
 
 class MemoryDriver:
-    """Connects to the :class:`MemoryBus` named by the URL."""
+    """Connects to the :class:`MemoryBus` named by the URL, through a link if given."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, via: str | None) -> None:
         self._name = name
+        self._via = via
 
     @property
     def kind(self) -> str:
@@ -163,16 +177,19 @@ class MemoryDriver:
         return f"memory://{self._name}"
 
     async def connect(self, sink: Sink) -> Connection:
-        if memory_bus(self._name).swallowing:
+        bus = memory_bus(self._name)
+        link = bus.link(self._via) if self._via is not None else None
+        if link is not None and link.refusing:
+            raise ConnectionRefusedError(f"memory link {link.name!r} refuses connections")
+        if link is not None and link.swallowing:
             await asyncio.Event().wait()  # like a TCP connect into a black hole
-        conn = _MemoryConnection(memory_bus(self._name), sink)
-        memory_bus(self._name)._connect(conn)
-        return conn
+        return _MemoryConnection(bus, link, sink)
 
 
 def create_driver(url: str, *, node_id: str, options: BrokerOptions) -> MemoryDriver:
-    """The driver for ``memory://NAME`` (NAME may be empty)."""
-    parts = urlsplit(url)
+    """The driver for ``memory://NAME`` (NAME may be empty) and ``?via=LINK``."""
+    rest, own = take_query(url, {"via"})
+    parts = urlsplit(rest)
     if parts.query:
         raise ValueError(f"unknown memory broker URL options: {parts.query}")
-    return MemoryDriver(parts.netloc + parts.path)
+    return MemoryDriver(parts.netloc + parts.path, own.get("via"))

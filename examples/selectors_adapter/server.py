@@ -166,8 +166,11 @@ class SelectorsServer:
         log.info("realtime node %s serving on %s:%d", self.node_id, self.settings.host, self.port)
 
     def serve_forever(self) -> None:
-        """Run the loop until `stop()` has finished."""
+        """Run the loop until `stop()` has finished, then release the selector."""
         self._run_until(lambda: self._stopped, timeout=None)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM."""

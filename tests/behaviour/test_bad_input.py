@@ -1,4 +1,5 @@
-"""Bad input over real sockets: each gets its documented answer; a bystander notices nothing."""
+"""Bad input over real sockets, on every runtime: each gets its documented answer; a
+bystander notices nothing."""
 
 from __future__ import annotations
 
@@ -63,9 +64,9 @@ async def close_code(reader: asyncio.StreamReader) -> int:
 Scenario = Callable[[Any, WsClient], Awaitable[None]]
 
 
-def with_bystander(scenario: Scenario, **settings: Any) -> None:
+def with_bystander(runtime: str, scenario: Scenario, **settings: Any) -> None:
     async def main() -> None:
-        async with serving(**settings) as server, connect("websocket", server.port) as good:
+        async with serving(runtime, **settings) as server, connect("websocket", server.port) as good:
             await good.subscribe("news")
             await scenario(server, good)  # type: ignore[arg-type]
             for number in range(3):
@@ -81,22 +82,23 @@ def with_bystander(scenario: Scenario, **settings: Any) -> None:
     ('{"type": "subscribe", "channel": "private-x"}', 4001),
     ('{"type": "event", "channel": "news", "event": "e"}', 4003),
 ])
-def test_bad_messages_get_an_error_and_keep_the_connection(raw: str, code: int) -> None:
+def test_bad_messages_get_an_error_and_keep_the_connection(raw: str, code: int,
+                                                           runtime: str) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         async with connect("websocket", server.port) as bad:
             await bad.ws.send(raw)
             assert (await bad.next(type="error"))["data"]["code"] == code
             await bad.send({"type": "ping"})
             await bad.next(type="pong")
-    with_bystander(scenario)
+    with_bystander(runtime, scenario)
 
 
-def test_oversized_message_closes_with_4009() -> None:
+def test_oversized_message_closes_with_4009(runtime: str) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         async with connect("websocket", server.port) as bad:
             await bad.ws.send(json.dumps({"type": "ping", "data": "x" * 5000}))
             assert await bad.wait_closed() == 4009
-    with_bystander(scenario, max_message_bytes=4096)
+    with_bystander(runtime, scenario, max_message_bytes=4096)
 
 
 @pytest.mark.parametrize(("data", "code"), [
@@ -104,13 +106,14 @@ def test_oversized_message_closes_with_4009() -> None:
     (frame(b'{"type":"ping"}', masked=False), 1002),  # clients must mask (RFC 6455 §5.1)
     (frame(b"x", opcode=3), 1002),  # a reserved opcode
 ])
-def test_protocol_violations_close_with_the_rfc_code(data: bytes, code: int) -> None:
+def test_protocol_violations_close_with_the_rfc_code(data: bytes, code: int,
+                                                     runtime: str) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         reader, writer = await raw_ws(server.port)
         writer.write(data)
         assert await close_code(reader) == code
         writer.close()
-    with_bystander(scenario)
+    with_bystander(runtime, scenario)
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
@@ -118,17 +121,17 @@ def test_protocol_violations_close_with_the_rfc_code(data: bytes, code: int) -> 
     (b"NONSENSE\r\n\r\n", 400),
     (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
 ])
-def test_bad_http_requests_get_4xx(request_bytes: bytes, status: int) -> None:
+def test_bad_http_requests_get_4xx(request_bytes: bytes, status: int, runtime: str) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(request_bytes)
         line = await asyncio.wait_for(reader.readline(), 10)
         assert line.split()[1] == str(status).encode()
         writer.close()
-    with_bystander(scenario)
+    with_bystander(runtime, scenario)
 
 
-def test_truncated_request_is_dropped_quietly() -> None:
+def test_truncated_request_is_dropped_quietly(runtime: str) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"cha")
@@ -138,10 +141,10 @@ def test_truncated_request_is_dropped_quietly() -> None:
         async with asyncio.timeout(10):
             while server.node.statistics().transports > 1:
                 await asyncio.sleep(0.01)
-    with_bystander(scenario)
+    with_bystander(runtime, scenario)
 
 
-def test_slow_consumer_alone_is_dropped_with_4021() -> None:
+def test_slow_consumer_alone_is_dropped_with_4021(runtime: str) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -162,4 +165,4 @@ def test_slow_consumer_alone_is_dropped_with_4021() -> None:
         assert server.node.statistics().hub.errors.get(4021, 0) == 0  # a close, not an error
         assert server.channels()["news"] == 1  # only the bystander is left
         writer.close()
-    with_bystander(scenario, max_output_bytes=64 * 1024)
+    with_bystander(runtime, scenario, max_output_bytes=64 * 1024)

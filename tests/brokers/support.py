@@ -72,9 +72,11 @@ class Target:
     name: str
 
     def url(self, port: int | None = None, **query: str) -> str:
-        """The broker's URL, through ``port`` (a proxy) if given."""
+        """The broker's URL, through ``port`` (a proxy, or for memory a link) if given."""
         if self.kind == "memory":
             base = f"memory://test-{self.name}"
+            if port is not None:
+                query.setdefault("via", str(port))
         else:
             host, real_port, template = SERVERS[self.kind]
             base = template.format(host=host, port=port or real_port)
@@ -97,12 +99,12 @@ class Target:
         return open_broker(self.url(port, **query), listener, node_id=node_id, options=options)
 
     @contextlib.asynccontextmanager
-    async def faults(self) -> AsyncIterator[tuple[Faults, int | None]]:
-        """A fault injector and the port to connect through (None: the memory bus)."""
+    async def faults(self) -> AsyncIterator[tuple[Faults, int]]:
+        """A fault injector and the port to connect through (for memory: a link)."""
         if self.kind == "memory":
             from realtime_brokers.memory_driver import memory_bus
 
-            yield memory_bus(f"test-{self.name}"), None
+            yield memory_bus(f"test-{self.name}").link("1"), 1
             return
         host, port, _ = SERVERS[self.kind]
         async with TcpProxy(host, port) as proxy:

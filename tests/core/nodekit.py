@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from realtime_proto import Epoch, HubConfig, Node, NodeConfig, StaticFile
 from realtime_proto.actions import Authorize, CloseTransport, Transmit
 from realtime_proto.callbacks import authorization_answer
 from realtime_proto.events import TransportId
-from realtime_proto.jwt import encode_hs256
+from realtime_proto.jwt import JwtConfig, encode_hs256
 from realtime_proto.testing import FakeClock, counter_ids
 
 SECRET = "s3cret"
@@ -21,7 +22,8 @@ class Harness:
     def __init__(self, **overrides: Any) -> None:
         self.clock = FakeClock()
         hub = overrides.pop("hub", HubConfig(node_id="n1"))
-        config = NodeConfig(hub=hub, jwt_secret=SECRET, api_key=API_KEY,
+        hub = replace(hub, jwt=JwtConfig(secret=SECRET))
+        config = NodeConfig(hub=hub, api_key=API_KEY,
                             static_files={"/index.html": StaticFile(
                                 content_type="text/html", body=b"<h1>hi</h1>")},
                             **overrides)

@@ -24,6 +24,9 @@ _HELP = {
     "api_key": "key for the HTTP API (Authorization: Bearer KEY); generated and printed "
                "when not given",
     "jwt_secret": "HS256 secret that signs connection tokens",
+    "jwt_public_key": "PEM file with the public key of RS256 or ES256 tokens",
+    "jwt_audience": "the `aud` tokens must name (default: not checked)",
+    "jwt_issuer": "the `iss` tokens must have (default: not checked)",
     "static_dir": "directory served at / (the example chat, your own pages)",
     "log_level": "debug, info, warning or error",
     "node_id": "this node's id in a cluster (default: host-pid-random)",
@@ -138,7 +141,8 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
     for source, values in layers:
         for name, value in values.items():
             merged[name] = _convert(name, value, types[name], source)
-    for name in ("api_key", "jwt_secret", "tls_cert", "tls_key", "static_dir", "cors_origin"):
+    for name in ("api_key", "jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer",
+                 "tls_cert", "tls_key", "static_dir", "cors_origin"):
         if merged.get(name) == "" and name != "cors_origin":
             merged[name] = None
     if merged.get("cors_origin") == "":

@@ -14,6 +14,7 @@ from pathlib import Path
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.config import RateLimits
 from realtime_proto.history import HistoryRule
+from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate
 
 __all__ = [
@@ -40,6 +41,9 @@ class Settings:
     broker: str = "memory://"
     api_key: str | None = None
     jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     static_dir: str | None = None
     log_level: str = "info"
     node_id: str | None = None
@@ -103,17 +107,36 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
     hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history),
+                    jwt=jwt_config(settings),
                     heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
                     presence_ttl=settings.presence_ttl, limits=limits)
-    return NodeConfig(hub=hub, jwt_secret=settings.jwt_secret, api_key=settings.api_key,
+    return NodeConfig(hub=hub, api_key=settings.api_key,
                       poll_timeout=settings.poll_timeout,
                       poll_session_timeout=settings.poll_session_timeout,
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
                       cors_origin=settings.cors_origin, runtime=runtime,
                       static_files=load_static_files(settings.static_dir))
+
+
+def jwt_config(settings: Settings) -> JwtConfig | None:
+    """Token checking for these settings; None when no secret or key is set.
+
+    Raises:
+        ValueError: the public key file cannot be read.
+    """
+    if settings.jwt_secret is None and settings.jwt_public_key is None:
+        return None
+    public_key = None
+    if settings.jwt_public_key is not None:
+        try:
+            public_key = Path(settings.jwt_public_key).read_text()
+        except OSError as error:
+            raise ValueError(f"cannot read --jwt-public-key: {error}") from None
+    return JwtConfig(secret=settings.jwt_secret, public_key=public_key,
+                     audience=settings.jwt_audience, issuer=settings.jwt_issuer)
 
 
 def parse_history(text: str) -> tuple[HistoryRule, ...]:

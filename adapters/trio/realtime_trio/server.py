@@ -96,6 +96,8 @@ class RealtimeServer:
         self.sockets: dict[TransportId, _Socket] = {}
         self.broker: BrokerBridge | None = None
         self.trio_token: trio.lowlevel.TrioToken | None = None
+        #: seconds clients get to go at shutdown before their sockets are aborted
+        self.close_timeout = _CLOSE_GRACE
         self._authenticate_hook: Callable[[Any], Any] | None = None
         self._listeners: list[trio.SocketListener] = []
         self._ssl_context: ssl.SSLContext | None = None
@@ -203,6 +205,7 @@ class RealtimeServer:
         trio.run(self._run_until_signal)
 
     async def _run_until_signal(self) -> None:
+        error: Exception | None = None
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 async def stop_on_signal() -> None:
@@ -213,8 +216,12 @@ class RealtimeServer:
                 nursery.start_soon(stop_on_signal)
                 try:
                     await self.serve()
+                except Exception as failure:  # raised as itself, not in an ExceptionGroup
+                    error = failure
                 finally:
                     nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     async def _start(self) -> None:
         self._ssl_context = server_ssl_context(self.settings)
@@ -255,7 +262,7 @@ class RealtimeServer:
             return
         self._shutting_down = True
         self._accepting.cancel()
-        self._shield.deadline = trio.current_time() + _CLOSE_GRACE
+        self._shield.deadline = trio.current_time() + self.close_timeout
         self.node.shutdown(now=self.now())
         self.pump()
         if not self.sockets:
