@@ -33,7 +33,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
   pollRetryDelay: 500, // ms, multiplied by the failure count
   sendRetries: 2, // POST /send retries on network / 5xx errors
   sendRetryDelay: 500, // ms
-  ssePing: true, // SSE: send {"type":"ping"} via POST /send when nothing was sent for `heartbeat` s
+  clientPing: true, // send {"type":"ping"} after `heartbeat` s without receiving anything
   maxBatchBytes: 32768, // POST /send: bytes of JSON per request
 });
 
@@ -337,7 +337,6 @@ class HttpSender {
     this.queue = [];
     this.busy = false;
     this.scheduled = false;
-    this.lastSent = now();
   }
 
   send(items) {
@@ -369,7 +368,6 @@ class HttpSender {
     const body = parts.length === 1 ? parts[0] : `[${parts.join(',')}]`;
     const url = buildUrl(c._urls.http, '/send', { connection_id: t.connectionId }, c._urls.params);
     this.busy = true;
-    this.lastSent = now();
     try {
       for (let attempt = 0; ; attempt++) {
         let res = null;
@@ -443,12 +441,9 @@ class HttpTransportBase {
     if (msg && typeof msg === 'object' && msg.type === 'event' && msg.event === 'connection.established') {
       const id = msg.data && msg.data.connection_id;
       if (id) this.connectionId = id;
-      this._established(msg);
     }
     this.h.onMessage(msg);
   }
-
-  _established() {}
 
   _fail(info) {
     if (this.closed) return;
@@ -468,8 +463,6 @@ class HttpTransportBase {
     this._aborts.clear();
     for (const wake of this._sleepers) wake();
     this._sleepers.clear();
-    if (this._pingTimer) clearInterval(this._pingTimer);
-    this._pingTimer = null;
   }
 
   close() {
@@ -545,17 +538,6 @@ class SseTransport extends HttpTransportBase {
     this._fail({ code: 1006, reason: 'event stream ended' });
   }
 
-  _established(msg) {
-    const hb = Number(msg.data && msg.data.heartbeat);
-    const c = this.client;
-    if (!c.options.ssePing || !(hb > 0) || this._pingTimer) return;
-    const every = hb * 1000;
-    this._pingTimer = setInterval(() => {
-      if (!this.closed && now() - this.sender.lastSent >= every * 0.9) {
-        this.sender.send([{ msg: { type: 'ping' } }]);
-      }
-    }, every);
-  }
 }
 
 class PollingTransport extends HttpTransportBase {
@@ -1086,26 +1068,36 @@ export class RealtimeClient extends Emitter {
     this._emit('connected', { connectionId: this.connectionId, userId: this.userId, transport: this.transport });
   }
 
+  // Dead-connection detection (not for long-polling, which has its own
+  // request timeouts): after `heartbeat` s without receiving anything, send a
+  // ping (the server's pong proves the connection); after 2 × heartbeat +
+  // grace without anything, drop the connection and reconnect.
   _armDead() {
     this._clearDead();
     const t = this._transport;
     if (!t || t.selfMonitored) return;
-    let ms = this.options.deadTimeout;
-    if (!ms) {
-      if (!(this.heartbeat > 0)) return;
-      ms = 2 * this.heartbeat * 1000 + this.options.heartbeatGrace;
-    }
+    const o = this.options;
+    const hb = this.heartbeat > 0 ? this.heartbeat * 1000 : 0;
+    const deadMs = o.deadTimeout || (hb ? 2 * hb + o.heartbeatGrace : 0);
+    if (!deadMs) return;
+    const pingMs = hb ? Math.min(hb, deadMs / 2) : deadMs / 2;
+    let pingedAt = -1;
     const check = () => {
       this._deadTimer = null;
       if (this._transport !== t) return;
       const idle = now() - this._lastActivity;
-      if (idle >= ms) {
+      if (idle >= deadMs) {
         this._lost({ code: 1006, reason: 'no data from the server (heartbeat timeout)' });
-      } else {
-        this._deadTimer = setTimeout(check, ms - idle);
+        return;
       }
+      if (idle >= pingMs && o.clientPing && pingedAt !== this._lastActivity) {
+        pingedAt = this._lastActivity;
+        t.send([{ msg: { type: 'ping' } }]);
+      }
+      const next = idle < pingMs ? pingMs - idle : deadMs - idle;
+      this._deadTimer = setTimeout(check, Math.max(10, next));
     };
-    this._deadTimer = setTimeout(check, ms);
+    this._deadTimer = setTimeout(check, pingMs);
   }
 
   _clearDead() {
