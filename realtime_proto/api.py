@@ -61,6 +61,8 @@ def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
                              "members": _members(hub, channel)}
             case "GET", ["channels", channel, "members"]:
                 return 200, {"members": _members(hub, channel) or []}
+            case "GET", ["channels", channel, "reads"]:
+                return 200, {"reads": hub.reads(channel)}
             case _:
                 return 404, error_body(ErrorCode.MALFORMED_MESSAGE, f"no API call {method} {path}")
     except MessageError as error:

@@ -73,6 +73,8 @@ class HubConfig:
     presence_ttl: float = 15.0
     #: how often the periodic sweep (timeouts, heartbeats) runs
     sweep_interval: float = 1.0
+    #: seconds between two `typing` signals of one user on one channel (more coalesce)
+    typing_interval: float = 1.0
     limits: Limits = field(default_factory=Limits)
     rates: RateLimits = field(default_factory=RateLimits)
     #: channels that keep history (for recovery), by pattern

@@ -42,6 +42,7 @@ from .jwt import verify_token
 from .message import JsonValue, Message, MessageType, decode_json
 from .presence import Member
 from .ratelimit import TokenBucket
+from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
 
 __all__ = ["Hub", "HubStatistics"]
 
@@ -150,6 +151,7 @@ class Hub:
         self._users: dict[str, set[ConnectionId]] = {}
         self._pending: dict[str, _Pending] = {}
         self._streams: dict[str, ChannelStream] = {}
+        self._signals = ChannelSignals(config.typing_interval)
         self._actions: list[HubAction] = []
         self._cluster = ClusterState(config, self._now)
         self._next_sweep_at = self._now
@@ -222,15 +224,19 @@ class Hub:
         return self._rules.channel(pattern)
 
     def broadcast(self, channel: str, event: str, data: JsonValue = None, *, now: float,
-                  exclude: ConnectionId | None = None, user_id: str | None = None) -> str:
+                  exclude: ConnectionId | None = None, user_id: str | None = None,
+                  ephemeral: bool = False) -> str:
         """Publish an event to a channel on every node; the message id.
+
+        Args:
+            ephemeral: keep it out of the channel's history (typing, read receipts).
 
         Raises:
             MessageError: the channel name is invalid (4008).
         """
         self._advance(now)
         _valid(channel)
-        stream = self._stream(channel)
+        stream = None if ephemeral else self._stream(channel)
         offset = stream.next_offset() if stream else None
         message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                            event=event, data=data, user_id=user_id,
@@ -580,8 +586,23 @@ class Hub:
                                "client events are allowed on private and presence channels only")
         if channel not in conn.channels:
             raise MessageError(ErrorCode.FORBIDDEN, f"not subscribed to {channel}")
-        self.broadcast(channel, message.event, message.data, now=now, exclude=conn.id,
-                       user_id=conn.user.id if conn.user else None)
+        user_id = conn.user.id if conn.user else None
+        data = message.data
+        ephemeral = message.event in (TYPING_EVENT, READ_EVENT)
+        if message.event == TYPING_EVENT and user_id is not None and (
+                not self._signals.typing_allowed(channel, user_id, now)):
+            return  # coalesced: the others were told a moment ago
+        if message.event == READ_EVENT:
+            position = read_position(data)
+            if user_id is None or not self._signals.read(channel, user_id, position):
+                return
+            data = {"position": position}
+        self.broadcast(channel, message.event, data, now=now, exclude=conn.id, user_id=user_id,
+                       ephemeral=ephemeral)
+
+    def reads(self, channel: str) -> dict[str, int | str]:
+        """Each user's read position on a channel (from `read` events on any node)."""
+        return self._signals.reads(channel)
 
     # -- the broker ----------------------------------------------------------------------
 
@@ -598,7 +619,8 @@ class Hub:
         match envelope.kind:
             case EnvelopeKind.CHANNEL:
                 channel = topic[2:]
-                stream = self._stream(channel)
+                ephemeral = self._remote_signal(channel, envelope.payload)
+                stream = None if ephemeral else self._stream(channel)
                 payload, offset = envelope.payload, None
                 if stream is not None:  # this node's stream position, so recovery works here
                     offset = stream.next_offset()
@@ -612,6 +634,19 @@ class Hub:
                 self._actions.extend(actions)
                 self._announce(joined, "user.joined", now)
                 self._announce(left, "user.left", now)
+
+    def _remote_signal(self, channel: str, payload: bytes) -> bool:
+        """Whether a message from another node is a typing or read signal (kept out of
+        history); a read moves this node's copy of the position too."""
+        if b'"event":"typing"' not in payload and b'"event":"read"' not in payload:
+            return False
+        try:
+            message = Message.from_json(payload)
+            if message.event == READ_EVENT and message.user_id is not None:
+                self._signals.read(channel, message.user_id, read_position(message.data))
+        except MessageError:
+            return False  # another node's bytes that are not a signal: deliver as they are
+        return message.event in (TYPING_EVENT, READ_EVENT)
 
     # -- output --------------------------------------------------------------------------
 

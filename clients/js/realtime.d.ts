@@ -98,8 +98,8 @@ export interface RealtimeOptions {
   sendRetries?: number;
   /** ms between POST /send retries; default 500. */
   sendRetryDelay?: number;
-  /** SSE: send a ping through POST /send when nothing was sent for `heartbeat` s; default true. */
-  ssePing?: boolean;
+  /** Send {"type":"ping"} after `heartbeat` s without receiving anything (WebSocket, SSE); default true. */
+  clientPing?: boolean;
   /** Largest POST /send body in bytes of JSON (batches are split); default 32768. */
   maxBatchBytes?: number;
 }

@@ -99,22 +99,31 @@ async def serving(runtime: str = "asyncio", **settings: Any) -> AsyncIterator[An
     thread = threading.Thread(target=main, name=f"{runtime}-server", daemon=True)
     thread.start()
     server, call, stop = await asyncio.wait_for(asyncio.wrap_future(started), STARTUP_TIMEOUT)
+    handle = ThreadedServer(server, call, stop, finished)
     try:
-        yield ThreadedServer(server, call)
+        yield handle
     finally:
-        stop()
-        await asyncio.wait_for(asyncio.wrap_future(finished), STARTUP_TIMEOUT)
+        await handle.aclose()
         thread.join(STARTUP_TIMEOUT)
 
 
 class ThreadedServer:
     """The handle on a server running in another thread: every call is marshalled."""
 
-    def __init__(self, server: Any, call: Call[Any]) -> None:
+    def __init__(self, server: Any, call: Call[Any], stop: Callable[[], None],
+                 finished: concurrent.futures.Future[None]) -> None:
         self.server = server
         self.call = call
         self.port: int = server.port
         self.node = _NodeProxy(self)
+        self._stop = stop
+        self._finished = finished
+
+    async def aclose(self) -> None:
+        """Stop the server the runtime's own way and wait until its thread is done."""
+        if not self._finished.done():
+            self._stop()
+        await asyncio.wait_for(asyncio.wrap_future(self._finished), STARTUP_TIMEOUT)
 
     def broadcast(self, *args: Any, **kwargs: Any) -> str:
         return str(self.call(lambda: self.server.broadcast(*args, **kwargs)))

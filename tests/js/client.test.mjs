@@ -346,21 +346,130 @@ describe('client against the real server', () => {
     c.disconnect();
   });
 
-  test('the client answers the server ping with pong', async () => {
-    // Drive a raw ping through the message handler: the client must answer it.
-    const c = makeClient(server.wsUrl, 'websocket');
-    await connected(c);
-    const sent = [];
-    const t = c._transport;
-    const orig = t.send.bind(t);
-    t.send = (items) => {
-      sent.push(...items.map((i) => i.msg));
-      return orig(items);
-    };
-    c._handleMessage({ type: 'ping' });
-    assert.deepEqual(sent, [{ type: 'pong' }]);
-    c.disconnect();
+  test('queue overflow drops the oldest queued events', async () => {
+    const a = makeClient(server.wsUrl, 'websocket', { maxQueueSize: 3, auth: { token: userToken(server, 'alice') } });
+    const b = makeClient(server.wsUrl, 'websocket', { auth: { token: userToken(server, 'bob') } });
+    await Promise.all([connected(a), connected(b)]);
+    const name = unique('private-overflow.');
+    const [ca, cb] = await Promise.all([subscribed(a, name), subscribed(b, name)]);
+    const received = [];
+    cb.on('n', (d) => received.push(d));
+    a.disconnect();
+    const dropped = [];
+    a.on('queue.dropped', (msgs) => dropped.push(...msgs.map((m) => m.data)));
+    for (let i = 1; i <= 5; i++) ca.send('n', i);
+    assert.equal(a.queueSize, 3);
+    assert.deepEqual(dropped, [1, 2]);
+    a.connect();
+    await until(() => received.length >= 3, { what: 'the queued events' });
+    assert.deepEqual(received, [3, 4, 5]);
   });
+
+  test('polling: a lost poll answer is fetched again with the same cursor', async () => {
+    let dropped = 0;
+    const cursors = [];
+    const lossyFetch = async (url, init) => {
+      const res = await fetch(url, init);
+      const u = new URL(String(url));
+      if (u.pathname !== '/poll' || !u.searchParams.get('connection_id')) return res;
+      cursors.push(u.searchParams.get('cursor'));
+      const body = await res.clone().json();
+      const hasEvent = body.messages.some((m) => m.event === 'lossy');
+      if (hasEvent && dropped === 0) {
+        dropped++;
+        throw new TypeError('simulated network failure after the server answered');
+      }
+      return res;
+    };
+    const c = makeClient(server.wsUrl, 'polling', { fetch: lossyFetch });
+    await connected(c);
+    const ch = await subscribed(c, unique('lossy.'));
+    const got = [];
+    ch.on('lossy', (d) => got.push(d));
+    await server.publish(ch.name, 'lossy', { n: 1 });
+    await until(() => got.length >= 1, { what: 'the event after the lost answer' });
+    const marker = waitEvent(ch, 'marker');
+    await server.publish(ch.name, 'marker', {});
+    await marker;
+    assert.equal(dropped, 1);
+    assert.deepEqual(got, [{ n: 1 }]);
+    // The retry asked again from the same position.
+    const i = cursors.length - 1;
+    assert.ok(cursors.some((cur, k) => k > 0 && cur === cursors[k - 1]), `cursors ${cursors.slice(0, i + 1)}`);
+  });
+});
+
+describe('heartbeats and dead connections', () => {
+  let server;
+
+  before(async () => {
+    // The server pings a silent WebSocket client after 0.5 s, holds polls 1 s.
+    server = await startRealtimeServer({ extraArgs: ['--heartbeat-interval', '0.5', '--idle-timeout', '2', '--poll-timeout', '1'] });
+  });
+
+  after(async () => {
+    closeAll();
+    await server?.kill('SIGTERM');
+  });
+
+  test('websocket: answers the server ping with pong and outlives the idle timeout', async () => {
+    const c = makeClient(server.wsUrl, 'websocket', { clientPing: false });
+    await connected(c);
+    assert.equal(c.heartbeat, 0.5);
+    const first = c.connectionId;
+    const closes = [];
+    c.on('disconnected', (info) => closes.push(info));
+    let pings = 0;
+    c.on('message', (m) => {
+      if (m.type === 'ping') pings++;
+    });
+    // 5 pings ≈ 2.5 s: past the 2 s idle timeout, so the pongs kept it open.
+    await until(() => pings >= 5, { timeout: 10000, what: '5 server pings' });
+    assert.deepEqual(closes, []);
+    assert.equal(c.connectionId, first);
+    assert.equal(c.state, 'connected');
+  });
+
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: a stalled connection is detected and replaced`, async () => {
+      const proxy = await new TcpProxy(server.port).listen();
+      try {
+        const c = makeClient(proxy.wsUrl, transport, {
+          heartbeatGrace: 300, // dead after 2 × 0.5 s + 0.3 s of silence
+          pollRequestTimeout: 1500,
+          pollRetries: 1,
+          pollRetryDelay: 100,
+          connectTimeout: 2000,
+        });
+        await connected(c);
+        const ch = await subscribed(c, unique('alive.'));
+        const first = c.connectionId;
+
+        // Healthy but quiet: it stays up well past the dead timeout.
+        const quietStates = [];
+        c.on('state', (st) => quietStates.push(st));
+        const marker = waitEvent(c, 'message', { timeout: 5000, filter: (m) => m.type === 'pong' || m.type === 'ping' || m.event === 'tick' });
+        await marker;
+        await server.publish(ch.name, 'tick', {});
+        await waitEvent(ch, 'tick');
+        assert.deepEqual(quietStates, []);
+
+        proxy.stalled = true;
+        const [, , info] = await waitEvent(c, 'state', { timeout: 10000, filter: (st) => st === 'reconnecting' });
+        if (transport !== 'polling') assert.match(info.reason, /heartbeat/);
+        const back = waitEvent(ch, 'subscription.succeeded', { timeout: 15000 });
+        proxy.stalled = false;
+        proxy.cut();
+        await back;
+        assert.notEqual(c.connectionId, first);
+        const got = waitEvent(ch, 'after');
+        await server.publish(ch.name, 'after', { ok: 1 });
+        assert.deepEqual((await got)[0], { ok: 1 });
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
 });
 
 describe('server restart', () => {
@@ -412,25 +521,4 @@ describe('server restart', () => {
       }
     });
   }
-});
-
-describe('dead connection detection', () => {
-  test('nothing received for the dead timeout: reconnects', async () => {
-    const server = await startRealtimeServer();
-    const proxy = await new TcpProxy(server.port).listen();
-    try {
-      // deadTimeout overrides 2 × heartbeat + grace; the server's heartbeat is longer.
-      const c = makeClient(proxy.wsUrl, 'websocket', { deadTimeout: 700 });
-      await connected(c);
-      const first = c.connectionId;
-      const [, , info] = await waitEvent(c, 'state', { filter: (s) => s === 'reconnecting', timeout: 5000 });
-      assert.match(info.reason, /heartbeat/);
-      await withTimeout(connected(c), 5000, 'reconnect');
-      assert.notEqual(c.connectionId, first);
-      c.disconnect();
-    } finally {
-      await proxy.close();
-      await server.kill('SIGTERM');
-    }
-  });
 });

@@ -225,7 +225,8 @@ export async function startChatServer({ port = null } = {}) {
 /**
  * A TCP proxy in front of the server. Options (changeable at any time):
  * refusePaths: request paths (e.g. ['/ws']) whose connections get 503 and are
- * closed; down: refuse every new connection. cut() closes every open
+ * closed; down: refuse every new connection; stalled: keep connections open but
+ * forward nothing (a dead network path). cut() closes every open
  * connection (the client sees its connection drop).
  */
 export class TcpProxy {
@@ -233,6 +234,7 @@ export class TcpProxy {
     this.targetPort = targetPort;
     this.refusePaths = [];
     this.down = false;
+    this.stalled = false;
     this.sockets = new Set();
     this.refused = [];
     this.server = net.createServer((client) => this._onConnection(client));
@@ -277,9 +279,14 @@ export class TcpProxy {
       });
       upstream.on('error', () => client.destroy());
       client.on('close', () => upstream.destroy());
-      upstream.write(first);
-      client.pipe(upstream);
-      upstream.pipe(client);
+      if (!this.stalled) upstream.write(first);
+      // Forward chunk by chunk so that `stalled` can swallow traffic both ways.
+      client.on('data', (d) => {
+        if (!this.stalled) upstream.write(d);
+      });
+      upstream.on('data', (d) => {
+        if (!this.stalled) client.write(d);
+      });
     });
   }
 

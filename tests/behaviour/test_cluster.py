@@ -1,0 +1,117 @@
+"""Mixed clusters: nodes of different runtimes on one broker behave as one server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from .clients import Client, connect
+from .serving import RUNTIMES, serving, token
+
+REDIS = ("127.0.0.1", 6379)
+
+
+def broker_url(kind: str) -> str:
+    """A broker of `kind` private to this test (its own bus name, or key prefix)."""
+    name = uuid.uuid4().hex[:12]
+    if kind == "memory":
+        return f"memory://cluster-{name}"
+    try:
+        with socket.create_connection(REDIS, timeout=1.0):
+            pass
+    except OSError as error:
+        problem = f"redis server not reachable at {REDIS[0]}:{REDIS[1]} ({error})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem}; CI must test the mixed cluster on Redis")
+        pytest.skip(problem)
+    return f"redis://{REDIS[0]}:{REDIS[1]}/0?prefix=rt-test-{name}:"
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `check()` holds (it reads state another node reaches over the broker)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def until_routed(publish: Callable[[int], Awaitable[object] | object],
+                       client: Client, timeout: float = 10.0) -> None:
+    """Publish numbered probes until one arrives: the broker subscription that a new
+    subscriber's node makes takes effect a moment after the subscriber's ack."""
+    async with asyncio.timeout(timeout):
+        for number in range(10**6):
+            result = publish(number)
+            if asyncio.iscoroutine(result):
+                await result
+            with contextlib.suppress(TimeoutError):
+                await client.next("probe", timeout=0.2)
+                return
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_every_runtime_in_one_cluster_sees_every_message(broker: str) -> None:
+    async def scenario() -> None:
+        url = broker_url(broker)
+        async with contextlib.AsyncExitStack() as stack:
+            servers = [await stack.enter_async_context(serving(runtime, broker=url))
+                       for runtime in RUNTIMES]
+            clients = [await stack.enter_async_context(connect("websocket", server.port))
+                       for server in servers]
+            for client in clients:
+                await client.subscribe("news")
+            for server in servers:
+                for client in clients:
+                    await until_routed(
+                        lambda n, s=server: s.broadcast("news", "probe", n), client)
+            for index, server in enumerate(servers):
+                message_id = server.broadcast("news", "headline", {"from": RUNTIMES[index]})
+                for client in clients:
+                    message = await client.next("headline")
+                    assert (message["id"], message["data"]) == (
+                        message_id, {"from": RUNTIMES[index]})
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+@pytest.mark.parametrize("other", ["trio", "gevent"])
+def test_asyncio_and_another_runtime_share_presence_and_client_events(
+        broker: str, other: str) -> None:
+    async def scenario() -> None:
+        url, room = broker_url(broker), "presence-room.mixed"
+        async with serving("asyncio", broker=url) as first, serving(other, broker=url) as second:
+            for server in (first, second):
+                server.channel("presence-*").authorize(
+                    lambda conn, channel: {"name": conn.user_id.title()})
+            async with connect("websocket", first.port, token=token("alice")) as alice:
+                await alice.subscribe(room)
+                assert [m["user_id"] for m in (await alice.next("presence.sync"))["data"][
+                    "members"]] == ["alice"]
+                async with connect("sse", second.port, token=token("bob")) as bob:
+                    await bob.subscribe(room)
+                    joined = await alice.next("user.joined")
+                    assert joined["data"] == {"user_id": "bob", "info": {"name": "Bob"}}
+                    for server in (first, second):
+                        await eventually(lambda s=server: sorted(
+                            m.user_id for m in s.members(room)) == ["alice", "bob"])
+                    await until_routed(lambda n: first.broadcast(room, "probe", n), bob)
+                    await alice.send({"type": "event", "channel": room, "event": "wave",
+                                      "data": "hi bob"})
+                    got = await bob.next("wave")
+                    assert (got["user_id"], got["data"]) == ("alice", "hi bob")
+                    await bob.send({"type": "event", "channel": room, "event": "wave",
+                                    "data": "hi alice"})
+                    got = await alice.next("wave")
+                    assert (got["user_id"], got["data"]) == ("bob", "hi alice")
+                    second.send_to_user("alice", "note", {"via": other})
+                    assert (await alice.next("note"))["data"] == {"via": other}
+                left = await alice.next("user.left")
+                assert left["data"]["user_id"] == "bob"
+                await eventually(lambda: [m.user_id for m in second.members(room)] == ["alice"])
+    asyncio.run(scenario())
+

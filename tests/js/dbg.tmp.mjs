@@ -1,0 +1,15 @@
+import WebSocket from 'ws';
+import { RealtimeClient } from '../../clients/js/realtime.js';
+import { startRealtimeServer, TcpProxy } from './helpers.mjs';
+const server = await startRealtimeServer({ extraArgs: ['--heartbeat-interval', '0.5', '--idle-timeout', '2', '--poll-timeout', '1'] });
+const direct = process.argv[2] === 'direct';
+const proxy = await new TcpProxy(server.port).listen();
+const c = new RealtimeClient(direct ? server.wsUrl : proxy.wsUrl, { WebSocket, transports: ['websocket'], heartbeatGrace: 300 });
+const t0 = Date.now();
+c.on('message', (m) => console.log((Date.now() - t0) + 'ms <', JSON.stringify(m).slice(0, 120)));
+c.on('state', (s) => console.log((Date.now() - t0) + 'ms state', s));
+const ch = c.subscribe('alive');
+await new Promise((r) => setTimeout(r, 1500));
+await server.publish('alive', 'tick', {});
+await new Promise((r) => setTimeout(r, 1000));
+c.disconnect(); await proxy.close(); await server.kill();
