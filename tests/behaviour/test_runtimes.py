@@ -13,8 +13,8 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +22,7 @@ import websockets
 from realtime_brokers import BrokerUnavailable
 
 from .clients import PollClient, SseClient, WsClient, connect
-from .serving import API_KEY, RUNTIMES, serving
+from .serving import API_KEY, serving
 
 REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
 TIMEOUT = 20.0
@@ -131,19 +131,44 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(command: list[str], port: int, env: dict[str, str] | None = None,
-           ) -> subprocess.Popen[str]:
-    process = subprocess.Popen(command, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-    assert process.stderr is not None
-    for line in process.stderr:  # the server logs one line once it listens
-        if f"serving on 127.0.0.1:{port}" in line:
-            return process
-    process.wait(TIMEOUT)
-    raise AssertionError(f"the server did not start (exit {process.returncode})")
+class _Process:
+    """A server in a subprocess; its stderr is read by a thread, so no wait can hang."""
+
+    def __init__(self, command: list[str], port: int) -> None:
+        self.popen = subprocess.Popen(command, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
+        self.stderr: list[str] = []
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(port,), daemon=True)
+        self._reader.start()
+        if not self._listening.wait(TIMEOUT):
+            self.kill()
+            raise AssertionError("the server did not start: " + "".join(self.stderr))
+
+    def _read(self, port: int) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.stderr.append(line)
+            if f"serving on 127.0.0.1:{port}" in line:
+                self._listening.set()
+
+    def finish(self) -> tuple[int, str, str]:
+        """Wait for the exit: (status, stdout, stderr)."""
+        status = self.popen.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+        assert self.popen.stdout is not None
+        return status, self.popen.stdout.read(), "".join(self.stderr)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(TIMEOUT)
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
-async def _goodbye(port: int, process: subprocess.Popen[str], signum: int) -> int | None:
+async def _goodbye(port: int, process: _Process, signum: int) -> int | None:
     """Connect a WebSocket client, signal the server, return the close code it sees."""
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
         assert json.loads(await ws.recv())["event"] == "connection.established"
@@ -155,7 +180,7 @@ async def _goodbye(port: int, process: subprocess.Popen[str], signum: int) -> in
                                        json={"channel": "news", "event": "hi", "data": 1})
         assert response.status_code == 200
         assert json.loads(await ws.recv())["event"] == "hi"
-        process.send_signal(signum)
+        process.popen.send_signal(signum)
         try:
             async with asyncio.timeout(TIMEOUT):
                 async for _ in ws:
@@ -169,18 +194,16 @@ async def _goodbye(port: int, process: subprocess.Popen[str], signum: int) -> in
 @pytest.mark.parametrize("cli_runtime", ["trio", "gevent"])
 def test_cli_serves_each_runtime_until_a_signal(cli_runtime: str, signum: int) -> None:
     port = _free_port()
-    process = _start([*REALTIME, "serve", "--runtime", cli_runtime, "--port", str(port),
-                      "--api-key", API_KEY], port)
+    process = _Process([*REALTIME, "serve", "--runtime", cli_runtime, "--port", str(port),
+                        "--api-key", API_KEY], port)
     try:
         assert asyncio.run(_goodbye(port, process, signum)) == 1001
-        assert process.wait(TIMEOUT) == 0
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
+        status, stdout, stderr = process.finish()
+        assert status == 0
         assert stdout == ""  # the CLI prints nothing extra
         assert "Traceback" not in stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=TIMEOUT)
+        process.kill()
 
 
 @pytest.mark.parametrize("cli_runtime", ["trio", "gevent"])
@@ -223,21 +246,12 @@ def test_gevent_works_monkey_patched(broker: str, tmp_path: Path) -> None:
     script = tmp_path / "patched.py"
     script.write_text(MONKEY_PATCHED)
     port = _free_port()
-    process = _start([sys.executable, str(script), str(port), broker, API_KEY], port)
+    process = _Process([sys.executable, str(script), str(port), broker, API_KEY], port)
     try:
         assert asyncio.run(_goodbye(port, process, signal.SIGTERM)) == 1001
-        assert process.wait(TIMEOUT) == 0
-        _, stderr = process.communicate(timeout=TIMEOUT)
+        status, _, stderr = process.finish()
+        assert status == 0
         assert "Traceback" not in stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=TIMEOUT)
+        process.kill()
 
-
-def test_every_runtime_is_listed() -> None:
-    assert RUNTIMES == ["asyncio", "trio", "gevent", "selectors"]
-
-
-def _unused(*_: Any) -> None:
-    pass

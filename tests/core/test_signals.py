@@ -22,7 +22,7 @@ def two_members(config: HubConfig) -> tuple:  # type: ignore[type-arg]
 
 
 def test_typing_is_coalesced_per_user_and_kept_out_of_history() -> None:
-    hub, transport, clock, a, b = two_members(
+    _hub, transport, clock, a, b = two_members(
         HubConfig(typing_interval=2, history=(HistoryRule("private-*", 10, 60),)))
     for _ in range(5):
         transport.send(a, {"type": "event", "channel": ROOM, "event": "typing", "data": {}})
@@ -39,7 +39,7 @@ def test_typing_is_coalesced_per_user_and_kept_out_of_history() -> None:
 
 
 def test_read_positions_move_forward_and_are_readable_later() -> None:
-    hub, transport, clock, a, b = two_members(HubConfig())
+    hub, transport, _clock, a, b = two_members(HubConfig())
     transport.send(a, {"type": "event", "channel": ROOM, "event": "read",
                        "data": {"position": 5, "extra": "dropped"}})
     [receipt] = transport.take(b)
