@@ -860,28 +860,37 @@ class CPUMeter:
 
 
 async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: int,
-                 drain: float = 15.0) -> dict[str, Any]:
+                 drain: float = 15.0, in_flight: float = 0.25,
+                 max_window: int = 500) -> dict[str, Any]:
     """Publish for ``duration`` seconds keeping at most ``window`` messages (× n deliveries)
     in flight, then wait for the deliveries to drain. Deliveries per second over the whole
-    span from first publish to last delivery."""
+    span from first publish to last delivery.
+
+    The window only grows: to about ``in_flight`` seconds of the server's work at the rate
+    seen so far, so that a fast server never waits for the publisher and a slow one never
+    takes long to drain."""
     shared = gen.shared
     seq = 0
     t0 = time.monotonic()
     stop_at = t0 + duration
-    samples = []
+    samples: list[tuple[float, int]] = []
     next_sample = t0
     while True:
         now = time.monotonic()
         if now >= stop_at:
             break
-        done = sum(shared) // n
-        room = window - (seq - done)
+        got = sum(shared)
+        room = window - (seq - got // n)
         if room > 0:
             for _ in range(room):
                 pub.publish(seq)
                 seq += 1
         if now >= next_sample:
-            samples.append((now - t0, sum(shared)))
+            if samples:
+                t_prev, got_prev = samples[-1]
+                recent = (got - got_prev) / max(1e-3, now - t0 - t_prev)
+                window = max(window, min(max_window, int(recent * in_flight / n)))
+            samples.append((now - t0, got))
             next_sample += 0.25
         await asyncio.sleep(0.0005)
     expected = seq * n
@@ -895,7 +904,7 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
     return {
         "published": seq, "expected": expected, "delivered": got,
         "seconds": t_end - t0, "publish_seconds": t_pub,
-        "rate": got / (t_end - t0), "samples": samples,
+        "rate": got / (t_end - t0), "samples": samples, "final_window": window,
     }
 
 

@@ -64,6 +64,8 @@ class HubStatistics:
     envelopes_duplicate: int
     nodes: int
     recoveries: Mapping[bool, int]
+    #: broker topics this node asked for: its channels, its users, and the cluster topic
+    broker_topics: int
 
 
 @dataclass(slots=True, eq=False)
@@ -328,6 +330,7 @@ class Hub:
             envelopes_duplicate=self._cluster.window.duplicates,
             nodes=len(self._cluster.heard) + 1,
             recoveries=dict(self._recoveries),
+            broker_topics=len(self._subscribers) + len(self._users) + 1,
         )
 
     # -- connections ---------------------------------------------------------------------

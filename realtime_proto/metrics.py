@@ -53,6 +53,8 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [(f'status="{k}"', v) for k, v in sorted(stats.http_responses.items())])
     metric("broker_connected", "gauge", "1 while the broker connection is up.",
            [("", int(hub.broker_connected))])
+    metric("broker_topics", "gauge", "Broker topics this node subscribes to.",
+           [("", hub.broker_topics)])
     metric("broker_envelopes_lost_total", "counter",
            "Envelopes from other nodes that never arrived (sequence gaps).",
            [("", hub.envelopes_lost)])

@@ -1065,6 +1065,7 @@ export class RealtimeClient extends Emitter {
     if (subs.length) t.send(subs);
     this._emit('message', msg);
     this._setState('connected');
+    if (this._transport !== t) return; // a listener disconnected
     this._emit('connected', { connectionId: this.connectionId, userId: this.userId, transport: this.transport });
   }
 

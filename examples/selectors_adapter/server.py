@@ -155,9 +155,15 @@ class SelectorsServer:
         self.broker.start(result.append)
         self._run_until(lambda: bool(result), timeout=10.0)
         if not result or result[0] is not None:
+            self._release()
             raise result[0] if result else TimeoutError("the broker did not start")
-        listener = socket.create_server((self.settings.host, self.settings.port),
-                                        backlog=4096, reuse_port=False)
+        try:
+            listener = socket.create_server((self.settings.host, self.settings.port),
+                                            backlog=4096)
+        except OSError:
+            self.stop()
+            self.serve_forever()  # until the broker has closed
+            raise
         listener.setblocking(False)
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ, "listener")
@@ -168,6 +174,9 @@ class SelectorsServer:
     def serve_forever(self) -> None:
         """Run the loop until `stop()` has finished, then release the selector."""
         self._run_until(lambda: self._stopped, timeout=None)
+        self._release()
+
+    def _release(self) -> None:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -15,6 +15,7 @@ import importlib.util
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,7 +66,8 @@ def flavoured(runtime: str, rule: Callable[[Any, str], Any]) -> Callable[[Any, s
 
 
 def _options(settings: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {"port": 0, "api_key": API_KEY, "jwt_secret": SECRET}
+    options: dict[str, Any] = {"port": 0, "api_key": API_KEY, "jwt_secret": SECRET,
+                               "broker": f"memory://test-{uuid.uuid4().hex}"}  # a bus of its own
     options.update(settings)
     return options
 
@@ -75,7 +77,12 @@ async def serving(runtime: str = "asyncio", **settings: Any) -> AsyncIterator[An
     """A server on 127.0.0.1 with an ephemeral port, closed at the end."""
     if runtime == "asyncio":
         server = RealtimeServer(**_options(settings))
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            if server.broker is not None:
+                await server.broker.aclose()  # it may have started before the bind failed
+            raise
         try:
             yield server
         finally:
@@ -207,7 +214,12 @@ def _run_trio(options: dict[str, Any], started: concurrent.futures.Future[Any]) 
 
             started.set_result((server, call, stop))
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # the nursery's (trio groups strictly)
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def _run_gevent(options: dict[str, Any], started: concurrent.futures.Future[Any]) -> None:

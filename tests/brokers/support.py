@@ -19,6 +19,7 @@ __all__ = [
     "Faults",
     "Recorder",
     "Target",
+    "eventually",
     "opened",
     "run",
     "subscribed",
@@ -158,6 +159,14 @@ class Recorder:
     async def wait_messages(self, count: int, timeout: float = 10.0) -> None:
         """Return once ``count`` messages have arrived."""
         await self.wait(lambda: len(self.messages) >= count, timeout)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Return once ``condition()`` holds, for state that changes without a callback
+    (statistics, counters): checked every 10 ms."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def subscribed(client: BrokerClient, recorder: Recorder, *topics: str) -> None:

@@ -7,7 +7,7 @@ import os
 import pytest
 from realtime_brokers import BrokerError, BrokerUnavailable
 
-from .support import Recorder, Target, opened, run, subscribed
+from .support import Recorder, Target, eventually, opened, run, subscribed
 
 pytestmark = pytest.mark.broker
 
@@ -158,13 +158,13 @@ def test_statistics(target: Target) -> None:
             for i in range(10):
                 alice.publish_nowait("s1" if i % 2 else "s2", b"x")
             await b.wait_messages(10)
-            await a.wait(lambda: alice.statistics().published == 10)
+            await eventually(lambda: alice.statistics().published == 10)
             stats = alice.statistics()
             assert stats.connected
             assert (stats.published, stats.received, stats.dropped) == (10, 0, 0)
             assert (stats.queued, stats.subscriptions, stats.reconnects) == (0, 0, 0)
             assert stats.last_error is None
-            await b.wait(lambda: bob.statistics().published == 3)
+            await eventually(lambda: bob.statistics().published == 3)
             stats = bob.statistics()
             assert stats.received == 10 + 3  # and its own three markers
             assert stats.published == 3

@@ -476,8 +476,11 @@ describe('heartbeats and dead connections', () => {
 });
 
 describe('server restart', () => {
-  for (const transport of TRANSPORTS) {
-    test(`${transport}: reconnects and resubscribes after the server is killed and restarted; fresh token`, async () => {
+  for (const [transport, signal] of TRANSPORTS.flatMap((t) => [
+    [t, 'SIGKILL'],
+    [t, 'SIGTERM'],
+  ])) {
+    test(`${transport}: reconnects and resubscribes after the server is stopped (${signal}) and restarted; fresh token`, async () => {
       const server = await startRealtimeServer();
       try {
         let calls = 0;
@@ -497,7 +500,7 @@ describe('server restart', () => {
         await waitEvent(room, 'presence.sync');
 
         const reconnecting = waitState(c, 'reconnecting', 8000);
-        await server.kill('SIGKILL');
+        await server.kill(signal);
         await reconnecting;
         assert.equal(c.connectionId, null);
 

@@ -103,6 +103,7 @@ class RealtimeServer:
         self.hub: Any = None
         self._authenticate_hook: Callable[[Any], Any] | None = None
         self._server: Any = None
+        self._ssl_context: Any = None
         self._callbacks = gevent.pool.Group()
         self._timer: Any = None
         self._timer_at: float | None = None
@@ -188,10 +189,9 @@ class RealtimeServer:
         error = started.get(timeout=_BROKER_TIMEOUT)
         if error is not None:
             raise error
-        ssl_args = {"ssl_context": context} if context is not None else {}
+        self._ssl_context = context
         self._server = gevent.server.StreamServer(
-            (self.settings.host, self.settings.port), self._serve_socket, backlog=4096,
-            **ssl_args)
+            (self.settings.host, self.settings.port), self._serve_socket, backlog=4096)
         try:
             self._server.start()
         except BaseException:
@@ -253,7 +253,10 @@ class RealtimeServer:
     def _serve_socket(self, client: Any, address: Any) -> None:
         """One socket's greenlet: read until EOF, while a second greenlet writes."""
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else None
-        secure = isinstance(client, gevent.ssl.SSLSocket)
+        secure = self._ssl_context is not None
+        if secure:  # the handshake happens in `_read`, where its failure is an EOF
+            client = self._ssl_context.wrap_socket(client, server_side=True,
+                                                   do_handshake_on_connect=False)
         sock = _Socket(client, self.node.open_connection(now=self.now(), peer=peer,
                                                          secure=secure))
         self.sockets[sock.id] = sock
@@ -276,6 +279,8 @@ class RealtimeServer:
 
     def _read(self, sock: _Socket) -> None:
         try:
+            if self._ssl_context is not None:
+                sock.sock.do_handshake()
             while data := sock.sock.recv(_READ_BYTES):
                 self.node.receive_data(sock.id, data, now=self.now())
                 self.pump()

@@ -20,6 +20,7 @@ shared by every runtime without a native broker client (``realtime_trio``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import deque
@@ -206,7 +207,7 @@ class BrokerBridge:
         try:
             await self._client.start()
         except Exception as error:
-            self.report(lambda: self._on_started(error))
+            self.report(functools.partial(self._on_started, error))
             return
         self._outbox.drain()
         self.report(lambda: self._on_started(None))
