@@ -100,6 +100,20 @@ def load_results() -> dict:
         return {"scenarios": {}}
 
 
+def merge(old: dict | None, new: dict) -> dict:
+    """A run of some systems replaces their rows and keeps the other systems' rows from an
+    earlier run of the same scenario in the same mode (quick or full)."""
+    if not old or old.get("mode") != new.get("mode") or "runs" not in new or "runs" not in old:
+        return new
+    ran = {r.get("system") for r in new["runs"]}
+    kept = [r for r in old["runs"] if r.get("system") not in ran]
+    if kept:
+        new = dict(new, runs=kept + new["runs"],
+                   systems=sorted(set(old.get("systems", [])) | set(new.get("systems", []))),
+                   when=f"{new.get('when', '?')} (other systems' rows from an earlier run)")
+    return new
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a subset that runs in ~3 minutes")
@@ -155,7 +169,7 @@ def main() -> int:
         r["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
         r["seconds"] = time.monotonic() - t0
         r["systems"] = [s.name for s in chosen]
-        results["scenarios"][n] = r
+        results["scenarios"][n] = merge(results["scenarios"].get(n), r)
         harness.RESULTS.mkdir(parents=True, exist_ok=True)
         RESULTS_FILE.write_text(json.dumps(results, indent=1, default=str))
         scenarios.log(f"=== {sc.title}: {r['seconds']:.0f} s")

@@ -646,21 +646,18 @@ class PollingTransport extends HttpTransportBase {
     return !this.closed;
   }
 
-  // Best effort on disconnect(): leave channels now rather than after the
-  // server's poll session timeout, so presence members leave at once.
-  leave(channels) {
-    if (this.closed || !this.connectionId || !channels.length) return;
+  // On disconnect(): a long-poll connection has no socket to close, so tell
+  // the server (POST /close) and presence members leave at once rather than
+  // after the server's poll session timeout.
+  leave() {
+    if (this.closed || !this.connectionId) return;
     const c = this.client;
-    const body = JSON.stringify(channels.map((channel) => ({ type: 'unsubscribe', channel })));
-    const url = buildUrl(c._urls.http, '/send', { connection_id: this.connectionId }, c._urls.params);
+    const url = buildUrl(c._urls.http, '/close', { connection_id: this.connectionId }, c._urls.params);
     try {
-      const p = c._fetch(url, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body,
-        keepalive: true,
-      });
-      if (p && typeof p.catch === 'function') p.catch(() => {});
+      const p = c._fetch(url, { method: 'POST', keepalive: true, cache: 'no-store' });
+      if (p && typeof p.then === 'function') {
+        p.then((res) => res.body?.cancel?.()).catch(() => {});
+      }
     } catch {
       /* ignore */
     }
@@ -677,15 +674,44 @@ const TRANSPORT_CLASSES = {
 // Channels
 
 export class Channel extends Emitter {
-  constructor(client, name) {
+  constructor(client, name, options = {}) {
     super();
     this.client = client;
     this.name = name;
     /** 'pending' | 'subscribed' | 'failed' | 'unsubscribed' */
     this.state = 'pending';
     this.error = null;
+    /** Stream position on channels with history: the epoch and the last offset seen. */
+    this.epoch = null;
+    this.offset = null;
+    /** After a resubscription that asked for recovery: whether nothing was missed. */
+    this.recovered = null;
+    this._history = Number.isInteger(options.history) && options.history > 0 ? options.history : 0;
+    this._succeededOnce = false;
     this._members = new Map();
     this._retryTimer = null;
+  }
+
+  // The subscribe message: after a reconnect it asks for what was missed since
+  // the last message seen (channels with history); the first time, for the
+  // last `history` messages if asked.
+  _subscribeMessage() {
+    const msg = { type: 'subscribe', channel: this.name };
+    if (this.epoch !== null && this.offset !== null) {
+      msg.data = { recover: { epoch: this.epoch, offset: this.offset } };
+    } else if (this._history && !this._succeededOnce) {
+      msg.data = { history: this._history };
+    }
+    return msg;
+  }
+
+  _track(msg) {
+    const { epoch, offset } = msg;
+    if (typeof epoch !== 'string' || typeof offset !== 'number') return;
+    if (epoch !== this.epoch || this.offset === null || offset > this.offset) {
+      this.epoch = epoch;
+      this.offset = offset;
+    }
   }
 
   get isPrivate() {
@@ -766,10 +792,19 @@ export class Channel extends Emitter {
       }
       return;
     }
+    if (event !== 'subscription.succeeded') this._track(msg);
     if (event === 'subscription.succeeded') {
       this._clearRetry();
       this.state = 'subscribed';
       this.error = null;
+      this._succeededOnce = true;
+      const d = data && typeof data === 'object' ? data : {};
+      if (typeof d.epoch === 'string' && typeof d.offset === 'number') {
+        // The stream's head: the missed (or history) messages follow, all at or below it.
+        this.epoch = d.epoch;
+        this.offset = d.offset;
+      }
+      this.recovered = typeof d.recovered === 'boolean' ? d.recovered : null;
       this.client._flushQueue(this.name);
       this._emit(event, data ?? {}, msg);
     } else if (this.isPresence && event === 'presence.sync') {
@@ -887,9 +922,7 @@ export class RealtimeClient extends Emitter {
     const t = this._transport;
     this._transport = null;
     if (t) {
-      if (typeof t.leave === 'function') {
-        t.leave(this.channels.filter((ch) => ch.state === 'subscribed').map((ch) => ch.name));
-      }
+      if (typeof t.leave === 'function') t.leave();
       t.close();
     }
     this._connectionLost();
@@ -897,13 +930,16 @@ export class RealtimeClient extends Emitter {
     return this;
   }
 
-  /** Subscribe to a channel (or return the existing subscription). */
-  subscribe(name) {
+  /**
+   * Subscribe to a channel (or return the existing subscription).
+   * options.history: on channels with history, also receive the last n messages.
+   */
+  subscribe(name, options = {}) {
     if (typeof name !== 'string' || !name) throw new TypeError('channel name must be a non-empty string');
     let ch = this._channels.get(name);
     if (ch && ch.state !== 'failed') return ch;
     if (!ch) {
-      ch = new Channel(this, name);
+      ch = new Channel(this, name, options);
       this._channels.set(name, ch);
     }
     ch.state = 'pending';
@@ -1059,7 +1095,7 @@ export class RealtimeClient extends Emitter {
       if (ch.state === 'pending' || ch.state === 'subscribed') {
         ch.state = 'pending';
         ch._clearRetry();
-        subs.push({ msg: { type: 'subscribe', channel: ch.name } });
+        subs.push({ msg: ch._subscribeMessage() });
       }
     }
     if (subs.length) t.send(subs);
@@ -1209,7 +1245,7 @@ export class RealtimeClient extends Emitter {
   }
 
   _sendSubscribe(ch) {
-    if (this._transport) this._transport.send([{ msg: { type: 'subscribe', channel: ch.name } }]);
+    if (this._transport) this._transport.send([{ msg: ch._subscribeMessage() }]);
   }
 
   _sendEvent(ch, msg) {

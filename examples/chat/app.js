@@ -321,7 +321,6 @@ function onRead(room, data, message) {
 // outgoing events
 
 function addMessage(room, m) {
-  console.log('addMessage', m.key, room === app.current, m.own);
   room.messages.push(m);
   room.keys.add(m.key);
   if (room.messages.length > MAX_MESSAGES) {
@@ -362,7 +361,6 @@ let readTimer = null;
 function sendRead(room) {
   clearTimeout(readTimer);
   readTimer = setTimeout(() => {
-    console.log('sendRead', room === app.current, pageVisible(), connected(), room.channel.subscribed, room.lastReadSent);
     if (room !== app.current || !pageVisible() || !connected() || !room.channel.subscribed) return;
     const last = [...room.messages].reverse().find((m) => !m.own);
     if (!last || last.key === room.lastReadSent) return;

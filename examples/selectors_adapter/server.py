@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import inspect
 import logging
 import selectors
@@ -26,6 +27,8 @@ from dataclasses import replace
 from typing import Any
 
 from realtime_asyncio.edge import Settings, build_node_config, new_epoch, new_node_id, random_id
+from realtime_trio.bridge import BrokerBridge  # runtime-neutral: imports no trio
+
 from realtime_proto import ChannelRule, Node
 from realtime_proto.actions import (
     Authenticate,
@@ -48,7 +51,6 @@ from realtime_proto.events import (
 )
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
-from realtime_trio.bridge import BrokerBridge  # runtime-neutral: imports no trio
 
 log = logging.getLogger("realtime")
 
@@ -141,10 +143,8 @@ class SelectorsServer:
     def call_soon_threadsafe(self, fn: Callable[[], object]) -> None:
         """Run `fn` on the loop's thread soon; the one method other threads may call."""
         self._calls.append(fn)
-        try:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway), or closed
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending anyway) or closed
 
     def start(self) -> None:
         """Connect the broker and listen (on the calling thread, which then must run

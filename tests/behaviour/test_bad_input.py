@@ -66,7 +66,8 @@ Scenario = Callable[[Any, WsClient], Awaitable[None]]
 
 def with_bystander(runtime: str, scenario: Scenario, **settings: Any) -> None:
     async def main() -> None:
-        async with serving(runtime, **settings) as server, connect("websocket", server.port) as good:
+        async with serving(runtime, **settings) as server, \
+                connect("websocket", server.port) as good:
             await good.subscribe("news")
             await scenario(server, good)  # type: ignore[arg-type]
             for number in range(3):

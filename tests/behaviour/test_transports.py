@@ -40,17 +40,17 @@ def test_subscribe_and_receive_from_the_http_api_and_python(transport: str, runt
 
 def test_send_to_user_reaches_every_connection_of_the_user(transport: str, runtime: str) -> None:
     async def scenario() -> None:
-        async with serving(runtime) as server:
-            async with connect(transport, server.port, token=token("alice")) as first, \
-                    connect("websocket", server.port, token=token("alice")) as second, \
-                    connect(transport, server.port, token=token("bob")) as bob:
-                assert first.user_id == "alice"
-                server.send_to_user("alice", "note", {"hi": 1})
-                for client in (first, second):
-                    assert (await client.next("note"))["data"] == {"hi": 1}
-                server.send(bob.connection_id, "direct", "only bob")
-                assert (await bob.next("direct"))["data"] == "only bob"
-                await first.nothing()
+        async with serving(runtime) as server, \
+                connect(transport, server.port, token=token("alice")) as first, \
+                connect("websocket", server.port, token=token("alice")) as second, \
+                connect(transport, server.port, token=token("bob")) as bob:
+            assert first.user_id == "alice"
+            server.send_to_user("alice", "note", {"hi": 1})
+            for client in (first, second):
+                assert (await client.next("note"))["data"] == {"hi": 1}
+            server.send(bob.connection_id, "direct", "only bob")
+            assert (await bob.next("direct"))["data"] == "only bob"
+            await first.nothing()
     run(scenario())
 
 

@@ -475,6 +475,78 @@ describe('heartbeats and dead connections', () => {
   }
 });
 
+describe('history and recovery', () => {
+  let server;
+
+  before(async () => {
+    server = await startRealtimeServer({ extraArgs: ['--history', 'hist.*=100:300'] });
+  });
+
+  after(async () => {
+    closeAll();
+    await server?.kill('SIGTERM');
+  });
+
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: resubscribing recovers what was published while disconnected`, async () => {
+      const proxy = await new TcpProxy(server.port).listen();
+      try {
+        const c = makeClient(proxy.wsUrl, transport, { pollRetries: 1, pollRetryDelay: 50 });
+        await connected(c);
+        const name = unique('hist.');
+        const ch = await subscribed(c, name);
+        assert.equal(typeof ch.epoch, 'string');
+        const got = [];
+        ch.on('n', (d, m) => got.push([d, typeof m.offset]));
+        const first = waitEvent(ch, 'n');
+        await server.publish(name, 'n', 1);
+        await first;
+        const offset = ch.offset;
+
+        proxy.down = true;
+        const reconnecting = waitState(c, 'reconnecting', 10000);
+        proxy.cut();
+        await reconnecting;
+        await server.publish(name, 'n', 2);
+        await server.publish(name, 'n', 3);
+
+        const resubscribed = waitEvent(ch, 'subscription.succeeded', { timeout: 15000 });
+        proxy.down = false;
+        const [data] = await resubscribed;
+        assert.equal(data.recovered, true);
+        assert.equal(ch.recovered, true);
+        await until(() => got.length >= 3, { what: 'the missed messages' });
+        const marker = waitEvent(ch, 'marker');
+        await server.publish(name, 'marker', {});
+        await marker;
+        assert.deepEqual(got, [
+          [1, 'number'],
+          [2, 'number'],
+          [3, 'number'],
+        ]);
+        assert.equal(ch.offset, offset + 3);
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+
+  test('subscribe(name, {history}) delivers the last messages', async () => {
+    const name = unique('hist.');
+    for (let i = 1; i <= 4; i++) await server.publish(name, 'n', i);
+    const c = makeClient(server.wsUrl, 'websocket');
+    const ch = c.subscribe(name, { history: 2 });
+    const got = [];
+    ch.on('n', (d) => got.push(d));
+    await waitEvent(ch, 'subscription.succeeded');
+    await until(() => got.length >= 2, { what: 'two history messages' });
+    const marker = waitEvent(ch, 'marker');
+    await server.publish(name, 'marker', {});
+    await marker;
+    assert.deepEqual(got, [3, 4]);
+  });
+});
+
 describe('server restart', () => {
   for (const [transport, signal] of TRANSPORTS.flatMap((t) => [
     [t, 'SIGKILL'],

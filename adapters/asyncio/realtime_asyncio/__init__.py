@@ -3,7 +3,16 @@
 from realtime_proto import User
 from realtime_proto.actions import AuthenticationRequest, ConnectionInfo
 
+from .client import Channel, RealtimeClient
 from .edge import Settings
 from .server import RealtimeServer
 
-__all__ = ["AuthenticationRequest", "ConnectionInfo", "RealtimeServer", "Settings", "User"]
+__all__ = [
+    "AuthenticationRequest",
+    "Channel",
+    "ConnectionInfo",
+    "RealtimeClient",
+    "RealtimeServer",
+    "Settings",
+    "User",
+]

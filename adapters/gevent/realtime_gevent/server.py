@@ -17,7 +17,6 @@ import gevent.monkey  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
 import gevent.server  # type: ignore[import-untyped]
 import gevent.ssl  # type: ignore[import-untyped]
-
 from realtime_asyncio.edge import (
     Settings,
     build_node_config,
@@ -26,6 +25,8 @@ from realtime_asyncio.edge import (
     random_id,
     server_ssl_context,
 )
+from realtime_trio.bridge import BrokerBridge
+
 from realtime_proto import ChannelRule, Node
 from realtime_proto.actions import (
     Authenticate,
@@ -49,7 +50,6 @@ from realtime_proto.events import (
 )
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
-from realtime_trio.bridge import BrokerBridge
 
 __all__ = ["RealtimeServer"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from realtime_asyncio.edge import Settings
+
 from realtime_proto import User
 from realtime_proto.actions import AuthenticationRequest, ConnectionInfo
 

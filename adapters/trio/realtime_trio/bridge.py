@@ -20,6 +20,7 @@ shared by every runtime without a native broker client (``realtime_trio``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -153,10 +154,9 @@ class BrokerBridge:
         if self._loop is None or self._finished:  # never started, or already ended
             self._call_soon(once)
             return
-        try:
+        # if the loop closed meanwhile, the thread reports `once` as it ends
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._stop_loop)
-        except RuntimeError:
-            pass  # the loop closed meanwhile; the thread reports `once` as it ends
 
     def statistics(self) -> BrokerStatistics:
         """The client's counters (read across threads: a consistent-enough snapshot)."""
@@ -169,10 +169,8 @@ class BrokerBridge:
     def _wake_loop(self) -> None:
         if self._loop is None:
             return  # the thread drains the outbox once the client has started
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing more is sent
             self._loop.call_soon_threadsafe(self._outbox.drain)
-        except RuntimeError:
-            pass  # the loop has closed: nothing more is sent
 
     def report(self, item: Callable[[], None]) -> None:
         """Run `item` on the host, after everything reported before it."""

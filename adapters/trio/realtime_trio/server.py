@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import Any, assert_never
 
 import trio
-
 from realtime_asyncio.edge import (
     Settings,
     build_node_config,
@@ -21,6 +20,7 @@ from realtime_asyncio.edge import (
     random_id,
     server_ssl_context,
 )
+
 from realtime_proto import ChannelRule, Node
 from realtime_proto.actions import (
     Authenticate,
@@ -270,7 +270,7 @@ class RealtimeServer:
 
     async def _accept(self) -> None:
         with self._accepting:
-            await trio.serve_listeners(self._serve_socket, self._listeners,  # type: ignore[arg-type]
+            await trio.serve_listeners(self._serve_socket, self._listeners,
                                        handler_nursery=self._nursery)
         for listener in self._listeners:
             await trio.aclose_forcefully(listener)
@@ -315,7 +315,8 @@ class RealtimeServer:
     async def _read(self, sock: _Socket) -> None:
         try:
             while data := await sock.stream.receive_some(_READ_BYTES):
-                self.node.receive_data(sock.id, data, now=self.now())
+                # bytes() is free for the bytes a socket returns (SSLStream: a bytearray)
+                self.node.receive_data(sock.id, bytes(data), now=self.now())
                 self.pump()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
