@@ -11,6 +11,7 @@ so presence converges whatever the broker lost.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .actions import BrokerPublish
@@ -39,7 +40,7 @@ def user_topic(user_id: str) -> str:
 class ClusterState:
     """Sequences, liveness and the cluster-wide presence table of one node."""
 
-    def __init__(self, config: HubConfig, now: float) -> None:
+    def __init__(self, config: HubConfig, now: float, clock_ms: Callable[[], int]) -> None:
         self.node_id = config.node_id
         self.presence = PresenceTable()
         self.window = SequenceWindow()
@@ -50,6 +51,7 @@ class ClusterState:
         self._ttl = config.presence_ttl
         self._next_heartbeat_at = now + self._heartbeat_interval
         self._sequences: dict[str, int] = {}
+        self._clock_ms = clock_ms
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -59,7 +61,7 @@ class ClusterState:
         sequence = self._sequences.get(topic, 0) + 1
         self._sequences[topic] = sequence
         envelope = Envelope(origin=self.node_id, sequence=sequence, kind=kind, payload=payload,
-                            exclude=exclude)
+                            exclude=exclude, sent_ms=self._clock_ms())
         return BrokerPublish(topic, envelope.encode())
 
     def _control(self, **fields: Any) -> BrokerPublish:

@@ -38,12 +38,16 @@ class Envelope:
     payload: bytes
     #: a connection that must not receive it (the sender of a client event)
     exclude: str | None = None
+    #: Unix milliseconds at publish, for the delivery latency histogram
+    sent_ms: int | None = None
 
     def encode(self) -> bytes:
         """The bytes handed to the broker."""
         header: dict[str, object] = {"o": self.origin, "s": self.sequence, "k": self.kind.value}
         if self.exclude is not None:
             header["x"] = self.exclude
+        if self.sent_ms is not None:
+            header["t"] = self.sent_ms
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.payload
 
     @classmethod
@@ -62,6 +66,7 @@ class Envelope:
                 kind=EnvelopeKind(header["k"]),
                 payload=payload,
                 exclude=header.get("x"),
+                sent_ms=header.get("t"),
             )
         except (ValueError, TypeError, KeyError):
             raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None

@@ -40,6 +40,7 @@ from .events import (
 from .history import ChannelStream, find_rule, restamp
 from .jwt import verify_token
 from .message import JsonValue, Message, MessageType, decode_json
+from .metrics import Histogram, HistogramSnapshot
 from .presence import Member
 from .ratelimit import TokenBucket
 from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
@@ -66,6 +67,8 @@ class HubStatistics:
     recoveries: Mapping[bool, int]
     #: broker topics this node asked for: its channels, its users, and the cluster topic
     broker_topics: int
+    #: publish on another node → delivery here
+    broker_latency: HistogramSnapshot
 
 
 @dataclass(slots=True, eq=False)
@@ -155,7 +158,9 @@ class Hub:
         self._streams: dict[str, ChannelStream] = {}
         self._signals = ChannelSignals(config.typing_interval)
         self._actions: list[HubAction] = []
-        self._cluster = ClusterState(config, self._now)
+        self._cluster = ClusterState(config, self._now,
+                                     lambda: self._epoch.unix_ms_at(self._now))
+        self._broker_latency = Histogram()
         self._next_sweep_at = self._now
         self._messages_in = 0
         self._messages_out = 0
@@ -331,6 +336,7 @@ class Hub:
             nodes=len(self._cluster.heard) + 1,
             recoveries=dict(self._recoveries),
             broker_topics=len(self._subscribers) + len(self._users) + 1,
+            broker_latency=self._broker_latency.snapshot(),
         )
 
     # -- connections ---------------------------------------------------------------------
@@ -619,6 +625,9 @@ class Hub:
         self._actions.extend(actions)
         if not accepted:
             return
+        if envelope.sent_ms is not None and envelope.kind is not EnvelopeKind.CONTROL:
+            self._broker_latency.observe(
+                max(0.0, (self._epoch.unix_ms_at(now) - envelope.sent_ms) / 1000))
         match envelope.kind:
             case EnvelopeKind.CHANNEL:
                 channel = topic[2:]

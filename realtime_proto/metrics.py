@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import bisect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
 
 from .errors import ErrorCode
 
 if TYPE_CHECKING:
     from .node import NodeStatistics
 
-__all__ = ["render_metrics"]
+__all__ = ["Histogram", "HistogramSnapshot", "render_metrics"]
+
+#: upper bounds in seconds, for delivery latencies
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """Cumulative counts per upper bound, the sum and the count (Prometheus histogram)."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]
+    total: float
+    count: int
+
+
+class Histogram:
+    """Counts observations into fixed buckets."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)
+        self._total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._total += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        """A frozen copy for statistics."""
+        cumulative, running = [], 0
+        for count in self._counts[:-1]:
+            running += count
+            cumulative.append(running)
+        return HistogramSnapshot(self._bounds, tuple(cumulative), self._total,
+                                 sum(self._counts))
 
 
 def _label(value: object) -> str:
@@ -55,6 +94,19 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", int(hub.broker_connected))])
     metric("broker_topics", "gauge", "Broker topics this node subscribes to.",
            [("", hub.broker_topics)])
+    latency = hub.broker_latency
+    name = "realtime_broker_delivery_seconds"
+    lines.append(f"# HELP {name} Time from publish on another node to delivery here.")
+    lines.append(f"# TYPE {name} histogram")
+    for bound, count in zip(latency.bounds, latency.cumulative, strict=True):
+        lines.append(f'{name}_bucket{{{base},le="{bound}"}} {count}')
+    lines.append(f'{name}_bucket{{{base},le="+Inf"}} {latency.count}')
+    lines.append(f"{name}_sum{{{base}}} {latency.total}")
+    lines.append(f"{name}_count{{{base}}} {latency.count}")
+    metric("bytes_in_total", "counter", "Bytes received from clients.",
+           [("", stats.bytes_in)])
+    metric("bytes_out_total", "counter", "Bytes handed to sockets for clients.",
+           [("", stats.bytes_out)])
     metric("broker_envelopes_lost_total", "counter",
            "Envelopes from other nodes that never arrived (sequence gaps).",
            [("", hub.envelopes_lost)])

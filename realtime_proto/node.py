@@ -63,6 +63,8 @@ class NodeStatistics:
     encodings: dict[str, int]
     slow_consumers: int
     http_responses: dict[int, int]
+    bytes_in: int
+    bytes_out: int
     hub: HubStatistics
 
 
@@ -105,6 +107,8 @@ class Node:
         self._encodings: Counter[str] = Counter()
         self._responses: Counter[int] = Counter()
         self._slow_consumers = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
         rates = config.hub.rates
         self._connect_buckets = TokenBuckets(rates.connections) if rates.connections else None
         self._api_buckets = TokenBuckets(rates.api_calls) if rates.api_calls else None
@@ -128,6 +132,7 @@ class Node:
         self._now = now
         transport = self._transports.get(transport_id)
         if transport is not None:
+            self._bytes_in += len(data)
             transport.framing.receive_data(data, now=now)
             self._pump(transport, now)
         self._finish_call()
@@ -181,14 +186,15 @@ class Node:
 
     def data_to_send(self, transport_id: TransportId) -> list[bytes]:
         """Drain the bytes waiting for one socket."""
-        final = self._final_output.pop(transport_id, None)
-        if final is not None:
-            return final
-        transport = self._transports.get(transport_id)
-        if transport is None:
-            return []
-        transport.queued_bytes = 0
-        return transport.framing.data_to_send()
+        chunks = self._final_output.pop(transport_id, None)
+        if chunks is None:
+            transport = self._transports.get(transport_id)
+            if transport is None:
+                return []
+            transport.queued_bytes = 0
+            chunks = transport.framing.data_to_send()
+        self._bytes_out += sum(map(len, chunks))
+        return chunks
 
     def shutdown(self, *, now: float, code: int = 1001,
                  reason: str = "server shutting down") -> None:
@@ -208,7 +214,8 @@ class Node:
             node_id=self.hub.node_id, runtime=self.config.runtime,
             transports=len(self._transports), poll_sessions=sum(1 for _ in self._polls()),
             encodings=dict(self._encodings), slow_consumers=self._slow_consumers,
-            http_responses=dict(self._responses), hub=self.hub.statistics())
+            http_responses=dict(self._responses), bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out, hub=self.hub.statistics())
 
     # -- framing events ------------------------------------------------------------------
 

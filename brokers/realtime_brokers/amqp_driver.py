@@ -6,19 +6,20 @@ non-durable queue for its node and binds it once per subscribed topic; the queue
 bindings disappear with the connection, and the supervisor binds every topic again on
 the next one. The routing key is the topic itself when it fits in 255 bytes, otherwise
 ``~`` and a digest, with the topic carried in the ``rt-topic`` header. Publishes are
-confirmed by the broker (publisher confirms) before they count as sent. Loss shows up as
-a closed connection or channel; other query parameters are aio-pika's.
+pipelined and confirmed by the broker (publisher confirms) before they count as sent.
+Loss shows up as a closed connection or channel; other query parameters are aio-pika's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import secrets
-from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
@@ -32,6 +33,8 @@ from .urls import display_address, take_query
 
 __all__ = ["AmqpDriver", "create_driver"]
 
+logger = logging.getLogger("realtime_brokers")
+
 _TOPIC_HEADER = "rt-topic"
 _ROUTING_KEY_LIMIT = 255
 
@@ -44,26 +47,47 @@ class _AmqpConnection:
     def __init__(
         self,
         connection: AbstractConnection,
-        channel: AbstractChannel,
+        underlay: aiormq.abc.AbstractChannel,
         exchange: AbstractExchange,
         queue: AbstractQueue,
     ) -> None:
         self._connection = connection
-        self._channel = channel
+        self._underlay = underlay
         self._exchange = exchange
         self._queue = queue
+        self._pending: list[asyncio.Future[object]] = []
 
     @property
     def confirms_publishes(self) -> bool:
-        return True
+        return False
 
     async def publish(self, topic: str, data: bytes) -> None:
+        # Publishes are pipelined: each runs as a task, and the tasks write their frames
+        # in the order they were made (aiormq's channel lock is FIFO); flush() awaits the
+        # publisher confirms.
         key = _routing_key(topic)
-        headers: dict[str, Any] | None = None if key == topic else {_TOPIC_HEADER: topic}
-        await self._exchange.publish(aio_pika.Message(data, headers=headers), routing_key=key)
+        properties = aiormq.spec.Basic.Properties(
+            delivery_mode=1, headers=None if key == topic else {_TOPIC_HEADER: topic}
+        )
+        publish = self._underlay.basic_publish(
+            data, exchange=self._exchange.name, routing_key=key, properties=properties
+        )
+        self._pending.append(asyncio.ensure_future(publish))
 
     async def flush(self) -> int:
-        return 0
+        pending, self._pending = self._pending, []
+        rejected = 0
+        try:
+            for confirmation in pending:
+                try:
+                    await confirmation
+                except aiormq.exceptions.DeliveryError as exc:
+                    logger.error("amqp: publish rejected: %s", exc)
+                    rejected += 1
+        except BaseException:
+            await _cancel(pending)
+            raise
+        return rejected
 
     async def subscribe(self, topic: str) -> None:
         await self._queue.bind(self._exchange, routing_key=_routing_key(topic))
@@ -72,8 +96,16 @@ class _AmqpConnection:
         await self._queue.unbind(self._exchange, routing_key=_routing_key(topic))
 
     async def close(self) -> None:
+        await _cancel(self._pending)
+        self._pending = []
         with contextlib.suppress(Exception):
             await self._connection.close()
+
+
+async def _cancel(futures: list[asyncio.Future[object]]) -> None:
+    for future in futures:
+        future.cancel()
+    await asyncio.gather(*futures, return_exceptions=True)
 
 
 class AmqpDriver:
@@ -115,6 +147,7 @@ class AmqpDriver:
         connection.close_callbacks.add(closed)
         channel = await connection.channel(publisher_confirms=True)
         channel.close_callbacks.add(closed)
+        underlay = await channel.get_underlay_channel()
         exchange = await channel.declare_exchange(
             self._exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
@@ -126,7 +159,7 @@ class AmqpDriver:
             sink.deliver(str(topic), message.body)
 
         await queue.consume(on_message, no_ack=True, exclusive=True)
-        return _AmqpConnection(connection, channel, exchange, queue)
+        return _AmqpConnection(connection, underlay, exchange, queue)
 
 
 def create_driver(url: str, *, node_id: str, options: BrokerOptions) -> AmqpDriver:

@@ -21,6 +21,23 @@ export interface Message<D = any> {
   timestamp?: number;
   /** Set by the server on client events: the sender's user id. */
   user_id?: string | null;
+  /** On channels with history: the message's position in the channel's stream. */
+  offset?: number;
+  /** On channels with history: the stream's epoch (new when history may have been lost). */
+  epoch?: string;
+}
+
+export interface SubscribeOptions {
+  /** On channels with history: also deliver the last `history` messages (first subscription only). */
+  history?: number;
+}
+
+/** `subscription.succeeded` data; `epoch`/`offset` on channels with history. */
+export interface SubscriptionSucceeded {
+  epoch?: string;
+  offset?: number;
+  /** After a resubscription that asked for recovery: whether every missed message follows. */
+  recovered?: boolean;
 }
 
 export interface RealtimeError {
@@ -119,7 +136,7 @@ declare class Emitter<Events extends Record<string, Listener>> {
 }
 
 export interface ChannelEvents {
-  'subscription.succeeded': (data: Record<string, never>, message: Message) => void;
+  'subscription.succeeded': (data: SubscriptionSucceeded, message: Message) => void;
   'subscription.error': (error: RealtimeError, message: Message) => void;
   'unsubscription.succeeded': (data: Record<string, never>, message: Message) => void;
   /** Presence channels: the full member list after (re)subscribing. */
@@ -141,6 +158,11 @@ export declare class Channel extends Emitter<ChannelEvents> {
   state: ChannelState;
   /** The last subscription error. */
   error: RealtimeError | null;
+  /** Channels with history: the stream's epoch and the last offset seen (used for recovery). */
+  epoch: string | null;
+  offset: number | null;
+  /** After a resubscription that asked for recovery: whether nothing was missed. */
+  recovered: boolean | null;
   readonly isPrivate: boolean;
   readonly isPresence: boolean;
   readonly subscribed: boolean;
@@ -190,7 +212,7 @@ export declare class RealtimeClient extends Emitter<ClientEvents> {
   /** Client events waiting to be sent. */
   readonly queueSize: number;
   channel(name: string): Channel | null;
-  subscribe(name: string): Channel;
+  subscribe(name: string, options?: SubscribeOptions): Channel;
   unsubscribe(name: string): this;
   connect(): this;
   disconnect(): this;

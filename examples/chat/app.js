@@ -1,11 +1,14 @@
-// The example chat. Messages, typing indicators and read receipts are client
-// events on `private-room.NAME`; who is online is `presence-room.NAME`.
+// The example chat. Messages, typing indicators (`typing`) and read receipts
+// (`read`, data {position: message id}) are client events on
+// `private-room.NAME`; who is online is `presence-room.NAME`. The server
+// coalesces `typing` and keeps each user's read position.
 // Authors come from `message.user_id`, which the server sets: `data` is
 // whatever the sender wrote and is never trusted for identity.
 import { RealtimeClient } from '/realtime.js';
 
 const DEFAULT_ROOMS = ['general', 'random', 'dev'];
-const MAX_MESSAGES = 500; // per room, in memory (there is no history)
+const MAX_MESSAGES = 500; // per room, in memory
+const HISTORY = 50; // recent messages asked for on joining, when the server keeps history
 const TYPING_EVERY = 2000; // ms between our `typing` events while typing
 const TYPING_SHOWN = 4000; // ms a `typing` event keeps someone "typing"
 const GROUP_WINDOW = 5 * 60 * 1000; // consecutive messages of one author within this share a header
@@ -186,7 +189,7 @@ function saveRooms() {
 
 function addRoom(name) {
   if (app.rooms.has(name)) return app.rooms.get(name);
-  const channel = app.client.subscribe(`private-room.${name}`);
+  const channel = app.client.subscribe(`private-room.${name}`, { history: HISTORY });
   const room = {
     name,
     channel,
@@ -265,6 +268,7 @@ function selectRoom(name) {
 function onChatMessage(room, data, message) {
   const userId = message.user_id ?? null;
   const system = userId === null; // published by a backend through the HTTP API
+  const own = !system && userId === app.client.userId; // ours, back from history or recovery
   const text =
     data && typeof data === 'object' && typeof data.text === 'string'
       ? data.text
@@ -273,13 +277,13 @@ function onChatMessage(room, data, message) {
         : JSON.stringify(data);
   const clientId = !system && data && typeof data.id === 'string' && data.id.length <= 64 ? data.id : null;
   const key = clientId ?? message.id ?? randomId();
-  if (room.keys.has(key)) return; // delivered twice (at-least-once)
+  if (room.keys.has(key)) return; // delivered twice (at-least-once), or our own
   clearTyping(room, userId);
   addMessage(room, {
     key,
     userId,
     system,
-    own: false,
+    own,
     text: String(text ?? ''),
     ts: message.timestamp ?? Date.now(),
     pending: false,
@@ -312,8 +316,9 @@ function clearTyping(room, userId) {
 
 function onRead(room, data, message) {
   const userId = message.user_id;
-  if (!userId || userId === app.client.userId || !data || typeof data.id !== 'string') return;
-  room.readBy.set(userId, data.id);
+  const position = data && typeof data === 'object' ? data.position : undefined;
+  if (!userId || userId === app.client.userId || typeof position !== 'string') return;
+  room.readBy.set(userId, position);
   if (room === app.current) renderSeen();
 }
 
@@ -365,7 +370,7 @@ function sendRead(room) {
     const last = [...room.messages].reverse().find((m) => !m.own);
     if (!last || last.key === room.lastReadSent) return;
     room.lastReadSent = last.key;
-    room.channel.send('read', { id: last.key });
+    room.channel.send('read', { position: last.key });
   }, 250);
 }
 
@@ -493,7 +498,7 @@ function emptyState() {
     { class: 'empty' },
     h('div', { class: 'empty-icon', 'aria-hidden': 'true', text: '#' }),
     h('p', { class: 'empty-title', text: `Welcome to #${name}` }),
-    h('p', { class: 'muted', text: 'This is the start of the room. Messages are not stored: only what arrives while you are here is shown.' }),
+    h('p', { class: 'muted', text: 'This is the start of the room. Say hello: everyone here sees it at once.' }),
   );
 }
 

@@ -124,6 +124,8 @@ def test_send_to_user_reaches_connections_on_every_node() -> None:
     cluster.settle()
     for node, conn in conns.items():
         assert [m["event"] for m in cluster.transports[node].take(conn)][-1:] == ["ding"]
+    latency = cluster.hub("n1").statistics().broker_latency
+    assert latency.count == 1 and 0.001 <= latency.total <= 0.05  # the simulated delay
 
 
 def test_one_user_on_two_nodes_joins_and_leaves_once() -> None:

@@ -246,6 +246,10 @@ def test_health_metrics_static_and_not_found() -> None:
     metrics = http(h, "GET", "/metrics").body.decode()
     assert 'realtime_connections{node="n1",runtime="unknown",transport="websocket"} 0' in metrics
     assert "# TYPE realtime_errors_total counter" in metrics
+    assert "# TYPE realtime_broker_delivery_seconds histogram" in metrics
+    bytes_in = next(line for line in metrics.splitlines()
+                    if line.startswith("realtime_bytes_in_total{"))
+    assert float(bytes_in.rsplit(" ", 1)[1]) > 0  # the requests of this test so far
     page = http(h, "GET", "/")
     assert (page.status, page.body, page.headers["content-type"]) == (200, b"<h1>hi</h1>",
                                                                       "text/html")

@@ -322,6 +322,8 @@ class RealtimeServer:
                 client = self.clients.get(transport_id)
                 if client is not None:
                     client.close()
+                else:  # the socket is gone: drop its last bytes, or the Node keeps them
+                    self.node.data_to_send(transport_id)
             case BrokerPublish(topic, data):
                 assert self.broker is not None
                 self.broker.publish_nowait(topic, data)
