@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -31,7 +31,7 @@ def error_body(code: int, message: str) -> dict[str, Any]:
 
 def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
                headers: Mapping[str, str], body: bytes, *, now: float,
-               max_body_bytes: int) -> ApiResponse:
+               max_body_bytes: int, statistics: Callable[[], JsonValue] = dict) -> ApiResponse:
     """Answer one `/api/…` request; never raises for what the caller sent."""
     token = bearer_token(headers)
     if api_key is None or token is None or not hmac.compare_digest(token, api_key):
@@ -53,6 +53,8 @@ def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
                     return 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                            "no such connection on this node")
                 return 200, {"id": sent}
+            case "GET", ["stats"]:
+                return 200, statistics()
             case "GET", ["channels"]:
                 channels = [{"name": n, "subscribers": c} for n, c in hub.channels().items()]
                 return 200, {"channels": channels}

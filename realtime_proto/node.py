@@ -276,7 +276,8 @@ class Node:
                 return
             status, body = handle_api(self.hub, self.config.api_key, method, path,
                                       request.headers, request.body, now=now,
-                                      max_body_bytes=self.config.hub.limits.max_body_bytes)
+                                      max_body_bytes=self.config.hub.limits.max_body_bytes,
+                                      statistics=self._stats_json)
             self._run_hub()
             self._respond_json(transport, status, body)
         elif path == "/health" and method == "GET":
@@ -316,6 +317,19 @@ class Node:
     def _static(self, path: str) -> StaticFile | None:
         files = self.config.static_files
         return files.get(path) or (files.get(path + "index.html") if path.endswith("/") else None)
+
+    def _stats_json(self) -> JsonValue:
+        """`GET /api/stats`: the counters the admin page shows."""
+        stats = self.statistics()
+        hub = stats.hub
+        return {"node_id": stats.node_id, "runtime": stats.runtime,
+                "connections": dict(hub.connections), "subscriptions": hub.subscriptions,
+                "channels": hub.channels, "messages_in": hub.messages_in,
+                "messages_out": hub.messages_out, "published": hub.published,
+                "bytes_in": stats.bytes_in, "bytes_out": stats.bytes_out,
+                "slow_consumers": stats.slow_consumers, "nodes": hub.nodes,
+                "broker_connected": hub.broker_connected,
+                "errors": {str(code): count for code, count in hub.errors.items()}}
 
     def _health(self) -> JsonValue:
         stats = self.hub.statistics()

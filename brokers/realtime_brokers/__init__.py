@@ -67,11 +67,22 @@ def open_broker(
     node_id: str,
     options: BrokerOptions | None = None,
 ) -> BrokerClient:
-    """A client for the broker at ``url``; call ``await client.start()`` to connect.
+    """A client for the broker at ``url``, not yet connected (``await client.start()``).
 
-    ``options`` are the defaults; :class:`BrokerOptions` fields given as URL query
-    parameters (``?probe_interval=1``) override them. Raises :class:`ValueError` for an
-    unknown scheme or a bad option, :class:`BrokerError` if the client library is missing.
+    Args:
+        url: selects the driver by scheme; :class:`BrokerOptions` fields given as query
+            parameters (``?probe_interval=1``) override ``options``.
+        listener: receives messages and connection loss and recovery, on the loop.
+        node_id: this server process's id, used in the private probe topic and in the
+            connection names the broker shows.
+        options: defaults for the shared options.
+
+    Returns:
+        The client; it imported only its own broker's client library.
+
+    Raises:
+        ValueError: unknown scheme, or a bad option.
+        BrokerError: the broker's client library is not installed.
     """
     from .supervisor import SupervisedClient
     from .urls import split_options

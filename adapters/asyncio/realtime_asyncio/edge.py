@@ -202,8 +202,10 @@ def client_script() -> Path | None:
 
 
 def load_static_files(directory: str | os.PathLike[str] | None) -> dict[str, StaticFile]:
-    """Read a directory's files into memory, keyed by URL path, plus `/realtime.js`."""
-    files: dict[str, StaticFile] = {}
+    """Read a directory's files into memory, keyed by URL path, plus `/realtime.js` and
+    the admin page at `/admin`."""
+    admin = Path(__file__).parent / "static" / "admin.html"
+    files: dict[str, StaticFile] = {"/admin": _static(admin)}
     script = client_script()
     if script is not None:
         files["/realtime.js"] = _static(script)

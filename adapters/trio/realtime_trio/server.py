@@ -2,49 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import signal
 import ssl
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import Any, assert_never
+from collections.abc import Callable
+from typing import Any
 
 import trio
-from realtime_asyncio.edge import (
-    Settings,
-    build_node_config,
-    new_epoch,
-    new_node_id,
-    random_id,
-    server_ssl_context,
-)
+from realtime_asyncio.edge import server_ssl_context
 
-from realtime_proto import ChannelRule, Node
-from realtime_proto.actions import (
-    Authenticate,
-    Authorize,
-    BrokerPublish,
-    BrokerSubscribe,
-    BrokerUnsubscribe,
-    CloseTransport,
-    ConnectionInfo,
-    NodeAction,
-    Transmit,
-)
-from realtime_proto.callbacks import authentication_answer, authorization_answer
-from realtime_proto.events import (
-    BrokerLost,
-    BrokerRestored,
-    ConnectionId,
-    EnvelopeReceived,
-    NodeEvent,
-    TransportId,
-)
-from realtime_proto.message import JsonValue
-from realtime_proto.presence import Member
+from realtime_proto.events import TransportId
 
+from .base import Answer, ServerBase
 from .bridge import BrokerBridge
 
 __all__ = ["RealtimeServer"]
@@ -57,9 +26,6 @@ _CLOSE_GRACE = 5.0
 _BROKER_CLOSE_TIMEOUT = 5.0
 #: bytes asked of a socket per read
 _READ_BYTES = 65536
-
-Answer = Callable[[object, BaseException | None], NodeEvent]
-
 
 class _Socket:
     """One client socket: its stream, its writer's wake-up and its closing state."""
@@ -77,7 +43,7 @@ class _Socket:
         self.scope = trio.CancelScope()
 
 
-class RealtimeServer:
+class RealtimeServer(ServerBase):
     """A realtime server inside a trio program.
 
     Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook, run
@@ -88,76 +54,23 @@ class RealtimeServer:
     ``trio.from_thread.run_sync(server.broadcast, …, trio_token=server.trio_token)``.
     """
 
-    def __init__(self, settings: Settings | None = None, **options: Any) -> None:
-        self.settings = settings or Settings(**options)
-        self.node_id = self.settings.node_id or new_node_id()
-        self.node = Node(build_node_config(self.settings, self.node_id, runtime="trio"),
-                         new_id=random_id, epoch=new_epoch())
+    runtime = "trio"
+
+    def __init__(self, settings: Any = None, **options: Any) -> None:
+        super().__init__(settings, **options)
         self.sockets: dict[TransportId, _Socket] = {}
-        self.broker: BrokerBridge | None = None
         self.trio_token: trio.lowlevel.TrioToken | None = None
         #: seconds clients get to go at shutdown before their sockets are aborted
         self.close_timeout = _CLOSE_GRACE
-        self._authenticate_hook: Callable[[Any], Any] | None = None
         self._listeners: list[trio.SocketListener] = []
         self._ssl_context: ssl.SSLContext | None = None
         self._nursery: trio.Nursery | None = None
         self._timer_scope: trio.CancelScope | None = None
         self._accepting = trio.CancelScope()
         self._shield = trio.CancelScope(shield=True)
-        self._running = False
         self._shutting_down = False
-        self._pumping = False
         self._stop = trio.Event()
         self._drained = trio.Event()
-
-    # -- the application's API -----------------------------------------------------------
-
-    def channel(self, pattern: str) -> ChannelRule:
-        """The authorization rule for a channel pattern; `.authorize(fn)` registers fn."""
-        return self.node.hub.channel(pattern)
-
-    def authenticate(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """Register the hook that turns a connecting request into a user (a decorator).
-
-        The hook gets an `AuthenticationRequest` (token, path, query, headers, peer) and
-        returns a `User` (or a user id), None for anonymous, or False to refuse (401).
-        """
-        self._authenticate_hook = hook
-        self.node.config = replace(self.node.config, custom_authentication=True)
-        return hook
-
-    def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
-                  exclude: str | None = None) -> str:
-        """Publish to a channel's subscribers on every node; the message id."""
-        message_id = self.node.hub.broadcast(channel, event, data, now=self.now(),
-                                             exclude=ConnectionId(exclude) if exclude else None)
-        self.pump()
-        return message_id
-
-    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
-        """Send to every connection of a user, on every node; the message id."""
-        message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
-        self.pump()
-        return message_id
-
-    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
-        """Send to one connection of this node; the message id, or None if unknown."""
-        message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
-        self.pump()
-        return message_id
-
-    def members(self, channel: str) -> list[Member]:
-        """Members of a presence channel across the cluster."""
-        return self.node.hub.members(channel)
-
-    def channels(self) -> dict[str, int]:
-        """Channels with subscribers on this node, and how many."""
-        return self.node.hub.channels()
-
-    def connection(self, connection_id: str) -> ConnectionInfo | None:
-        """A snapshot of one connection of this node."""
-        return self.node.hub.connection(ConnectionId(connection_id))
 
     @property
     def port(self) -> int:
@@ -165,10 +78,6 @@ class RealtimeServer:
         return int(self._listeners[0].socket.getsockname()[1])
 
     # -- running -------------------------------------------------------------------------
-
-    def now(self) -> float:
-        """Monotonic seconds, the Node's clock (the one `new_epoch` read)."""
-        return time.monotonic()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
@@ -226,8 +135,8 @@ class RealtimeServer:
     async def _start(self) -> None:
         self._ssl_context = server_ssl_context(self.settings)
         self.trio_token = token = trio.lowlevel.current_trio_token()
-        self.broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
-                                   call_soon=token.run_sync_soon)
+        self.broker = broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
+                                            call_soon=token.run_sync_soon)
         started = trio.Event()
         errors: list[BaseException | None] = []
 
@@ -235,13 +144,13 @@ class RealtimeServer:
             errors.append(error)
             started.set()
 
-        self.broker.start(done)
+        broker.start(done)
         await started.wait()
         if errors[0] is not None:
             raise errors[0]
         self._listeners = await trio.open_tcp_listeners(
             self.settings.port, host=self.settings.host, backlog=4096)
-        self._running = True
+        self.running = True
         self.pump()
         log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
                  self.settings.host, self.port, self.settings.broker.partition("?")[0])
@@ -276,11 +185,10 @@ class RealtimeServer:
             await trio.aclose_forcefully(listener)
 
     async def _close_broker(self) -> None:
-        if self.broker is None:
-            return
-        closed = trio.Event()
-        self.broker.close(closed.set)
-        await closed.wait()
+        if isinstance(self.broker, BrokerBridge):
+            closed = trio.Event()
+            self.broker.close(closed.set)
+            await closed.wait()
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -341,111 +249,40 @@ class RealtimeServer:
                 pass
         sock.scope.cancel()
 
-    # -- driving the Node ----------------------------------------------------------------
+    # -- the hooks of ServerBase ---------------------------------------------------------
 
-    def handle(self, event: NodeEvent) -> None:
-        """Feed an event to the Node and carry out what follows."""
-        self.node.handle(event, now=self.now())
-        self.pump()
+    def transmit(self, transport_id: TransportId) -> None:
+        sock = self.sockets.get(transport_id)
+        if sock is not None:
+            sock.wake.set()
 
-    def pump(self) -> None:
-        """Carry out every action the Node has produced, then re-arm the timer."""
-        if self._pumping or not self._running:
-            return  # before `serve`, actions wait in the Node
-        self._pumping = True
-        try:
-            while actions := self.node.actions():
-                for action in actions:
-                    self._carry_out(action)
-        finally:
-            self._pumping = False
-        self._arm_timer()
+    def close_transport(self, transport_id: TransportId) -> bool:
+        sock = self.sockets.get(transport_id)
+        if sock is None:
+            return False
+        if not sock.closing:
+            sock.closing = True
+            sock.wake.set()
+            sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
+        return True
 
-    def _carry_out(self, action: NodeAction) -> None:
-        broker = self.broker
-        assert broker is not None
-        match action:
-            case Transmit(transport_id):
-                sock = self.sockets.get(transport_id)
-                if sock is not None:
-                    sock.wake.set()
-            case CloseTransport(transport_id):
-                sock = self.sockets.get(transport_id)
-                if sock is None:
-                    self.node.data_to_send(transport_id)  # gone already: drop its last bytes
-                elif not sock.closing:
-                    sock.closing = True
-                    sock.wake.set()
-                    sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
-            case BrokerPublish(topic, data):
-                broker.publish_nowait(topic, data)
-            case BrokerSubscribe(topic):
-                broker.subscribe_nowait(topic)
-            case BrokerUnsubscribe(topic):
-                broker.unsubscribe_nowait(topic)
-            case Authorize():
-                request_id = action.request_id
-                self._call(action.callback, (action.connection, action.channel),
-                           lambda result, error: authorization_answer(request_id, result, error))
-            case Authenticate():
-                request_id = action.request_id
-                self._call(self._authenticate_hook or _anonymous, (action.request,),
-                           lambda result, error: authentication_answer(request_id, result, error))
-            case _:
-                assert_never(action)
+    def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                     answer: Answer) -> None:
+        awaitable = self.call_back(fn, args, answer)
+        if awaitable is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self.answer_awaited, fn, awaitable, answer)
 
-    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], answer: Answer) -> None:
-        """Run an application callback, plain or async, and feed its answer back."""
-        try:
-            result = fn(*args)
-        except Exception as error:
-            log.exception("callback %r failed", fn)
-            self.node.handle(answer(None, error), now=self.now())
-            return
-        if inspect.isawaitable(result) and self._nursery is not None:
-            self._nursery.start_soon(self._answer_later, fn, result, answer)
-        else:
-            self.node.handle(answer(result, None), now=self.now())
-
-    async def _answer_later(self, fn: Callable[..., Any], awaitable: Awaitable[Any],
-                            answer: Answer) -> None:
-        try:
-            value = await awaitable
-        except Exception as error:
-            log.exception("callback %r failed", fn)
-            self.handle(answer(None, error))
-        else:
-            self.handle(answer(value, None))
-
-    def _arm_timer(self) -> None:
-        scope = self._timer_scope
-        if scope is not None:
-            scope.deadline = trio.current_time() + (self.node.next_deadline() - self.now())
+    def arm_timer(self, deadline: float) -> None:
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = trio.current_time() + (deadline - self.now())
 
     async def _run_timer(self) -> None:
-        """The one timer: sleep until the Node's deadline; `pump` moves it."""
+        """The one timer: sleep until the Node's deadline, which `pump` moves."""
         while True:
             with trio.CancelScope() as scope:
                 self._timer_scope = scope
-                self._arm_timer()
+                self.arm_timer(self.node.next_deadline())
                 await trio.sleep_forever()
             self._timer_scope = None
-            self.node.tick(now=self.now())
-            self.pump()
-
-    # -- BrokerListener (called on the trio thread by the bridge) -------------------------
-
-    def message_received(self, topic: str, data: bytes) -> None:
-        self.handle(EnvelopeReceived(topic=topic, data=data))
-
-    def connection_lost(self, reason: str) -> None:
-        log.warning("broker connection lost: %s", reason)
-        self.handle(BrokerLost(reason=reason))
-
-    def connection_restored(self) -> None:
-        log.warning("broker connection restored")
-        self.handle(BrokerRestored())
-
-
-def _anonymous(request: object) -> None:
-    return None
+            self.tick()

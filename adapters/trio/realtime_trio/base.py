@@ -1,0 +1,256 @@
+"""What every runtime's server shares: the embedding API, the action pump, the broker
+listener. A runtime adds sockets, its timer and the way it runs callbacks.
+
+Runtime-neutral: it imports no trio, so the gevent adapter and the selectors example
+subclass it too (as `realtime_asyncio.RealtimeServer` could). One level of subclassing,
+as STYLE.md allows: a runtime overrides the hooks at the bottom and nothing else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, ClassVar, Protocol, assert_never
+
+from realtime_asyncio.edge import Settings, build_node_config, new_epoch, new_node_id, random_id
+
+from realtime_proto import ChannelRule, Node
+from realtime_proto.actions import (
+    Authenticate,
+    Authorize,
+    BrokerPublish,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    CloseTransport,
+    ConnectionInfo,
+    NodeAction,
+    Transmit,
+)
+from realtime_proto.callbacks import authentication_answer, authorization_answer
+from realtime_proto.events import (
+    BrokerLost,
+    BrokerRestored,
+    ConnectionId,
+    EnvelopeReceived,
+    NodeEvent,
+    TransportId,
+)
+from realtime_proto.message import JsonValue
+from realtime_proto.presence import Member
+
+__all__ = ["Answer", "BrokerCommands", "ServerBase"]
+
+log = logging.getLogger("realtime")
+
+Answer = Callable[[object, BaseException | None], NodeEvent]
+"""Turns what a callback returned (or raised) into the event that answers the Node."""
+
+
+class BrokerCommands(Protocol):
+    """The broker as the pump uses it (a `BrokerBridge`, or an asyncio `BrokerClient`)."""
+
+    def publish_nowait(self, topic: str, data: bytes) -> None: ...
+    def subscribe_nowait(self, topic: str) -> None: ...
+    def unsubscribe_nowait(self, topic: str) -> None: ...
+
+
+class ServerBase:
+    """A Node behind the embedding API of `realtime_asyncio.RealtimeServer`.
+
+    Every method runs on the server's own thread (its loop, hub or selector). Until the
+    runtime sets `running`, actions wait in the Node.
+    """
+
+    #: the runtime's name, for /health and /metrics
+    runtime: ClassVar[str] = ""
+
+    def __init__(self, settings: Settings | None = None, **options: Any) -> None:
+        self.settings = settings or Settings(**options)
+        self.node_id = self.settings.node_id or new_node_id()
+        self.node = Node(build_node_config(self.settings, self.node_id, runtime=self.runtime),
+                         new_id=random_id, epoch=new_epoch())
+        self.broker: BrokerCommands | None = None
+        self.running = False
+        self._authenticate_hook: Callable[[Any], Any] | None = None
+        self._pumping = False
+
+    # -- the application's API -----------------------------------------------------------
+
+    def channel(self, pattern: str) -> ChannelRule:
+        """The authorization rule for a channel pattern; `.authorize(fn)` registers fn."""
+        return self.node.hub.channel(pattern)
+
+    def authenticate(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Register the hook that turns a connecting request into a user (a decorator).
+
+        The hook gets an `AuthenticationRequest` (token, path, query, headers, peer) and
+        returns a `User` (or a user id), None for anonymous, or False to refuse (401).
+        """
+        self._authenticate_hook = hook
+        self.node.config = replace(self.node.config, custom_authentication=True)
+        return hook
+
+    def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
+                  exclude: str | None = None) -> str:
+        """Publish to a channel's subscribers on every node; the message id."""
+        message_id = self.node.hub.broadcast(channel, event, data, now=self.now(),
+                                             exclude=ConnectionId(exclude) if exclude else None)
+        self.pump()
+        return message_id
+
+    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
+        """Send to every connection of a user, on every node; the message id."""
+        message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
+        self.pump()
+        return message_id
+
+    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
+        """Send to one connection of this node; the message id, or None if unknown."""
+        message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
+        self.pump()
+        return message_id
+
+    def members(self, channel: str) -> list[Member]:
+        """Members of a presence channel across the cluster."""
+        return self.node.hub.members(channel)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with subscribers on this node, and how many."""
+        return self.node.hub.channels()
+
+    def connection(self, connection_id: str) -> ConnectionInfo | None:
+        """A snapshot of one connection of this node."""
+        return self.node.hub.connection(ConnectionId(connection_id))
+
+    # -- driving the Node ----------------------------------------------------------------
+
+    def now(self) -> float:
+        """Monotonic seconds: the clock `new_epoch` read, so timestamps come out right."""
+        return time.monotonic()
+
+    def handle(self, event: NodeEvent) -> None:
+        """Feed an event to the Node and carry out what follows."""
+        self.node.handle(event, now=self.now())
+        self.pump()
+
+    def pump(self) -> None:
+        """Carry out every action the Node has produced, then re-arm the timer."""
+        if self._pumping or not self.running:
+            return
+        self._pumping = True
+        try:
+            while actions := self.node.actions():
+                for action in actions:
+                    self._carry_out(action)
+        finally:
+            self._pumping = False
+        self.arm_timer(self.node.next_deadline())
+
+    def _carry_out(self, action: NodeAction) -> None:
+        broker = self.broker
+        assert broker is not None
+        match action:
+            case Transmit(transport_id):
+                self.transmit(transport_id)
+            case CloseTransport(transport_id):
+                if not self.close_transport(transport_id):
+                    self.node.data_to_send(transport_id)  # gone already: drop its last bytes
+            case BrokerPublish(topic, data):
+                broker.publish_nowait(topic, data)
+            case BrokerSubscribe(topic):
+                broker.subscribe_nowait(topic)
+            case BrokerUnsubscribe(topic):
+                broker.unsubscribe_nowait(topic)
+            case Authorize():
+                request_id = action.request_id
+                self.run_callback(
+                    action.callback, (action.connection, action.channel),
+                    lambda result, error: authorization_answer(request_id, result, error))
+            case Authenticate():
+                request_id = action.request_id
+                self.run_callback(
+                    self._authenticate_hook or _anonymous, (action.request,),
+                    lambda result, error: authentication_answer(request_id, result, error))
+            case _:
+                assert_never(action)
+
+    def call_back(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                  answer: Answer) -> Awaitable[Any] | None:
+        """Call `fn` here and answer the Node; or return its awaitable for the runtime to
+        await and pass to `answer_awaited`. An exception answers as a refusal (4500)."""
+        try:
+            result = fn(*args)
+        except Exception as error:
+            log.exception("callback %r failed", fn)
+            self.handle(answer(None, error))
+            return None
+        if inspect.isawaitable(result):
+            return result
+        self.handle(answer(result, None))
+        return None
+
+    async def answer_awaited(self, fn: Callable[..., Any], awaitable: Awaitable[Any],
+                             answer: Answer) -> None:
+        """Await what an async callback returned, then answer the Node."""
+        try:
+            value = await awaitable
+        except Exception as error:
+            log.exception("callback %r failed", fn)
+            self.handle(answer(None, error))
+        else:
+            self.handle(answer(value, None))
+
+    def refuse_awaitable(self, fn: Callable[..., Any], awaitable: Awaitable[Any],
+                         answer: Answer) -> None:
+        """Answer for an async callback on a runtime that runs plain callables only."""
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        error = TypeError(f"the {self.runtime} runtime runs plain callables, not {fn!r}")
+        log.error("%s", error)
+        self.handle(answer(None, error))
+
+    # -- the runtime's hooks ---------------------------------------------------------------
+
+    def transmit(self, transport_id: TransportId) -> None:
+        """Bytes wait for this socket: wake its writer (which pulls `data_to_send`)."""
+        raise NotImplementedError
+
+    def close_transport(self, transport_id: TransportId) -> bool:
+        """Pull once more, write, close, abort after a grace period; False if the socket
+        is unknown (gone already)."""
+        raise NotImplementedError
+
+    def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                     answer: Answer) -> None:
+        """Run an application callback the runtime's way, ending in `call_back`."""
+        raise NotImplementedError
+
+    def arm_timer(self, deadline: float) -> None:
+        """Make the one timer fire at `deadline` (monotonic seconds); it then calls
+        `tick()`."""
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        """What the timer does when it fires."""
+        self.node.tick(now=self.now())
+        self.pump()
+
+    # -- BrokerListener: the bridge calls these on the server's thread ---------------------
+
+    def message_received(self, topic: str, data: bytes) -> None:
+        self.handle(EnvelopeReceived(topic=topic, data=data))
+
+    def connection_lost(self, reason: str) -> None:
+        log.warning("broker connection lost: %s", reason)
+        self.handle(BrokerLost(reason=reason))
+
+    def connection_restored(self) -> None:
+        log.warning("broker connection restored")
+        self.handle(BrokerRestored())
+
+
+def _anonymous(request: object) -> None:
+    return None
