@@ -598,9 +598,11 @@ class LoadGen:
         return self.call_all([msg] * len(self.pipes), timeout)
 
     def connect(self, host: str, port: int, n: int, dialect: str, transport: str = "ws",
-                timeout: float = 120, concurrency: int = 32) -> dict[str, Any]:
+                timeout: float = 120, concurrency: int = 32,
+                shares: list[int] | None = None) -> dict[str, Any]:
         k = len(self.pipes)
-        shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        if shares is None:
+            shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
         rs = self.call_all([
             {"cmd": "connect", "host": host, "port": port, "count": shares[i],
              "dialect": dialect, "transport": transport, "src": self.addrs[i],
@@ -611,8 +613,12 @@ class LoadGen:
         return {"ok": sum(r.get("ok", 0) for r in rs), "failed": sum(r.get("failed", 0) for r in rs),
                 "seconds": max(r.get("seconds", 0) for r in rs), "errors": errors[:5]}
 
-    def reset(self, mode: str = "count", tick: float = -1.0) -> None:
-        self.broadcast({"cmd": "reset", "mode": mode, "tick": tick})
+    def reset(self, mode: str = "count", tick: float = -1.0,
+              per_worker: list[tuple[str, float]] | None = None) -> None:
+        if per_worker:
+            self.call_all([{"cmd": "reset", "mode": m, "tick": t} for m, t in per_worker])
+        else:
+            self.broadcast({"cmd": "reset", "mode": mode, "tick": tick})
 
     def stats(self, latency: bool = False) -> dict[str, Any]:
         rs = self.broadcast({"cmd": "stats", "latency": latency})

@@ -49,6 +49,8 @@ class Deliver:
     payload: bytes
     #: the SSE event id (`epoch:offset:channel` on channels with history), if any
     event_id: str | None = None
+    #: the channel it was published on (its slow-consumer policy applies)
+    channel: str | None = None
 
 
 @final

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import final
 
+from .backlog import SlowConsumerRule
 from .errors import ConfigError
 from .history import HistoryRule
 from .jwt import JwtConfig
@@ -135,6 +136,8 @@ class NodeConfig:
     static_files: Mapping[str, StaticFile] = field(default_factory=dict)
     #: the runtime name reported in /metrics and /health
     runtime: str = "unknown"
+    #: slow-consumer policies by channel pattern (the default is to disconnect)
+    slow_consumers: tuple[SlowConsumerRule, ...] = ()
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

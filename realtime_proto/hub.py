@@ -267,7 +267,7 @@ class Hub:
         if stream is not None and offset is not None:
             stream.append(offset, payload, now)
             event_id = f"{stream.epoch}:{offset}:{channel}"
-        self._deliver(self._subscribers.get(channel, ()), payload, event_id, exclude)
+        self._deliver(self._subscribers.get(channel, ()), payload, event_id, exclude, channel)
 
     def send_to_user(self, user_id: str, event: str, data: JsonValue = None, *,
                      now: float) -> str:
@@ -672,11 +672,12 @@ class Hub:
         return message_id, message.encode()
 
     def _deliver(self, targets: Iterable[ConnectionId], payload: bytes,
-                 event_id: str | None = None, exclude: ConnectionId | None = None) -> None:
+                 event_id: str | None = None, exclude: ConnectionId | None = None,
+                 channel: str | None = None) -> None:
         chosen = tuple(c for c in targets if c != exclude) if exclude else tuple(targets)
         if chosen:
             self._messages_out += len(chosen)
-            self._actions.append(Deliver(chosen, payload, event_id))
+            self._actions.append(Deliver(chosen, payload, event_id, channel))
 
     def _reply(self, conn: _Connection, event: str, data: JsonValue, now: float,
                channel: str | None = None) -> None:

@@ -44,6 +44,20 @@ class PollSession:
         self._queue.append((self._last_position, payload))
         return len(self._queue) <= max_backlog
 
+    def drop_oldest(self, keep: int) -> int:
+        """Drop the oldest queued messages until `keep` remain; how many were dropped."""
+        dropped = 0
+        while len(self._queue) > keep:
+            self._queue.popleft()
+            dropped += 1
+        return dropped
+
+    def push_front(self, payload: bytes) -> None:
+        """Queue a message ahead of the others, at the position of the first dropped one."""
+        position = self._queue[0][0] - 1 if self._queue else self._last_position + 1
+        self._queue.appendleft((position, payload))
+        self._last_position = max(self._last_position, position)
+
     def acknowledge(self, cursor: int) -> None:
         """Release every message up to the client's cursor."""
         cursor = min(cursor, self._last_position)

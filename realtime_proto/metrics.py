@@ -88,6 +88,12 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [(f'framing="{k}"', v) for k, v in sorted(stats.encodings.items())])
     metric("slow_consumers_total", "counter", "Connections dropped for not reading.",
            [("", stats.slow_consumers)])
+    metric("dropped_messages_total", "counter",
+           "Messages dropped or conflated for slow consumers (drop_oldest, latest).",
+           [("", stats.dropped_messages)])
+    metric("connection_backlog_bytes", "gauge",
+           "Bytes waiting for each connection that is behind (the slow ones only).",
+           [(f'connection="{_label(c)}"', n) for c, n in sorted(stats.backlogs.items())[:100]])
     metric("http_responses_total", "counter", "HTTP responses by status.",
            [(f'status="{k}"', v) for k, v in sorted(stats.http_responses.items())])
     metric("broker_connected", "gauge", "1 while the broker connection is up.",

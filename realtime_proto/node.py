@@ -22,6 +22,7 @@ from .actions import (
     Transmit,
 )
 from .api import bearer_token, error_body, handle_api
+from .backlog import Backlog, SlowConsumerPolicy, conflation_key, find_policy
 from .config import Epoch, NodeConfig, StaticFile
 from .errors import ErrorCode, MessageError
 from .events import (
@@ -62,6 +63,10 @@ class NodeStatistics:
     poll_sessions: int
     encodings: dict[str, int]
     slow_consumers: int
+    #: messages dropped or conflated by the drop_oldest and latest policies
+    dropped_messages: int
+    #: bytes waiting per connection that has any (the slow ones)
+    backlogs: dict[str, int]
     http_responses: dict[int, int]
     bytes_in: int
     bytes_out: int
@@ -76,8 +81,8 @@ class _Transport:
     secure: bool
     #: the Hub connection this socket carries (WebSocket, SSE)
     connection_id: ConnectionId | None = None
-    #: bytes handed to the framing since the adapter last pulled them
-    queued_bytes: int = 0
+    #: message frames waiting since the adapter last pulled (bounded by the policies)
+    backlog: Backlog = field(default_factory=Backlog)
     #: the long-poll connection whose poll this socket holds
     holding: ConnectionId | None = None
     cors: list[tuple[str, str]] = field(default_factory=list)
@@ -107,6 +112,8 @@ class Node:
         self._encodings: Counter[str] = Counter()
         self._responses: Counter[int] = Counter()
         self._slow_consumers = 0
+        self._dropped_messages = 0
+        self._policies: dict[str, SlowConsumerPolicy] = {}
         self._bytes_in = 0
         self._bytes_out = 0
         rates = config.hub.rates
@@ -191,8 +198,12 @@ class Node:
             transport = self._transports.get(transport_id)
             if transport is None:
                 return []
-            transport.queued_bytes = 0
+            # the framing's own output (handshake, pongs, heartbeats) first, then messages
             chunks = transport.framing.data_to_send()
+            if transport.backlog.gaps:
+                chunks += self._gap_notices(transport)
+            if transport.backlog.bytes:
+                chunks += transport.backlog.drain()
         self._bytes_out += sum(map(len, chunks))
         return chunks
 
@@ -214,6 +225,10 @@ class Node:
             node_id=self.hub.node_id, runtime=self.config.runtime,
             transports=len(self._transports), poll_sessions=sum(1 for _ in self._polls()),
             encodings=dict(self._encodings), slow_consumers=self._slow_consumers,
+            dropped_messages=self._dropped_messages + sum(
+                t.backlog.dropped for t in self._transports.values()),
+            backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
+                      if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
             bytes_out=self._bytes_out, hub=self.hub.statistics())
 
@@ -247,6 +262,7 @@ class Node:
         """Forget a socket: its Hub connection closes, its held poll is released."""
         self._transports.pop(transport.id, None)
         self._dirty.pop(transport.id, None)
+        self._dropped_messages += transport.backlog.dropped
         connection_id = transport.connection_id
         if connection_id is not None and self._routes.get(connection_id) is transport:
             del self._routes[connection_id]
@@ -523,16 +539,18 @@ class Node:
                     self._actions.append(action)
 
     def _deliver(self, action: Deliver) -> None:
-        """Frame once per framing kind, then one buffer append per subscriber."""
+        """Frame once per framing kind, then one backlog append per subscriber."""
         ws_frame = sse_chunk = None
-        limit = self.config.hub.limits.max_output_bytes
+        limits = self.config.hub.limits
+        policy = self._policy(action.channel)
+        key = conflation_key(action.channel, action.payload) if policy is SlowConsumerPolicy.LATEST else None
         for connection_id in action.connection_ids:
             route = self._routes.get(connection_id)
             if route is None:
                 continue
             if isinstance(route, PollSession):
-                if not route.push(action.payload, self.config.hub.limits.max_poll_backlog):
-                    self._slow(connection_id)
+                if not route.push(action.payload, limits.max_poll_backlog):
+                    self._overflow_poll(route, policy, action.channel)
                 self._polls_to_answer[connection_id] = route
                 continue
             if route.framing.kind is FramingKind.WEBSOCKET:
@@ -545,12 +563,46 @@ class Node:
                     sse_chunk = encode_event(action.event_id, action.payload)
                     self._encodings["sse"] += 1
                 frame = sse_chunk
-            if route.queued_bytes > limit:  # what it was sent before is still unread
-                self._slow(connection_id)
-                continue
-            route.framing.send_encoded(frame)  # type: ignore[union-attr]
-            route.queued_bytes += len(frame)
+            if route.backlog.bytes > limits.max_output_bytes:  # earlier ones still unread
+                if policy is SlowConsumerPolicy.DISCONNECT:
+                    self._slow(connection_id)
+                    continue
+                self._drop_oldest(route, action.channel)
+            route.backlog.push(frame, key)
             self._dirty[route.id] = None
+
+    def _policy(self, channel: str | None) -> SlowConsumerPolicy:
+        policy = self._policies.get(channel or "")
+        if policy is None:
+            if len(self._policies) > 10_000:
+                self._policies.clear()
+            policy = self._policies[channel or ""] = find_policy(
+                self.config.slow_consumers, channel)
+        return policy
+
+    def _drop_oldest(self, route: _Transport, channel: str | None) -> None:
+        """Make room by dropping the oldest waiting messages (the client is told at drain)."""
+        route.backlog.drop_oldest(self.config.hub.limits.max_output_bytes // 2, channel)
+
+    def _gap_notices(self, transport: _Transport) -> list[bytes]:
+        """`messages.dropped` per channel, ahead of what survived the drops."""
+        gaps, transport.backlog.gaps = transport.backlog.gaps, {}
+        websocket = transport.framing.kind is FramingKind.WEBSOCKET
+        return [frame_message(notice) if websocket else encode_event(None, notice)
+                for notice in (self._dropped_notice(c, n) for c, n in gaps.items())]
+
+    def _overflow_poll(self, session: PollSession, policy: SlowConsumerPolicy,
+                       channel: str | None) -> None:
+        if policy is SlowConsumerPolicy.DISCONNECT:
+            self._slow(session.id)
+            return
+        dropped = session.drop_oldest(self.config.hub.limits.max_poll_backlog // 2)
+        self._dropped_messages += dropped
+        session.push_front(self._dropped_notice(channel, dropped))  # at the gap's place
+
+    def _dropped_notice(self, channel: str | None, count: int) -> bytes:
+        return Message(type=MessageType.EVENT, channel=channel, event="messages.dropped",
+                       data={"count": count}).encode()
 
     def _slow(self, connection_id: ConnectionId) -> None:
         route = self._routes.get(connection_id)
@@ -566,6 +618,7 @@ class Node:
         del self._routes[connection_id]
         route.connection_id = None
         route.framing.data_to_send()
+        route.backlog.drain()
         route.framing.close(ErrorCode.SLOW_CONSUMER, "slow consumer")
         self._finish(route, self._now)
 
@@ -579,6 +632,8 @@ class Node:
             return
         del self._routes[action.connection_id]
         route.connection_id = None
+        for frame in route.backlog.drain():  # what was sent before the close goes first
+            route.framing.send_encoded(frame)  # type: ignore[union-attr]
         if route.framing.kind is FramingKind.SSE:
             route.framing.send_encoded(encode_event(None, self._closed_message(action)))  # type: ignore[union-attr]
         route.framing.close(action.code, action.reason)

@@ -16,41 +16,18 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import inspect
 import logging
 import selectors
 import signal
 import socket
-import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
-from realtime_asyncio.edge import Settings, build_node_config, new_epoch, new_node_id, random_id
-from realtime_trio.bridge import BrokerBridge  # runtime-neutral: imports no trio
+from realtime_asyncio.edge import Settings
+from realtime_trio.base import Answer, ServerBase  # runtime-neutral: neither imports trio
+from realtime_trio.bridge import BrokerBridge
 
-from realtime_proto import ChannelRule, Node
-from realtime_proto.actions import (
-    Authenticate,
-    Authorize,
-    BrokerPublish,
-    BrokerSubscribe,
-    BrokerUnsubscribe,
-    CloseTransport,
-    ConnectionInfo,
-    Transmit,
-)
-from realtime_proto.callbacks import authentication_answer, authorization_answer
-from realtime_proto.events import (
-    BrokerLost,
-    BrokerRestored,
-    ConnectionId,
-    EnvelopeReceived,
-    NodeEvent,
-    TransportId,
-)
-from realtime_proto.message import JsonValue
-from realtime_proto.presence import Member
+from realtime_proto.events import TransportId
 
 log = logging.getLogger("realtime")
 
@@ -73,18 +50,15 @@ class Conn:
         self.mask = 0
 
 
-class SelectorsServer:
+class SelectorsServer(ServerBase):
     """The embedding API of `realtime_asyncio.RealtimeServer`, on one selector thread."""
 
+    runtime = "selectors"  # guide step 1: ServerBase builds the Node
+
     def __init__(self, settings: Settings | None = None, **options: Any) -> None:
-        self.settings = settings or Settings(**options)
-        self.node_id = self.settings.node_id or new_node_id()
-        self.node = Node(build_node_config(self.settings, self.node_id, runtime="selectors"),
-                         new_id=random_id, epoch=new_epoch())  # guide step 1
+        super().__init__(settings, **options)
         self.close_timeout = CLOSE_GRACE
         self.conns: dict[TransportId, Conn] = {}
-        self.broker: BrokerBridge | None = None
-        self._hook: Callable[[Any], Any] | None = None
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._calls: collections.deque[Callable[[], object]] = collections.deque()
@@ -93,45 +67,8 @@ class SelectorsServer:
             end.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._dirty: dict[TransportId, None] = {}
-        self._running = self._stopping = self._stopped = self._broker_closing = False
+        self._stopping = self._stopped = self._broker_closing = False
         self._stop_at = float("inf")
-
-    # -- the application's API (call on the loop's thread, or through call_soon_threadsafe)
-
-    def channel(self, pattern: str) -> ChannelRule:
-        return self.node.hub.channel(pattern)
-
-    def authenticate(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        self._hook = hook
-        self.node.config = replace(self.node.config, custom_authentication=True)
-        return hook
-
-    def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
-                  exclude: str | None = None) -> str:
-        message_id = self.node.hub.broadcast(channel, event, data, now=time.monotonic(),
-                                             exclude=ConnectionId(exclude) if exclude else None)
-        self.pump()
-        return message_id
-
-    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
-        message_id = self.node.hub.send_to_user(user_id, event, data, now=time.monotonic())
-        self.pump()
-        return message_id
-
-    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
-        message_id = self.node.hub.send(ConnectionId(connection_id), event, data,
-                                        now=time.monotonic())
-        self.pump()
-        return message_id
-
-    def members(self, channel: str) -> list[Member]:
-        return self.node.hub.members(channel)
-
-    def channels(self) -> dict[str, int]:
-        return self.node.hub.channels()
-
-    def connection(self, connection_id: str) -> ConnectionInfo | None:
-        return self.node.hub.connection(ConnectionId(connection_id))
 
     @property
     def port(self) -> int:
@@ -150,13 +87,14 @@ class SelectorsServer:
         """Connect the broker and listen (on the calling thread, which then must run
         `serve_forever`)."""
         result: list[BaseException | None] = []
-        self.broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
-                                   call_soon=self.call_soon_threadsafe)
-        self.broker.start(result.append)
+        self.broker = broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
+                                            call_soon=self.call_soon_threadsafe)
+        broker.start(result.append)
         self._run_until(lambda: bool(result), timeout=10.0)
-        if not result or result[0] is not None:
+        error = result[0] if result else TimeoutError("the broker did not start in 10 s")
+        if error is not None:
             self._release()
-            raise result[0] if result else TimeoutError("the broker did not start")
+            raise error
         try:
             listener = socket.create_server((self.settings.host, self.settings.port),
                                             backlog=4096)
@@ -167,7 +105,7 @@ class SelectorsServer:
         listener.setblocking(False)
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ, "listener")
-        self._running = True
+        self.running = True
         self.pump()
         log.info("realtime node %s serving on %s:%d", self.node_id, self.settings.host, self.port)
 
@@ -196,31 +134,31 @@ class SelectorsServer:
         if self._listener is not None:
             self._selector.unregister(self._listener)
             self._listener.close()
-        self._stop_at = time.monotonic() + self.close_timeout
-        self.node.shutdown(now=time.monotonic())
+        self._stop_at = self.now() + self.close_timeout
+        self.node.shutdown(now=self.now())
         self.pump()
         self._flush_dirty()
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
-        now = time.monotonic()
+        now = self.now()
         if not self._stopping or self._broker_closing or (self.conns and now < self._stop_at):
             return
         for conn in list(self.conns.values()):
             self._drop(conn)
         self._broker_closing = True
         self._stop_at = now + 5.0  # for the broker to send what is queued
-        if self.broker is not None:
+        if isinstance(self.broker, BrokerBridge):
             self.broker.close(lambda: setattr(self, "_stopped", True))
 
     def _run_until(self, condition: Callable[[], bool], timeout: float | None) -> None:
-        deadline = float("inf") if timeout is None else time.monotonic() + timeout
-        while not condition() and time.monotonic() < deadline:
-            self._run_once(min(deadline, self._next_wake()) - time.monotonic())
+        deadline = float("inf") if timeout is None else self.now() + timeout
+        while not condition() and self.now() < deadline:
+            self._run_once(min(deadline, self._next_wake()) - self.now())
 
     def _next_wake(self) -> float:
         aborts = (conn.abort_at for conn in self.conns.values())
-        deadline = self.node.next_deadline() if self._running else float("inf")
+        deadline = self.node.next_deadline() if self.running else float("inf")
         return min(deadline, self._stop_at, *aborts)
 
     def _run_once(self, timeout: float) -> None:
@@ -235,10 +173,9 @@ class SelectorsServer:
                     self._read(conn)
                 if mask & selectors.EVENT_WRITE and conn.id in self.conns:
                     self._write(conn)
-        now = time.monotonic()
-        if self._running and now >= self.node.next_deadline():  # guide step 5
-            self.node.tick(now=now)
-            self.pump()
+        now = self.now()
+        if self.running and now >= self.node.next_deadline():  # guide step 5
+            self.tick()
         for conn in [c for c in self.conns.values() if c.abort_at <= now]:
             self._drop(conn)
         self._flush_dirty()
@@ -270,7 +207,7 @@ class SelectorsServer:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Conn(sock, self.node.open_connection(
-                now=time.monotonic(), peer=f"{address[0]}:{address[1]}"))
+                now=self.now(), peer=f"{address[0]}:{address[1]}"))
             self.conns[conn.id] = conn
             self._update_mask(conn)
 
@@ -282,11 +219,11 @@ class SelectorsServer:
         except OSError:
             data = b""
         if data:
-            self.node.receive_data(conn.id, data, now=time.monotonic())
+            self.node.receive_data(conn.id, data, now=self.now())
         else:
             conn.reading = False
             self._update_mask(conn)
-            self.node.receive_eof(conn.id, now=time.monotonic())
+            self.node.receive_eof(conn.id, now=self.now())
         self.pump()
 
     def _write(self, conn: Conn) -> None:
@@ -339,77 +276,35 @@ class SelectorsServer:
         if conn.mask:
             self._selector.unregister(conn.sock)
         conn.sock.close()
-        self.node.receive_eof(conn.id, now=time.monotonic())
+        self.node.receive_eof(conn.id, now=self.now())
         self.pump()
 
-    # -- actions (guide step 4) ------------------------------------------------------------
+    # -- the hooks of ServerBase (guide step 4) -------------------------------------------
 
-    def handle(self, event: NodeEvent) -> None:
-        self.node.handle(event, now=time.monotonic())
-        self.pump()
+    def transmit(self, transport_id: TransportId) -> None:
+        if (conn := self.conns.get(transport_id)) is not None:
+            conn.wants_pull = True
+            self._dirty[transport_id] = None  # written once, after this round of events
 
-    def pump(self) -> None:
-        if not self._running:
-            return  # before start: actions wait in the Node
-        while actions := self.node.actions():
-            for action in actions:
-                match action:
-                    case Transmit(transport_id):
-                        if (conn := self.conns.get(transport_id)) is not None:
-                            conn.wants_pull = True
-                            self._dirty[transport_id] = None
-                    case CloseTransport(transport_id):
-                        conn = self.conns.get(transport_id)
-                        if conn is None:
-                            self.node.data_to_send(transport_id)  # gone: drop its last bytes
-                        elif not conn.closing:
-                            conn.closing = conn.wants_pull = True
-                            conn.abort_at = time.monotonic() + CLOSE_GRACE
-                            self._dirty[transport_id] = None
-                    case BrokerPublish(topic, data):
-                        assert self.broker is not None
-                        self.broker.publish_nowait(topic, data)
-                    case BrokerSubscribe(topic):
-                        assert self.broker is not None
-                        self.broker.subscribe_nowait(topic)
-                    case BrokerUnsubscribe(topic):
-                        assert self.broker is not None
-                        self.broker.unsubscribe_nowait(topic)
-                    case Authorize():
-                        self.node.handle(self._answer(
-                            action.callback, action.connection, action.channel,
-                            answer=lambda r, e, rid=action.request_id:
-                                authorization_answer(rid, r, e)), now=time.monotonic())
-                    case Authenticate():
-                        self.node.handle(self._answer(
-                            self._hook or (lambda request: None), action.request,
-                            answer=lambda r, e, rid=action.request_id:
-                                authentication_answer(rid, r, e)), now=time.monotonic())
+    def close_transport(self, transport_id: TransportId) -> bool:
+        conn = self.conns.get(transport_id)
+        if conn is None:
+            return False
+        if not conn.closing:
+            conn.closing = conn.wants_pull = True
+            conn.abort_at = self.now() + CLOSE_GRACE
+            self._dirty[transport_id] = None
+        return True
 
-    def _answer(self, fn: Callable[..., Any], *args: Any,
-                answer: Callable[[object, BaseException | None], NodeEvent]) -> NodeEvent:
-        """Run a plain callback right here (it blocks the loop: keep it quick)."""
-        try:
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()
-                raise TypeError("this adapter runs plain callables only")
-        except Exception as error:
-            log.exception("callback %r failed", fn)
-            return answer(None, error)
-        return answer(result, None)
+    def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                     answer: Answer) -> None:
+        """Right here: a plain callback blocks the loop, so keep it quick."""
+        awaitable = self.call_back(fn, args, answer)
+        if awaitable is not None:
+            self.refuse_awaitable(fn, awaitable, answer)
 
-    # -- BrokerListener: the bridge calls these on our thread (guide step 6) ---------------
-
-    def message_received(self, topic: str, data: bytes) -> None:
-        self.handle(EnvelopeReceived(topic=topic, data=data))
-
-    def connection_lost(self, reason: str) -> None:
-        self.handle(BrokerLost(reason=reason))
-
-    def connection_restored(self) -> None:
-        self.handle(BrokerRestored())
+    def arm_timer(self, deadline: float) -> None:
+        pass  # guide step 5: the select timeout is the Node's deadline (`_next_wake`)
 
 
 def main() -> None:

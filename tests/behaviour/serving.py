@@ -127,8 +127,9 @@ class ThreadedServer:
         self._stop = stop
         self._finished = finished
 
-    async def aclose(self) -> None:
-        """Stop the server the runtime's own way and wait until its thread is done."""
+    async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop the server the runtime's own way and wait until its thread is done (it
+        gives clients the `close_timeout` it was started with)."""
         if not self._finished.done():
             self._stop()
         await asyncio.wait_for(asyncio.wrap_future(self._finished), STARTUP_TIMEOUT)

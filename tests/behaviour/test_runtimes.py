@@ -23,7 +23,7 @@ import websockets
 from realtime_brokers import BrokerUnavailable
 
 from .clients import PollClient, SseClient, WsClient, connect
-from .serving import API_KEY, ThreadedServer, serving
+from .serving import API_KEY, CLOSE_TIMEOUT, ThreadedServer, serving
 
 REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
 TIMEOUT = 20.0
@@ -40,7 +40,7 @@ def test_shutdown_says_goodbye_on_every_transport(runtime: str) -> None:
             async with asyncio.timeout(TIMEOUT):  # a poll is answered only if one is held
                 while not _held_polls(server):
                     await asyncio.sleep(0.01)
-            await server.aclose()
+            await server.aclose(timeout=CLOSE_TIMEOUT)
             assert await ws.wait_closed() == 1001
             for client in (sse, poll):
                 goodbye = await client.next("connection.closed")

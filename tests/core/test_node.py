@@ -329,3 +329,45 @@ def test_connections_per_address_and_api_calls_per_key_are_rate_limited() -> Non
     h.advance(1.5)
     assert http(h, "GET", "/poll").status == 200
     assert api(h, "GET", "/api/channels").status == 200
+
+
+def _behind(h: Harness, policy: str, channel: str) -> tuple[Any, WebSocketPeer]:
+    """A WebSocket client subscribed to `channel` whose adapter stopped pulling its bytes."""
+    transport, peer, _ = ws_connect(h)
+    h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": channel})))
+    h.take(transport)
+    return transport, peer
+
+
+def _publish_without_pulling(h: Harness, channel: str, messages: list[Any]) -> None:
+    for data in messages:
+        h.node.hub.broadcast(channel, "tick", data, now=h.clock.now)
+        h.node.actions()  # the adapter sees Transmit but its socket is full: no pull
+
+
+def test_drop_oldest_policy_keeps_the_newest_and_tells_the_client() -> None:
+    from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
+
+    h = Harness(hub=HubConfig(node_id="n1", limits=Limits(max_output_bytes=2000)),
+                slow_consumers=(SlowConsumerRule("feed.*", SlowConsumerPolicy.DROP_OLDEST),))
+    transport, peer = _behind(h, "drop_oldest", "feed.1")
+    _publish_without_pulling(h, "feed.1", [{"n": n, "pad": "x" * 100} for n in range(60)])
+    messages = ws_messages(peer, b"".join(h.node.data_to_send(transport)))
+    assert transport not in h.closed
+    notices = [m for m in messages if m["event"] == "messages.dropped"]
+    assert notices and notices[0]["channel"] == "feed.1"
+    numbers = [m["data"]["n"] for m in messages if m["event"] == "tick"]
+    assert numbers == sorted(numbers) and numbers[-1] == 59  # the newest survive, in order
+    assert sum(n["data"]["count"] for n in notices) == 60 - len(numbers)
+    assert h.node.statistics().dropped_messages == 60 - len(numbers)
+
+
+def test_latest_policy_conflates_by_key() -> None:
+    from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
+
+    h = Harness(slow_consumers=(SlowConsumerRule("cursors", SlowConsumerPolicy.LATEST),))
+    transport, peer = _behind(h, "latest", "cursors")
+    _publish_without_pulling(h, "cursors", [{"key": user, "x": x}
+                                            for x in range(5) for user in ("ann", "bob")])
+    got = [m["data"] for m in ws_messages(peer, b"".join(h.node.data_to_send(transport)))]
+    assert got == [{"key": "ann", "x": 4}, {"key": "bob", "x": 4}]

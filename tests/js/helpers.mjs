@@ -21,6 +21,18 @@ export function pythonBin() {
   return process.env.JS_TEST_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
 }
 
+// Servers still running when this process exits (a crash, a cancelled run) are killed.
+const running = new Set();
+process.on('exit', () => {
+  for (const proc of running) {
+    try {
+      proc.kill('SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+});
+
 export function freePort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
@@ -125,6 +137,8 @@ export class ServerProcess {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.proc = proc;
+    running.add(proc);
+    proc.once('exit', () => running.delete(proc));
     const keep = (d) => {
       this.output = (this.output + d.toString()).slice(-20000);
     };

@@ -57,6 +57,8 @@ _HELP = {
     "api_burst": "HTTP API calls at once per API key",
     "history": "channels that keep history for recovery: pattern=size:ttl,… "
                "(e.g. 'private-room.*=100:300')",
+    "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
+                      "(default: disconnect with 4021)",
 }
 
 

@@ -8,11 +8,14 @@ import secrets
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.config import RateLimits
+from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
 from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate
@@ -27,6 +30,8 @@ __all__ = [
     "random_id",
     "server_ssl_context",
 ]
+
+T = TypeVar("T")
 
 #: files larger than this are not served from memory
 _MAX_STATIC_BYTES = 8 * 1024 * 1024
@@ -73,6 +78,7 @@ class Settings:
     api_rate: float = 500.0
     api_burst: float = 1000.0
     history: str = ""
+    slow_consumers: str = ""
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -118,6 +124,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       poll_session_timeout=settings.poll_session_timeout,
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
                       cors_origin=settings.cors_origin, runtime=runtime,
+                      slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       static_files=load_static_files(settings.static_dir))
 
 
@@ -139,21 +146,40 @@ def jwt_config(settings: Settings) -> JwtConfig | None:
                      audience=settings.jwt_audience, issuer=settings.jwt_issuer)
 
 
-def parse_history(text: str) -> tuple[HistoryRule, ...]:
-    """`pattern=size:ttl,…` (e.g. `private-room.*=100:300`) as history rules.
+def parse_rules(text: str, make: Callable[[str, str], T]) -> tuple[T, ...]:
+    """`pattern=value,…` as rules, each made by `make(pattern, value)`.
 
     Raises:
-        ValueError: the text does not have that shape.
+        ValueError: an item does not have that shape, or `make` refuses its value.
     """
     rules = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        pattern, _, limits = item.rpartition("=")
-        size, _, ttl = limits.partition(":")
-        try:
-            rules.append(HistoryRule(pattern, int(size), float(ttl)))
-        except ValueError:
-            raise ValueError(f"history rule {item!r} is not pattern=size:ttl") from None
+        pattern, equals, value = item.rpartition("=")
+        if not equals or not pattern:
+            raise ValueError(f"rule {item!r} is not pattern=value")
+        rules.append(make(pattern, value))
     return tuple(rules)
+
+
+def _history(pattern: str, value: str) -> HistoryRule:
+    size, _, ttl = value.partition(":")
+    try:
+        return HistoryRule(pattern, int(size), float(ttl))
+    except ValueError:
+        raise ValueError(f"history rule {pattern}={value} is not pattern=size:ttl") from None
+
+
+def _policy(pattern: str, value: str) -> SlowConsumerRule:
+    try:
+        return SlowConsumerRule(pattern, SlowConsumerPolicy(value))
+    except ValueError:
+        choices = ", ".join(p.value for p in SlowConsumerPolicy)
+        raise ValueError(f"slow-consumer policy {value!r}: use one of {choices}") from None
+
+
+def parse_history(text: str) -> tuple[HistoryRule, ...]:
+    """`pattern=size:ttl,…` (e.g. `private-room.*=100:300`) as history rules."""
+    return parse_rules(text, _history)
 
 
 def new_epoch() -> Epoch:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any, assert_never
+from typing import Any
 
 import gevent  # type: ignore[import-untyped]
 import gevent.event  # type: ignore[import-untyped]
@@ -17,39 +14,11 @@ import gevent.monkey  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
 import gevent.server  # type: ignore[import-untyped]
 import gevent.ssl  # type: ignore[import-untyped]
-from realtime_asyncio.edge import (
-    Settings,
-    build_node_config,
-    new_epoch,
-    new_node_id,
-    random_id,
-    server_ssl_context,
-)
+from realtime_asyncio.edge import Settings, server_ssl_context
+from realtime_trio.base import Answer, ServerBase
 from realtime_trio.bridge import BrokerBridge
 
-from realtime_proto import ChannelRule, Node
-from realtime_proto.actions import (
-    Authenticate,
-    Authorize,
-    BrokerPublish,
-    BrokerSubscribe,
-    BrokerUnsubscribe,
-    CloseTransport,
-    ConnectionInfo,
-    NodeAction,
-    Transmit,
-)
-from realtime_proto.callbacks import authentication_answer, authorization_answer
-from realtime_proto.events import (
-    BrokerLost,
-    BrokerRestored,
-    ConnectionId,
-    EnvelopeReceived,
-    NodeEvent,
-    TransportId,
-)
-from realtime_proto.message import JsonValue
-from realtime_proto.presence import Member
+from realtime_proto.events import TransportId
 
 __all__ = ["RealtimeServer"]
 
@@ -57,12 +26,10 @@ log = logging.getLogger("realtime")
 
 #: seconds a closing socket (and, at shutdown, the whole server) may take to drain
 _CLOSE_GRACE = 5.0
-#: seconds the broker may take to start, and to send what is queued at shutdown
-_BROKER_TIMEOUT = 10.0
+#: seconds the broker may take to send what is queued at shutdown
+_BROKER_CLOSE_TIMEOUT = 5.0
 #: bytes asked of a socket per read
 _READ_BYTES = 65536
-
-Answer = Callable[[object, BaseException | None], NodeEvent]
 
 
 class _Socket:
@@ -81,7 +48,7 @@ class _Socket:
         self.abort: Any = None
 
 
-class RealtimeServer:
+class RealtimeServer(ServerBase):
     """A realtime server inside a gevent program.
 
     Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook,
@@ -93,73 +60,20 @@ class RealtimeServer:
     ``server.hub.loop.run_callback_threadsafe(server.broadcast, …)``.
     """
 
+    runtime = "gevent"
+
     def __init__(self, settings: Settings | None = None, **options: Any) -> None:
-        self.settings = settings or Settings(**options)
-        self.node_id = self.settings.node_id or new_node_id()
-        self.node = Node(build_node_config(self.settings, self.node_id, runtime="gevent"),
-                         new_id=random_id, epoch=new_epoch())
+        super().__init__(settings, **options)
         self.sockets: dict[TransportId, _Socket] = {}
-        self.broker: BrokerBridge | None = None
         self.hub: Any = None
-        self._authenticate_hook: Callable[[Any], Any] | None = None
         self._server: Any = None
         self._ssl_context: Any = None
         self._callbacks = gevent.pool.Group()
         self._timer: Any = None
         self._timer_at: float | None = None
-        self._running = False
-        self._pumping = False
         self._stopping = False
         self._drained = gevent.event.Event()
         self._stopped = gevent.event.Event()
-
-    # -- the application's API -----------------------------------------------------------
-
-    def channel(self, pattern: str) -> ChannelRule:
-        """The authorization rule for a channel pattern; `.authorize(fn)` registers fn."""
-        return self.node.hub.channel(pattern)
-
-    def authenticate(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """Register the hook that turns a connecting request into a user (a decorator).
-
-        The hook gets an `AuthenticationRequest` (token, path, query, headers, peer) and
-        returns a `User` (or a user id), None for anonymous, or False to refuse (401).
-        """
-        self._authenticate_hook = hook
-        self.node.config = replace(self.node.config, custom_authentication=True)
-        return hook
-
-    def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
-                  exclude: str | None = None) -> str:
-        """Publish to a channel's subscribers on every node; the message id."""
-        message_id = self.node.hub.broadcast(channel, event, data, now=self.now(),
-                                             exclude=ConnectionId(exclude) if exclude else None)
-        self.pump()
-        return message_id
-
-    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
-        """Send to every connection of a user, on every node; the message id."""
-        message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
-        self.pump()
-        return message_id
-
-    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
-        """Send to one connection of this node; the message id, or None if unknown."""
-        message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
-        self.pump()
-        return message_id
-
-    def members(self, channel: str) -> list[Member]:
-        """Members of a presence channel across the cluster."""
-        return self.node.hub.members(channel)
-
-    def channels(self) -> dict[str, int]:
-        """Channels with subscribers on this node, and how many."""
-        return self.node.hub.channels()
-
-    def connection(self, connection_id: str) -> ConnectionInfo | None:
-        """A snapshot of one connection of this node."""
-        return self.node.hub.connection(ConnectionId(connection_id))
 
     @property
     def port(self) -> int:
@@ -167,10 +81,6 @@ class RealtimeServer:
         return int(self._server.server_port)
 
     # -- running -------------------------------------------------------------------------
-
-    def now(self) -> float:
-        """Monotonic seconds, the Node's clock (the one `new_epoch` read)."""
-        return time.monotonic()
 
     def start(self) -> None:
         """Connect the broker and start listening; returns once serving.
@@ -181,12 +91,13 @@ class RealtimeServer:
         """
         self.hub = gevent.get_hub()
         context = server_ssl_context(self.settings, context_class=gevent.ssl.SSLContext)
-        self.broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
-                                   call_soon=self.hub.loop.run_callback_threadsafe,
-                                   start_thread=_start_os_thread, new_loop=_new_asyncio_loop)
+        self.broker = broker = BrokerBridge(
+            self.settings.broker, self, node_id=self.node_id,
+            call_soon=self.hub.loop.run_callback_threadsafe,
+            start_thread=_start_os_thread, new_loop=_new_asyncio_loop)
         started = gevent.event.AsyncResult()
-        self.broker.start(started.set)
-        error = started.get(timeout=_BROKER_TIMEOUT)
+        broker.start(started.set)
+        error = started.get()  # bounded by the broker's connect_timeout
         if error is not None:
             raise error
         self._ssl_context = context
@@ -197,7 +108,7 @@ class RealtimeServer:
         except BaseException:
             self._close_broker()
             raise
-        self._running = True
+        self.running = True
         self.pump()
         log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
                  self.settings.host, self.port, self.settings.broker.partition("?")[0])
@@ -238,15 +149,15 @@ class RealtimeServer:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
-        self._running = False
+        self.running = False
         self._close_broker()
         self._stopped.set()
 
     def _close_broker(self) -> None:
-        if self.broker is not None:
+        if isinstance(self.broker, BrokerBridge):
             closed = gevent.event.Event()
             self.broker.close(closed.set)
-            closed.wait(_BROKER_TIMEOUT)
+            closed.wait(_BROKER_CLOSE_TIMEOUT)
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -306,82 +217,36 @@ class RealtimeServer:
             pass
         sock.handler.kill(block=False)
 
-    # -- driving the Node ----------------------------------------------------------------
+    # -- the hooks of ServerBase ---------------------------------------------------------
 
-    def handle(self, event: NodeEvent) -> None:
-        """Feed an event to the Node and carry out what follows."""
-        self.node.handle(event, now=self.now())
-        self.pump()
+    def transmit(self, transport_id: TransportId) -> None:
+        sock = self.sockets.get(transport_id)
+        if sock is not None:
+            sock.wake.set()
 
-    def pump(self) -> None:
-        """Carry out every action the Node has produced, then re-arm the timer.
+    def close_transport(self, transport_id: TransportId) -> bool:
+        sock = self.sockets.get(transport_id)
+        if sock is None:
+            return False
+        if not sock.closing:
+            sock.closing = True
+            sock.wake.set()
+            sock.abort = gevent.spawn_later(_CLOSE_GRACE, sock.handler.kill, block=False)
+        return True
 
-        Never blocks, so it may run in a hub callback (the timer, the broker bridge).
-        """
-        if self._pumping or not self._running:
-            return  # before `start`, actions wait in the Node
-        self._pumping = True
-        try:
-            while actions := self.node.actions():
-                for action in actions:
-                    self._carry_out(action)
-        finally:
-            self._pumping = False
-        self._arm_timer()
+    def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                     answer: Answer) -> None:
+        """Each callback in a greenlet of its own: it may block cooperatively, and the
+        pump (which may run in a hub callback) never does."""
+        def run() -> None:
+            awaitable = self.call_back(fn, args, answer)
+            if awaitable is not None:
+                self.refuse_awaitable(fn, awaitable, answer)
 
-    def _carry_out(self, action: NodeAction) -> None:
-        broker = self.broker
-        assert broker is not None
-        match action:
-            case Transmit(transport_id):
-                sock = self.sockets.get(transport_id)
-                if sock is not None:
-                    sock.wake.set()
-            case CloseTransport(transport_id):
-                sock = self.sockets.get(transport_id)
-                if sock is None:
-                    self.node.data_to_send(transport_id)  # gone already: drop its last bytes
-                elif not sock.closing:
-                    sock.closing = True
-                    sock.wake.set()
-                    sock.abort = gevent.spawn_later(_CLOSE_GRACE, sock.handler.kill,
-                                                    block=False)
-            case BrokerPublish(topic, data):
-                broker.publish_nowait(topic, data)
-            case BrokerSubscribe(topic):
-                broker.subscribe_nowait(topic)
-            case BrokerUnsubscribe(topic):
-                broker.unsubscribe_nowait(topic)
-            case Authorize():
-                request_id = action.request_id
-                self._callbacks.spawn(
-                    self._call, action.callback, (action.connection, action.channel),
-                    lambda result, error: authorization_answer(request_id, result, error))
-            case Authenticate():
-                request_id = action.request_id
-                self._callbacks.spawn(
-                    self._call, self._authenticate_hook or _anonymous, (action.request,),
-                    lambda result, error: authentication_answer(request_id, result, error))
-            case _:
-                assert_never(action)
+        self._callbacks.spawn(run)
 
-    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], answer: Answer) -> None:
-        """Run an application callback in this greenlet and feed its answer back."""
-        try:
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()
-                raise TypeError("gevent callbacks must be plain callables, not async")
-        except Exception as error:
-            log.exception("callback %r failed", fn)
-            self.handle(answer(None, error))
-        else:
-            self.handle(answer(result, None))
-
-    def _arm_timer(self) -> None:
+    def arm_timer(self, deadline: float) -> None:
         """The one timer: a loop timer at the Node's deadline, moved when that changes."""
-        deadline = self.node.next_deadline()
         if deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -392,25 +257,7 @@ class RealtimeServer:
 
     def _on_timer(self) -> None:
         self._timer_at = None
-        self.node.tick(now=self.now())
-        self.pump()
-
-    # -- BrokerListener (called in the hub by the bridge) -------------------------------
-
-    def message_received(self, topic: str, data: bytes) -> None:
-        self.handle(EnvelopeReceived(topic=topic, data=data))
-
-    def connection_lost(self, reason: str) -> None:
-        log.warning("broker connection lost: %s", reason)
-        self.handle(BrokerLost(reason=reason))
-
-    def connection_restored(self) -> None:
-        log.warning("broker connection restored")
-        self.handle(BrokerRestored())
-
-
-def _anonymous(request: object) -> None:
-    return None
+        self.tick()
 
 
 def _start_os_thread(target: Callable[[], None]) -> None:

@@ -107,6 +107,7 @@ class BrokerBridge:
         self._stop = False  # loop side: close the client and end
         self._stopping: asyncio.Event | None = None
         self._finished = False  # the thread has ended
+        self._start_reported = False
         self._on_started: Callable[[BaseException | None], None] = _ignore
         self._on_closed: Callable[[], None] | None = None
 
@@ -189,8 +190,10 @@ class BrokerBridge:
         assert loop is not None
         try:
             loop.run_until_complete(self._main())
-        except BaseException:
+        except BaseException as error:
             log.exception("broker bridge: the broker loop failed")
+            if not self._start_reported:  # a host waiting for `start` must hear of it
+                self.report(functools.partial(self._on_started, error))
         finally:
             loop.close()
             self._finished = True
@@ -200,14 +203,17 @@ class BrokerBridge:
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
         if self._stop:
+            self._start_reported = True
             self.report(lambda: self._on_started(RuntimeError("closed before it started")))
             return
         try:
             await self._client.start()
         except Exception as error:
+            self._start_reported = True
             self.report(functools.partial(self._on_started, error))
             return
         self._outbox.drain()
+        self._start_reported = True
         self.report(lambda: self._on_started(None))
         if not self._stop:
             await self._stopping.wait()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from realtime_asyncio.edge import server_ssl_context
+from realtime_asyncio.edge import Settings, server_ssl_context
 
 from realtime_proto.events import TransportId
 
@@ -26,6 +26,7 @@ _CLOSE_GRACE = 5.0
 _BROKER_CLOSE_TIMEOUT = 5.0
 #: bytes asked of a socket per read
 _READ_BYTES = 65536
+
 
 class _Socket:
     """One client socket: its stream, its writer's wake-up and its closing state."""
@@ -56,7 +57,7 @@ class RealtimeServer(ServerBase):
 
     runtime = "trio"
 
-    def __init__(self, settings: Any = None, **options: Any) -> None:
+    def __init__(self, settings: Settings | None = None, **options: Any) -> None:
         super().__init__(settings, **options)
         self.sockets: dict[TransportId, _Socket] = {}
         self.trio_token: trio.lowlevel.TrioToken | None = None

@@ -1,0 +1,115 @@
+"""What waits for a socket between two pulls, and the slow-consumer policies that bound it."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import final
+
+from .channels import pattern_matches
+
+__all__ = ["Backlog", "SlowConsumerPolicy", "SlowConsumerRule", "conflation_key", "find_policy"]
+
+
+class SlowConsumerPolicy(enum.StrEnum):
+    """What happens when a client reads slower than its channels publish."""
+
+    #: close the connection with 4021 (the default: the client reconnects and recovers)
+    DISCONNECT = "disconnect"
+    #: drop the oldest waiting messages and tell the client how many (`messages.dropped`)
+    DROP_OLDEST = "drop_oldest"
+    #: keep only the latest waiting message per key (`data.key`, else the event name)
+    LATEST = "latest"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SlowConsumerRule:
+    """The policy for channels matching a pattern."""
+
+    pattern: str
+    policy: SlowConsumerPolicy
+
+
+def find_policy(rules: tuple[SlowConsumerRule, ...], channel: str | None) -> SlowConsumerPolicy:
+    """The most specific rule's policy for a channel; DISCONNECT when none matches."""
+    if channel is None:
+        return SlowConsumerPolicy.DISCONNECT
+    matching = [r for r in rules if pattern_matches(r.pattern, channel)]
+    best = max(matching, key=lambda r: len(r.pattern) - r.pattern.count("*"), default=None)
+    return best.policy if best else SlowConsumerPolicy.DISCONNECT
+
+
+def conflation_key(channel: str | None, payload: bytes) -> tuple[str, str]:
+    """What makes two messages "the same thing" for the latest policy: the channel and
+    `data.key` (a cursor's user, a ticker's symbol), else the event name."""
+    message = json.loads(payload)
+    data = message.get("data")
+    key = data.get("key") if isinstance(data, dict) else None
+    return channel or "", str(key if key is not None else message.get("event"))
+
+
+class _Entry:
+    __slots__ = ("alive", "frame", "key")
+
+    def __init__(self, frame: bytes, key: tuple[str, str] | None) -> None:
+        self.frame = frame
+        self.key = key
+        self.alive = True
+
+
+class Backlog:
+    """Frames for one socket, oldest first; conflates by key and drops from the front."""
+
+    __slots__ = ("_entries", "_latest", "bytes", "dropped", "gaps")
+
+    def __init__(self) -> None:
+        self._entries: deque[_Entry] = deque()
+        self._latest: dict[tuple[str, str], _Entry] = {}
+        #: bytes waiting
+        self.bytes = 0
+        #: messages dropped or replaced, over the connection's life
+        self.dropped = 0
+        #: channel -> messages dropped since the last drain (the client is told at drain)
+        self.gaps: dict[str | None, int] = {}
+
+    def push(self, frame: bytes, key: tuple[str, str] | None = None) -> None:
+        """Queue a frame; with a key, an older waiting frame of the same key is replaced."""
+        entry = _Entry(frame, key)
+        if key is not None:
+            older = self._latest.get(key)
+            if older is not None and older.alive:
+                older.alive = False
+                self.bytes -= len(older.frame)
+                self.dropped += 1
+            self._latest[key] = entry
+        self._entries.append(entry)
+        self.bytes += len(frame)
+
+    def drop_oldest(self, keep_bytes: int, channel: str | None) -> int:
+        """Drop from the front until at most `keep_bytes` wait; how many were dropped.
+
+        The gap is remembered under `channel`, for the notice the client gets at drain.
+        """
+        count = 0
+        while self._entries and self.bytes > keep_bytes:
+            entry = self._entries.popleft()
+            if entry.alive:
+                entry.alive = False
+                self.bytes -= len(entry.frame)
+                count += 1
+        self.dropped += count
+        if count:
+            self.gaps[channel] = self.gaps.get(channel, 0) + count
+        return count
+
+    def drain(self) -> list[bytes]:
+        """Everything waiting, in order; the backlog is empty after (gaps stay for the
+        caller, who turns them into notices)."""
+        frames = [e.frame for e in self._entries if e.alive]
+        self._entries.clear()
+        self._latest.clear()
+        self.bytes = 0
+        return frames
