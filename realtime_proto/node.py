@@ -543,7 +543,8 @@ class Node:
         ws_frame = sse_chunk = None
         limits = self.config.hub.limits
         policy = self._policy(action.channel)
-        key = conflation_key(action.channel, action.payload) if policy is SlowConsumerPolicy.LATEST else None
+        latest = policy is SlowConsumerPolicy.LATEST
+        key = conflation_key(action.channel, action.payload) if latest else None
         for connection_id in action.connection_ids:
             route = self._routes.get(connection_id)
             if route is None:

@@ -51,6 +51,7 @@ def main() -> None:
         port=args.port,
         static_dir=Path(__file__).parent,
         api_key=args.api_key,
+        history="private-room.*=100:300",  # a new joiner sees the last messages
     )
 
     @server.authenticate
@@ -70,6 +71,7 @@ def main() -> None:
     )
 
     print(f"chat on http://{args.host}:{args.port}/", flush=True)
+    print(f"API key: {server.settings.api_key}", flush=True)
     server.run()  # blocks; Ctrl-C stops
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
-from realtime_proto.config import RateLimits
 from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
+from realtime_proto.config import RateLimits
 from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate

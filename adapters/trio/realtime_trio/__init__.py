@@ -1,7 +1,9 @@
 """realtime_trio: the trio adapter, with the embedding API of realtime_asyncio.
 
-``RealtimeServer`` is imported on first use, so that ``realtime_trio.bridge`` (shared with
-the gevent adapter) can be imported without trio.
+``RealtimeServer`` is imported on first use, so that the two runtime-neutral modules here,
+``realtime_trio.base`` (what every runtime's server shares) and ``realtime_trio.bridge``
+(asyncio broker clients for other runtimes), import without trio: the gevent adapter and
+the selectors example use them too.
 """
 
 from __future__ import annotations
