@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -178,19 +179,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     _serve(settings)
 
 
+_RUNTIMES = {"asyncio": "realtime_asyncio", "trio": "realtime_trio",
+             "gevent": "realtime_gevent"}
+
+
 def _serve(settings: Settings) -> None:
     from realtime_brokers import BrokerError
 
     runtime = settings.runtime
+    module_name = _RUNTIMES.get(runtime)
+    if module_name is None:
+        _fail(f"unknown runtime {runtime!r}; use asyncio, trio or gevent", status=2)
     try:
-        if runtime == "asyncio":
-            from .server import RealtimeServer as Server
-        elif runtime == "trio":
-            from realtime_trio import RealtimeServer as Server  # type: ignore[import-not-found,no-redef]
-        elif runtime == "gevent":
-            from realtime_gevent import RealtimeServer as Server  # type: ignore[import-not-found,no-redef]
-        else:
-            _fail(f"unknown runtime {runtime!r}; use asyncio, trio or gevent", status=2)
+        Server: Any = importlib.import_module(module_name).RealtimeServer  # noqa: N806
     except ImportError as error:
         _fail(f"the {runtime} runtime is not installed: {error}")
     try:

@@ -252,7 +252,7 @@ class RealtimeServer:
         except ImportError:
             runner = asyncio.run
         else:
-            runner = uvloop.run  # type: ignore[assignment]
+            runner = uvloop.run
         runner(self._run_until_signal())
 
     async def _run_until_signal(self) -> None:
