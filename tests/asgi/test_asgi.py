@@ -12,10 +12,11 @@ import httpx
 import uvicorn
 import websockets
 from httpx_sse import aconnect_sse
-from realtime_asyncio import RealtimeServer
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
+
+from realtime_asyncio import RealtimeServer
 
 KEY = "asgi-key"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from realtime_brokers import BrokerError, BrokerUnavailable
 
 from .support import Recorder, Target, eventually, opened, run, subscribed

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import realtime_brokers
 from hypothesis import given
 from hypothesis import strategies as st
+
+import realtime_brokers
 from realtime_brokers import BrokerError, BrokerOptions, open_broker
 from realtime_brokers.commands import CommandQueue, Op
 from realtime_brokers.naming import bounded_name, escape, unescape

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import websockets
-from realtime_asyncio.cli import resolve_settings
 
+from realtime_asyncio.cli import resolve_settings
 from realtime_proto.errors import ConfigError
 
 REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+
 from realtime_asyncio import RealtimeServer
 
 

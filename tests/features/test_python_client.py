@@ -6,7 +6,6 @@ import asyncio
 import time
 
 from realtime_asyncio import RealtimeClient, RealtimeServer
-
 from realtime_proto.client import ClientState
 from realtime_proto.jwt import encode_hs256
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import websockets
+
 from realtime_asyncio import RealtimeServer
 
 from .certs import client_context, make_certificate

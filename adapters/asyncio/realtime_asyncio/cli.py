@@ -191,7 +191,7 @@ def _serve(settings: Settings) -> None:
     if module_name is None:
         _fail(f"unknown runtime {runtime!r}; use asyncio, trio or gevent", status=2)
     try:
-        Server: Any = importlib.import_module(module_name).RealtimeServer  # noqa: N806
+        Server: Any = importlib.import_module(module_name).RealtimeServer
     except ImportError as error:
         _fail(f"the {runtime} runtime is not installed: {error}")
     try:

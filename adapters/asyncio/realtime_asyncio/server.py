@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from realtime_brokers import BrokerClient, open_broker
-
 from realtime_proto import ChannelRule, Node, NodeConfig
 from realtime_proto.actions import (
     Authenticate,
