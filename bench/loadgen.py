@@ -509,7 +509,10 @@ class Worker:
         ``tick``, it sleeps that long between sweeps, so that each ``recv`` takes every
         frame that arrived meanwhile (throughput mode: fewer reads per delivery)."""
         if self.tick > 0:
-            time.sleep(self.tick)
+            if self.awake > 0:
+                self.awake -= 1  # a command came: let the loop read and run it first
+            elif self.pipe.poll(self.tick):  # sleep, but wake up at once for a command
+                self.awake = 3
         if self.tick >= 0:
             self.loop.call_soon(self.nap)
         else:
@@ -525,6 +528,7 @@ class Worker:
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.napping = False
+        self.awake = 0
         self.tick = -1.0
         q: asyncio.Queue[Any] = asyncio.Queue()
         self.loop.add_reader(self.pipe.fileno(), lambda: q.put_nowait(self.pipe.recv()))
@@ -532,7 +536,9 @@ class Worker:
             msg = await q.get()
             cmd = msg["cmd"]
             if cmd == "exit":
+                self.tick = -1.0
                 self.close()
+                os.set_blocking(self.pipe.fileno(), True)
                 self.pipe.send({"ok": True})
                 return
             try:
@@ -558,6 +564,7 @@ def _worker_main(idx: int, shared: Any, pipe: Any, core: int | None) -> None:
     if core is not None:
         os.sched_setaffinity(0, {core})
     uvloop.run(Worker(idx, shared, pipe).serve())
+    os._exit(0)  # nothing to clean up that the kernel won't
 
 
 class LoadGen:

@@ -58,6 +58,10 @@ _HELP = {
     "api_burst": "HTTP API calls at once per API key",
     "history": "channels that keep history for recovery: pattern=size:ttl,… "
                "(e.g. 'private-room.*=100:300')",
+    "auth_webhook": "URL the server POSTs {connection_id, user_id, channel, info} to, to ask "
+                    "whether a connection may join a private or presence channel",
+    "auth_webhook_timeout": "seconds the auth webhook may take (then: refused with 4500)",
+    "auth_webhook_cache": "seconds an auth webhook answer is reused for the same user and channel",
     "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
                       "(default: disconnect with 4021)",
 }
@@ -145,6 +149,7 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         for name, value in values.items():
             merged[name] = _convert(name, value, types[name], source)
     for name in ("api_key", "jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer",
+                 "auth_webhook",
                  "tls_cert", "tls_key", "static_dir", "cors_origin"):
         if merged.get(name) == "" and name != "cors_origin":
             merged[name] = None

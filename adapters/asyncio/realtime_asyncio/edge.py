@@ -79,6 +79,9 @@ class Settings:
     api_burst: float = 1000.0
     history: str = ""
     slow_consumers: str = ""
+    auth_webhook: str | None = None
+    auth_webhook_timeout: float = 3.0
+    auth_webhook_cache: float = 30.0
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 

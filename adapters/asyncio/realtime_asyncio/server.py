@@ -36,6 +36,7 @@ from realtime_proto.events import (
 )
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
+from realtime_proto.webhook import WebhookCache, WebhookTarget, read_answer, webhook_request
 
 from .asgi import RealtimeASGI
 from .edge import Settings, build_node_config, new_epoch, new_node_id, random_id
@@ -135,6 +136,11 @@ class RealtimeServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._asgi: RealtimeASGI | None = None
+        if self.settings.auth_webhook:
+            self._webhook = WebhookTarget.parse(self.settings.auth_webhook)
+            self._webhook_cache = WebhookCache(self.settings.auth_webhook_cache)
+            # the least specific rule: the application's own rules still win
+            self.channel("*").authorize(self._ask_webhook)
 
     # -- the application's API -----------------------------------------------------------
 
@@ -396,6 +402,24 @@ class RealtimeServer:
         self._timer = self._timer_at = None
         self.node.tick(now=self.now())
         self.pump()
+
+    async def _ask_webhook(self, connection: ConnectionInfo, channel: str) -> object:
+        """Authorize through the backend's webhook, with a cached answer."""
+        answer = self._webhook_cache.get(connection.user_id, channel, self.now())
+        if answer is None:
+            target = self._webhook
+            async with asyncio.timeout(self.settings.auth_webhook_timeout):
+                reader, writer = await asyncio.open_connection(
+                    target.host, target.port, ssl=True if target.secure else None)
+                try:
+                    writer.write(webhook_request(target, connection, channel))
+                    answer = read_answer(await reader.read())
+                finally:
+                    writer.close()
+            self._webhook_cache.put(connection.user_id, channel, answer, self.now())
+        if not answer.allowed:
+            return False
+        return dict(answer.info) if answer.info is not None else True
 
     # -- BrokerListener ------------------------------------------------------------------
 
