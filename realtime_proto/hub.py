@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, final
+from typing import Any
 
 from .actions import (
     Authorize,
@@ -20,6 +19,7 @@ from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern
 from .channels import validate_channel_name as _valid
 from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, user_topic
 from .config import Epoch, HubConfig
+from .connection import Connection, PendingAuthorization, SubscribeOptions
 from .envelope import Envelope, EnvelopeKind
 from .errors import ErrorCode, LocalProtocolError, MessageError
 from .events import (
@@ -40,99 +40,13 @@ from .events import (
 from .history import ChannelStream, find_rule, restamp
 from .jwt import verify_token
 from .message import JsonValue, Message, MessageType, decode_json
-from .metrics import Histogram, HistogramSnapshot
+from .metrics import Histogram
 from .presence import Member
 from .ratelimit import TokenBucket
 from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
+from .statistics import HubStatistics
 
-__all__ = ["Hub", "HubStatistics"]
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HubStatistics:
-    """Counters and gauges of one Hub, for /metrics."""
-
-    connections: Mapping[str, int]
-    subscriptions: int
-    channels: int
-    messages_in: int
-    messages_out: int
-    published: int
-    errors: Mapping[int, int]
-    broker_connected: bool
-    envelopes_lost: int
-    envelopes_duplicate: int
-    nodes: int
-    recoveries: Mapping[bool, int]
-    #: broker topics this node asked for: its channels, its users, and the cluster topic
-    broker_topics: int
-    #: publish on another node → delivery here
-    broker_latency: HistogramSnapshot
-
-
-@dataclass(slots=True, eq=False)
-class _Connection:
-    id: ConnectionId
-    user: User | None
-    transport: str
-    peer: str | None
-    expects_pong: bool
-    connected_at: float
-    last_activity_at: float
-    pinged: bool = False
-    channels: set[str] = field(default_factory=set)
-    pending: dict[str, str] = field(default_factory=dict)  # channel -> request id
-    metadata: dict[str, Any] = field(default_factory=dict)
-    message_bucket: TokenBucket | None = None
-    subscribe_bucket: TokenBucket | None = None
-
-    def info(self) -> ConnectionInfo:
-        return ConnectionInfo(
-            id=self.id,
-            user_id=self.user.id if self.user else None,
-            authenticated=self.user is not None,
-            info=dict(self.user.info) if self.user else {},
-            metadata=dict(self.metadata),
-            transport=self.transport,
-            peer=self.peer,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _SubscribeOptions:
-    """What a subscribe may ask for in its `data`: recovery, or recent history."""
-
-    recover: tuple[str, int] | None = None
-    history: int = 0
-    token: str | None = None
-
-    @classmethod
-    def parse(cls, data: JsonValue) -> _SubscribeOptions:
-        if not isinstance(data, dict):
-            return cls()
-        recover, history = data.get("recover"), data.get("history", 0)
-        position = None
-        if isinstance(recover, dict):
-            epoch, offset = recover.get("epoch"), recover.get("offset")
-            if not isinstance(epoch, str) or not isinstance(offset, int):
-                raise MessageError(ErrorCode.INVALID_FIELD,
-                                   "'recover' needs 'epoch' (string) and 'offset' (integer)")
-            position = (epoch, offset)
-        if not isinstance(history, int) or isinstance(history, bool) or history < 0:
-            raise MessageError(ErrorCode.INVALID_FIELD, "'history' must be a count")
-        token = data.get("token")
-        if token is not None and not isinstance(token, str):
-            raise MessageError(ErrorCode.INVALID_FIELD, "'token' must be a string")
-        return cls(position, history, token)
-
-
-@dataclass(slots=True)
-class _Pending:
-    connection_id: ConnectionId
-    channel: str
-    deadline: float
-    options: _SubscribeOptions
+__all__ = ["Hub"]
 
 
 class Hub:
@@ -151,10 +65,10 @@ class Hub:
         self._epoch = epoch
         self._now = epoch.monotonic_at
         self._rules = AuthRules()
-        self._connections: dict[ConnectionId, _Connection] = {}
+        self._connections: dict[ConnectionId, Connection] = {}
         self._subscribers: dict[str, dict[ConnectionId, None]] = {}
         self._users: dict[str, set[ConnectionId]] = {}
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, PendingAuthorization] = {}
         self._streams: dict[str, ChannelStream] = {}
         self._signals = ChannelSignals(config.typing_interval)
         self._actions: list[HubAction] = []
@@ -346,7 +260,7 @@ class Hub:
             raise LocalProtocolError(f"now went backwards ({now} < {self._now})")
         self._now = now
 
-    def _get(self, connection_id: ConnectionId) -> _Connection:
+    def _get(self, connection_id: ConnectionId) -> Connection:
         conn = self._connections.get(connection_id)
         if conn is None:
             raise LocalProtocolError(f"unknown connection {connection_id!r}")
@@ -356,7 +270,7 @@ class Hub:
         if event.connection_id in self._connections:
             raise LocalProtocolError(f"connection {event.connection_id!r} is already open")
         rates = self.config.rates
-        conn = _Connection(id=event.connection_id, user=event.user, transport=event.transport,
+        conn = Connection(id=event.connection_id, user=event.user, transport=event.transport,
                            peer=event.peer, expects_pong=event.expects_pong,
                            connected_at=now, last_activity_at=now,
                            message_bucket=TokenBucket(rates.messages, now)
@@ -375,7 +289,7 @@ class Hub:
             "heartbeat": self.config.heartbeat_interval,
         }, now)
 
-    def _remove(self, conn: _Connection) -> None:
+    def _remove(self, conn: Connection) -> None:
         del self._connections[conn.id]
         for request_id in conn.pending.values():
             self._pending.pop(request_id, None)
@@ -388,7 +302,7 @@ class Hub:
                 del self._users[conn.user.id]
                 self._actions.append(BrokerUnsubscribe(user_topic(conn.user.id)))
 
-    def _drop(self, conn: _Connection, code: int, reason: str) -> None:
+    def _drop(self, conn: Connection, code: int, reason: str) -> None:
         self._remove(conn)
         self._actions.append(Disconnect(conn.id, code, reason))
 
@@ -409,7 +323,7 @@ class Hub:
 
     # -- client messages -----------------------------------------------------------------
 
-    def _receive(self, conn: _Connection, data: object, now: float) -> None:
+    def _receive(self, conn: Connection, data: object, now: float) -> None:
         conn.last_activity_at = now
         conn.pinged = False
         self._messages_in += 1
@@ -444,9 +358,9 @@ class Hub:
             self._error(conn, error.code, error.message, now,
                         channel if isinstance(channel, str) else None)
 
-    def _subscribe(self, conn: _Connection, channel: str, now: float,
+    def _subscribe(self, conn: Connection, channel: str, now: float,
                    options: JsonValue = None) -> None:
-        request = _SubscribeOptions.parse(options)
+        request = SubscribeOptions.parse(options)
         if channel in conn.channels:
             self._succeeded(conn, channel, now)
             return
@@ -475,7 +389,7 @@ class Hub:
             raise MessageError(ErrorCode.TOO_MANY_PENDING, "too many authorizations in flight")
         request_id = self._new_id()
         conn.pending[channel] = request_id
-        self._pending[request_id] = _Pending(conn.id, channel,
+        self._pending[request_id] = PendingAuthorization(conn.id, channel,
                                              now + self.config.authorization_timeout, request)
         self._actions.append(Authorize(request_id=request_id, callback=rule.callback,
                                        connection=conn.info(), channel=channel))
@@ -524,8 +438,8 @@ class Hub:
                 self._error(conn, ErrorCode.FORBIDDEN, "authorization timed out", now,
                             pending.channel)
 
-    def _join(self, conn: _Connection, channel: str, info: Mapping[str, Any] | None,
-              now: float, request: _SubscribeOptions) -> None:
+    def _join(self, conn: Connection, channel: str, info: Mapping[str, Any] | None,
+              now: float, request: SubscribeOptions) -> None:
         conn.channels.add(channel)
         subscribers = self._subscribers.setdefault(channel, {})
         if not subscribers:
@@ -557,7 +471,7 @@ class Hub:
                 self._announce([(channel, member)], "user.joined", now, exclude=conn.id)
             self._succeeded(conn, channel, now, only_sync=True)
 
-    def _succeeded(self, conn: _Connection, channel: str, now: float,
+    def _succeeded(self, conn: Connection, channel: str, now: float,
                    only_sync: bool = False) -> None:
         if not only_sync:
             self._reply(conn, "subscription.succeeded", {}, now, channel)
@@ -565,13 +479,13 @@ class Hub:
             members = [m.to_dict() for m in self.members(channel)]
             self._reply(conn, "presence.sync", {"members": members}, now, channel)
 
-    def _unsubscribe(self, conn: _Connection, channel: str, now: float) -> None:
+    def _unsubscribe(self, conn: Connection, channel: str, now: float) -> None:
         if channel not in conn.channels:
             raise MessageError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel}")
         self._leave(conn, channel, now)
         self._reply(conn, "unsubscription.succeeded", {}, now, channel)
 
-    def _leave(self, conn: _Connection, channel: str, now: float) -> None:
+    def _leave(self, conn: Connection, channel: str, now: float) -> None:
         conn.channels.discard(channel)
         subscribers = self._subscribers[channel]
         del subscribers[conn.id]
@@ -585,7 +499,7 @@ class Hub:
             if member is not None:
                 self._announce([(channel, member)], "user.left", now)
 
-    def _client_event(self, conn: _Connection, message: Message, now: float) -> None:
+    def _client_event(self, conn: Connection, message: Message, now: float) -> None:
         if not message.channel or not message.event:
             raise MessageError(ErrorCode.MISSING_FIELD,
                                "a client event needs 'channel' and 'event'")
@@ -679,20 +593,20 @@ class Hub:
             self._messages_out += len(chosen)
             self._actions.append(Deliver(chosen, payload, event_id, channel))
 
-    def _reply(self, conn: _Connection, event: str, data: JsonValue, now: float,
+    def _reply(self, conn: Connection, event: str, data: JsonValue, now: float,
                channel: str | None = None) -> None:
         _, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                            event=event, data=data)
         self._deliver((conn.id,), payload)
 
-    def _error(self, conn: _Connection, code: int, text: str, now: float,
+    def _error(self, conn: Connection, code: int, text: str, now: float,
                channel: str | None = None, **extra: JsonValue) -> None:
         self._errors[code] += 1
         _, payload = self._encode(MessageType.ERROR, now, channel=channel,
                                            data={"code": int(code), "message": text, **extra})
         self._deliver((conn.id,), payload)
 
-    def _rate_limited(self, conn: _Connection, wait: float, now: float,
+    def _rate_limited(self, conn: Connection, wait: float, now: float,
                       channel: str | None = None) -> None:
         self._error(conn, ErrorCode.RATE_LIMITED, "rate limited", now, channel,
                     retry_after=round(wait, 3))

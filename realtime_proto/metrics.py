@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, final
 from .errors import ErrorCode
 
 if TYPE_CHECKING:
-    from .node import NodeStatistics
+    from .statistics import NodeStatistics
 
 __all__ = ["Histogram", "HistogramSnapshot", "render_metrics"]
 

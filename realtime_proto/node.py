@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import final
 
 from . import longpoll
 from .actions import (
@@ -39,38 +38,18 @@ from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violat
 from .framing.http import HttpFraming
 from .framing.sse import SseFraming, encode_event
 from .framing.websocket import WebSocketFraming, frame_message
-from .hub import Hub, HubStatistics
+from .hub import Hub
 from .jwt import user_from_claims, verify_token
 from .longpoll import PollSession
 from .message import JsonValue, Message, MessageType, encode_json
 from .metrics import render_metrics
 from .ratelimit import TokenBuckets
+from .statistics import NodeStatistics
 
-__all__ = ["Node", "NodeStatistics"]
+__all__ = ["Node"]
 
 _Framing = HttpFraming | WebSocketFraming | SseFraming
 _JSON = "application/json"
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeStatistics:
-    """Counters and gauges of one Node (and its Hub), for /metrics and /health."""
-
-    node_id: str
-    runtime: str
-    transports: int
-    poll_sessions: int
-    encodings: dict[str, int]
-    slow_consumers: int
-    #: messages dropped or conflated by the drop_oldest and latest policies
-    dropped_messages: int
-    #: bytes waiting per connection that has any (the slow ones)
-    backlogs: dict[str, int]
-    http_responses: dict[int, int]
-    bytes_in: int
-    bytes_out: int
-    hub: HubStatistics
 
 
 @dataclass(slots=True, eq=False)

@@ -1,0 +1,56 @@
+"""Frozen snapshots of a Hub's and a Node's counters, for /metrics, /health and /api/stats."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import final
+
+from .metrics import HistogramSnapshot
+
+__all__ = ["HubStatistics", "NodeStatistics"]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubStatistics:
+    """Counters and gauges of one Hub, for /metrics."""
+
+    connections: Mapping[str, int]
+    subscriptions: int
+    channels: int
+    messages_in: int
+    messages_out: int
+    published: int
+    errors: Mapping[int, int]
+    broker_connected: bool
+    envelopes_lost: int
+    envelopes_duplicate: int
+    nodes: int
+    recoveries: Mapping[bool, int]
+    #: broker topics this node asked for: its channels, its users, and the cluster topic
+    broker_topics: int
+    #: publish on another node → delivery here
+    broker_latency: HistogramSnapshot
+
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatistics:
+    """Counters and gauges of one Node (and its Hub), for /metrics and /health."""
+
+    node_id: str
+    runtime: str
+    transports: int
+    poll_sessions: int
+    encodings: dict[str, int]
+    slow_consumers: int
+    #: messages dropped or conflated by the drop_oldest and latest policies
+    dropped_messages: int
+    #: bytes waiting per connection that has any (the slow ones)
+    backlogs: dict[str, int]
+    http_responses: dict[int, int]
+    bytes_in: int
+    bytes_out: int
+    hub: HubStatistics
