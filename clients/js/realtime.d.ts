@@ -176,6 +176,10 @@ export declare class Channel extends Emitter<ChannelEvents> {
    * Returns true when sent at once, false when queued until (re)subscription.
    */
   send(event: string, data?: any): boolean;
+  /** A typing signal: forwarded at most once per second per user, never stored. */
+  typing(data?: Record<string, any>): boolean;
+  /** Move this user's read position (an offset or a message id). */
+  read(position: number | string): boolean;
   unsubscribe(): void;
 }
 

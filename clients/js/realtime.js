@@ -752,6 +752,24 @@ export class Channel extends Emitter {
     return this.client._sendEvent(this, msg);
   }
 
+  /**
+   * Tell the others this user is typing. The server forwards at most one per
+   * user and channel per second and keeps it out of history, so call it on
+   * every keystroke if that is simpler.
+   */
+  typing(data = {}) {
+    return this.send('typing', data);
+  }
+
+  /**
+   * Move this user's read position: an offset (channels with history) or a
+   * message id. The others get a `read` event; the server keeps the position
+   * (GET /api/channels/{name}/reads) and never moves an offset backwards.
+   */
+  read(position) {
+    return this.send('read', { position });
+  }
+
   unsubscribe() {
     this.client.unsubscribe(this.name);
   }

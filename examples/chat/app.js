@@ -359,7 +359,7 @@ function sendTyping() {
   const now = Date.now();
   if (!el.input.value.trim() || now - room.lastTypingSent < TYPING_EVERY) return;
   room.lastTypingSent = now;
-  room.channel.send('typing', { typing: true });
+  room.channel.typing({ typing: true });
 }
 
 let readTimer = null;
@@ -370,7 +370,7 @@ function sendRead(room) {
     const last = [...room.messages].reverse().find((m) => !m.own);
     if (!last || last.key === room.lastReadSent) return;
     room.lastReadSent = last.key;
-    room.channel.send('read', { position: last.key });
+    room.channel.read(last.key);
   }, 250);
 }
 
