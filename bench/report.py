@@ -78,6 +78,15 @@ def _order(names: set[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------ plots
 
+COLORS = {"ours": "#d62728", "raw": "#7f7f7f", "node-ws": "#2ca02c", "node-socketio": "#9467bd",
+          "websockets": "#1f77b4", "python-socketio": "#ff7f0e", "ours-trio": "#8c564b",
+          "ours-gevent": "#e377c2"}
+
+
+def _style(name: str) -> dict[str, Any]:
+    return {"color": COLORS.get(name), "linewidth": 2.8 if name == "ours" else 1.5,
+            "linestyle": "--" if name == "raw" else "-", "marker": "o"}
+
 
 def _plots(results: dict[str, Any], outdir: Path) -> list[str]:
     import matplotlib
@@ -94,8 +103,8 @@ def _plots(results: dict[str, Any], outdir: Path) -> list[str]:
         for name in _order({r["system"] for r in fan}):
             pts = sorted((r["n"], r["rate"]) for r in fan if r["system"] == name and r.get("rate"))
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                        linewidth=2.5 if name == "ours" else 1.5, label=_label(results, name))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], **_style(name),
+                        label=_label(results, name))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("subscribers on the channel")
@@ -109,20 +118,41 @@ def _plots(results: dict[str, Any], outdir: Path) -> list[str]:
         made.append("fanout_throughput.png")
     lat = sc.get("latency", {}).get("runs", [])
     if lat:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=False)
-        for ax, key in zip(axes, ("p50_ms", "p99_ms")):
-            for name in _order({r["system"] for r in lat}):
-                pts = sorted((r["n"], r[key]) for r in lat if r["system"] == name and r.get(key))
+        import numpy as np
+
+        heavy = [r for r in lat if r.get("rate", 0) * r.get("n", 0) >= 50_000]
+        light = [r for r in lat if r.get("rate", 0) * r.get("n", 0) < 50_000]
+        panels = (["p50_ms", "p99_ms"] if heavy else []) + (["light"] if light else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+        axes = np.atleast_1d(axes)
+        for ax, key in zip(axes, panels):
+            if key == "light":
+                names = _order({r["system"] for r in light})
+                r0 = light[0]
+                xs = np.arange(len(names))
+                for j, (k, alpha) in enumerate((("p50_ms", 0.5), ("p99_ms", 1.0))):
+                    vals = [next((r.get(k) or 0 for r in light if r["system"] == nm), 0) for nm in names]
+                    ax.bar(xs + (j - 0.5) * 0.38, vals, 0.38, alpha=alpha,
+                           color=[COLORS.get(nm) for nm in names], label=k[:3])
+                ax.set_xticks(xs, names, rotation=35, ha="right", fontsize=8)
+                ax.set_yscale("log")
+                ax.set_ylabel("ms")
+                ax.set_title(f"N = {r0['n']:,} at {r0['rate']:g} msg/s: p50 (pale), p99", fontsize=9)
+                ax.grid(True, axis="y", which="both", alpha=0.3)
+                continue
+            for name in _order({r["system"] for r in heavy}):
+                pts = sorted((r["n"], r[key]) for r in heavy if r["system"] == name and r.get(key))
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                            linewidth=2.5 if name == "ours" else 1.5, label=_label(results, name))
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], **_style(name),
+                            label=_label(results, name))
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("subscribers (1,000 at 100 msg/s; 10,000 at 10 msg/s)")
+            ax.set_xlabel("subscribers (× rate = 100,000 deliveries/s)")
             ax.set_ylabel("ms")
-            ax.set_title(f"Latency {key[:3]}")
+            ax.set_title(f"latency {key[:3]} at 100,000 deliveries/s", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
-        axes[1].legend(fontsize=7)
+        if heavy:
+            axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(outdir / "latency.png", dpi=110)
         plt.close(fig)
@@ -135,8 +165,7 @@ def _plots(results: dict[str, Any], outdir: Path) -> list[str]:
             pts = [(s["connections"], s["rss_kib"] / 1024) for s in r.get("steps", [])]
             if pts:
                 ax.plot([0] + [p[0] for p in pts], [r["base_rss_kib"] / 1024] + [p[1] for p in pts],
-                        marker="o", linewidth=2.5 if name == "ours" else 1.5,
-                        label=_label(results, name))
+                        **_style(name), label=_label(results, name))
         ax.set_xlabel("idle subscribed WebSocket connections")
         ax.set_ylabel("server RSS (MiB)")
         ax.set_title("Server memory against connections")

@@ -12,6 +12,7 @@ __all__ = [
     "AuthenticationAnswered",
     "AuthorizationAnswered",
     "BrokerLost",
+    "BrokerReported",
     "BrokerRestored",
     "ConnectionClosed",
     "ConnectionId",
@@ -155,6 +156,20 @@ class BrokerRestored:
     """The broker connection is back and every topic is subscribed again."""
 
 
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerReported:
+    """The broker driver's own counters, fed by the adapter for /metrics."""
+
+    published: int = 0
+    received: int = 0
+    #: publishes lost for good (the outage queue overflowed, or the broker refused them)
+    dropped: int = 0
+    #: publishes waiting to be sent (during an outage, until the reconnect)
+    queued: int = 0
+    reconnects: int = 0
+
+
 HubEvent = (
     ConnectionOpened
     | MessageReceived
@@ -166,5 +181,6 @@ HubEvent = (
     | AuthorizationAnswered
     | BrokerLost
     | BrokerRestored
+    | BrokerReported
 )
 NodeEvent = HubEvent | AuthenticationAnswered

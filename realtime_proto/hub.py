@@ -25,6 +25,7 @@ from .errors import ErrorCode, LocalProtocolError, MessageError
 from .events import (
     AuthorizationAnswered,
     BrokerLost,
+    BrokerReported,
     BrokerRestored,
     ConnectionClosed,
     ConnectionId,
@@ -75,6 +76,7 @@ class Hub:
         self._cluster = ClusterState(config, self._now,
                                      lambda: self._epoch.unix_ms_at(self._now))
         self._broker_latency = Histogram()
+        self._broker_report = BrokerReported()
         self._next_sweep_at = self._now
         self._messages_in = 0
         self._messages_out = 0
@@ -116,6 +118,8 @@ class Hub:
             case BrokerRestored():
                 self._cluster.broker_connected = True
                 self._actions.extend(self._cluster.restored())
+            case BrokerReported():
+                self._broker_report = event
 
     def tick(self, *, now: float) -> None:
         """Let time pass: pings, idle and authorization timeouts, cluster heartbeats."""
@@ -251,6 +255,7 @@ class Hub:
             recoveries=dict(self._recoveries),
             broker_topics=len(self._subscribers) + len(self._users) + 1,
             broker_latency=self._broker_latency.snapshot(),
+            broker_driver=self._broker_report,
         )
 
     # -- connections ---------------------------------------------------------------------

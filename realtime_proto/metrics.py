@@ -113,6 +113,19 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", stats.bytes_in)])
     metric("bytes_out_total", "counter", "Bytes handed to sockets for clients.",
            [("", stats.bytes_out)])
+    driver = hub.broker_driver
+    metric("broker_published_total", "counter", "Envelopes the broker accepted from this node.",
+           [("", driver.published)])
+    metric("broker_received_total", "counter", "Envelopes this node received from the broker.",
+           [("", driver.received)])
+    metric("broker_queued", "gauge",
+           "Publishes waiting for the broker (they are sent after a reconnect).",
+           [("", driver.queued)])
+    metric("broker_dropped_total", "counter",
+           "Publishes lost for good: the outage queue overflowed or the broker refused them.",
+           [("", driver.dropped)])
+    metric("broker_reconnects_total", "counter", "Reconnections to the broker.",
+           [("", driver.reconnects)])
     metric("broker_envelopes_lost_total", "counter",
            "Envelopes from other nodes that never arrived (sequence gaps).",
            [("", hub.envelopes_lost)])

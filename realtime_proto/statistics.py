@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import final
 
+from .events import BrokerReported
 from .metrics import HistogramSnapshot
 
 __all__ = ["HubStatistics", "NodeStatistics"]
@@ -32,6 +33,8 @@ class HubStatistics:
     broker_topics: int
     #: publish on another node → delivery here
     broker_latency: HistogramSnapshot
+    #: the broker driver's counters, as last reported by the adapter
+    broker_driver: BrokerReported
 
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -208,6 +208,9 @@ def test_a_cut_broker_connection_is_reported_and_healed(kind: str) -> None:
             await api(http, near, "POST", "publish",
                       {"channel": "private-local", "event": "still", "data": 1})
             assert (await local.next("still"))["data"] == 1
+            # its own publishes wait in the driver's queue, and /metrics says so
+            await eventually(lambda: _metric(http, near, "realtime_broker_queued",
+                                             lambda v: v >= 1))
             async with subscribed(near, ROOM, user="newcomer"):
                 proxy.allow()
                 await eventually(lambda: _is(health(http, near), "connected"))
@@ -215,6 +218,8 @@ def test_a_cut_broker_connection_is_reported_and_healed(kind: str) -> None:
                 joined = await watcher.next("user.joined", timeout=15)
                 assert joined["data"]["user_id"] == "newcomer"
                 await routed(http, [near], ROOM, [watcher])
+                await eventually(lambda: _metric(http, near, "realtime_broker_queued",
+                                                 lambda v: v == 0))
 
     try:
         url = broker_url(kind, port=proxy.port)
@@ -229,6 +234,13 @@ def test_a_cut_broker_connection_is_reported_and_healed(kind: str) -> None:
             far.stop()
     finally:
         proxy.close()
+
+
+async def _metric(http: httpx.AsyncClient, node: NodeProcess, name: str,
+                  check: Callable[[float], bool]) -> bool:
+    text = (await http.get(f"{node.base}/metrics")).text
+    line = next(x for x in text.splitlines() if x.startswith(name + "{"))
+    return check(float(line.rsplit(" ", 1)[1]))
 
 
 async def _is(value: Any, expected: str) -> bool:

@@ -13,15 +13,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
+from realtime_brokers import BrokerStatistics
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
 from realtime_proto.config import RateLimits
+from realtime_proto.events import BrokerReported
 from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate
 
 __all__ = [
     "Settings",
+    "broker_report",
     "build_node_config",
     "client_script",
     "load_static_files",
@@ -183,6 +186,13 @@ def _policy(pattern: str, value: str) -> SlowConsumerRule:
 def parse_history(text: str) -> tuple[HistoryRule, ...]:
     """`pattern=size:ttl,…` (e.g. `private-room.*=100:300`) as history rules."""
     return parse_rules(text, _history)
+
+
+def broker_report(statistics: BrokerStatistics) -> BrokerReported:
+    """The driver's counters as the event that carries them into /metrics."""
+    return BrokerReported(published=statistics.published, received=statistics.received,
+                          dropped=statistics.dropped, queued=statistics.queued,
+                          reconnects=statistics.reconnects)
 
 
 def new_epoch() -> Epoch:

@@ -39,7 +39,7 @@ from realtime_proto.presence import Member
 from realtime_proto.webhook import WebhookCache, WebhookTarget, read_answer, webhook_request
 
 from .asgi import RealtimeASGI
-from .edge import Settings, build_node_config, new_epoch, new_node_id, random_id
+from .edge import Settings, broker_report, build_node_config, new_epoch, new_node_id, random_id
 
 __all__ = ["RealtimeServer"]
 
@@ -400,6 +400,8 @@ class RealtimeServer:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
+        if self.broker is not None:
+            self.node.handle(broker_report(self.broker.statistics()), now=self.now())
         self.node.tick(now=self.now())
         self.pump()
 

@@ -26,6 +26,8 @@ log = logging.getLogger("realtime")
 
 #: seconds a closing socket (and, at shutdown, the whole server) may take to drain
 _CLOSE_GRACE = 5.0
+#: seconds the broker may take to connect (its own connect_timeout decides first)
+_BROKER_START_TIMEOUT = 300.0
 #: seconds the broker may take to send what is queued at shutdown
 _BROKER_CLOSE_TIMEOUT = 5.0
 #: bytes asked of a socket per read
@@ -97,7 +99,9 @@ class RealtimeServer(ServerBase):
             start_thread=_start_os_thread, new_loop=_new_asyncio_loop)
         started = gevent.event.AsyncResult()
         broker.start(started.set)
-        error = started.get()  # bounded by the broker's connect_timeout
+        # bounded by the broker's connect_timeout; the timeout here also keeps the hub
+        # waiting (a callback from another thread is no watcher of its loop)
+        error = started.get(timeout=_BROKER_START_TIMEOUT)
         if error is not None:
             raise error
         self._ssl_context = context
