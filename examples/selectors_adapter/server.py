@@ -23,10 +23,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from realtime_asyncio.base import Answer, ServerBase  # runtime-neutral: neither imports trio
 from realtime_asyncio.edge import Settings
-from realtime_trio.base import Answer, ServerBase  # runtime-neutral: neither imports trio
-from realtime_trio.bridge import BrokerBridge
-
+from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
 
 log = logging.getLogger("realtime")

@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import signal
-import ssl
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from realtime_brokers import BrokerClient, open_broker
-from realtime_proto import ChannelRule, Node, NodeConfig
-from realtime_proto.actions import (
-    Authenticate,
-    Authorize,
-    BrokerPublish,
-    BrokerSubscribe,
-    BrokerUnsubscribe,
-    CloseTransport,
-    ConnectionInfo,
-    NodeAction,
-    Transmit,
-)
-from realtime_proto.callbacks import authentication_answer, authorization_answer
-from realtime_proto.events import (
-    BrokerLost,
-    BrokerRestored,
-    ConnectionId,
-    EnvelopeReceived,
-    NodeEvent,
-    TransportId,
-)
-from realtime_proto.message import JsonValue
-from realtime_proto.presence import Member
+from realtime_proto.actions import ConnectionInfo
+from realtime_proto.events import TransportId
 from realtime_proto.webhook import WebhookCache, WebhookTarget, read_answer, webhook_request
 
 from .asgi import RealtimeASGI
-from .edge import Settings, broker_report, build_node_config, new_epoch, new_node_id, random_id
+from .base import Answer, ServerBase
+from .edge import Settings, server_ssl_context
 
 __all__ = ["RealtimeServer"]
 
@@ -110,7 +88,7 @@ class _Client(asyncio.Protocol):
             loop.call_later(_CLOSE_GRACE, self.transport.abort)
 
 
-class RealtimeServer:
+class RealtimeServer(ServerBase):
     """A realtime server inside an asyncio program.
 
     Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook,
@@ -118,21 +96,18 @@ class RealtimeServer:
     `send_to_user` and `send`. Callbacks may be plain functions or coroutines.
     """
 
+    runtime = "asyncio"
+
     def __init__(self, settings: Settings | None = None, **options: Any) -> None:
-        self.settings = settings or Settings(**options)
-        self.node_id = self.settings.node_id or new_node_id()
-        self.node = Node(build_node_config(self.settings, self.node_id, runtime="asyncio"),
-                         new_id=random_id, epoch=new_epoch())
+        super().__init__(settings, **options)
         self.clients: dict[TransportId, _Client] = {}
         self.broker: BrokerClient | None = None
-        self._authenticate_hook: Callable[[Any], Any] | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._to_write: dict[TransportId, None] = {}
         self._write_scheduled = False
-        self._pumping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._asgi: RealtimeASGI | None = None
@@ -142,64 +117,10 @@ class RealtimeServer:
             # the least specific rule: the application's own rules still win
             self.channel("*").authorize(self._ask_webhook)
 
-    # -- the application's API -----------------------------------------------------------
-
-    def channel(self, pattern: str) -> ChannelRule:
-        """The authorization rule for a channel pattern; `.authorize(fn)` registers fn."""
-        return self.node.hub.channel(pattern)
-
-    def authenticate(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """Register the hook that turns a connecting request into a user (a decorator).
-
-        The hook gets an `AuthenticationRequest` (token, path, query, headers, peer) and
-        returns a `User` (or a user id), None for anonymous, or False to refuse (401).
-        """
-        self._authenticate_hook = hook
-        self.node.config = _with_custom_authentication(self.node.config)
-        return hook
-
-    def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
-                  exclude: str | None = None) -> str:
-        """Publish to a channel's subscribers on every node; the message id."""
-        message_id = self.node.hub.broadcast(channel, event, data, now=self.now(),
-                                             exclude=ConnectionId(exclude) if exclude else None)
-        self.pump()
-        return message_id
-
-    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
-        """Send to every connection of a user, on every node; the message id."""
-        message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
-        self.pump()
-        return message_id
-
-    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
-        """Send to one connection of this node; the message id, or None if unknown."""
-        message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
-        self.pump()
-        return message_id
-
-    def members(self, channel: str) -> list[Member]:
-        """Members of a presence channel across the cluster."""
-        return self.node.hub.members(channel)
-
-    def channels(self) -> dict[str, int]:
-        """Channels with subscribers on this node, and how many."""
-        return self.node.hub.channels()
-
-    def connection(self, connection_id: str) -> ConnectionInfo | None:
-        """A snapshot of one connection of this node."""
-        return self.node.hub.connection(ConnectionId(connection_id))
-
     @property
     def port(self) -> int:
         """The port actually bound (useful with port 0)."""
         return int(self._servers[0].sockets[0].getsockname()[1])
-
-    # -- running -------------------------------------------------------------------------
-
-    def now(self) -> float:
-        """Monotonic seconds, the Node's clock."""
-        return (self._loop or asyncio.get_running_loop()).time()
 
     @property
     def started(self) -> bool:
@@ -212,6 +133,8 @@ class RealtimeServer:
         if self._asgi is None:
             self._asgi = RealtimeASGI(self)
         return self._asgi
+
+    # -- running -------------------------------------------------------------------------
 
     async def start(self, *, listen: bool = True) -> None:
         """Connect the broker and start listening; returns once serving.
@@ -227,13 +150,19 @@ class RealtimeServer:
         self._loop = asyncio.get_running_loop()
         self.broker = open_broker(self.settings.broker, self, node_id=self.node_id)
         await self.broker.start()
+        self.running = True
         self.pump()
         if not listen:
             return
-        ssl_context = self._ssl_context()
-        server = await self._loop.create_server(
-            lambda: _Client(self, ssl_context is not None), self.settings.host,
-            self.settings.port, ssl=ssl_context, reuse_address=True, backlog=4096)
+        ssl_context = server_ssl_context(self.settings)
+        try:
+            server = await self._loop.create_server(
+                lambda: _Client(self, ssl_context is not None), self.settings.host,
+                self.settings.port, ssl=ssl_context, reuse_address=True, backlog=4096,
+                ssl_handshake_timeout=10.0 if ssl_context else None)
+        except BaseException:
+            await self.broker.aclose()  # leave nothing subscribed behind
+            raise
         self._servers.append(server)
         log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
                  self.settings.host, self.port, self.settings.broker.partition("?")[0])
@@ -290,96 +219,44 @@ class RealtimeServer:
             task.cancel()
         if self.broker is not None:
             await self.broker.aclose()
+        self.running = False
         self._servers.clear()
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.settings.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        return context
+    # -- the runtime's hooks -------------------------------------------------------------
 
-    # -- driving the Node ----------------------------------------------------------------
-
-    def handle(self, event: NodeEvent) -> None:
-        """Feed an event to the Node and carry out what follows."""
-        self.node.handle(event, now=self.now())
-        self.pump()
-
-    def pump(self) -> None:
-        """Carry out every action the Node has produced, then re-arm the timer."""
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while actions := self.node.actions():
-                for action in actions:
-                    self._carry_out(action)
-        finally:
-            self._pumping = False
-        self._arm_timer()
-
-    def _carry_out(self, action: NodeAction) -> None:
-        match action:
-            case Transmit(transport_id):
-                self.schedule_write(transport_id)
-            case CloseTransport(transport_id):
-                client = self.clients.get(transport_id)
-                if client is not None:
-                    client.close()
-                else:  # the socket is gone: drop its last bytes, or the Node keeps them
-                    self.node.data_to_send(transport_id)
-            case BrokerPublish(topic, data):
-                assert self.broker is not None
-                self.broker.publish_nowait(topic, data)
-            case BrokerSubscribe(topic):
-                assert self.broker is not None
-                self.broker.subscribe_nowait(topic)
-            case BrokerUnsubscribe(topic):
-                assert self.broker is not None
-                self.broker.unsubscribe_nowait(topic)
-            case Authorize():
-                self._call(action.callback, (action.connection, action.channel),
-                           lambda result, error: authorization_answer(action.request_id, result,
-                                                                      error))
-            case Authenticate():
-                hook = self._authenticate_hook
-                self._call(hook or (lambda request: None), (action.request,),
-                           lambda result, error: authentication_answer(action.request_id,
-                                                                       result, error))
-
-    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...],
-              answer: Callable[[object, BaseException | None], NodeEvent]) -> None:
-        """Run an application callback, sync or async, and feed its answer back."""
-        try:
-            result = fn(*args)
-        except Exception as error:
-            log.exception("callback %r failed", fn)
-            self.node.handle(answer(None, error), now=self.now())
-            return
-        if not inspect.isawaitable(result):
-            self.node.handle(answer(result, None), now=self.now())
-            return
-
-        async def wait(awaitable: Awaitable[Any]) -> None:
-            try:
-                value = await awaitable
-            except Exception as error:
-                log.exception("callback %r failed", fn)
-                self.handle(answer(None, error))
-            else:
-                self.handle(answer(value, None))
-
-        task = asyncio.ensure_future(wait(result))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def schedule_write(self, transport_id: TransportId) -> None:
+    def transmit(self, transport_id: TransportId) -> None:
         """Write this socket's bytes once, at the end of this loop turn."""
         self._to_write[transport_id] = None
         if not self._write_scheduled:
             self._write_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_writes)
+
+    schedule_write = transmit
+
+    def close_transport(self, transport_id: TransportId) -> bool:
+        client = self.clients.get(transport_id)
+        if client is None:
+            return False
+        client.close()
+        return True
+
+    def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                     answer: Answer) -> None:
+        """Plain callbacks run inline; coroutines run as tasks."""
+        awaitable = self.call_back(fn, args, answer)
+        if awaitable is not None:
+            task = asyncio.ensure_future(self.answer_awaited(fn, awaitable, answer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def arm_timer(self, deadline: float) -> None:
+        if deadline == self._timer_at or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        # the Node's clock is time.monotonic(); the loop's may differ (uvloop): a delay
+        self._timer = self._loop.call_later(max(0.0, deadline - self.now()), self._on_timer)
 
     def _flush_writes(self) -> None:
         self._write_scheduled = False
@@ -389,21 +266,9 @@ class RealtimeServer:
             if client is not None:
                 client.write_pending()
 
-    def _arm_timer(self) -> None:
-        deadline = self.node.next_deadline()
-        if deadline == self._timer_at or self._loop is None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
-
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        if self.broker is not None:
-            self.node.handle(broker_report(self.broker.statistics()), now=self.now())
-        self.node.tick(now=self.now())
-        self.pump()
+        self.tick()
 
     async def _ask_webhook(self, connection: ConnectionInfo, channel: str) -> object:
         """Authorize through the backend's webhook, with a cached answer."""
@@ -423,21 +288,4 @@ class RealtimeServer:
             return False
         return dict(answer.info) if answer.info is not None else True
 
-    # -- BrokerListener ------------------------------------------------------------------
 
-    def message_received(self, topic: str, data: bytes) -> None:
-        self.handle(EnvelopeReceived(topic=topic, data=data))
-
-    def connection_lost(self, reason: str) -> None:
-        log.warning("broker connection lost: %s", reason)
-        self.handle(BrokerLost(reason=reason))
-
-    def connection_restored(self) -> None:
-        log.warning("broker connection restored")
-        self.handle(BrokerRestored())
-
-
-def _with_custom_authentication(config: NodeConfig) -> NodeConfig:
-    from dataclasses import replace
-
-    return replace(config, custom_authentication=True)

@@ -1,7 +1,6 @@
 """realtime_gevent: the gevent adapter, with the embedding API of realtime_asyncio."""
 
 from realtime_asyncio.edge import Settings
-
 from realtime_proto import User
 from realtime_proto.actions import AuthenticationRequest, ConnectionInfo
 

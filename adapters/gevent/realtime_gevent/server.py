@@ -14,10 +14,10 @@ import gevent.monkey  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
 import gevent.server  # type: ignore[import-untyped]
 import gevent.ssl  # type: ignore[import-untyped]
-from realtime_asyncio.edge import Settings, server_ssl_context
-from realtime_trio.base import Answer, ServerBase
-from realtime_trio.bridge import BrokerBridge
 
+from realtime_asyncio.base import Answer, ServerBase
+from realtime_asyncio.edge import Settings, server_ssl_context
+from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
 
 __all__ = ["RealtimeServer"]

@@ -9,12 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+
+from realtime_asyncio.base import Answer, ServerBase
 from realtime_asyncio.edge import Settings, server_ssl_context
-
+from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
-
-from .base import Answer, ServerBase
-from .bridge import BrokerBridge
 
 __all__ = ["RealtimeServer"]
 

@@ -1,9 +1,9 @@
 """What every runtime's server shares: the embedding API, the action pump, the broker
 listener. A runtime adds sockets, its timer and the way it runs callbacks.
 
-Runtime-neutral: it imports no trio, so the gevent adapter and the selectors example
-subclass it too (as `realtime_asyncio.RealtimeServer` could). One level of subclassing,
-as STYLE.md allows: a runtime overrides the hooks at the bottom and nothing else.
+Runtime-neutral (it imports no asyncio, trio or gevent): the asyncio, trio and gevent
+servers and the selectors example all subclass it. One level of subclassing, as STYLE.md
+allows: a runtime overrides the hooks at the bottom and nothing else.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, ClassVar, Protocol, assert_never
 
-from realtime_asyncio.edge import Settings, build_node_config, new_epoch, new_node_id, random_id
-
+from realtime_brokers import BrokerStatistics
 from realtime_proto import ChannelRule, Node
 from realtime_proto.actions import (
     Authenticate,
@@ -41,6 +40,8 @@ from realtime_proto.events import (
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
 
+from .edge import Settings, broker_report, build_node_config, new_epoch, new_node_id, random_id
+
 __all__ = ["Answer", "BrokerCommands", "ServerBase"]
 
 log = logging.getLogger("realtime")
@@ -55,6 +56,7 @@ class BrokerCommands(Protocol):
     def publish_nowait(self, topic: str, data: bytes) -> None: ...
     def subscribe_nowait(self, topic: str) -> None: ...
     def unsubscribe_nowait(self, topic: str) -> None: ...
+    def statistics(self) -> BrokerStatistics: ...
 
 
 class ServerBase:
@@ -234,7 +236,9 @@ class ServerBase:
         raise NotImplementedError
 
     def tick(self) -> None:
-        """What the timer does when it fires."""
+        """What the timer does when it fires (and the broker's counters for /metrics)."""
+        if self.broker is not None:
+            self.node.handle(broker_report(self.broker.statistics()), now=self.now())
         self.node.tick(now=self.now())
         self.pump()
 
