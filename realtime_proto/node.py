@@ -91,6 +91,7 @@ class Node:
         self._encodings: Counter[str] = Counter()
         self._responses: Counter[int] = Counter()
         self._slow_consumers = 0
+        self._shutting_down = False
         self._dropped_messages = 0
         self._policies: dict[str, SlowConsumerPolicy] = {}
         self._bytes_in = 0
@@ -189,6 +190,7 @@ class Node:
     def shutdown(self, *, now: float, code: int = 1001,
                  reason: str = "server shutting down") -> None:
         """Close every client connection (WebSocket 1001, SSE ended, polls answered)."""
+        self._shutting_down = True
         for connection_id in self.hub.connection_ids():
             self.hub.disconnect(connection_id, code, reason)
         self._run_hub()
@@ -202,7 +204,8 @@ class Node:
         """A snapshot of the counters."""
         return NodeStatistics(
             node_id=self.hub.node_id, runtime=self.config.runtime,
-            transports=len(self._transports), poll_sessions=sum(1 for _ in self._polls()),
+            transports=len(self._transports), poll_sessions=len(self._polls()),
+            held_polls=sum(1 for session in self._polls() if session.held is not None),
             encodings=dict(self._encodings), slow_consumers=self._slow_consumers,
             dropped_messages=self._dropped_messages + sum(
                 t.backlog.dropped for t in self._transports.values()),
@@ -299,7 +302,9 @@ class Node:
     def _respond(self, transport: _Transport, status: int, body: bytes,
                  headers: list[tuple[str, str]]) -> None:
         self._responses[status] += 1
-        transport.framing.respond(status, headers, body, now=self._now)  # type: ignore[union-attr]
+        # once shutting down, every answer is the connection's last (Connection: close)
+        transport.framing.respond(status, headers, body, now=self._now,  # type: ignore[union-attr]
+                                  keep_alive=not self._shutting_down)
 
     def _respond_json(self, transport: _Transport, status: int, body: JsonValue) -> None:
         self._respond(transport, status, encode_json(body),

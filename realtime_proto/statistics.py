@@ -47,6 +47,8 @@ class NodeStatistics:
     runtime: str
     transports: int
     poll_sessions: int
+    #: long-poll requests waiting for a message
+    held_polls: int
     encodings: dict[str, int]
     slow_consumers: int
     #: messages dropped or conflated by the drop_oldest and latest policies

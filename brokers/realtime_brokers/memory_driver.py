@@ -88,8 +88,14 @@ class MemoryBus:
             if not subscribers:
                 del self._subscribers[topic]
 
+    def forget(self, conn: _MemoryConnection) -> None:
+        """Drop every subscription of a connection."""
+        for topic in [t for t, subscribers in self._subscribers.items() if conn in subscribers]:
+            self._unsubscribe(conn, topic)
+
     def _publish(self, topic: str, data: bytes) -> None:
-        for conn in self._subscribers.get(topic, ()):
+        # a copy: nodes on other threads (trio, gevent bridges) may subscribe meanwhile
+        for conn in list(self._subscribers.get(topic, ())):
             conn.receive(topic, data)
 
 
@@ -125,6 +131,8 @@ class _MemoryConnection:
             return
         if asyncio.get_running_loop() is self._loop:
             self._loop.call_soon(self._sink.deliver, topic, data)
+        elif self._loop.is_closed():
+            self._bus.forget(self)  # its node is gone without closing: never a publisher's error
         else:
             self._loop.call_soon_threadsafe(self._sink.deliver, topic, data)
 
