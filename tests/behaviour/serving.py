@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from realtime_asyncio import RealtimeServer
-
 from realtime_proto.jwt import encode_hs256
 
 API_KEY = "test-api-key"
@@ -196,6 +195,7 @@ def _future_call(schedule: Callable[[Callable[[], None]], object]) -> Call[Any]:
 
 def _run_trio(options: dict[str, Any], started: concurrent.futures.Future[Any]) -> None:
     import trio
+
     from realtime_trio import RealtimeServer as TrioServer
 
     server = TrioServer(**options)
@@ -226,6 +226,7 @@ def _run_trio(options: dict[str, Any], started: concurrent.futures.Future[Any]) 
 def _run_gevent(options: dict[str, Any], started: concurrent.futures.Future[Any]) -> None:
     import gevent
     import gevent.event
+
     from realtime_gevent import RealtimeServer as GeventServer
 
     server = GeventServer(**options)

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+
 from realtime_brokers import BrokerUnavailable
 
 from .clients import PollClient, SseClient, WsClient, connect
