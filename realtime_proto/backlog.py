@@ -52,21 +52,25 @@ def conflation_key(channel: str | None, payload: bytes) -> tuple[str, str]:
 
 
 class _Entry:
-    __slots__ = ("alive", "frame", "key")
+    """A keyed frame (latest policy), which a newer one of the same key can cancel."""
 
-    def __init__(self, frame: bytes, key: tuple[str, str] | None) -> None:
+    __slots__ = ("alive", "frame")
+
+    def __init__(self, frame: bytes) -> None:
         self.frame = frame
-        self.key = key
         self.alive = True
 
 
 class Backlog:
-    """Frames for one socket, oldest first; conflates by key and drops from the front."""
+    """Frames for one socket, oldest first; conflates by key and drops from the front.
+
+    Unkeyed frames are kept as the bytes themselves: the common case costs one append.
+    """
 
     __slots__ = ("_entries", "_latest", "bytes", "dropped", "gaps")
 
     def __init__(self) -> None:
-        self._entries: deque[_Entry] = deque()
+        self._entries: deque[bytes | _Entry] = deque()
         self._latest: dict[tuple[str, str], _Entry] = {}
         #: bytes waiting
         self.bytes = 0
@@ -77,16 +81,17 @@ class Backlog:
 
     def push(self, frame: bytes, key: tuple[str, str] | None = None) -> None:
         """Queue a frame; with a key, an older waiting frame of the same key is replaced."""
-        entry = _Entry(frame, key)
-        if key is not None:
-            older = self._latest.get(key)
-            if older is not None and older.alive:
-                older.alive = False
-                self.bytes -= len(older.frame)
-                self.dropped += 1
-            self._latest[key] = entry
-        self._entries.append(entry)
         self.bytes += len(frame)
+        if key is None:
+            self._entries.append(frame)
+            return
+        older = self._latest.get(key)
+        if older is not None and older.alive:
+            older.alive = False
+            self.bytes -= len(older.frame)
+            self.dropped += 1
+        entry = self._latest[key] = _Entry(frame)
+        self._entries.append(entry)
 
     def drop_oldest(self, keep_bytes: int, channel: str | None) -> int:
         """Drop from the front until at most `keep_bytes` wait; how many were dropped.
@@ -96,10 +101,14 @@ class Backlog:
         count = 0
         while self._entries and self.bytes > keep_bytes:
             entry = self._entries.popleft()
-            if entry.alive:
+            if isinstance(entry, bytes):
+                self.bytes -= len(entry)
+            elif entry.alive:
                 entry.alive = False
                 self.bytes -= len(entry.frame)
-                count += 1
+            else:
+                continue
+            count += 1
         self.dropped += count
         if count:
             self.gaps[channel] = self.gaps.get(channel, 0) + count
@@ -108,8 +117,12 @@ class Backlog:
     def drain(self) -> list[bytes]:
         """Everything waiting, in order; the backlog is empty after (gaps stay for the
         caller, who turns them into notices)."""
-        frames = [e.frame for e in self._entries if e.alive]
+        if self._latest:
+            frames = [e if isinstance(e, bytes) else e.frame for e in self._entries
+                      if isinstance(e, bytes) or e.alive]
+            self._latest.clear()
+        else:
+            frames = list(self._entries)  # type: ignore[arg-type]
         self._entries.clear()
-        self._latest.clear()
         self.bytes = 0
         return frames
