@@ -179,8 +179,8 @@ def measure_fanout(system: System, cfg: Config, n: int, duration: float,
             gen.reset("count", cfg.tick)
             # warm-up, which also sizes the receive sweeps and the window
             floor = max(2, min(500, 20_000 // n_ok))
-            warm = await loadgen.fanout(pub, gen, n_ok, 1.0, floor)
-            rate = max(warm["rate"], 1.0)
+            warm = await loadgen.fanout(pub, gen, n_ok, 2.0, floor)
+            rate = max(warm["recent_rate"], warm["overall_rate"], 1.0)
             # sweep so that a recv takes ~4 frames of a connection: at N = 10,000 a
             # connection gets a frame every N / rate seconds, and one recv per delivery
             # would cost the load generator as much as the server's write
@@ -188,8 +188,8 @@ def measure_fanout(system: System, cfg: Config, n: int, duration: float,
             # in flight: ~250 ms of this server's work plus two sweeps, so that it never
             # waits for the publisher, nor drains for long
             in_flight = 0.25 + 2 * tick
-            window = max(floor, min(500, int(rate * in_flight / n_ok)))
-            out.update(window=window, warmup_rate=warm["rate"], tick=tick)
+            window = max(floor, warm["final_window"], min(500, int(rate * in_flight / n_ok)))
+            out.update(window=window, warmup_rate=rate, tick=tick)
             await asyncio.sleep(0.2)
             gen.reset("count", tick)
             meter = Meter(srv, gen)

@@ -914,11 +914,34 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
     t_end = time.monotonic()
     got = sum(shared)
     samples.append((t_end - t0, got))
+    # steady state: deliveries in each whole second of publishing after the first half
+    # second, and the median of those
+    per_second = []
+    start = 0.5
+    while start + 1.0 <= t_pub + 1e-9:
+        a = _at(samples, start)
+        b = _at(samples, start + 1.0)
+        if a is not None and b is not None:
+            per_second.append(b - a)
+        start += 1.0
+    per_second.sort()
+    recent = (_at(samples, t_pub) or 0) - (_at(samples, max(0.0, t_pub - 0.5)) or 0)
     return {
         "published": seq, "expected": expected, "delivered": got,
         "seconds": t_end - t0, "publish_seconds": t_pub,
-        "rate": got / (t_end - t0), "samples": samples, "final_window": window,
+        "overall_rate": got / (t_end - t0),
+        "rate": per_second[len(per_second) // 2] if per_second else got / (t_end - t0),
+        "per_second": per_second, "recent_rate": recent / 0.5,
+        "samples": samples, "final_window": window,
     }
+
+
+def _at(samples: list[tuple[float, int]], t: float) -> float | None:
+    """Deliveries counted at time t, interpolated between samples."""
+    for (t0, v0), (t1, v1) in zip(samples, samples[1:]):
+        if t0 <= t <= t1:
+            return v0 + (v1 - v0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
+    return None
 
 
 async def paced(pub: Publisher, gen: LoadGen, n: int, rate: float, count: int,

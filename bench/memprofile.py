@@ -81,22 +81,25 @@ async def run(gen: loadgen.LoadGen, args: argparse.Namespace) -> None:
     for d in diff[: args.top]:
         if d.size_diff <= 0:
             continue
-        frames = [f for f in d.traceback if "realtime" in f.filename or "uvloop" in f.filename]
-        where = frames[-1] if frames else d.traceback[-1]
-        first = d.traceback[0]
+        site = d.traceback[-1]  # the allocation itself (tracebacks run oldest first)
+        ours = [f for f in d.traceback if "/realtime" in f.filename and f is not site]
         print(f"{d.size_diff / n:8.1f} B ({d.count_diff / n:5.2f})  "
-              f"{Path(first.filename).name}:{first.lineno}"
-              + (f"  <- {Path(where.filename).name}:{where.lineno}" if where is not first else ""))
-        line = _source(first.filename, first.lineno)
-        if line:
-            print(f"{'':22}{line}")
+              f"{_name(site.filename)}:{site.lineno}  {_source(site.filename, site.lineno)}")
+        if ours:
+            f = ours[-1]
+            print(f"{'':22}from {_name(f.filename)}:{f.lineno}  {_source(f.filename, f.lineno)}")
     server.stop()
     await server.aclose()
 
 
+def _name(filename: str) -> str:
+    parts = Path(filename).parts
+    return "/".join(parts[-2:])
+
+
 def _source(filename: str, lineno: int) -> str:
     try:
-        return Path(filename).read_text().splitlines()[lineno - 1].strip()[:100]
+        return Path(filename).read_text().splitlines()[lineno - 1].strip()[:90]
     except (OSError, IndexError):
         return ""
 

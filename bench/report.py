@@ -35,10 +35,8 @@ def machine_info(env: dict[str, str], cfg: Any) -> dict[str, Any]:
         mem = f"{kb / 1024 / 1024:.0f} GiB"
     except (OSError, ValueError):
         pass
-    virt = _cmd(["systemd-detect-virt"]) or "?"
-    if virt in ("?", ""):
-        hv = _cmd(["sh", "-c", "lscpu | grep -i 'hypervisor vendor'"])
-        virt = hv.split(":", 1)[1].strip() if ":" in hv else "?"
+    hv = _cmd(["sh", "-c", "lscpu | grep -i 'hypervisor vendor'"])
+    virt = f"{hv.split(':', 1)[1].strip()} virtual machine" if ":" in hv else "bare metal?"
     return {
         "cpu": model, "cores": os.cpu_count(), "memory": mem, "virtualization": virt,
         "kernel": platform.release(), "os": _cmd(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
@@ -193,9 +191,9 @@ def _fanout_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
     ns = sorted({r["n"] for r in runs})
     names = _order({r["system"] for r in runs})
     by = {(r["system"], r["n"]): r for r in runs}
-    out = ["Deliveries per second (messages × subscribers reached, per second of the whole run, "
-           "from the first publish to the last delivery) and their ratio to ours. ✓: every "
-           "subscriber received every message exactly once.", ""]
+    out = ["Deliveries per second (messages × subscribers reached per second: the median of the "
+           f"whole seconds of a {sc.get('duration', '?'):g} s run after a warm-up) and their ratio "
+           "to ours. ✓: every subscriber received every message exactly once.", ""]
     head = "| system | " + " | ".join(f"N = {n:,}" for n in ns) + " | " + \
            " | ".join(f"× ours at {n:,}" for n in ns) + " |"
     out += [head, "|" + "---|" * (1 + 2 * len(ns))]
@@ -210,22 +208,26 @@ def _fanout_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         out.append(f"| {_label(results, name)} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     out += ["", "<details><summary>run details (CPU per core: server core / load-generator "
             "core; other processes' CPU; flow-control window)</summary>", "",
-            "| system | N | deliveries/s | published | delivered/expected | cores busy | "
-            "server proc | load gen procs | others | window | sub procs |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| system | N | median/s | each second | first publish to last delivery | published | "
+            "delivered/expected | cores busy | server proc | load gen procs | others | window | "
+            "sweep ms | sub procs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         for n in ns:
             r = by.get((name, n))
             if not r:
                 continue
             if r.get("error"):
-                out.append(f"| {name} | {n:,} | failed: {str(r['error'])[:80]} | | | | | | | | |")
+                out.append(f"| {name} | {n:,} | failed: {str(r['error'])[:80]} | | | | | | | | | | | |")
                 continue
+            each = ", ".join(f"{x / 1000:.0f}k" for x in r.get("per_second", []))
             out.append(
-                f"| {name} | {n:,} | {_fmt(r.get('rate'))} | {r.get('published', 0):,} | "
+                f"| {name} | {n:,} | {_fmt(r.get('rate'))} | {each} | {_fmt(r.get('overall_rate'))} | "
+                f"{r.get('published', 0):,} | "
                 f"{r.get('delivered', 0):,}/{r.get('expected', 0):,} | {_cpu(r)} | "
                 f"{r.get('server_cpu', 0):.0%} | {r.get('loadgen_cpu', 0):.0%} | "
-                f"{r.get('foreign_cpu', 0):.0%} | {r.get('window', '—')}→{r.get('final_window', '—')} | {r.get('workers', '—')} |")
+                f"{r.get('foreign_cpu', 0):.0%} | {r.get('window', '—')}→{r.get('final_window', '—')} | "
+                f"{r.get('tick', 0) * 1000:.0f} | {r.get('workers', '—')} |")
     out += ["", "</details>", ""]
     return out
 
@@ -250,9 +252,9 @@ def _latency_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
             if not r:
                 continue
             if r.get("overloaded"):
-                out.append(f"| {_label(results, name)} | overloaded: could not sustain {rate:g} msg/s "
-                           f"({r.get('delivered', 0):,} of {r.get('expected', 0):,} delivered in time) "
-                           "| | | | | | ✗ |")
+                out.append(f"| {_label(results, name)} | overloaded: fell more than 2 s behind "
+                           f"{rate:g} msg/s after {r.get('published', 0):,} messages "
+                           f"{'in the warm-up' if r.get('note') else ''} | | | | | | ✗ |")
                 continue
             if r.get("error") or "p50_ms" not in r:
                 out.append(f"| {_label(results, name)} | failed: {str(r.get('error', 'no samples'))[:80]} "
@@ -371,6 +373,25 @@ def _loadgen_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         out += [f"* **Headroom in every run.** In the fan-out runs the load-generator processes "
                 f"used at most {worst:.0%} of their core (per-run figures in the details tables), "
                 "while the server core was busy."]
+    out.append("")
+    return out
+
+
+def _runtimes_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
+    if sc.get("pending"):
+        return [f"*Pending:* {sc['pending']}.", ""]
+    runs = sc.get("runs", [])
+    base = {r["n"]: r.get("rate") for r in runs if r.get("system") == "ours" and r.get("rate")}
+    out = ["The same WebSocket fan-out, ours on each runtime (`realtime serve --runtime …`), in "
+           "one run; ratio: the runtime's deliveries/s against asyncio's at the same N.", "",
+           "| runtime | N | deliveries/s | × asyncio | all delivered |", "|---|---|---|---|---|"]
+    for r in runs:
+        name = "asyncio (uvloop)" if r.get("system") == "ours" else r.get("system", "?").replace("ours-", "")
+        if not r.get("rate"):
+            out.append(f"| {name} | {r.get('n', 0):,} | failed: {str(r.get('error', '?'))[:80]} | | |")
+            continue
+        out.append(f"| {name} | {r['n']:,} | {_fmt(r['rate'])} | {_ratio(r['rate'], base.get(r['n']))} | "
+                   f"{'✓' if r.get('all_delivered') else '✗'} |")
     out.append("")
     return out
 
@@ -503,7 +524,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         "## Machine",
         "",
         "| | |", "|---|---|",
-        f"| CPU | {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('virtualization', '?')} guest) |",
+        f"| CPU | {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('virtualization', '?')}) |",
         f"| memory | {m.get('memory', '?')} |",
         f"| kernel | Linux {m.get('kernel', '?')} ({m.get('os', '?')}) |",
         f"| Python | {m.get('python', '?')} (harness and Python peers, `bench/.venv`); "
@@ -538,11 +559,13 @@ def write(results: dict[str, Any], out: Path) -> None:
         "How it is measured: the subscribers are raw-socket uvloop clients (no WebSocket library) "
         "spread over several processes, each with its own loopback source address. After "
         "subscribing they do not decode frames: they count a marker that every published payload "
-        "carries once, with `bytes.count`. In throughput runs they sweep their sockets every "
-        f"{m.get('tick_ms', 5):g} ms (so one `recv` takes every frame that arrived meanwhile) and "
-        "the publisher keeps about 250 ms of the server's work in flight (a window sized from a "
-        "warm-up), so the server never waits for the publisher. Latency runs read as soon as data "
-        "arrives.",
+        "carries once, with `bytes.count`. In throughput runs they sweep their sockets at an "
+        "interval (5 to 500 ms, the *sweep* column) sized from a warm-up so that one `recv` takes "
+        "about four frames of a connection (one `recv` per delivery would cost the load generator "
+        "as much as the server's `send`), and the publisher keeps about 250 ms of the server's "
+        "work plus two sweeps in flight, so the server never waits for the publisher. In latency "
+        "runs a tenth of the subscribers (100 to 1,000) read as soon as data arrives and are the "
+        "sample; the others sweep and count.",
         "",
     ]
     lines += _targets(results)
@@ -568,6 +591,8 @@ def write(results: dict[str, Any], out: Path) -> None:
             lines += _transports_section(results, r)
         elif s.name == "loadgen":
             lines += _loadgen_section(results, r)
+        elif s.name == "runtimes":
+            lines += _runtimes_section(results, r)
         else:
             lines += _pending_section(r)
     extra = ROOT / "bench" / "NOTES.md"

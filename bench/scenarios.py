@@ -64,7 +64,7 @@ def _ws_systems(systems: list[System]) -> list[System]:
 @scenario("fanout", 1, "Fan-out over WebSocket")
 def fanout(cfg: Config, systems: list[System]) -> dict[str, Any]:
     ns = [1000] if cfg.quick else [100, 1000, 10000]
-    duration = 2.0 if cfg.quick else 5.0
+    duration = 2.0 if cfg.quick else 4.0
     runs = []
     for s in _ws_systems(systems):
         for n in ns:
@@ -90,7 +90,7 @@ def _cores(r: dict[str, Any]) -> str:
 def latency(cfg: Config, systems: list[System]) -> dict[str, Any]:
     # the brief's two loads (100,000 deliveries/s each), and the light load
     points = ([(1000, 5.0)] if cfg.quick else [(1000, 5.0), (1000, 100.0), (10000, 10.0)])
-    duration = 3.0 if cfg.quick else 6.0
+    duration = 3.0 if cfg.quick else 5.0
     runs = []
     for s in _ws_systems(systems):
         for n, rate in points:
@@ -137,7 +137,7 @@ def transports(cfg: Config, systems: list[System]) -> dict[str, Any]:
     points = ([("ws", 1000), ("sse", 1000), ("poll", 1000)] if cfg.quick else
               [("ws", 1000), ("sse", 1000), ("poll", 1000),
                ("ws", 10000), ("sse", 10000), ("poll", 10000)])
-    duration = 2.0 if cfg.quick else 5.0
+    duration = 2.0 if cfg.quick else 4.0
     runs = []
     for transport, n in points:
         log(f"transports {s.name} {transport} N={n}")

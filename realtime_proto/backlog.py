@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections import deque
 from dataclasses import dataclass
 from typing import final
 
@@ -70,14 +69,15 @@ class Backlog:
     __slots__ = ("_entries", "_latest", "bytes", "dropped", "gaps")
 
     def __init__(self) -> None:
-        self._entries: deque[bytes | _Entry] = deque()
-        self._latest: dict[tuple[str, str], _Entry] = {}
+        # a list and lazy dicts: an idle connection's backlog costs a few dozen bytes
+        self._entries: list[bytes | _Entry] = []
+        self._latest: dict[tuple[str, str], _Entry] | None = None
         #: bytes waiting
         self.bytes = 0
         #: messages dropped or replaced, over the connection's life
         self.dropped = 0
         #: channel -> messages dropped since the last drain (the client is told at drain)
-        self.gaps: dict[str | None, int] = {}
+        self.gaps: dict[str | None, int] | None = None
 
     def push(self, frame: bytes, key: tuple[str, str] | None = None) -> None:
         """Queue a frame; with a key, an older waiting frame of the same key is replaced."""
@@ -85,6 +85,8 @@ class Backlog:
         if key is None:
             self._entries.append(frame)
             return
+        if self._latest is None:
+            self._latest = {}
         older = self._latest.get(key)
         if older is not None and older.alive:
             older.alive = False
@@ -98,9 +100,11 @@ class Backlog:
 
         The gap is remembered under `channel`, for the notice the client gets at drain.
         """
-        count = 0
-        while self._entries and self.bytes > keep_bytes:
-            entry = self._entries.popleft()
+        count = cut = 0
+        for entry in self._entries:
+            if self.bytes <= keep_bytes:
+                break
+            cut += 1
             if isinstance(entry, bytes):
                 self.bytes -= len(entry)
             elif entry.alive:
@@ -109,8 +113,10 @@ class Backlog:
             else:
                 continue
             count += 1
+        del self._entries[:cut]
         self.dropped += count
         if count:
+            self.gaps = self.gaps or {}
             self.gaps[channel] = self.gaps.get(channel, 0) + count
         return count
 
@@ -120,9 +126,9 @@ class Backlog:
         if self._latest:
             frames = [e if isinstance(e, bytes) else e.frame for e in self._entries
                       if isinstance(e, bytes) or e.alive]
-            self._latest.clear()
+            self._latest = None
         else:
-            frames = list(self._entries)  # type: ignore[arg-type]
-        self._entries.clear()
+            frames = self._entries  # type: ignore[assignment]
+        self._entries = []
         self.bytes = 0
         return frames

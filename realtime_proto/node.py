@@ -64,7 +64,7 @@ class _Transport:
     backlog: Backlog = field(default_factory=Backlog)
     #: the long-poll connection whose poll this socket holds
     holding: ConnectionId | None = None
-    cors: list[tuple[str, str]] = field(default_factory=list)
+    cors: list[tuple[str, str]] | tuple[()] = ()
 
 
 class Node:
@@ -571,7 +571,7 @@ class Node:
 
     def _gap_notices(self, transport: _Transport) -> list[bytes]:
         """`messages.dropped` per channel, ahead of what survived the drops."""
-        gaps, transport.backlog.gaps = transport.backlog.gaps, {}
+        gaps, transport.backlog.gaps = transport.backlog.gaps or {}, None
         websocket = transport.framing.kind is FramingKind.WEBSOCKET
         return [frame_message(notice) if websocket else encode_event(None, notice)
                 for notice in (self._dropped_notice(c, n) for c, n in gaps.items())]

@@ -30,6 +30,8 @@ _CLOSE_GRACE = 5.0
 class _Client(asyncio.Protocol):
     """One socket: bytes in to the Node, bytes out when the Node says so."""
 
+    __slots__ = ("_secure", "_server", "closing", "id", "paused", "transport")
+
     def __init__(self, server: RealtimeServer, secure: bool) -> None:
         self._server = server
         self._secure = secure
