@@ -70,7 +70,7 @@ class _Client(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        self._server.schedule_write(self.id)
+        self._server.transmit(self.id)
 
     def write_pending(self) -> None:
         """Write everything the Node has for this socket in one go."""
@@ -233,7 +233,6 @@ class RealtimeServer(ServerBase):
             self._write_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_writes)
 
-    schedule_write = transmit
 
     def close_transport(self, transport_id: TransportId) -> bool:
         client = self.clients.get(transport_id)
