@@ -233,7 +233,6 @@ class RealtimeServer(ServerBase):
             self._write_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_writes)
 
-
     def close_transport(self, transport_id: TransportId) -> bool:
         client = self.clients.get(transport_id)
         if client is None:
