@@ -11,7 +11,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import loadgen
@@ -58,7 +57,7 @@ class Server:
         self.port = next_port()
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{system.name}-{tag}.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop(), after the process
         env = dict(os.environ, **system.env)
         env.pop("PYTHONPATH", None)
         argv = ["taskset", "-c", str(cfg.server_core), *system.command(self.port)]
@@ -179,21 +178,24 @@ def measure_fanout(system: System, cfg: Config, n: int, duration: float,
             gen.reset("count", cfg.tick)
             # warm-up, which also sizes the receive sweeps and the window
             floor = max(2, min(500, 20_000 // n_ok))
-            warm = await loadgen.fanout(pub, gen, n_ok, 2.0, floor)
+            warm = await loadgen.fanout(pub, gen, n_ok, 2.0, floor, server_pid=srv.pid)
             rate = max(warm["recent_rate"], warm["overall_rate"], 1.0)
             # sweep so that a recv takes ~4 frames of a connection: at N = 10,000 a
-            # connection gets a frame every N / rate seconds, and one recv per delivery
-            # would cost the load generator as much as the server's write
-            tick = min(0.5, max(cfg.tick, 4 * n_ok / rate))
-            # in flight: ~250 ms of this server's work plus two sweeps, so that it never
-            # waits for the publisher, nor drains for long
-            in_flight = 0.25 + 2 * tick
-            window = max(floor, warm["final_window"], min(500, int(rate * in_flight / n_ok)))
+            # connection gets a frame only every N / rate seconds, and one recv per delivery
+            # would cost the load generator as much as the server's write. Long-poll clients
+            # must answer at once: each answer is their next request.
+            tick = (min(0.25, max(cfg.tick, 4 * n_ok / rate)) if transport != "poll"
+                    else cfg.tick)
+            # in flight: up to a second of this server's work plus two sweeps (see fanout)
+            in_flight = loadgen.IN_FLIGHT_SECONDS + 2 * tick
+            window = max(floor, warm["final_window"],
+                         min(500, loadgen.IN_FLIGHT_DELIVERIES // n_ok, int(rate * in_flight / n_ok)))
             out.update(window=window, warmup_rate=rate, tick=tick)
             await asyncio.sleep(0.2)
             gen.reset("count", tick)
             meter = Meter(srv, gen)
-            r = await loadgen.fanout(pub, gen, n_ok, duration, window, in_flight=in_flight)
+            r = await loadgen.fanout(pub, gen, n_ok, duration, window, in_flight=in_flight,
+                                     server_pid=srv.pid)
             r.update(meter.read())
             out.update(r)
             out["publisher_errors"] = pub.errors[:3]
@@ -271,7 +273,8 @@ def measure_latency(system: System, cfg: Config, n: int, rate: float,
             out.update({
                 "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
                 "p99_ms": float(np.percentile(lat, 99)), "p999_ms": float(np.percentile(lat, 99.9)),
-                "max_ms": float(lat.max()), "mean_ms": float(lat.mean()), "samples": len(lat),
+                "max_ms": float(lat.max()), "min_ms": float(lat.min()), "mean_ms": float(lat.mean()),
+                "samples": len(lat),
             })
         out["errors"] = st["errors"]
     return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import subprocess
 import sys
 import time
@@ -66,6 +65,8 @@ def main() -> int:
     ap.add_argument("--transport", default="ws")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--paced", type=float, default=0,
+                    help="publish at this many messages/s instead of as fast as possible")
     ap.add_argument("--native", action="store_true",
                     help="C frames too (py-spy then pauses the server per sample: slower)")
     args = ap.parse_args()
@@ -91,9 +92,14 @@ def main() -> int:
                 [pyspy, "record", *(["--native"] if args.native else ["--nonblocking"]),
                  "-r", str(args.rate),
                  "-d", str(int(args.seconds)), "-f", "raw", "-o", str(out), "-p", str(srv.pid)],
-                stdout=subprocess.DEVNULL, stderr=open(out.with_suffix(".log"), "w"))
+                stdout=subprocess.DEVNULL, stderr=open(out.with_suffix(".log"), "w"))  # noqa: SIM115
             time.sleep(0.5)
-            r = await loadgen.fanout(pub, gen, c["ok"], args.seconds, max(2, 20_000 // c["ok"]))
+            if args.paced:
+                r = await loadgen.paced(pub, gen, c["ok"], args.paced, int(args.paced * args.seconds))
+                r["rate"] = r["delivered"] / r["seconds"]
+            else:
+                r = await loadgen.fanout(pub, gen, c["ok"], args.seconds,
+                                         max(2, 20_000 // c["ok"]), server_pid=srv.pid)
             spy.wait(30)
             pub.close()
             return r

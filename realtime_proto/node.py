@@ -64,7 +64,11 @@ class _Transport:
     backlog: Backlog = field(default_factory=Backlog)
     #: the long-poll connection whose poll this socket holds
     holding: ConnectionId | None = None
-    cors: list[tuple[str, str]] | tuple[()] = ()
+    #: this socket's Transmit action, made once: fan-out allocates nothing per socket
+    transmit: Transmit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.transmit = Transmit(self.id)
 
 
 class Node:
@@ -86,7 +90,7 @@ class Node:
         self._final_output: dict[TransportId, list[bytes]] = {}
         self._waiting_auth: dict[str, tuple[TransportId, RequestReceived]] = {}
         self._actions: list[NodeAction] = []
-        self._dirty: dict[TransportId, None] = {}
+        self._dirty: dict[TransportId, _Transport] = {}
         self._polls_to_answer: dict[ConnectionId, PollSession] = {}
         self._encodings: Counter[str] = Counter()
         self._responses: Counter[int] = Counter()
@@ -99,6 +103,9 @@ class Node:
         rates = config.hub.rates
         self._connect_buckets = TokenBuckets(rates.connections) if rates.connections else None
         self._api_buckets = TokenBuckets(rates.api_calls) if rates.api_calls else None
+        origin = config.cors_origin
+        #: the same for every answer: built once, shared by every connection
+        self._cors = (("access-control-allow-origin", origin),) if origin else ()
         self._now = epoch.monotonic_at
         self._run_hub()
 
@@ -238,7 +245,7 @@ class Node:
         if transport.framing.closed:
             self._finish(transport, now)
         else:
-            self._dirty[transport.id] = None
+            self._dirty[transport.id] = transport
 
     def _finish(self, transport: _Transport, now: float) -> None:
         """Forget a socket: its Hub connection closes, its held poll is released."""
@@ -260,12 +267,10 @@ class Node:
     # -- HTTP requests -------------------------------------------------------------------
 
     def _request(self, transport: _Transport, request: RequestReceived, now: float) -> None:
-        cors = self._cors(request)
-        transport.cors = cors
         path, method = request.path, request.method
         if method == "OPTIONS":
             self._respond(transport, 204, b"", [
-                *cors, ("access-control-allow-methods", "GET, POST, OPTIONS"),
+                *self._cors, ("access-control-allow-methods", "GET, POST, OPTIONS"),
                 ("access-control-allow-headers", "authorization, content-type"),
                 ("access-control-max-age", "600")])
         elif path.startswith("/api/"):
@@ -308,11 +313,7 @@ class Node:
 
     def _respond_json(self, transport: _Transport, status: int, body: JsonValue) -> None:
         self._respond(transport, status, encode_json(body),
-                      [("content-type", _JSON), *transport.cors])
-
-    def _cors(self, request: RequestReceived) -> list[tuple[str, str]]:
-        origin = self.config.cors_origin
-        return [("access-control-allow-origin", origin)] if origin else []
+                      [("content-type", _JSON), *self._cors])
 
     def _static(self, path: str) -> StaticFile | None:
         files = self.config.static_files
@@ -348,7 +349,7 @@ class Node:
             self._respond(transport, 429, encode_json(
                 error_body(ErrorCode.RATE_LIMITED, "rate limited") | {"retry_after": wait}),
                 [("content-type", _JSON), ("retry-after", str(max(1, round(wait)))),
-                 *transport.cors])
+                 *self._cors])
         return bool(wait)
 
     def _authenticate(self, transport: _Transport, request: RequestReceived, now: float) -> None:
@@ -402,7 +403,7 @@ class Node:
                 return
         elif kind == "sse":
             transport.framing.take_over()  # type: ignore[union-attr]
-            transport.framing = SseFraming(now=now, extra_headers=transport.cors,
+            transport.framing = SseFraming(now=now, extra_headers=self._cors,
                                            heartbeat_interval=self.config.sse_heartbeat_interval,
                                            retry_ms=self.config.sse_retry_ms)
         if kind == "polling":
@@ -457,8 +458,8 @@ class Node:
         body = session.response_body(empty=empty)
         session.release_hold(now, self.config.poll_session_timeout)
         transport.holding = None
-        self._respond(transport, 200, body, [("content-type", _JSON), *transport.cors])
-        self._dirty[transport.id] = None
+        self._respond(transport, 200, body, [("content-type", _JSON), *self._cors])
+        self._dirty[transport.id] = transport
         if session.closed and not empty:
             self._routes.pop(session.id, None)
 
@@ -554,7 +555,7 @@ class Node:
                     continue
                 self._drop_oldest(route, action.channel)
             route.backlog.push(frame, key)
-            self._dirty[route.id] = None
+            self._dirty[route.id] = route
 
     def _policy(self, channel: str | None) -> SlowConsumerPolicy:
         policy = self._policies.get(channel or "")
@@ -640,9 +641,8 @@ class Node:
             if held is not None and (session.pending or session.closed):
                 self._answer_poll(held, session, self._now)
         dirty, self._dirty = self._dirty, {}
-        for transport_id in dirty:
-            transport = self._transports.get(transport_id)
-            if transport is not None and transport.framing.closed:
+        for transport in dirty.values():
+            if transport.framing.closed:
                 self._finish(transport, self._now)
             else:
-                self._actions.append(Transmit(transport_id))
+                self._actions.append(transport.transmit)
