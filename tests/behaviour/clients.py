@@ -116,10 +116,7 @@ class SseClient(Client):
             self.ended.set()
 
     async def send(self, message: dict[str, Any] | list[Any]) -> None:
-        response = await self.http.post(f"{self.base}/send",
-                                        params={"connection_id": self.connection_id},
-                                        json=message)
-        assert response.status_code == 202, response.text
+        await _post_send(self, message)
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -131,6 +128,15 @@ def httpx_sse_error() -> type[Exception]:
     from httpx_sse import SSEError
 
     return SSEError
+
+
+async def _post_send(client: SseClient | PollClient,
+                     message: dict[str, Any] | list[Any]) -> None:
+    """SSE and long-poll clients send with `POST /send` (docs/protocol.md)."""
+    response = await client.http.post(f"{client.base}/send",
+                                      params={"connection_id": client.connection_id},
+                                      json=message)
+    assert response.status_code == 202, response.text
 
 
 async def _leave(client: SseClient | PollClient) -> None:
@@ -169,10 +175,7 @@ class PollClient(Client):
             self.ended.set()
 
     async def send(self, message: dict[str, Any] | list[Any]) -> None:
-        response = await self.http.post(f"{self.base}/send",
-                                        params={"connection_id": self.connection_id},
-                                        json=message)
-        assert response.status_code == 202, response.text
+        await _post_send(self, message)
 
     async def close(self) -> None:
         await _leave(self)
