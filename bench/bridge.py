@@ -1,6 +1,7 @@
-"""What the broker bridge costs: messages/s from a publisher to a subscriber through a
-broker, both clients direct (asyncio) against both through `BrokerBridge` (how trio,
-gevent and the selectors adapter reach the asyncio broker clients: one thread hop each way).
+"""Each broker driver's throughput, and what the broker bridge costs: messages/s from a
+publisher to a subscriber through the broker, both clients direct (asyncio) against both
+through `BrokerBridge` (how trio, gevent and the selectors adapter reach the asyncio
+broker clients: one thread hop each way).
 
     .venv/bin/python bench/bridge.py [--messages 5000]
 """
@@ -85,7 +86,9 @@ async def main() -> None:
     print("|---|---|---|---|")
     name = uuid.uuid4().hex[:8]
     for url in (f"memory://bridge-{name}", f"redis://127.0.0.1:6379/0?prefix=bridge-{name}:",
-                f"nats://127.0.0.1:4222?prefix=bridge{name}"):
+                f"nats://127.0.0.1:4222?prefix=bridge{name}",
+                f"amqp://guest:guest@127.0.0.1:5672/?exchange=bridge-{name}",
+                f"postgresql://postgres@127.0.0.1:5432/test?prefix=b{name[:6]}:"):
         direct = await measure(url, args.messages, bridged=False)
         bridged = await measure(url, args.messages, bridged=True)
         print(f"| {url.partition(':')[0]} | {direct:,.0f} | {bridged:,.0f} | "
