@@ -316,6 +316,7 @@ class SupervisedClient:
             if probe is not None:
                 self._probe_out = None
                 await conn.publish(self._probe_topic, probe)
+                await self._flush(conn)  # drivers that batch writes must send it now
             elif len(self._queue):
                 command = self._inflight = self._queue.pop()
                 await self._execute(conn, command)
