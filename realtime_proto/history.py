@@ -84,11 +84,6 @@ class ChannelStream:
         self.trim(now)
         return tuple(p for _, _, p in list(self._entries)[-count:]) if count > 0 else ()
 
-    @property
-    def empty(self) -> bool:
-        """Whether nothing is kept (the stream can be forgotten)."""
-        return not self._entries
-
 
 def find_rule(rules: tuple[HistoryRule, ...], channel: str) -> HistoryRule | None:
     """The most specific history rule for a channel."""

@@ -219,7 +219,7 @@ class Hub:
 
     def set_metadata(self, connection_id: ConnectionId, key: str, value: Any) -> None:
         """Attach application data to a connection (seen by authorization callbacks)."""
-        self._get(connection_id).metadata[key] = value
+        self._get(connection_id).set(key, value)
 
     def connection_ids(self, *, channel: str | None = None,
                        user_id: str | None = None) -> list[ConnectionId]:

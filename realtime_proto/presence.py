@@ -120,14 +120,6 @@ class PresenceTable:
             for c, k in sorted(self._by_node.get(node_id, ()))
         ]
 
-    def nodes(self) -> set[str]:
-        """Nodes that own at least one entry."""
-        return set(self._by_node)
-
-    def channels(self) -> list[str]:
-        """Channels with at least one member."""
-        return sorted(self._entries)
-
     def _uncount(self, channel: str, user_id: str) -> bool:
         """Drop one entry from the user's count; True while the user is still present."""
         counts = self._counts[channel]
