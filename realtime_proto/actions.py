@@ -20,6 +20,8 @@ __all__ = [
     "ConnectionInfo",
     "Deliver",
     "Disconnect",
+    "HistoryAppend",
+    "HistoryRead",
     "HubAction",
     "NodeAction",
     "Transmit",
@@ -101,6 +103,34 @@ class Authorize:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryAppend:
+    """Append an unstamped message to a channel's shared stream; answer with
+    `HistoryAppended`. Carry appends out in the order they come: the store gives the
+    offsets, and the Hub delivers in the order it published."""
+
+    request_id: str
+    channel: str
+    payload: bytes
+    #: the channel's history rule: keep the latest `size` messages for `ttl` seconds
+    size: int
+    ttl: float
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryRead:
+    """Read a channel's shared stream; answer with `HistoryLoaded`."""
+
+    request_id: str
+    channel: str
+    #: the entries after this offset; None: only the latest `limit`
+    since: int | None
+    limit: int
+    ttl: float
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthenticationRequest:
     """What the application's authenticate hook sees of a connecting client."""
 
@@ -136,7 +166,16 @@ class CloseTransport:
     transport_id: TransportId
 
 
-HubAction = Deliver | Disconnect | BrokerPublish | BrokerSubscribe | BrokerUnsubscribe | Authorize
+HubAction = (
+    Deliver
+    | Disconnect
+    | BrokerPublish
+    | BrokerSubscribe
+    | BrokerUnsubscribe
+    | Authorize
+    | HistoryAppend
+    | HistoryRead
+)
 NodeAction = (
     Transmit
     | CloseTransport
@@ -145,4 +184,6 @@ NodeAction = (
     | BrokerUnsubscribe
     | Authorize
     | Authenticate
+    | HistoryAppend
+    | HistoryRead
 )

@@ -56,12 +56,13 @@ class ClusterState:
     # -- publishing ----------------------------------------------------------------------
 
     def envelope(self, topic: str, kind: EnvelopeKind, payload: bytes,
-                 exclude: str | None = None) -> BrokerPublish:
+                 exclude: str | None = None,
+                 position: tuple[str, int] | None = None) -> BrokerPublish:
         """The broker action for a payload, with this node's next sequence on the topic."""
         sequence = self._sequences.get(topic, 0) + 1
         self._sequences[topic] = sequence
         envelope = Envelope(origin=self.node_id, sequence=sequence, kind=kind, payload=payload,
-                            exclude=exclude, sent_ms=self._clock_ms())
+                            exclude=exclude, sent_ms=self._clock_ms(), position=position)
         return BrokerPublish(topic, envelope.encode())
 
     def _control(self, **fields: Any) -> BrokerPublish:

@@ -80,6 +80,9 @@ class HubConfig:
     rates: RateLimits = field(default_factory=RateLimits)
     #: channels that keep history (for recovery), by pattern
     history: tuple[HistoryRule, ...] = ()
+    #: keep history in a store shared by every node (the adapter answers `HistoryAppend`
+    #: and `HistoryRead`), so that clients recover on any node; False: in this node's memory
+    shared_history: bool = False
     #: how connection and subscription tokens are verified (None: no tokens accepted)
     jwt: JwtConfig | None = None
 

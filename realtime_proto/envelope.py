@@ -40,6 +40,8 @@ class Envelope:
     exclude: str | None = None
     #: Unix milliseconds at publish, for the delivery latency histogram
     sent_ms: int | None = None
+    #: (epoch, offset) of a channel message in its shared stream; the payload is unstamped
+    position: tuple[str, int] | None = None
 
     def encode(self) -> bytes:
         """The bytes handed to the broker."""
@@ -48,6 +50,8 @@ class Envelope:
             header["x"] = self.exclude
         if self.sent_ms is not None:
             header["t"] = self.sent_ms
+        if self.position is not None:
+            header["e"], header["n"] = self.position
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.payload
 
     @classmethod
@@ -60,6 +64,7 @@ class Envelope:
         head, newline, payload = data.partition(b"\n")
         try:
             header = json.loads(head) if newline else {}
+            position = (str(header["e"]), int(header["n"])) if "e" in header else None
             return cls(
                 origin=str(header["o"]),
                 sequence=int(header["s"]),
@@ -67,6 +72,7 @@ class Envelope:
                 payload=payload,
                 exclude=header.get("x"),
                 sent_ms=header.get("t"),
+                position=position,
             )
         except (ValueError, TypeError, KeyError):
             raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None

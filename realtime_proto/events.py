@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NewType, final
 
 from .message import JsonValue
+from .metrics import HistogramSnapshot
 
 __all__ = [
     "AuthenticationAnswered",
@@ -18,6 +19,8 @@ __all__ = [
     "ConnectionId",
     "ConnectionOpened",
     "EnvelopeReceived",
+    "HistoryAppended",
+    "HistoryLoaded",
     "HubEvent",
     "MessageReceived",
     "NodeEvent",
@@ -132,6 +135,33 @@ class AuthorizationAnswered:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryAppended:
+    """A shared stream answered a `HistoryAppend`: the message's position, or why not."""
+
+    request_id: str
+    epoch: str | None = None
+    offset: int | None = None
+    #: set when the store failed; the message goes out without a position
+    error: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryLoaded:
+    """A shared stream answered a `HistoryRead`."""
+
+    request_id: str
+    epoch: str | None = None
+    #: the stream's latest offset
+    offset: int = 0
+    #: (offset, unstamped payload), oldest first
+    entries: tuple[tuple[int, bytes], ...] = ()
+    #: set when the store failed; the subscription succeeds without recovery
+    error: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthenticationAnswered:
     """The application's authenticate hook answered an `Authenticate` action."""
 
@@ -168,6 +198,8 @@ class BrokerReported:
     #: publishes waiting to be sent (during an outage, until the reconnect)
     queued: int = 0
     reconnects: int = 0
+    #: seconds from publish to the broker taking the message
+    publish_latency: HistogramSnapshot | None = None
 
 
 HubEvent = (
@@ -182,5 +214,7 @@ HubEvent = (
     | BrokerLost
     | BrokerRestored
     | BrokerReported
+    | HistoryAppended
+    | HistoryLoaded
 )
 NodeEvent = HubEvent | AuthenticationAnswered

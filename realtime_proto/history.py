@@ -1,4 +1,10 @@
-"""Channel history: recent messages with offsets in an epoch, for recovery on reconnect."""
+"""Channel history: recent messages with offsets in an epoch, for recovery on reconnect.
+
+A stream holds each message *unstamped* (encoded without `offset` and `epoch`) under its
+offset; `stamp` adds the position when the message goes to a client. The same slice shape
+comes from this node's memory (`ChannelStream`) or from a shared store in the broker
+(answered through `HistoryRead`), so recovery is decided in one place: `StreamSlice`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import final
 
+from .actions import HistoryAppend, HistoryRead
 from .channels import pattern_matches
 from .errors import ConfigError
+from .events import HistoryAppended, HistoryLoaded
 
-__all__ = ["ChannelStream", "HistoryRule", "Recovery", "find_rule", "restamp"]
+__all__ = ["ChannelStream", "HistoryRule", "MemoryStore", "StreamSlice", "find_rule", "stamp"]
 
 
 @final
@@ -30,21 +38,36 @@ class HistoryRule:
 
 @final
 @dataclass(frozen=True, slots=True)
-class Recovery:
-    """The answer to a recovery request: the missed payloads, or why there are none."""
+class StreamSlice:
+    """What a stream holds after some offset: its epoch, its latest offset, and the
+    unstamped messages (offset, payload) still kept, oldest first."""
 
-    recovered: bool
-    payloads: tuple[bytes, ...]
     epoch: str
     offset: int
+    entries: tuple[tuple[int, bytes], ...] = ()
+
+    def recovers(self, epoch: str, since: int) -> bool:
+        """Whether every message after (`epoch`, `since`) is in this slice."""
+        if epoch != self.epoch or not 0 <= since <= self.offset:
+            return False
+        after = [o for o, _ in self.entries if since < o <= self.offset]
+        return len(after) == self.offset - since and (not after or after[0] == since + 1)
+
+    def after(self, since: int) -> list[tuple[int, bytes]]:
+        """The entries after offset `since`."""
+        return [(o, p) for o, p in self.entries if o > since]
+
+    def last(self, count: int) -> list[tuple[int, bytes]]:
+        """The latest `count` entries."""
+        return list(self.entries[-count:]) if count > 0 else []
 
 
 class ChannelStream:
-    """One channel's stream: offsets increase by one per message within an epoch.
+    """One channel's stream in this node's memory: offsets increase by one per message.
 
-    The epoch is new whenever the history may have lost messages (the stream was created
-    anew after the node restarted or after the channel went idle and was dropped), so a
-    client's (epoch, offset) either names a point in this very stream or is refused.
+    The epoch is new whenever the stream is created (the node started, or first saw the
+    channel), so a client's (epoch, offset) either names a point in this very stream or
+    is refused.
     """
 
     def __init__(self, rule: HistoryRule, new_epoch: Callable[[], str]) -> None:
@@ -53,36 +76,53 @@ class ChannelStream:
         self.offset = 0
         self._entries: deque[tuple[int, float, bytes]] = deque()
 
-    def next_offset(self) -> int:
-        """The offset the next message will get."""
-        return self.offset + 1
-
-    def append(self, offset: int, payload: bytes, now: float) -> None:
-        """Keep an encoded message; trims by size and age."""
-        self.offset = offset
-        self._entries.append((offset, now + self.rule.ttl, payload))
+    def append(self, payload: bytes, now: float) -> int:
+        """Keep an unstamped message; its offset. Trims by size and age."""
+        self.offset += 1
+        self._entries.append((self.offset, now + self.rule.ttl, payload))
         while len(self._entries) > self.rule.size:
             self._entries.popleft()
-        self.trim(now)
+        self._trim(now)
+        return self.offset
 
-    def trim(self, now: float) -> None:
-        """Drop messages past their age."""
+    def read(self, now: float) -> StreamSlice:
+        """Everything the stream still holds."""
+        self._trim(now)
+        return StreamSlice(self.epoch, self.offset, tuple((o, p) for o, _, p in self._entries))
+
+    def _trim(self, now: float) -> None:
         while self._entries and self._entries[0][1] <= now:
             self._entries.popleft()
 
-    def since(self, epoch: str, offset: int, now: float) -> Recovery:
-        """Every message after `offset`, if the stream still holds all of them."""
-        self.trim(now)
-        oldest = self._entries[0][0] if self._entries else self.offset + 1
-        complete = epoch == self.epoch and oldest - 1 <= offset <= self.offset
-        payloads = tuple(p for o, _, p in self._entries if o > offset) if complete else ()
-        return Recovery(recovered=complete, payloads=payloads, epoch=self.epoch,
-                        offset=self.offset)
 
-    def last(self, count: int, now: float) -> tuple[bytes, ...]:
-        """The most recent `count` messages, oldest first."""
-        self.trim(now)
-        return tuple(p for _, _, p in list(self._entries)[-count:]) if count > 0 else ()
+class MemoryStore:
+    """Shared streams in one process's memory: what a broker's store does, for nodes that
+    share a process (the in-process cluster, tests, the seeded simulation)."""
+
+    def __init__(self, new_epoch: Callable[[], str]) -> None:
+        self._new_epoch = new_epoch
+        self._streams: dict[str, ChannelStream] = {}
+
+    def append(self, action: HistoryAppend, now: float) -> HistoryAppended:
+        """Carry out a `HistoryAppend`."""
+        rule = HistoryRule(action.channel, action.size, action.ttl)
+        stream = self._streams.get(action.channel)
+        if stream is None:
+            stream = self._streams[action.channel] = ChannelStream(rule, self._new_epoch)
+        stream.rule = rule
+        offset = stream.append(action.payload, now)
+        return HistoryAppended(request_id=action.request_id, epoch=stream.epoch, offset=offset)
+
+    def read(self, action: HistoryRead, now: float) -> HistoryLoaded:
+        """Carry out a `HistoryRead`."""
+        stream = self._streams.get(action.channel)
+        if stream is None:
+            rule = HistoryRule(action.channel, max(action.limit, 1), action.ttl)
+            stream = self._streams[action.channel] = ChannelStream(rule, self._new_epoch)
+        held = stream.read(now)
+        entries = held.after(action.since) if action.since is not None else held.entries
+        return HistoryLoaded(request_id=action.request_id, epoch=held.epoch, offset=held.offset,
+                             entries=tuple(entries[-action.limit:]) if action.limit else ())
 
 
 def find_rule(rules: tuple[HistoryRule, ...], channel: str) -> HistoryRule | None:
@@ -91,8 +131,10 @@ def find_rule(rules: tuple[HistoryRule, ...], channel: str) -> HistoryRule | Non
     return max(matching, key=lambda r: len(r.pattern) - r.pattern.count("*"), default=None)
 
 
-def restamp(payload: bytes, offset: int, epoch: str) -> bytes:
-    """An encoded message with this node's stream position (for messages of other nodes)."""
-    message = json.loads(payload)
-    message["offset"], message["epoch"] = offset, epoch
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+def stamp(payload: bytes, offset: int, epoch: str) -> bytes:
+    """An encoded message (a JSON object without `offset`/`epoch`) with its position.
+
+    `Message.encode` writes `offset` and `epoch` last, so this gives the very bytes that
+    encoding the message with its position would.
+    """
+    return b"%s,\"offset\":%d,\"epoch\":%s}" % (payload[:-1], offset, json.dumps(epoch).encode())

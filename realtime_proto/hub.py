@@ -31,6 +31,8 @@ from .events import (
     ConnectionId,
     ConnectionOpened,
     EnvelopeReceived,
+    HistoryAppended,
+    HistoryLoaded,
     HubEvent,
     MessageReceived,
     Published,
@@ -38,7 +40,7 @@ from .events import (
     SentToUser,
     User,
 )
-from .history import ChannelStream, find_rule, restamp
+from .history import StreamSlice, stamp
 from .jwt import verify_token
 from .message import JsonValue, Message, MessageType, decode_json
 from .metrics import Histogram
@@ -46,6 +48,7 @@ from .presence import Member
 from .ratelimit import TokenBucket
 from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
 from .statistics import HubStatistics
+from .streams import Position, Streams
 
 __all__ = ["Hub"]
 
@@ -70,7 +73,7 @@ class Hub:
         self._subscribers: dict[str, dict[ConnectionId, None]] = {}
         self._users: dict[str, set[ConnectionId]] = {}
         self._pending: dict[str, PendingAuthorization] = {}
-        self._streams: dict[str, ChannelStream] = {}
+        self._streams = Streams(config.history, shared=config.shared_history, new_id=new_id)
         self._signals = ChannelSignals(config.typing_interval)
         self._actions: list[HubAction] = []
         self._cluster = ClusterState(config, self._now,
@@ -83,6 +86,7 @@ class Hub:
         self._published = 0
         self._errors: Counter[int] = Counter()
         self._recoveries: Counter[bool] = Counter()
+        self._history_failures = 0
         self._actions.append(BrokerSubscribe(CLUSTER_TOPIC))
         self._actions.extend(self._cluster.hello())
 
@@ -113,6 +117,10 @@ class Hub:
                 self._envelope(event.topic, event.data, now)
             case AuthorizationAnswered():
                 self._answered(event)
+            case HistoryAppended():
+                self._appended(event)
+            case HistoryLoaded():
+                self._loaded(event)
             case BrokerLost():
                 self._cluster.broker_connected = False
             case BrokerRestored():
@@ -129,6 +137,8 @@ class Hub:
         self._next_sweep_at = now + self.config.sweep_interval
         self._sweep_connections(now)
         self._sweep_pending(now)
+        for channel, ready in self._streams.overdue(now):
+            self._fan_out(channel, *ready)
         actions, left = self._cluster.sweep(now)
         self._actions.extend(actions)
         self._announce(left, "user.left", now)
@@ -161,31 +171,58 @@ class Hub:
         """
         self._advance(now)
         _valid(channel)
-        stream = None if ephemeral else self._stream(channel)
-        offset = stream.next_offset() if stream else None
+        rule = None if ephemeral else self._streams.rule(channel)
         message_id, payload = self._encode(MessageType.EVENT, now, channel=channel,
-                                           event=event, data=data, user_id=user_id,
-                                           offset=offset, epoch=stream.epoch if stream else None)
+                                           event=event, data=data, user_id=user_id)
         self._published += 1
-        self._to_subscribers(channel, stream, offset, payload, exclude, now)
+        if rule is not None and self._streams.shared:
+            self._actions.append(self._streams.append(channel, rule, payload, exclude))
+            return message_id
+        position = self._streams.keep(channel, rule, payload, now) if rule else None
+        self._fan_out(channel, payload, position, exclude)
         self._actions.append(self._cluster.envelope(channel_topic(channel), EnvelopeKind.CHANNEL,
                                                     payload, exclude))
         return message_id
 
-    def _stream(self, channel: str) -> ChannelStream | None:
-        """The channel's history stream, created on first use if a rule asks for one."""
-        stream = self._streams.get(channel)
-        if stream is None and (rule := find_rule(self.config.history, channel)) is not None:
-            stream = self._streams[channel] = ChannelStream(rule, self._new_id)
-        return stream
+    def _appended(self, answer: HistoryAppended) -> None:
+        """The shared stream placed a publish: deliver here and to the other nodes, in the
+        order this node published."""
+        if answer.error is not None:
+            self._history_failures += 1
+        for append in self._streams.appended(answer):
+            position = append.position
+            self._actions.append(self._cluster.envelope(
+                channel_topic(append.channel), EnvelopeKind.CHANNEL, append.payload,
+                append.exclude, position))
+            self._in_order(append.channel, append.payload, position, append.exclude)
 
-    def _to_subscribers(self, channel: str, stream: ChannelStream | None, offset: int | None,
-                        payload: bytes, exclude: ConnectionId | None, now: float) -> None:
+    def _in_order(self, channel: str, payload: bytes, position: Position | None,
+                  exclude: ConnectionId | None) -> None:
+        """Deliver a shared channel's message here in offset order (see `Streams.order`)."""
+        if channel not in self._subscribers:
+            return  # nobody here (any more): keep no order for it
+        if position is None:
+            self._fan_out(channel, payload, None, exclude)
+            return
+        for ready in self._streams.order(channel, position, payload, exclude, self._now,
+                                         self.config.sweep_interval):
+            self._fan_out(channel, *ready)
+
+    def _fan_out(self, channel: str, payload: bytes, position: Position | None,
+                 exclude: ConnectionId | None) -> None:
+        """Deliver a channel message (unstamped) to this node's subscribers, with its
+        position in the channel's stream if it has one."""
         event_id = None
-        if stream is not None and offset is not None:
-            stream.append(offset, payload, now)
-            event_id = f"{stream.epoch}:{offset}:{channel}"
-        self._deliver(self._subscribers.get(channel, ()), payload, event_id, exclude, channel)
+        if position is not None:
+            epoch, offset = position
+            payload = stamp(payload, offset, epoch)
+            event_id = f"{epoch}:{offset}:{channel}"
+        subscribers: Iterable[ConnectionId] = self._subscribers.get(channel, ())
+        if channel in self._streams.loading:  # new subscriptions get their history first
+            skip = self._streams.divert(channel, position[1] if position else None, payload,
+                                        event_id, exclude)
+            subscribers = [c for c in subscribers if c not in skip]
+        self._deliver(subscribers, payload, event_id, exclude, channel)
 
     def send_to_user(self, user_id: str, event: str, data: JsonValue = None, *,
                      now: float) -> str:
@@ -253,6 +290,7 @@ class Hub:
             envelopes_duplicate=self._cluster.window.duplicates,
             nodes=len(self._cluster.heard) + 1,
             recoveries=dict(self._recoveries),
+            history_failures=self._history_failures,
             broker_topics=len(self._subscribers) + len(self._users) + 1,
             broker_latency=self._broker_latency.snapshot(),
             broker_driver=self._broker_report,
@@ -450,24 +488,56 @@ class Hub:
         if not subscribers:
             self._actions.append(BrokerSubscribe(channel_topic(channel)))
         subscribers[conn.id] = None
-        stream = self._stream(channel)
+        rule = self._streams.rule(channel)
+        if rule is not None and self._streams.shared:
+            self._actions.append(self._streams.read(channel, rule, conn.id, info, request))
+            return
+        history = self._streams.local_slice(channel, rule, now) if rule else None
+        self._welcome(conn, channel, info, request, history, (), now)
+
+    def _loaded(self, answer: HistoryLoaded) -> None:
+        """The shared stream answered a new subscription's read."""
+        found = self._streams.loaded(answer)
+        if found is None:
+            return  # the subscription ended meanwhile
+        channel, connection_id, loading = found
+        conn = self._connections[connection_id]
+        if answer.error is not None or answer.epoch is None:
+            self._history_failures += 1
+            history = None
+        else:
+            history = StreamSlice(answer.epoch, answer.offset, answer.entries)
+        self._welcome(conn, channel, loading.info, loading.request, history, loading.buffered,
+                      self._now)
+
+    def _welcome(self, conn: Connection, channel: str, info: Mapping[str, Any] | None,
+                 request: SubscribeOptions, history: StreamSlice | None,
+                 buffered: Iterable[tuple[int | None, bytes, str | None]], now: float) -> None:
+        """Answer a subscription: its stream position, what it asked to recover or see,
+        the live messages that waited for that, and the presence of its members."""
         success: dict[str, JsonValue] = {}
-        missed: tuple[bytes, ...] = ()
-        if stream is not None:
-            success = {"epoch": stream.epoch, "offset": stream.offset}
+        missed: list[tuple[int, bytes]] = []
+        if history is not None:
+            success = {"epoch": history.epoch, "offset": history.offset}
             if request.recover is not None:
-                recovery = stream.since(*request.recover, now)
-                success["recovered"] = recovery.recovered
-                missed = recovery.payloads
-                self._recoveries[recovery.recovered] += 1
+                recovered = history.recovers(*request.recover)
+                success["recovered"] = recovered
+                self._recoveries[recovered] += 1
+                missed = history.after(request.recover[1]) if recovered else []
             elif request.history:
-                missed = stream.last(request.history, now)
+                missed = history.last(request.history)
         elif request.recover is not None:
             success["recovered"] = False
             self._recoveries[False] += 1
         self._reply(conn, "subscription.succeeded", success, now, channel)
-        for payload in missed:
-            self._deliver((conn.id,), payload)
+        if history is not None:
+            for offset, payload in missed:
+                self._deliver((conn.id,), stamp(payload, offset, history.epoch),
+                              f"{history.epoch}:{offset}:{channel}", channel=channel)
+        top = history.offset if history is not None else None
+        for position, payload, event_id in sorted(buffered, key=_offset_order):
+            if position is None or top is None or position > top:
+                self._deliver((conn.id,), payload, event_id, channel=channel)
         if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
             member = Member(user_id=conn.user.id, info=dict(info or {}))
             first, actions = self._cluster.join(channel, conn.id, member)
@@ -492,10 +562,12 @@ class Hub:
 
     def _leave(self, conn: Connection, channel: str, now: float) -> None:
         conn.channels.discard(channel)
+        self._streams.cancel(channel, conn.id)
         subscribers = self._subscribers[channel]
         del subscribers[conn.id]
         if not subscribers:
             del self._subscribers[channel]
+            self._streams.forget(channel)
             self._actions.append(BrokerUnsubscribe(channel_topic(channel)))
             self._cluster.window.forget_topic(channel_topic(channel))
         if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
@@ -551,13 +623,14 @@ class Hub:
             case EnvelopeKind.CHANNEL:
                 channel = topic[2:]
                 ephemeral = self._remote_signal(channel, envelope.payload)
-                stream = None if ephemeral else self._stream(channel)
-                payload, offset = envelope.payload, None
-                if stream is not None:  # this node's stream position, so recovery works here
-                    offset = stream.next_offset()
-                    payload = restamp(payload, offset, stream.epoch)
+                rule = None if ephemeral else self._streams.rule(channel)
                 exclude = ConnectionId(envelope.exclude) if envelope.exclude else None
-                self._to_subscribers(channel, stream, offset, payload, exclude, now)
+                if rule is not None and self._streams.shared:
+                    self._in_order(channel, envelope.payload, envelope.position, exclude)
+                else:
+                    position = (self._streams.keep(channel, rule, envelope.payload, now)
+                                if rule is not None else None)  # this node's own stream
+                    self._fan_out(channel, envelope.payload, position, exclude)
             case EnvelopeKind.USER:
                 self._deliver(self._users.get(topic[2:], ()), envelope.payload)
             case EnvelopeKind.CONTROL:
@@ -582,12 +655,11 @@ class Hub:
     # -- output --------------------------------------------------------------------------
 
     def _encode(self, kind: MessageType, now: float, *, channel: str | None = None,
-                event: str | None = None, data: JsonValue = None, user_id: str | None = None,
-                offset: int | None = None, epoch: str | None = None) -> tuple[str, bytes]:
+                event: str | None = None, data: JsonValue = None,
+                user_id: str | None = None) -> tuple[str, bytes]:
         message_id = self._new_id()
         message = Message(type=kind, id=message_id, channel=channel, event=event, data=data,
-                          timestamp=self._epoch.unix_ms_at(now), user_id=user_id,
-                          offset=offset, epoch=epoch)
+                          timestamp=self._epoch.unix_ms_at(now), user_id=user_id)
         return message_id, message.encode()
 
     def _deliver(self, targets: Iterable[ConnectionId], payload: bytes,
@@ -623,6 +695,11 @@ class Hub:
                 _, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                                    event=event, data=member.to_dict())
                 self._deliver(self._subscribers[channel], payload, exclude=exclude)
+
+
+def _offset_order(item: tuple[int | None, bytes, str | None]) -> float:
+    """Buffered live messages by offset (those without one last)."""
+    return item[0] if item[0] is not None else float("inf")
 
 
 def _channel_hint(raw: str | bytes) -> str | None:

@@ -100,15 +100,21 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", int(hub.broker_connected))])
     metric("broker_topics", "gauge", "Broker topics this node subscribes to.",
            [("", hub.broker_topics)])
-    latency = hub.broker_latency
-    name = "realtime_broker_delivery_seconds"
-    lines.append(f"# HELP {name} Time from publish on another node to delivery here.")
-    lines.append(f"# TYPE {name} histogram")
-    for bound, count in zip(latency.bounds, latency.cumulative, strict=True):
-        lines.append(f'{name}_bucket{{{base},le="{bound}"}} {count}')
-    lines.append(f'{name}_bucket{{{base},le="+Inf"}} {latency.count}')
-    lines.append(f"{name}_sum{{{base}}} {latency.total}")
-    lines.append(f"{name}_count{{{base}}} {latency.count}")
+    def histogram(name: str, text: str, snapshot: HistogramSnapshot) -> None:
+        name = f"realtime_{name}"
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} histogram")
+        for bound, count in zip(snapshot.bounds, snapshot.cumulative, strict=True):
+            lines.append(f'{name}_bucket{{{base},le="{bound}"}} {count}')
+        lines.append(f'{name}_bucket{{{base},le="+Inf"}} {snapshot.count}')
+        lines.append(f"{name}_sum{{{base}}} {snapshot.total}")
+        lines.append(f"{name}_count{{{base}}} {snapshot.count}")
+
+    histogram("broker_delivery_seconds", "Time from publish on another node to delivery here.",
+              hub.broker_latency)
+    histogram("broker_publish_seconds",
+              "Time from publish to the broker taking the message (written or confirmed).",
+              hub.broker_driver.publish_latency or Histogram().snapshot())
     metric("bytes_in_total", "counter", "Bytes received from clients.",
            [("", stats.bytes_in)])
     metric("bytes_out_total", "counter", "Bytes handed to sockets for clients.",
@@ -134,6 +140,9 @@ def render_metrics(stats: NodeStatistics) -> bytes:
     metric("recoveries_total", "counter", "Subscriptions that asked to recover, by outcome.",
            [(f'outcome="{name}"', hub.recoveries.get(ok, 0))
             for ok, name in ((True, "recovered"), (False, "failed"))])
+    metric("history_failures_total", "counter",
+           "Shared-history appends and reads that failed (messages went without a position).",
+           [("", hub.history_failures)])
     metric("cluster_nodes", "gauge", "Nodes this node hears, itself included.",
            [("", hub.nodes)])
     return ("\n".join(lines) + "\n").encode()

@@ -17,6 +17,8 @@ from .actions import (
     CloseTransport,
     Deliver,
     Disconnect,
+    HistoryAppend,
+    HistoryRead,
     NodeAction,
     Transmit,
 )
@@ -520,7 +522,8 @@ class Node:
                     self._deliver(action)
                 case Disconnect():
                     self._disconnect(action)
-                case BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize():
+                case (BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize()
+                      | HistoryAppend() | HistoryRead()):
                     self._actions.append(action)
 
     def _deliver(self, action: Deliver) -> None:

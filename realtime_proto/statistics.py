@@ -29,6 +29,8 @@ class HubStatistics:
     envelopes_duplicate: int
     nodes: int
     recoveries: Mapping[bool, int]
+    #: shared-history appends and reads that failed (messages went out without a position)
+    history_failures: int
     #: broker topics this node asked for: its channels, its users, and the cluster topic
     broker_topics: int
     #: publish on another node → delivery here

@@ -7,8 +7,10 @@ the envelope inside the bytes (origin, sequence, de-duplication, presence) is co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, final
+
+from realtime_proto.metrics import Histogram, HistogramSnapshot
 
 __all__ = [
     "BrokerClient",
@@ -63,6 +65,9 @@ class BrokerStatistics:
     """Topics subscribed to (as asked for, even while disconnected)."""
     last_error: str | None
     """Why the connection was last lost or a reconnection failed."""
+    publish_latency: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
+    """Seconds from `publish_nowait` to the broker taking the message (written, or
+    confirmed by brokers that confirm)."""
 
 
 @final

@@ -4,8 +4,8 @@ The broker clients of :mod:`realtime_brokers` (redis, nats-py, aio-pika, asyncpg
 in-process memory bus) are asyncio code. :class:`BrokerBridge` runs one of them on its own
 asyncio loop in its own thread, and moves work across in both directions:
 
-* commands (publish, subscribe, unsubscribe) go from the host into the loop with
-  ``loop.call_soon_threadsafe``;
+* commands (publish, subscribe, unsubscribe, history appends and reads) go from the host
+  into the loop with ``loop.call_soon_threadsafe``;
 * what the client reports (messages, connection lost and restored) and the answers to
   ``start`` and ``close`` come back through the host's own thread-safe ``call_soon``
   (``TrioToken.run_sync_soon``, ``gevent``'s ``loop.run_callback_threadsafe``, a wake-up
@@ -26,15 +26,26 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from realtime_brokers import BrokerClient, BrokerListener, BrokerStatistics, open_broker
+from realtime_brokers.history import HistoryService, open_history_store
+from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.events import HistoryAppended, HistoryLoaded
 
-__all__ = ["BrokerBridge", "CallSoon"]
+__all__ = ["BridgeListener", "BrokerBridge", "CallSoon"]
 
 log = logging.getLogger("realtime")
 
 CallSoon = Callable[[Callable[[], None]], object]
 """Schedule a plain callable to run soon on the host's loop; callable from any thread."""
+
+
+class BridgeListener(BrokerListener, Protocol):
+    """A broker listener that also hears the history store's answers."""
+
+    def history_answered(self, answer: HistoryAppended | HistoryLoaded) -> None:
+        """A `HistoryAppend` or `HistoryRead` was carried out."""
 
 
 def _start_thread(target: Callable[[], None]) -> None:
@@ -84,22 +95,26 @@ class BrokerBridge:
             original ``start_new_thread`` so that monkey-patching cannot turn it into a
             greenlet).
         new_loop: makes the asyncio loop (gevent passes one on an unpatched selector).
+        history: the URL of the shared history store, if the node keeps history there;
+            its answers reach ``listener.history_answered``.
 
     Raises:
         ValueError: the URL has an unknown scheme or a bad option.
         BrokerError: the broker's client library is not installed.
     """
 
-    def __init__(self, url: str, listener: BrokerListener, *, node_id: str,
+    def __init__(self, url: str, listener: BridgeListener, *, node_id: str,
                  call_soon: CallSoon,
                  start_thread: Callable[[Callable[[], None]], object] = _start_thread,
                  new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
-                 ) -> None:
+                 history: str | None = None) -> None:
         self._listener = listener
         self._call_soon = call_soon
         self._start_thread = start_thread
         self._new_loop = new_loop
         self._client: BrokerClient = open_broker(url, _Forward(self), node_id=node_id)
+        self._history_url = history
+        self._history: HistoryService | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox = _Mailbox()  # host → loop
         self._inbox = _Mailbox()  # loop → host
@@ -137,6 +152,10 @@ class BrokerBridge:
     def unsubscribe_nowait(self, topic: str) -> None:
         """Queue the end of a subscription to `topic`."""
         self._command(lambda: self._client.unsubscribe_nowait(topic))
+
+    def carry_out(self, action: HistoryAppend | HistoryRead) -> None:
+        """Queue a history append or read for the store."""
+        self._command(lambda: self._history.carry_out(action) if self._history else None)
 
     def close(self, done: Callable[[], None]) -> None:
         """Send what is queued (bounded by the client's ``close_timeout``), disconnect and
@@ -208,6 +227,10 @@ class BrokerBridge:
             return
         try:
             await self._client.start()
+            if self._history_url is not None:
+                self._history = HistoryService(open_history_store(self._history_url),
+                                               self._answer_history)
+                await self._history.start()
         except Exception as error:
             self._start_reported = True
             self.report(functools.partial(self._on_started, error))
@@ -218,7 +241,13 @@ class BrokerBridge:
         if not self._stop:
             await self._stopping.wait()
         self._outbox.drain()
+        if self._history is not None:
+            await self._history.aclose()
         await self._client.aclose()
+
+    def _answer_history(self, answer: HistoryAppended | HistoryLoaded) -> None:
+        listener = self._listener
+        self.report(lambda: listener.history_answered(answer))
 
     def _stop_loop(self) -> None:
         self._stop = True

@@ -11,6 +11,7 @@ topic sets: ``wanted`` (after every queued command: what the listener asked for)
 from __future__ import annotations
 
 import enum
+import time
 from collections import deque
 
 __all__ = ["Command", "CommandQueue", "Op"]
@@ -27,13 +28,15 @@ class Op(enum.Enum):
 class Command:
     """One queued command; ``failures`` counts the connections it saw fail under it."""
 
-    __slots__ = ("data", "failures", "op", "topic")
+    __slots__ = ("data", "failures", "op", "queued_at", "topic")
 
     def __init__(self, op: Op, topic: str, data: bytes = b"") -> None:
         self.op = op
         self.topic = topic
         self.data = data
         self.failures = 0
+        #: monotonic seconds when it was queued (publish latency)
+        self.queued_at = time.monotonic()
 
 
 class CommandQueue:

@@ -27,6 +27,9 @@ import enum
 import logging
 import random
 import secrets
+import time
+
+from realtime_proto.metrics import Histogram
 
 from .api import BrokerError, BrokerListener, BrokerOptions, BrokerStatistics, BrokerUnavailable
 from .commands import Command, CommandQueue, Op
@@ -103,6 +106,7 @@ class SupervisedClient:
         self._probes = 0
         self._state = _State.NEW
         self._published = 0
+        self._publish_latency = Histogram()
         self._received = 0
         self._rejected = 0
         self._reconnects = 0
@@ -181,6 +185,7 @@ class SupervisedClient:
             queued=self._queue.publishes,
             subscriptions=len(self._queue.wanted),
             last_error=self._last_error,
+            publish_latency=self._publish_latency.snapshot(),
         )
 
     # -- connections ----------------------------------------------------------------------
@@ -347,12 +352,16 @@ class SupervisedClient:
                     await self._flush(conn)
                 return
             self._published += 1
+            self._publish_latency.observe(time.monotonic() - command.queued_at)
         self._queue.sent(command)
 
     async def _flush(self, conn: Connection) -> None:
         rejected = await conn.flush()
         self._published += len(self._unconfirmed) - rejected
         self._rejected += rejected
+        now = time.monotonic()
+        for command in self._unconfirmed:
+            self._publish_latency.observe(now - command.queued_at)
         self._unconfirmed.clear()
 
     # -- probes ---------------------------------------------------------------------------

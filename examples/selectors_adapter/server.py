@@ -87,7 +87,9 @@ class SelectorsServer(ServerBase):
         `serve_forever`)."""
         result: list[BaseException | None] = []
         self.broker = broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
-                                            call_soon=self.call_soon_threadsafe)
+                                            call_soon=self.call_soon_threadsafe,
+                                            history=self.history_store)
+        self.history = broker
         broker.start(result.append)
         self._run_until(lambda: bool(result), timeout=10.0)
         error = result[0] if result else TimeoutError("the broker did not start in 10 s")

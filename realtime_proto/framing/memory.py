@@ -14,6 +14,8 @@ from ..actions import (
     BrokerUnsubscribe,
     Deliver,
     Disconnect,
+    HistoryAppend,
+    HistoryRead,
 )
 from ..callbacks import authorization_answer
 from ..events import (
@@ -23,6 +25,7 @@ from ..events import (
     MessageReceived,
     User,
 )
+from ..history import MemoryStore
 from ..hub import Hub
 
 __all__ = ["BrokerAction", "MemoryTransport"]
@@ -35,16 +38,19 @@ class MemoryTransport:
 
     Each client's messages are kept decoded in `inbox[connection_id]`; closes are kept in
     `closed[connection_id]` as (code, reason). Authorization callbacks run at once (they
-    must be plain functions here). Broker actions go to `on_broker`, if given.
+    must be plain functions here). Broker actions go to `on_broker`, if given; a Hub with
+    shared history needs the `store` that answers its appends and reads.
     """
 
     def __init__(self, hub: Hub, *, clock: Callable[[], float],
                  new_id: Callable[[], str],
-                 on_broker: Callable[[BrokerAction], None] | None = None) -> None:
+                 on_broker: Callable[[BrokerAction], None] | None = None,
+                 store: MemoryStore | None = None) -> None:
         self.hub = hub
         self._clock = clock
         self._new_id = new_id
         self._on_broker = on_broker
+        self._store = store
         self.inbox: dict[ConnectionId, list[dict[str, Any]]] = {}
         self.closed: dict[ConnectionId, tuple[int, str]] = {}
         self.authorize_calls = 0
@@ -90,6 +96,17 @@ class MemoryTransport:
                     case BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe():
                         if self._on_broker is not None:
                             self._on_broker(action)
+                    case HistoryAppend():
+                        self.hub.handle(self._shared().append(action, self._clock()),
+                                        now=self._clock())
+                    case HistoryRead():
+                        self.hub.handle(self._shared().read(action, self._clock()),
+                                        now=self._clock())
+
+    def _shared(self) -> MemoryStore:
+        if self._store is None:
+            raise RuntimeError("a Hub with shared history needs MemoryTransport(store=...)")
+        return self._store
 
     def _authorize(self, action: Authorize) -> None:
         self.authorize_calls += 1

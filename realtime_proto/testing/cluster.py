@@ -12,6 +12,7 @@ from ..actions import BrokerPublish, BrokerSubscribe, BrokerUnsubscribe
 from ..config import Epoch, HubConfig
 from ..events import BrokerLost, BrokerRestored, ConnectionId, EnvelopeReceived, User
 from ..framing.memory import BrokerAction, MemoryTransport
+from ..history import MemoryStore
 from ..hub import Hub
 from .clock import FakeClock, counter_ids
 
@@ -87,6 +88,8 @@ class Cluster:
         self._config = config or HubConfig()
         self.transports: dict[str, MemoryTransport] = {}
         self._ids = counter_ids("x")
+        #: the history store every node shares (with `config.shared_history`)
+        self.store = MemoryStore(counter_ids("epoch"))
         for index in range(nodes):
             self.add_node(f"n{index + 1}")
 
@@ -98,7 +101,8 @@ class Cluster:
             setup(hub)
         self.transports[node_id] = MemoryTransport(
             hub, clock=self.clock, new_id=counter_ids(f"{node_id}.c"),
-            on_broker=lambda action: self.broker.submit(node_id, action, self.clock.now))
+            on_broker=lambda action: self.broker.submit(node_id, action, self.clock.now),
+            store=self.store)
         return hub
 
     def hub(self, node_id: str) -> Hub:

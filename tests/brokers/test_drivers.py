@@ -165,6 +165,8 @@ def test_statistics(target: Target) -> None:
             assert (stats.published, stats.received, stats.dropped) == (10, 0, 0)
             assert (stats.queued, stats.subscriptions, stats.reconnects) == (0, 0, 0)
             assert stats.last_error is None
+            latency = stats.publish_latency  # each publish timed until the broker took it
+            assert latency.count == 10 and latency.total > 0
             await eventually(lambda: bob.statistics().published == 3)
             stats = bob.statistics()
             assert stats.received == 10 + 3  # and its own three markers

@@ -59,7 +59,7 @@ def free_port() -> int:
 class NodeProcess:
     """One `realtime serve` process on a free port."""
 
-    def __init__(self, name: str, broker: str) -> None:
+    def __init__(self, name: str, broker: str, *extra: str) -> None:
         self.name = name
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -67,7 +67,7 @@ class NodeProcess:
                    "--port", str(self.port), "--broker", broker, "--node-id", name,
                    "--api-key", API_KEY, "--jwt-secret", SECRET, "--log-level", "warning",
                    "--presence-ttl", str(TTL), "--presence-heartbeat-interval", "1",
-                   "--connection-rate", "0", "--api-rate", "0", "--message-rate", "0"]
+                   "--connection-rate", "0", "--api-rate", "0", "--message-rate", "0", *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True)
 
@@ -99,8 +99,8 @@ class NodeProcess:
         self.process.communicate(timeout=10)
 
 
-def start_nodes(broker: str, count: int) -> list[NodeProcess]:
-    nodes = [NodeProcess(f"n{index + 1}", broker) for index in range(count)]
+def start_nodes(broker: str, count: int, *extra: str) -> list[NodeProcess]:
+    nodes = [NodeProcess(f"n{index + 1}", broker, *extra) for index in range(count)]
     try:
         for node in nodes:
             node.wait_ready()

@@ -25,6 +25,8 @@ from realtime_proto.actions import (
     BrokerUnsubscribe,
     CloseTransport,
     ConnectionInfo,
+    HistoryAppend,
+    HistoryRead,
     NodeAction,
     Transmit,
 )
@@ -34,13 +36,23 @@ from realtime_proto.events import (
     BrokerRestored,
     ConnectionId,
     EnvelopeReceived,
+    HistoryAppended,
+    HistoryLoaded,
     NodeEvent,
     TransportId,
 )
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
 
-from .edge import Settings, broker_report, build_node_config, new_epoch, new_node_id, random_id
+from .edge import (
+    Settings,
+    broker_report,
+    build_node_config,
+    history_store,
+    new_epoch,
+    new_node_id,
+    random_id,
+)
 
 __all__ = ["Answer", "BrokerCommands", "ServerBase"]
 
@@ -59,6 +71,12 @@ class BrokerCommands(Protocol):
     def statistics(self) -> BrokerStatistics: ...
 
 
+class HistoryCommands(Protocol):
+    """The shared history store as the pump uses it (a `HistoryService` or a bridge)."""
+
+    def carry_out(self, action: HistoryAppend | HistoryRead) -> None: ...
+
+
 class ServerBase:
     """A Node behind the embedding API of `realtime_asyncio.RealtimeServer`.
 
@@ -74,7 +92,10 @@ class ServerBase:
         self.node_id = self.settings.node_id or new_node_id()
         self.node = Node(build_node_config(self.settings, self.node_id, runtime=self.runtime),
                          new_id=random_id, epoch=new_epoch())
+        #: the shared history store's URL, when channels keep history there
+        self.history_store = history_store(self.settings)
         self.broker: BrokerCommands | None = None
+        self.history: HistoryCommands | None = None
         self.running = False
         self._authenticate_hook: Callable[[Any], Any] | None = None
         self._pumping = False
@@ -166,6 +187,9 @@ class ServerBase:
                 broker.subscribe_nowait(topic)
             case BrokerUnsubscribe(topic):
                 broker.unsubscribe_nowait(topic)
+            case HistoryAppend() | HistoryRead():
+                assert self.history is not None
+                self.history.carry_out(action)
             case Authorize():
                 request_id = action.request_id
                 self.run_callback(
@@ -254,6 +278,9 @@ class ServerBase:
     def connection_restored(self) -> None:
         log.warning("broker connection restored")
         self.handle(BrokerRestored())
+
+    def history_answered(self, answer: HistoryAppended | HistoryLoaded) -> None:
+        self.handle(answer)
 
 
 def _anonymous(request: object) -> None:

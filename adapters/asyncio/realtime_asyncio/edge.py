@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from realtime_brokers import BrokerStatistics
+from realtime_brokers.history import store_url
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
 from realtime_proto.config import RateLimits
@@ -81,6 +82,7 @@ class Settings:
     api_rate: float = 500.0
     api_burst: float = 1000.0
     history: str = ""
+    history_store: str = "auto"
     slow_consumers: str = ""
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
@@ -94,6 +96,7 @@ class Settings:
             self.api_key_generated = True
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
+        store_url(self.history_store, self.broker)  # a bad value fails here, not at start
 
     @classmethod
     def names(cls) -> list[str]:
@@ -119,6 +122,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
     hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history),
+                    shared_history=history_store(settings) is not None,
                     jwt=jwt_config(settings),
                     heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
@@ -183,6 +187,19 @@ def _policy(pattern: str, value: str) -> SlowConsumerRule:
         raise ValueError(f"slow-consumer policy {value!r}: use one of {choices}") from None
 
 
+def history_store(settings: Settings) -> str | None:
+    """The URL of the store shared by the cluster for channel history; None when history
+    stays in each node's memory (no history rules, ``local``, or a broker that cannot
+    store with ``auto``).
+
+    Raises:
+        ValueError: the setting is neither ``local``, ``auto`` nor a store URL.
+    """
+    if not settings.history:
+        return None
+    return store_url(settings.history_store, settings.broker)
+
+
 def parse_history(text: str) -> tuple[HistoryRule, ...]:
     """`pattern=size:ttl,…` (e.g. `private-room.*=100:300`) as history rules."""
     return parse_rules(text, _history)
@@ -192,7 +209,8 @@ def broker_report(statistics: BrokerStatistics) -> BrokerReported:
     """The driver's counters as the event that carries them into /metrics."""
     return BrokerReported(published=statistics.published, received=statistics.received,
                           dropped=statistics.dropped, queued=statistics.queued,
-                          reconnects=statistics.reconnects)
+                          reconnects=statistics.reconnects,
+                          publish_latency=statistics.publish_latency)
 
 
 def new_epoch() -> Epoch:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from realtime_brokers import BrokerClient, open_broker
+from realtime_brokers.history import HistoryService, open_history_store
 from realtime_proto.actions import ConnectionInfo
 from realtime_proto.events import TransportId
 from realtime_proto.webhook import WebhookCache, WebhookTarget, read_answer, webhook_request
@@ -152,6 +153,14 @@ class RealtimeServer(ServerBase):
         self._loop = asyncio.get_running_loop()
         self.broker = open_broker(self.settings.broker, self, node_id=self.node_id)
         await self.broker.start()
+        if self.history_store is not None:
+            history = HistoryService(open_history_store(self.history_store), self.handle)
+            try:
+                await history.start()
+            except BaseException:
+                await self.broker.aclose()
+                raise
+            self.history = history
         self.running = True
         self.pump()
         if not listen:
@@ -164,6 +173,8 @@ class RealtimeServer(ServerBase):
                 ssl_handshake_timeout=10.0 if ssl_context else None)
         except BaseException:
             await self.broker.aclose()  # leave nothing subscribed behind
+            if isinstance(self.history, HistoryService):
+                await self.history.aclose()
             raise
         self._servers.append(server)
         log.info("realtime node %s serving on %s:%d (broker %s)", self.node_id,
@@ -219,6 +230,8 @@ class RealtimeServer(ServerBase):
             self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        if isinstance(self.history, HistoryService):
+            await self.history.aclose()
         if self.broker is not None:
             await self.broker.aclose()
         self.running = False

@@ -96,7 +96,9 @@ class RealtimeServer(ServerBase):
         self.broker = broker = BrokerBridge(
             self.settings.broker, self, node_id=self.node_id,
             call_soon=self.hub.loop.run_callback_threadsafe,
-            start_thread=_start_os_thread, new_loop=_new_asyncio_loop)
+            start_thread=_start_os_thread, new_loop=_new_asyncio_loop,
+            history=self.history_store)
+        self.history = broker
         started = gevent.event.AsyncResult()
         broker.start(started.set)
         # bounded by the broker's connect_timeout; the timeout here also keeps the hub

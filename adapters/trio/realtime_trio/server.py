@@ -136,7 +136,9 @@ class RealtimeServer(ServerBase):
         self._ssl_context = server_ssl_context(self.settings)
         self.trio_token = token = trio.lowlevel.current_trio_token()
         self.broker = broker = BrokerBridge(self.settings.broker, self, node_id=self.node_id,
-                                            call_soon=token.run_sync_soon)
+                                            call_soon=token.run_sync_soon,
+                                            history=self.history_store)
+        self.history = broker
         started = trio.Event()
         errors: list[BaseException | None] = []
 

@@ -1,0 +1,124 @@
+"""PostgreSQL: each channel's stream in two tables, created on first start.
+
+``realtime_history_streams`` holds a channel's epoch and latest offset; appending bumps it
+under the row's lock, so the offsets of a channel are gap-free across every node. The
+entries are rows of ``realtime_history``; the append trims the channel's rows by count
+and age in the same statement. Appends of one batch run in one transaction, in order.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg  # type: ignore[import-untyped]
+
+from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.events import HistoryLoaded
+
+from ..urls import take_query
+
+__all__ = ["create_store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS realtime_history_streams (
+    channel text PRIMARY KEY,
+    epoch text NOT NULL,
+    top bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS realtime_history (
+    channel text NOT NULL,
+    "offset" bigint NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    payload bytea NOT NULL,
+    PRIMARY KEY (channel, "offset")
+);
+"""
+
+_APPEND = """
+WITH stream AS (
+    INSERT INTO realtime_history_streams AS s (channel, epoch, top) VALUES ($1, $2, 1)
+    ON CONFLICT (channel) DO UPDATE SET top = s.top + 1
+    RETURNING epoch, top
+), kept AS (
+    INSERT INTO realtime_history (channel, "offset", payload)
+    SELECT $1, top, $3 FROM stream
+), trimmed AS (
+    DELETE FROM realtime_history h USING stream
+    WHERE h.channel = $1
+      AND (h."offset" <= stream.top - $4 OR h.at < now() - make_interval(secs => $5))
+)
+SELECT epoch, top FROM stream
+"""
+
+_ENSURE = """
+INSERT INTO realtime_history_streams (channel, epoch, top) VALUES ($1, $2, 0)
+ON CONFLICT (channel) DO NOTHING
+"""
+
+_AFTER = """
+SELECT "offset", payload FROM realtime_history
+WHERE channel = $1 AND "offset" > $2 AND at >= now() - make_interval(secs => $3)
+ORDER BY "offset" LIMIT $4
+"""
+
+_LATEST = """
+SELECT "offset", payload FROM realtime_history
+WHERE channel = $1 AND at >= now() - make_interval(secs => $2)
+ORDER BY "offset" DESC LIMIT $3
+"""
+
+
+class PostgresStore:
+    """Streams in PostgreSQL tables (see the module's docstring)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=4)
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(73707)")  # one node creates them
+            try:
+                await conn.execute(_SCHEMA)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(73707)")
+
+    async def append(self, batch: list[HistoryAppend], now_ms: int) -> list[tuple[str, int]]:
+        assert self._pool is not None
+        positions = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            for action in batch:
+                row = await conn.fetchrow(_APPEND, action.channel, secrets.token_hex(8),
+                                          action.payload, action.size, float(action.ttl))
+                positions.append((row["epoch"], int(row["top"])))
+        return positions
+
+    async def read(self, action: HistoryRead, now_ms: int) -> HistoryLoaded:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await conn.execute(_ENSURE, action.channel, secrets.token_hex(8))
+            stream = await conn.fetchrow(
+                "SELECT epoch, top FROM realtime_history_streams WHERE channel = $1",
+                action.channel)
+            rows = []
+            if action.limit > 0 and action.since is not None:
+                rows = await conn.fetch(_AFTER, action.channel, action.since,
+                                        float(action.ttl), action.limit)
+            elif action.limit > 0:
+                rows = list(reversed(await conn.fetch(_LATEST, action.channel,
+                                                      float(action.ttl), action.limit)))
+        top = int(stream["top"])  # rows committed after it was read are left for later
+        return HistoryLoaded(request_id=action.request_id, epoch=stream["epoch"], offset=top,
+                             entries=tuple((int(r["offset"]), bytes(r["payload"]))
+                                           for r in rows if r["offset"] <= top))
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def create_store(url: str) -> PostgresStore:
+    """``postgresql://…``: the same database as the PostgreSQL broker (whose own options,
+    ``prefix`` and ``table``, mean nothing here)."""
+    return PostgresStore(take_query(url, {"prefix", "table"})[0])

@@ -1,0 +1,242 @@
+"""Where a node keeps its channels' history: in its own memory, or shared in a store.
+
+With a shared store (Redis streams, a PostgreSQL table, JetStream: the adapter's business),
+every node sees the same offsets, so a client recovers on whichever node it reconnects
+to. The store answers asynchronously, so this module keeps what waits for an answer:
+publishes waiting for their offset (released in publish order), and subscriptions waiting
+for their slice of history (with the live messages that arrive meanwhile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .actions import HistoryAppend, HistoryRead
+from .connection import SubscribeOptions
+from .events import ConnectionId, HistoryAppended, HistoryLoaded
+from .history import ChannelStream, HistoryRule, StreamSlice, find_rule
+
+__all__ = ["Append", "Loading", "Streams"]
+
+#: how many channels' rule lookups are remembered before the memo starts over
+_RULE_MEMO = 4096
+
+Position = tuple[str, int]
+#: a channel message ready for this node's subscribers: unstamped payload, position, exclude
+Ready = tuple[bytes, Position, ConnectionId | None]
+
+
+@dataclass(slots=True)
+class Append:
+    """A publish waiting for its position in the shared stream."""
+
+    channel: str
+    payload: bytes
+    exclude: ConnectionId | None
+    answer: HistoryAppended | None = None
+
+    @property
+    def position(self) -> Position | None:
+        """The (epoch, offset) the store gave, or None if it failed."""
+        answer = self.answer
+        if answer is None or answer.epoch is None or answer.offset is None:
+            return None
+        return answer.epoch, answer.offset
+
+
+@dataclass(slots=True)
+class _Sequence:
+    """Live order of one shared channel on this node: the offset expected next, and the
+    messages that came early (another node's publish overtook one still on its way)."""
+
+    epoch: str
+    next: int
+    held: dict[int, tuple[bytes, ConnectionId | None]] = field(default_factory=dict)
+    #: when the held messages go out even if the gap before them never fills
+    deadline: float = 0.0
+
+
+@dataclass(slots=True)
+class Loading:
+    """A new subscription of a shared channel: waiting for the store's answer, then, until
+    live messages pass it, ignoring those the answer already gave."""
+
+    info: Any
+    request: SubscribeOptions
+    #: live messages that arrived meanwhile: (offset, stamped payload, SSE event id)
+    buffered: list[tuple[int | None, bytes, str | None]] = field(default_factory=list)
+    #: once answered: the stream's latest offset when it was read
+    floor: int | None = None
+
+
+class Streams:
+    """The history of every channel of one node, local or shared."""
+
+    def __init__(self, rules: tuple[HistoryRule, ...], *, shared: bool,
+                 new_id: Callable[[], str]) -> None:
+        self.shared = shared
+        self._rules = rules
+        self._new_id = new_id
+        self._memo: dict[str, HistoryRule | None] = {}
+        self._local: dict[str, ChannelStream] = {}
+        self._appends: dict[str, Append] = {}  # by request id, in publish order
+        #: channel -> subscriptions waiting for their slice of history
+        self.loading: dict[str, dict[ConnectionId, Loading]] = {}
+        self._reads: dict[str, tuple[str, ConnectionId]] = {}
+        self._sequences: dict[str, _Sequence] = {}
+
+    def rule(self, channel: str) -> HistoryRule | None:
+        """The channel's history rule, if it keeps history."""
+        if not self._rules:
+            return None
+        try:
+            return self._memo[channel]
+        except KeyError:
+            if len(self._memo) >= _RULE_MEMO:
+                self._memo.clear()
+            rule = self._memo[channel] = find_rule(self._rules, channel)
+            return rule
+
+    # -- this node's memory --------------------------------------------------------------
+
+    def keep(self, channel: str, rule: HistoryRule, payload: bytes, now: float) -> Position:
+        """Append to this node's stream of the channel; the message's position."""
+        stream = self._stream(channel, rule)
+        return stream.epoch, stream.append(payload, now)
+
+    def local_slice(self, channel: str, rule: HistoryRule, now: float) -> StreamSlice:
+        """What this node's stream of the channel holds."""
+        return self._stream(channel, rule).read(now)
+
+    def _stream(self, channel: str, rule: HistoryRule) -> ChannelStream:
+        stream = self._local.get(channel)
+        if stream is None:
+            stream = self._local[channel] = ChannelStream(rule, self._new_id)
+        return stream
+
+    # -- the shared store ----------------------------------------------------------------
+
+    def append(self, channel: str, rule: HistoryRule, payload: bytes,
+               exclude: ConnectionId | None) -> HistoryAppend:
+        """Ask the store for the next position of a publish."""
+        request_id = self._new_id()
+        self._appends[request_id] = Append(channel, payload, exclude)
+        return HistoryAppend(request_id=request_id, channel=channel, payload=payload,
+                             size=rule.size, ttl=rule.ttl)
+
+    def appended(self, answer: HistoryAppended) -> list[Append]:
+        """Record an answer; the publishes now ready to go out, in publish order."""
+        append = self._appends.get(answer.request_id)
+        if append is None:
+            return []
+        append.answer = answer
+        ready = []
+        for request_id, first in list(self._appends.items()):
+            if first.answer is None:
+                break
+            del self._appends[request_id]
+            ready.append(first)
+        return ready
+
+    def order(self, channel: str, position: Position, payload: bytes,
+              exclude: ConnectionId | None, now: float, wait: float) -> list[Ready]:
+        """Put a shared channel's live messages in offset order: those ready now.
+
+        A message ahead of a gap waits for it at most `wait` seconds (see `overdue`); one
+        behind (it arrived after its gap was given up on) goes out at once.
+        """
+        epoch, offset = position
+        sequence = self._sequences.get(channel)
+        if sequence is None or sequence.epoch != epoch:
+            sequence = self._sequences[channel] = _Sequence(epoch, offset)
+        if offset < sequence.next:
+            return [(payload, position, exclude)]
+        if not sequence.held:
+            sequence.deadline = now + wait
+        sequence.held[offset] = (payload, exclude)
+        return _release(sequence, give_up=False)
+
+    def overdue(self, now: float) -> list[tuple[str, Ready]]:
+        """Messages that waited their time for a gap that did not fill, in order."""
+        ready: list[tuple[str, Ready]] = []
+        for channel, sequence in self._sequences.items():
+            if sequence.held and sequence.deadline <= now:
+                ready.extend((channel, item) for item in _release(sequence, give_up=True))
+        return ready
+
+    def forget(self, channel: str) -> None:
+        """This node no longer receives the channel."""
+        self._sequences.pop(channel, None)
+
+    def read(self, channel: str, rule: HistoryRule, connection_id: ConnectionId, info: Any,
+             request: SubscribeOptions) -> HistoryRead:
+        """Ask the store for what a new subscription needs; live messages wait meanwhile."""
+        request_id = self._new_id()
+        self.loading.setdefault(channel, {})[connection_id] = Loading(info, request)
+        self._reads[request_id] = (channel, connection_id)
+        since = request.recover[1] if request.recover is not None else None
+        limit = rule.size if since is not None else min(request.history, rule.size)
+        return HistoryRead(request_id=request_id, channel=channel, since=since, limit=limit,
+                           ttl=rule.ttl)
+
+    def loaded(self, answer: HistoryLoaded) -> tuple[str, ConnectionId, Loading] | None:
+        """The subscription a read was for, if it still waits; from now on it skips the
+        live messages at or below the offset the store answered with."""
+        found = self._reads.pop(answer.request_id, None)
+        if found is None:
+            return None
+        channel, connection_id = found
+        loading = self.loading[channel][connection_id]
+        if answer.error is None and answer.epoch is not None:
+            loading.floor = answer.offset
+            if channel not in self._sequences:
+                self._sequences[channel] = _Sequence(answer.epoch, answer.offset + 1)
+        else:
+            self._done(channel, connection_id)
+        return channel, connection_id, loading
+
+    def divert(self, channel: str, offset: int | None, payload: bytes, event_id: str | None,
+               exclude: ConnectionId | None) -> set[ConnectionId]:
+        """A live message of a channel with new subscriptions: keep it for those still
+        waiting; the subscribers that must not get it now."""
+        skip = set()
+        for connection_id, loading in list(self.loading[channel].items()):
+            if loading.floor is None:
+                if connection_id != exclude:
+                    loading.buffered.append((offset, payload, event_id))
+                skip.add(connection_id)
+            elif offset is not None and offset <= loading.floor:
+                skip.add(connection_id)
+            else:
+                self._done(channel, connection_id)
+        return skip
+
+    def _done(self, channel: str, connection_id: ConnectionId) -> None:
+        waiting = self.loading[channel]
+        del waiting[connection_id]
+        if not waiting:
+            del self.loading[channel]
+
+    def cancel(self, channel: str, connection_id: ConnectionId) -> None:
+        """Forget a subscription that ended before its history arrived."""
+        if connection_id in self.loading.get(channel, ()):
+            self._done(channel, connection_id)
+            self._reads = {k: v for k, v in self._reads.items()
+                           if v != (channel, connection_id)}
+
+
+def _release(sequence: _Sequence, *, give_up: bool) -> list[Ready]:
+    """Take the held messages that are next in line; with `give_up`, skip the gaps."""
+    ready: list[Ready] = []
+    held = sequence.held
+    while held:
+        if sequence.next not in held:
+            if not give_up:
+                break
+            sequence.next = min(held)
+        payload, exclude = held.pop(sequence.next)
+        ready.append((payload, (sequence.epoch, sequence.next), exclude))
+        sequence.next += 1
+    return ready

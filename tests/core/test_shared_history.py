@@ -1,0 +1,207 @@
+"""Shared history: one stream per channel for the whole cluster, so a client recovers on
+any node; the store's answers are asynchronous and may come in any order."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from realtime_proto import Epoch, Hub, HubConfig
+from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.events import (
+    ConnectionClosed,
+    ConnectionId,
+    ConnectionOpened,
+    HistoryAppended,
+    HistoryLoaded,
+    MessageReceived,
+)
+from realtime_proto.history import HistoryRule, MemoryStore, stamp
+from realtime_proto.message import Message, MessageType
+from realtime_proto.testing import Cluster, FakeClock, counter_ids
+
+RULES = (HistoryRule("room.*", 100, 60),)
+SHARED = HubConfig(history=RULES, shared_history=True, presence_heartbeat_interval=1.0,
+                   presence_ttl=3.0)
+
+
+def _numbers(messages: list[dict[str, Any]]) -> list[int]:
+    return [m["data"] for m in messages if m.get("event") == "n"]
+
+
+def _subscribe(cluster: Cluster, node: str, conn: ConnectionId,
+               **data: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The subscription's answer, and the channel messages that followed it."""
+    cluster.send(node, conn, {"type": "subscribe", "channel": "room.1", "data": data})
+    cluster.settle()
+    got = cluster.transports[node].take(conn)
+    [success] = [m for m in got if m.get("event") == "subscription.succeeded"]
+    return success["data"], [m for m in got if m.get("event") == "n"]
+
+
+def test_stamp_gives_the_bytes_of_encoding_with_the_position() -> None:
+    message = Message(type=MessageType.EVENT, id="m1", channel="c", event="e",
+                      data={"ü": [1]}, timestamp=5, user_id="u")
+    with_position = Message(type=MessageType.EVENT, id="m1", channel="c", event="e",
+                            data={"ü": [1]}, timestamp=5, user_id="u", offset=7, epoch="ep")
+    assert stamp(message.encode(), 7, "ep") == with_position.encode()
+
+
+def test_every_node_delivers_the_same_offsets() -> None:
+    cluster = Cluster(2, seed=1, config=SHARED)
+    watchers = {node: cluster.connect(node) for node in ("n1", "n2")}
+    positions = {node: _subscribe(cluster, node, conn)[0] for node, conn in watchers.items()}
+    assert positions["n1"] == positions["n2"]
+    for number, node in enumerate(["n1", "n2", "n1", "n2", "n2"]):
+        cluster.hub(node).broadcast("room.1", "n", number, now=cluster.clock.now)
+        cluster.transports[node].run()
+    cluster.settle()
+    for node, conn in watchers.items():
+        got = [m for m in cluster.transports[node].take(conn) if m.get("event") == "n"]
+        assert [m["offset"] for m in got] == [1, 2, 3, 4, 5]
+        assert [m["data"] for m in got] == [0, 1, 2, 3, 4]
+        assert {m["epoch"] for m in got} == {positions["n1"]["epoch"]}
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_a_client_recovers_on_another_node_in_order_without_duplicates(seed: int) -> None:
+    """Publishes from random nodes, delayed at random by the broker; a client leaves one
+    node and recovers on another: it sees every message once, in offset order."""
+    cluster = Cluster(3, seed=seed, config=SHARED)
+    rng = random.Random(seed)
+    nodes = list(cluster.transports)
+    home = rng.choice(nodes)
+    conn = cluster.connect(home)
+    position, _ = _subscribe(cluster, home, conn)
+    published = 0
+
+    def publish(count: int) -> None:
+        nonlocal published
+        for _ in range(count):
+            node = rng.choice(nodes)
+            cluster.hub(node).broadcast("room.1", "n", published, now=cluster.clock.now)
+            cluster.transports[node].run()
+            published += 1
+            if rng.random() < 0.4:
+                cluster.run_for(rng.uniform(0, 0.03))
+
+    publish(rng.randint(0, 10))
+    cluster.settle()
+    before = [m for m in cluster.transports[home].take(conn) if m.get("event") == "n"]
+    last = before[-1]["offset"] if before else position["offset"]
+    cluster.transports[home].close(conn)
+    publish(rng.randint(0, 10))
+    away = rng.choice(nodes)
+    again = cluster.connect(away)
+    success, recovered = _subscribe(cluster, away, again,
+                                    recover={"epoch": position["epoch"], "offset": last})
+    publish(rng.randint(0, 5))
+    cluster.settle()
+    after = recovered + [m for m in cluster.transports[away].take(again)
+                         if m.get("event") == "n"]
+    assert success["recovered"] is True
+    assert [m["data"] for m in before + after] == list(range(published))
+    assert [m["offset"] for m in before + after] == list(range(1, published + 1))
+
+
+class _Node:
+    """One Hub whose store answers are held back, to be given in any order."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.hub = Hub(SHARED, new_id=counter_ids("m"), epoch=Epoch(self.clock.now, 0))
+        self.store = MemoryStore(counter_ids("epoch"))
+        self.inbox: dict[str, list[dict[str, Any]]] = {}
+        self.appends: list[HistoryAppend] = []
+        self.reads: list[HistoryRead] = []
+        self.run()
+
+    def run(self) -> None:
+        import json
+        for action in self.hub.actions():
+            match action:
+                case HistoryAppend():
+                    self.appends.append(action)
+                case HistoryRead():
+                    self.reads.append(action)
+                case _ if hasattr(action, "payload") and hasattr(action, "connection_ids"):
+                    for conn in action.connection_ids:
+                        self.inbox.setdefault(conn, []).append(json.loads(action.payload))
+
+    def connect(self, name: str, **subscribe: Any) -> ConnectionId:
+        conn = ConnectionId(name)
+        self.hub.handle(ConnectionOpened(connection_id=conn), now=self.clock.now)
+        self.hub.handle(MessageReceived(connection_id=conn, data={
+            "type": "subscribe", "channel": "room.1", "data": subscribe}), now=self.clock.now)
+        self.run()
+        return conn
+
+    def answer(self, event: HistoryAppended | HistoryLoaded) -> None:
+        self.hub.handle(event, now=self.clock.now)
+        self.run()
+
+
+def test_publishes_go_out_in_publish_order_whatever_order_the_store_answers_in() -> None:
+    node = _Node()
+    conn = node.connect("a")
+    node.answer(node.store.read(node.reads.pop(), node.clock.now))
+    for number in range(4):
+        node.hub.broadcast("room.1", "n", number, now=node.clock.now)
+    node.run()
+    answers = [node.store.append(a, node.clock.now) for a in node.appends]
+    assert _numbers(node.inbox[conn]) == []  # nothing goes out before its position
+    for index in (2, 1, 3, 0):
+        node.answer(answers[index])
+    assert _numbers(node.inbox[conn]) == [0, 1, 2, 3]
+    assert [m["offset"] for m in node.inbox[conn][-4:]] == [1, 2, 3, 4]
+
+
+def test_live_messages_wait_for_the_recovered_ones_and_are_not_repeated() -> None:
+    node = _Node()
+    first = node.connect("first")
+    node.answer(node.store.read(node.reads.pop(), node.clock.now))
+    epoch = node.inbox[first][-1]["data"]["epoch"]
+    for number in range(3):
+        node.hub.broadcast("room.1", "n", number, now=node.clock.now)
+    node.run()
+    for append in node.appends:
+        node.answer(node.store.append(append, node.clock.now))
+    node.appends.clear()
+    again = node.connect("again", recover={"epoch": epoch, "offset": 1})
+    read = node.reads.pop()
+    node.hub.broadcast("room.1", "n", 3, now=node.clock.now)
+    node.run()
+    [append] = node.appends
+    answered = node.store.append(append, node.clock.now)
+    loaded = node.store.read(read, node.clock.now)  # the read saw offset 4 already …
+    node.answer(answered)  # … and the live message arrives before the read's answer
+    assert _numbers(node.inbox[again]) == []
+    node.answer(loaded)
+    got = node.inbox[again]
+    assert got[1]["data"] == {"epoch": epoch, "offset": 4, "recovered": True}
+    assert _numbers(got) == [1, 2, 3]
+    assert _numbers(node.inbox[first]) == [0, 1, 2, 3]
+
+
+def test_a_failing_store_loses_no_message_and_says_recovery_failed() -> None:
+    node = _Node()
+    conn = node.connect("a", recover={"epoch": "e", "offset": 0})
+    node.answer(HistoryLoaded(request_id=node.reads.pop().request_id, error="down"))
+    assert node.inbox[conn][-1]["data"] == {"recovered": False}
+    node.hub.broadcast("room.1", "n", 7, now=node.clock.now)
+    node.run()
+    node.answer(HistoryAppended(request_id=node.appends.pop().request_id, error="down"))
+    [message] = [m for m in node.inbox[conn] if m.get("event") == "n"]
+    assert message["data"] == 7 and "offset" not in message
+    assert node.hub.statistics().history_failures == 2
+
+
+def test_an_answer_for_a_subscription_that_ended_is_ignored() -> None:
+    node = _Node()
+    conn = node.connect("a")
+    read = node.reads.pop()
+    node.hub.handle(ConnectionClosed(connection_id=conn), now=node.clock.now)
+    node.answer(node.store.read(read, node.clock.now))
+    assert [m.get("event") for m in node.inbox[conn]] == ["connection.established"]
