@@ -110,3 +110,45 @@ def test_asyncio_and_another_runtime_share_presence_and_client_events(
                 await eventually(lambda: [m.user_id for m in second.members(room)] == ["alice"])
     asyncio.run(scenario())
 
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_every_runtime_shares_one_history_and_recovers_another_nodes_messages(
+        store: str) -> None:
+    """Each runtime appends to and reads the shared store (trio, gevent and selectors
+    through the bridge): one stream, whichever node publishes or recovers."""
+    async def scenario() -> None:
+        url = broker_url("memory" if store == "memory" else "redis")
+        history_store = url if store == "memory" else "auto"
+        channel = f"room.{uuid.uuid4().hex[:8]}"
+        async with contextlib.AsyncExitStack() as stack:
+            servers = [await stack.enter_async_context(serving(
+                runtime, broker=url, history="room.*=50:60", history_store=history_store))
+                for runtime in RUNTIMES]
+            async with connect("websocket", servers[0].port) as first:
+                await first.send({"type": "subscribe", "channel": channel})
+                position = (await first.next("subscription.succeeded"))["data"]
+                for server in servers:
+                    await until_routed(lambda n, s=server: s.broadcast(channel, "probe", n),
+                                       first)
+                last = (await _last_offset(first))
+            for index, server in enumerate(servers):  # while the client is away
+                server.broadcast(channel, "n", index)
+            for server in servers:  # it comes back on each node in turn
+                async with connect("websocket", server.port) as again:
+                    await again.send({"type": "subscribe", "channel": channel, "data": {
+                        "recover": {"epoch": position["epoch"], "offset": last}}})
+                    answer = (await again.next("subscription.succeeded"))["data"]
+                    assert answer["recovered"] is True, answer
+                    missed = [await again.next("n") for _ in servers]
+                    assert sorted(m["data"] for m in missed) == list(range(len(servers)))
+                    assert [m["offset"] for m in missed] == list(
+                        range(last + 1, last + 1 + len(servers)))
+    asyncio.run(scenario())
+
+
+async def _last_offset(client: Client) -> int:
+    """The offset of the last message the client has seen (probes included)."""
+    await client.send({"type": "ping"})
+    await client.next(type="pong")
+    return max(m["offset"] for m in client.seen if "offset" in m)
