@@ -24,6 +24,7 @@ __all__ = [
     "HistoryRead",
     "HubAction",
     "NodeAction",
+    "SaveReadPosition",
     "Transmit",
 ]
 
@@ -131,6 +132,19 @@ class HistoryRead:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SaveReadPosition:
+    """Keep a user's read position on a channel in the shared store (no answer); an
+    integer position never moves backwards there either."""
+
+    channel: str
+    user_id: str
+    position: int | str
+    #: seconds the positions of the channel are kept after the latest move
+    ttl: float
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthenticationRequest:
     """What the application's authenticate hook sees of a connecting client."""
 
@@ -175,6 +189,7 @@ HubAction = (
     | Authorize
     | HistoryAppend
     | HistoryRead
+    | SaveReadPosition
 )
 NodeAction = (
     Transmit
@@ -186,4 +201,5 @@ NodeAction = (
     | Authenticate
     | HistoryAppend
     | HistoryRead
+    | SaveReadPosition
 )

@@ -12,7 +12,7 @@ from .events import ConnectionId
 from .hub import Hub
 from .message import JsonValue, decode_json
 
-__all__ = ["ApiResponse", "bearer_token", "handle_api"]
+__all__ = ["ApiResponse", "bearer_token", "handle_api", "reads_channel"]
 
 #: (HTTP status, JSON body)
 ApiResponse = tuple[int, JsonValue]
@@ -70,6 +70,14 @@ def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
     except MessageError as error:
         status = 413 if error.code == ErrorCode.MESSAGE_TOO_LARGE else 400
         return status, error_body(error.code, error.message)
+
+
+def reads_channel(method: str, path: str) -> str | None:
+    """The channel of a `GET /api/channels/{channel}/reads` request, if it is one."""
+    parts = [unquote(p) for p in path.split("/")[2:]]
+    if method == "GET" and len(parts) == 3 and parts[0] == "channels" and parts[2] == "reads":
+        return parts[1]
+    return None
 
 
 def _publish(hub: Hub, fields: dict[str, Any], now: float) -> ApiResponse:

@@ -156,6 +156,8 @@ class HistoryLoaded:
     offset: int = 0
     #: (offset, unstamped payload), oldest first
     entries: tuple[tuple[int, bytes], ...] = ()
+    #: each user's read position on the channel, as the store keeps them
+    reads: Mapping[str, int | str] = field(default_factory=dict)
     #: set when the store failed; the subscription succeeds without recovery
     error: str | None = None
 

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import final
 
-from .actions import HistoryAppend, HistoryRead
+from .actions import HistoryAppend, HistoryRead, SaveReadPosition
 from .channels import pattern_matches
 from .errors import ConfigError
 from .events import HistoryAppended, HistoryLoaded
+from .signals import ChannelSignals
 
 __all__ = ["ChannelStream", "HistoryRule", "MemoryStore", "StreamSlice", "find_rule", "stamp"]
 
@@ -102,6 +103,7 @@ class MemoryStore:
     def __init__(self, new_epoch: Callable[[], str]) -> None:
         self._new_epoch = new_epoch
         self._streams: dict[str, ChannelStream] = {}
+        self._reads = ChannelSignals(typing_interval=0.0)
 
     def append(self, action: HistoryAppend, now: float) -> HistoryAppended:
         """Carry out a `HistoryAppend`."""
@@ -122,7 +124,12 @@ class MemoryStore:
         held = stream.read(now)
         entries = held.after(action.since) if action.since is not None else held.entries
         return HistoryLoaded(request_id=action.request_id, epoch=held.epoch, offset=held.offset,
-                             entries=tuple(entries[-action.limit:]) if action.limit else ())
+                             entries=tuple(entries[-action.limit:]) if action.limit else (),
+                             reads=self._reads.reads(action.channel))
+
+    def save_read(self, action: SaveReadPosition) -> None:
+        """Carry out a `SaveReadPosition`."""
+        self._reads.read(action.channel, action.user_id, action.position)
 
 
 def find_rule(rules: tuple[HistoryRule, ...], channel: str) -> HistoryRule | None:

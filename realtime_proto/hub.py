@@ -14,6 +14,7 @@ from .actions import (
     Deliver,
     Disconnect,
     HubAction,
+    SaveReadPosition,
 )
 from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
 from .channels import validate_channel_name as _valid
@@ -40,7 +41,7 @@ from .events import (
     SentToUser,
     User,
 )
-from .history import StreamSlice, stamp
+from .history import HistoryRule, StreamSlice, stamp
 from .jwt import verify_token
 from .message import JsonValue, Message, MessageType, decode_json
 from .metrics import Histogram
@@ -507,6 +508,7 @@ class Hub:
             history = None
         else:
             history = StreamSlice(answer.epoch, answer.offset, answer.entries)
+            self.remember_reads(channel, answer.reads)
         self._welcome(conn, channel, loading.info, loading.request, history, loading.buffered,
                       self._now)
 
@@ -597,12 +599,25 @@ class Hub:
             if user_id is None or not self._signals.read(channel, user_id, position):
                 return
             data = {"position": position}
+            rule = self._streams.rule(channel)
+            if rule is not None and self._streams.shared:
+                self._actions.append(SaveReadPosition(channel=channel, user_id=user_id,
+                                                      position=position, ttl=rule.ttl))
         self.broadcast(channel, message.event, data, now=now, exclude=conn.id, user_id=user_id,
                        ephemeral=ephemeral)
 
     def reads(self, channel: str) -> dict[str, int | str]:
         """Each user's read position on a channel (from `read` events on any node)."""
         return self._signals.reads(channel)
+
+    def remember_reads(self, channel: str, reads: Mapping[str, int | str]) -> None:
+        """Take in read positions the shared store keeps (integer ones only move forward)."""
+        for user_id, position in reads.items():
+            self._signals.read(channel, user_id, position)
+
+    def shared_history_rule(self, channel: str) -> HistoryRule | None:
+        """The channel's history rule when its history is in the shared store."""
+        return self._streams.rule(channel) if self._streams.shared else None
 
     # -- the broker ----------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ from .actions import (
     HistoryAppend,
     HistoryRead,
     NodeAction,
+    SaveReadPosition,
     Transmit,
 )
-from .api import bearer_token, error_body, handle_api
+from .api import bearer_token, error_body, handle_api, reads_channel
 from .backlog import Backlog, SlowConsumerPolicy, conflation_key, find_policy
 from .config import Epoch, NodeConfig, StaticFile
 from .errors import ErrorCode, MessageError
@@ -31,6 +32,7 @@ from .events import (
     ConnectionClosed,
     ConnectionId,
     ConnectionOpened,
+    HistoryLoaded,
     MessageReceived,
     NodeEvent,
     TransportId,
@@ -88,6 +90,8 @@ class Node:
         self._new_id = new_id
         self._epoch = epoch
         self._transports: dict[TransportId, _Transport] = {}
+        #: `GET …/reads` requests waiting for the shared store: request id -> (socket, channel)
+        self._reads_asked: dict[str, tuple[TransportId, str]] = {}
         self._routes: dict[ConnectionId, _Transport | PollSession] = {}
         self._final_output: dict[TransportId, list[bytes]] = {}
         self._waiting_auth: dict[str, tuple[TransportId, RequestReceived]] = {}
@@ -149,6 +153,8 @@ class Node:
         self._now = now
         if isinstance(event, AuthenticationAnswered):
             self._authenticated(event, now)
+        elif isinstance(event, HistoryLoaded) and event.request_id in self._reads_asked:
+            self._reads_answered(event)
         else:
             self.hub.handle(event, now=now)
         self._finish_call()
@@ -284,6 +290,14 @@ class Node:
                                       max_body_bytes=self.config.hub.limits.max_body_bytes,
                                       statistics=self._stats_json)
             self._run_hub()
+            channel = reads_channel(method, path) if status == 200 else None
+            rule = self.hub.shared_history_rule(channel) if channel is not None else None
+            if channel is not None and rule is not None:  # the store has every node's
+                request_id = self._new_id()
+                self._reads_asked[request_id] = (transport.id, channel)
+                self._actions.append(HistoryRead(request_id=request_id, channel=channel,
+                                                 since=None, limit=0, ttl=rule.ttl))
+                return
             self._respond_json(transport, status, body)
         elif path == "/health" and method == "GET":
             self._respond_json(transport, 200, self._health())
@@ -312,6 +326,15 @@ class Node:
         # once shutting down, every answer is the connection's last (Connection: close)
         transport.framing.respond(status, headers, body, now=self._now,  # type: ignore[union-attr]
                                   keep_alive=not self._shutting_down)
+
+    def _reads_answered(self, answer: HistoryLoaded) -> None:
+        """Answer `GET /api/channels/{channel}/reads` with what the store keeps too."""
+        transport_id, channel = self._reads_asked.pop(answer.request_id)
+        self.hub.remember_reads(channel, answer.reads)
+        transport = self._transports.get(transport_id)
+        if transport is not None:
+            self._respond_json(transport, 200, {"reads": self.hub.reads(channel)})
+            self._collect(transport, self._now)
 
     def _respond_json(self, transport: _Transport, status: int, body: JsonValue) -> None:
         self._respond(transport, status, encode_json(body),
@@ -523,7 +546,7 @@ class Node:
                 case Disconnect():
                     self._disconnect(action)
                 case (BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize()
-                      | HistoryAppend() | HistoryRead()):
+                      | HistoryAppend() | HistoryRead() | SaveReadPosition()):
                     self._actions.append(action)
 
     def _deliver(self, action: Deliver) -> None:

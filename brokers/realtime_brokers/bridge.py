@@ -30,7 +30,7 @@ from typing import Protocol
 
 from realtime_brokers import BrokerClient, BrokerListener, BrokerStatistics, open_broker
 from realtime_brokers.history import HistoryService, open_history_store
-from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryAppended, HistoryLoaded
 
 __all__ = ["BridgeListener", "BrokerBridge", "CallSoon"]
@@ -153,8 +153,8 @@ class BrokerBridge:
         """Queue the end of a subscription to `topic`."""
         self._command(lambda: self._client.unsubscribe_nowait(topic))
 
-    def carry_out(self, action: HistoryAppend | HistoryRead) -> None:
-        """Queue a history append or read for the store."""
+    def carry_out(self, action: HistoryAppend | HistoryRead | SaveReadPosition) -> None:
+        """Queue a history append, read or read position for the store."""
         self._command(lambda: self._history.carry_out(action) if self._history else None)
 
     def close(self, done: Callable[[], None]) -> None:

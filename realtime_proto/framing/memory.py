@@ -16,6 +16,7 @@ from ..actions import (
     Disconnect,
     HistoryAppend,
     HistoryRead,
+    SaveReadPosition,
 )
 from ..callbacks import authorization_answer
 from ..events import (
@@ -102,6 +103,8 @@ class MemoryTransport:
                     case HistoryRead():
                         self.hub.handle(self._shared().read(action, self._clock()),
                                         now=self._clock())
+                    case SaveReadPosition():
+                        self._shared().save_read(action)
 
     def _shared(self) -> MemoryStore:
         if self._store is None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from realtime_proto import Epoch, Hub, HubConfig
-from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto import Epoch, Hub, HubConfig, User
+from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import (
     ConnectionClosed,
     ConnectionId,
@@ -21,6 +21,8 @@ from realtime_proto.events import (
 from realtime_proto.history import HistoryRule, MemoryStore, stamp
 from realtime_proto.message import Message, MessageType
 from realtime_proto.testing import Cluster, FakeClock, counter_ids
+
+from .nodekit import API_KEY, Harness
 
 RULES = (HistoryRule("room.*", 100, 60),)
 SHARED = HubConfig(history=RULES, shared_history=True, presence_heartbeat_interval=1.0,
@@ -205,3 +207,38 @@ def test_an_answer_for_a_subscription_that_ended_is_ignored() -> None:
     node.hub.handle(ConnectionClosed(connection_id=conn), now=node.clock.now)
     node.answer(node.store.read(read, node.clock.now))
     assert [m.get("event") for m in node.inbox[conn]] == ["connection.established"]
+
+
+def test_read_positions_are_kept_in_the_store_and_reach_a_node_that_never_heard_them() -> None:
+    config = HubConfig(history=(HistoryRule("private-room.*", 10, 60),), shared_history=True,
+                       presence_heartbeat_interval=1.0, presence_ttl=3.0)
+    cluster = Cluster(2, seed=3, config=config)
+    for transport in cluster.transports.values():
+        transport.hub.channel("private-*").authorize(lambda conn, channel: True)
+    ann = cluster.connect("n1", User(id="ann"))
+    cluster.send("n1", ann, {"type": "subscribe", "channel": "private-room.1"})
+    for position in (4, 2, 6):  # 2 would move backwards: not kept
+        cluster.send("n1", ann, {"type": "event", "channel": "private-room.1", "event": "read",
+                                 "data": {"position": position}})
+    cluster.settle()
+    assert cluster.hub("n2").reads("private-room.1") == {}  # n2 had no subscriber: not told
+    bob = cluster.connect("n2", User(id="bob"))
+    cluster.send("n2", bob, {"type": "subscribe", "channel": "private-room.1"})
+    cluster.settle()
+    assert cluster.hub("n2").reads("private-room.1") == {"ann": 6}
+
+
+def test_the_reads_api_asks_the_shared_store() -> None:
+    config = HubConfig(node_id="n1", history=RULES, shared_history=True)
+    h = Harness(hub=config)
+    store = MemoryStore(counter_ids("epoch"))
+    store.save_read(SaveReadPosition(channel="room.1", user_id="ann", position=12, ttl=60))
+    transport = h.open()
+    h.feed(transport, b"GET /api/channels/room.1/reads HTTP/1.1\r\nhost: x\r\n"
+                      b"authorization: Bearer " + API_KEY.encode() + b"\r\n\r\n")
+    assert h.take(transport) == b""  # waiting for the store
+    [read] = [a for a in h.broker if isinstance(a, HistoryRead)]
+    h.node.handle(store.read(read, h.clock.now), now=h.clock.now)
+    h.pump()
+    response = h.take(transport)
+    assert response.startswith(b"HTTP/1.1 200") and response.endswith(b'{"reads":{"ann":12}}')

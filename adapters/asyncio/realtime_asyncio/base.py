@@ -28,6 +28,7 @@ from realtime_proto.actions import (
     HistoryAppend,
     HistoryRead,
     NodeAction,
+    SaveReadPosition,
     Transmit,
 )
 from realtime_proto.callbacks import authentication_answer, authorization_answer
@@ -74,7 +75,7 @@ class BrokerCommands(Protocol):
 class HistoryCommands(Protocol):
     """The shared history store as the pump uses it (a `HistoryService` or a bridge)."""
 
-    def carry_out(self, action: HistoryAppend | HistoryRead) -> None: ...
+    def carry_out(self, action: HistoryAppend | HistoryRead | SaveReadPosition) -> None: ...
 
 
 class ServerBase:
@@ -187,7 +188,7 @@ class ServerBase:
                 broker.subscribe_nowait(topic)
             case BrokerUnsubscribe(topic):
                 broker.unsubscribe_nowait(topic)
-            case HistoryAppend() | HistoryRead():
+            case HistoryAppend() | HistoryRead() | SaveReadPosition():
                 assert self.history is not None
                 self.history.carry_out(action)
             case Authorize():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Protocol
 
-from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryLoaded
 
 from ..api import BrokerError, BrokerOptions
@@ -49,8 +49,12 @@ class HistoryStore(Protocol):
         ...
 
     async def read(self, action: HistoryRead, now_ms: int) -> HistoryLoaded:
-        """What a channel's stream holds after an offset (or its latest entries)."""
+        """What a channel's stream holds after an offset (or its latest entries), and
+        its users' read positions."""
         ...
+
+    async def save_reads(self, batch: list[SaveReadPosition]) -> None:
+        """Keep read positions, in order (an integer one never moves backwards)."""
 
     async def aclose(self) -> None:
         """Disconnect."""

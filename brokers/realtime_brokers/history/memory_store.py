@@ -7,7 +7,7 @@ import secrets
 import time
 from urllib.parse import urlsplit
 
-from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryLoaded
 from realtime_proto.history import MemoryStore
 
@@ -30,6 +30,11 @@ class _ProcessStore:
 
     async def read(self, action: HistoryRead, now_ms: int) -> HistoryLoaded:
         return self._store().read(action, time.monotonic())
+
+    async def save_reads(self, batch: list[SaveReadPosition]) -> None:
+        store = self._store()
+        for action in batch:
+            store.save_read(action)
 
     async def aclose(self) -> None:
         pass

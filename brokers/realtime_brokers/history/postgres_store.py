@@ -4,15 +4,18 @@
 under the row's lock, so the offsets of a channel are gap-free across every node. The
 entries are rows of ``realtime_history``; the append trims the channel's rows by count
 and age in the same statement. Appends of one batch run in one transaction, in order.
+Users' read positions are rows of ``realtime_read_positions`` (JSON values; an integer
+one is only replaced by a greater one).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import asyncpg  # type: ignore[import-untyped]
 
-from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryLoaded
 
 from ..urls import take_query
@@ -32,6 +35,25 @@ CREATE TABLE IF NOT EXISTS realtime_history (
     payload bytea NOT NULL,
     PRIMARY KEY (channel, "offset")
 );
+CREATE TABLE IF NOT EXISTS realtime_read_positions (
+    channel text NOT NULL,
+    user_id text NOT NULL,
+    position jsonb NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (channel, user_id)
+);
+"""
+
+_SAVE_READ = """
+INSERT INTO realtime_read_positions AS r (channel, user_id, position) VALUES ($1, $2, $3)
+ON CONFLICT (channel, user_id) DO UPDATE SET position = EXCLUDED.position, at = now()
+WHERE NOT (jsonb_typeof(r.position) = 'number' AND jsonb_typeof(EXCLUDED.position) = 'number'
+           AND (r.position #>> '{}')::numeric >= (EXCLUDED.position #>> '{}')::numeric)
+"""
+
+_READS = """
+SELECT user_id, position FROM realtime_read_positions
+WHERE channel = $1 AND at >= now() - make_interval(secs => $2)
 """
 
 _APPEND = """
@@ -108,10 +130,19 @@ class PostgresStore:
             elif action.limit > 0:
                 rows = list(reversed(await conn.fetch(_LATEST, action.channel,
                                                       float(action.ttl), action.limit)))
+            reads = await conn.fetch(_READS, action.channel, float(action.ttl))
         top = int(stream["top"])  # rows committed after it was read are left for later
         return HistoryLoaded(request_id=action.request_id, epoch=stream["epoch"], offset=top,
                              entries=tuple((int(r["offset"]), bytes(r["payload"]))
-                                           for r in rows if r["offset"] <= top))
+                                           for r in rows if r["offset"] <= top),
+                             reads={r["user_id"]: json.loads(r["position"]) for r in reads})
+
+    async def save_reads(self, batch: list[SaveReadPosition]) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            for action in batch:
+                await conn.execute(_SAVE_READ, action.channel, action.user_id,
+                                   json.dumps(action.position))
 
     async def aclose(self) -> None:
         if self._pool is not None:

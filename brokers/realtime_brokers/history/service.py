@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from realtime_proto.actions import HistoryAppend, HistoryRead
+from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryAppended, HistoryLoaded
 
 if TYPE_CHECKING:
@@ -24,9 +24,10 @@ _BATCH = 256
 
 
 class HistoryService:
-    """Appends go to the store one batch at a time, in the order they came (the store
-    gives offsets in that order); reads run side by side. Every call has `timeout`
-    seconds; a failure answers with `error` set, so the node never waits for ever.
+    """Appends (and read positions) go to the store one batch at a time, in the order
+    they came (the store gives offsets in that order); reads run side by side. Every call
+    has `timeout` seconds; a failure answers with `error` set, so the node never waits
+    for ever.
 
     Args:
         store: the store (started and closed here).
@@ -39,7 +40,7 @@ class HistoryService:
         self._store = store
         self._answer = answer
         self._timeout = timeout
-        self._appends: list[HistoryAppend] = []
+        self._writes: list[HistoryAppend | SaveReadPosition] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -50,10 +51,10 @@ class HistoryService:
         await asyncio.wait_for(self._store.start(), self._timeout)
         self._worker = asyncio.create_task(self._append_forever(), name="history-appends")
 
-    def carry_out(self, action: HistoryAppend | HistoryRead) -> None:
+    def carry_out(self, action: HistoryAppend | HistoryRead | SaveReadPosition) -> None:
         """Queue an action (from the loop's thread)."""
-        if isinstance(action, HistoryAppend):
-            self._appends.append(action)
+        if not isinstance(action, HistoryRead):
+            self._writes.append(action)
             self._idle.clear()
             self._wake.set()
         else:
@@ -77,11 +78,22 @@ class HistoryService:
             await self._wake.wait()
             self._wake.clear()
             self._idle.clear()
-            while self._appends:
-                batch, self._appends = self._appends[:_BATCH], self._appends[_BATCH:]
-                await self._append(batch)
+            while self._writes:
+                batch, self._writes = self._writes[:_BATCH], self._writes[_BATCH:]
+                await self._append([a for a in batch if isinstance(a, HistoryAppend)])
+                await self._save_reads([a for a in batch if isinstance(a, SaveReadPosition)])
+
+    async def _save_reads(self, batch: list[SaveReadPosition]) -> None:
+        if not batch:
+            return
+        try:
+            await asyncio.wait_for(self._store.save_reads(batch), self._timeout)
+        except Exception as error:
+            log.warning("history store: %d read positions not kept: %r", len(batch), error)
 
     async def _append(self, batch: list[HistoryAppend]) -> None:
+        if not batch:
+            return
         try:
             positions = await asyncio.wait_for(self._store.append(batch, _now_ms()),
                                                self._timeout)
