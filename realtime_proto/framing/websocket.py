@@ -6,7 +6,6 @@ from __future__ import annotations
 import codecs
 import enum
 import re
-import struct
 from typing import Any, final
 
 from wsproto import ConnectionType, WSConnection
@@ -15,102 +14,42 @@ from wsproto.utilities import RemoteProtocolError
 
 from realtime_proto.errors import ErrorCode
 from realtime_proto.framing import FramingEvent, FramingKind, MessageIn, PeerClosed, Violation
+from realtime_proto.framing.websocket_frames import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    TEXT,
+    FrameError,
+    close_frame,
+    frame_message,
+    pong_frame,
+    read_close,
+    read_header,
+    unmask,
+)
 
-__all__ = ["WebSocketFraming", "WebSocketState", "close_frame", "frame_message"]
+__all__ = ["WebSocketFraming", "WebSocketState", "frame_message"]
 
 # h11's own end-of-head rule (a blank line, bare LF tolerated), so the split agrees with it.
 _HEAD_END = re.compile(rb"\n\r?\n")
-# RFC 6455 §7.4.1: 1005 stands for "no code in the Close frame", 1006 for "no Close frame".
-_NO_STATUS = 1005
+# RFC 6455 §7.4.1: 1006 means the connection dropped without a Close frame.
 _ABNORMAL_CLOSURE = 1006
-_PROTOCOL_ERROR = 1002
 _INVALID_PAYLOAD = 1007
-# §5.2 opcodes; §5.5: a control frame's payload is at most 125 bytes.
-_CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_OPCODES = frozenset((_CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG))
-_MAX_CONTROL = 125
-# §7.4.2: codes a peer may send below 3000 are those §7.4.1 defines (1004 and 1014 are
-# reserved), and 1005, 1006 and 1015 are never sent; 3000-4999 are for libraries and apps.
-_PEER_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013))
-_LOCAL_ONLY = frozenset((_NO_STATUS, _ABNORMAL_CLOSURE, 1015))
-# The violation reasons use wsproto's wording, which clients saw before this reader.
-_MESSAGE_NAMES = {_TEXT: "<Opcode.TEXT: 1>", _BINARY: "<Opcode.BINARY: 2>"}
-_U16 = struct.Struct("!H")
-_U64 = struct.Struct("!Q")
-
-
-def frame_message(payload: bytes) -> bytes:
-    """Frame one unmasked, final text frame (RFC 6455 §5.2) for any number of connections.
-
-    A server's frames are never masked (§5.1) and no extension is negotiated, so the
-    bytes do not depend on the connection: encode once, append to every one.
-
-    Args:
-        payload: UTF-8 text (not checked).
-
-    Returns:
-        The frame header followed by the payload.
-    """
-    length = len(payload)
-    if length <= 125:
-        header = bytes((0x81, length))
-    elif length <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + payload
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    """A server's Close frame (RFC 6455 §5.5.1): the code, then the reason cut to fit.
-
-    Args:
-        code: the close code; 1005 ("no status") makes an empty Close, and the other
-            codes that must never be sent (1006, 1015; §7.4.1) become 1000.
-        reason: UTF-8 text, cut at a character boundary to the 123 bytes that fit.
-
-    Returns:
-        The whole frame.
-    """
-    if code == _NO_STATUS:
-        return b"\x88\x00"
-    if code in _LOCAL_ONLY:
-        code = 1000
-    text = reason.encode()
-    if len(text) > _MAX_CONTROL - 2:
-        text = text[: _MAX_CONTROL - 2].decode(errors="ignore").encode()
-    return bytes((0x88, 2 + len(text))) + _U16.pack(code) + text
-
-
-def _unmask(payload: bytes | bytearray, key: bytes | bytearray) -> bytes:
-    """XOR the payload with the repeated 4-byte masking key (§5.3), in C-speed int ops."""
-    length = len(payload)
-    if not length:
-        return b""
-    mask = (bytes(key) * (length // 4 + 1))[:length]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(
-        length, "little")
-
-
-class _Failure(Exception):
-    """The peer broke RFC 6455: fail the connection with this code (§7.1.7)."""
-
-    def __init__(self, reason: str, code: int = _PROTOCOL_ERROR) -> None:
-        super().__init__(reason)
-        self.code = code
+# wsproto's names of the opcodes, in the violation reasons peers saw before this reader
+_MESSAGE_NAMES = {TEXT: "<Opcode.TEXT: 1>", BINARY: "<Opcode.BINARY: 2>"}
 
 
 class _Message:
     """A fragmented message being received (§5.4): exists only between its frames."""
 
-    __slots__ = ("decoder", "opcode", "parts", "size")
+    __slots__ = ("decoder", "parts", "size")
 
     def __init__(self, opcode: int) -> None:
-        self.opcode = opcode
         self.parts: list[Any] = []  # str pieces of a text message, bytes of a binary one
         self.size = 0
         # text is checked fragment by fragment, so bad UTF-8 fails at once (§8.1)
-        self.decoder = codecs.getincrementaldecoder("utf-8")() if opcode == _TEXT else None
+        self.decoder = codecs.getincrementaldecoder("utf-8")() if opcode == TEXT else None
 
 
 class WebSocketState(enum.Enum):
@@ -248,7 +187,7 @@ class WebSocketFraming:
             buffer += data
         try:
             used = self._read(data if buffer is None else buffer)
-        except _Failure as failure:
+        except FrameError as failure:
             self._fail(failure.code, str(failure))
             return
         if self._state is _CLOSED:
@@ -325,13 +264,12 @@ class WebSocketFraming:
     def _read(self, data: bytes | bytearray) -> int:
         """Handle every whole frame in `data`; how many bytes were used.
 
-        The checks run in wsproto's order, so a bad frame gets the same close code and
-        reason at whatever byte it is detected. A data frame is checked (sequence, size)
-        as soon as its header is whole; its payload is then awaited in full, which the
-        size check bounds by `max_message_bytes` (control frames: 125 bytes).
+        A data frame is checked (its place in the message, its size) as soon as its
+        header is whole; its payload is then awaited in full, which that check bounds
+        by `max_message_bytes` (a control frame's by 125 bytes).
 
         Raises:
-            _Failure: the peer broke the protocol.
+            FrameError: the peer broke the protocol.
         """
         pos, end = 0, len(data)
         while self._state is not _CLOSED:
@@ -341,65 +279,38 @@ class WebSocketFraming:
                 pos += dropped
                 if self._skip:
                     break
-            if end - pos < 2:
+            header = read_header(data, pos)
+            if header is None:
                 break
-            first, second = data[pos], data[pos + 1]
-            opcode, length, start = first & 0x0F, second & 0x7F, pos + 2
-            if opcode not in _OPCODES:
-                raise _Failure(f"Invalid opcode {opcode:#x}")
-            control = opcode >= _CLOSE
-            if control and not first & 0x80:
-                raise _Failure("Invalid attempt to fragment control frame")
-            if control and length > _MAX_CONTROL:
-                raise _Failure("Control frame with payload len > 125")
-            if length == 126:
-                if end - pos < 4:
-                    break
-                (length,), start = _U16.unpack_from(data, start), pos + 4
-                if length <= _MAX_CONTROL:
-                    raise _Failure("Payload length used 2 bytes when 1 would have sufficed")
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                (length,), start = _U64.unpack_from(data, start), pos + 10
-                if length <= 0xFFFF:
-                    raise _Failure("Payload length used 8 bytes when 2 would have sufficed")
-                if length >> 63:
-                    raise _Failure("8-byte payload length with non-zero MSB")
-            if first & 0x70:  # RSV1-3 without a negotiated extension (§5.2)
-                raise _Failure("Reserved bit set unexpectedly")
-            if not second & 0x80:  # §5.1: a client masks every frame
-                raise _Failure("server received unexpected unmasked frame")
-            if end - start < 4:
-                break
-            key, start = data[start:start + 4], start + 4
+            opcode, fin, length, start, key = header
+            control = opcode >= CLOSE
             if not control and not self._admit(opcode, length):
                 pos, self._skip = start, length  # read and dropped, never buffered
                 continue
             if end - start < length:
                 break
             pos = start + length
-            payload = _unmask(data[start:pos], key)
+            payload = unmask(data[start:pos], key)
             if control:
                 self._control(opcode, payload)
             else:
-                self._data(opcode, bool(first & 0x80), payload)
+                self._data(opcode, fin, payload)
         return pos
 
     def _admit(self, opcode: int, length: int) -> bool:
         """Check a data frame's place in its message and its size; False drops it.
 
         Raises:
-            _Failure: a continuation with nothing to continue, or a new message inside
+            FrameError: a continuation with nothing to continue, or a new message inside
                 a fragmented one (§5.4).
         """
         if self._state is not _OPEN:
             return False  # after our Close, the peer's data is read and dropped (§7.1.2)
         message = self._message
-        if message is None and opcode == _CONTINUATION:
-            raise _Failure("unexpected CONTINUATION")
-        if message is not None and opcode != _CONTINUATION:
-            raise _Failure(f"expected CONTINUATION, got {_MESSAGE_NAMES[opcode]}")
+        if message is None and opcode == CONTINUATION:
+            raise FrameError("unexpected CONTINUATION")
+        if message is not None and opcode != CONTINUATION:
+            raise FrameError(f"expected CONTINUATION, got {_MESSAGE_NAMES[opcode]}")
         if (message.size if message else 0) + length <= self._max_message:
             return True
         code = int(ErrorCode.MESSAGE_TOO_LARGE)
@@ -411,7 +322,7 @@ class WebSocketFraming:
         message = self._message
         try:
             if message is None and fin:  # a whole message in one frame: the usual case
-                self._event(MessageIn(data=payload.decode() if opcode == _TEXT else payload))
+                self._event(MessageIn(data=payload.decode() if opcode == TEXT else payload))
                 return
             if message is None:
                 message = self._message = _Message(opcode)
@@ -419,19 +330,19 @@ class WebSocketFraming:
             decoder = message.decoder
             message.parts.append(payload if decoder is None else decoder.decode(payload, fin))
         except UnicodeDecodeError:
-            raise _Failure("invalid UTF-8 in a text message", _INVALID_PAYLOAD) from None
+            raise FrameError("invalid UTF-8 in a text message", _INVALID_PAYLOAD) from None
         if fin:
             self._message = None
             parts = message.parts
             self._event(MessageIn(data="".join(parts) if decoder else b"".join(parts)))
 
     def _control(self, opcode: int, payload: bytes) -> None:
-        if opcode == _PING:
+        if opcode == PING:
             # RFC 6455 §5.5.2; no Pong may follow our own Close.
             if self._state is _OPEN:
-                self._send(bytes((0x80 | _PONG, len(payload))) + payload)
-        elif opcode == _CLOSE:
-            code, reason = _close_payload(payload)
+                self._send(pong_frame(payload))
+        elif opcode == CLOSE:
+            code, reason = read_close(payload)
             if self._state is _OPEN:
                 # The peer started closing: echo its code (RFC 6455 §5.5.1).
                 self._send(close_frame(code, reason))
@@ -475,27 +386,3 @@ class WebSocketFraming:
         self._message = None
         self._buffer = None
         self._skip = 0
-
-
-def _close_payload(payload: bytes) -> tuple[int, str]:
-    """The code and reason of a peer's Close (RFC 6455 §5.5.1, §7.4).
-
-    Raises:
-        _Failure: a 1-byte payload, a code a peer may not send, or a reason that is
-            not UTF-8.
-    """
-    if not payload:
-        return _NO_STATUS, ""
-    if len(payload) == 1:
-        raise _Failure("CLOSE with 1 byte payload")
-    (code,) = _U16.unpack_from(payload)
-    if code < 1000 or code > 4999:
-        raise _Failure("CLOSE with invalid code")
-    if code in _LOCAL_ONLY:
-        raise _Failure("remote CLOSE with local-only reason")
-    if code < 3000 and code not in _PEER_CODES:
-        raise _Failure("CLOSE with unknown reserved code")
-    try:
-        return code, payload[2:].decode()
-    except UnicodeDecodeError:
-        raise _Failure("invalid UTF-8 in a close reason", _INVALID_PAYLOAD) from None

@@ -26,7 +26,8 @@ from wsproto.events import (
 )
 
 from realtime_proto.framing import FramingEvent, MessageIn, PeerClosed, Violation
-from realtime_proto.framing.websocket import WebSocketFraming, close_frame
+from realtime_proto.framing.websocket import WebSocketFraming
+from realtime_proto.framing.websocket_frames import close_frame
 from realtime_proto.testing.peers import WebSocketPeer
 
 from .strategies import Fed, chunkings, feed, feed_all_ways
