@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--sockets", action="store_true", help="RealtimeServer over loopback")
     ap.add_argument("--port", type=int, default=7290)
-    ap.add_argument("--frames", type=int, default=12, help="traceback depth kept")
+    ap.add_argument("--frames", type=int, default=8, help="traceback depth kept")
     args = ap.parse_args()
     if args.sockets:
         return sockets(args)
