@@ -64,13 +64,14 @@ class Backlog:
     """Frames for one socket, oldest first; conflates by key and drops from the front.
 
     Unkeyed frames are kept as the bytes themselves: the common case costs one append.
+    An empty backlog holds no list (an idle connection's costs this object alone).
     """
 
     __slots__ = ("_entries", "_latest", "bytes", "dropped", "gaps")
 
     def __init__(self) -> None:
-        # a list and lazy dicts: an idle connection's backlog costs a few dozen bytes
-        self._entries: list[bytes | _Entry] = []
+        # a list while frames wait, lazy dicts: an idle connection keeps none of them
+        self._entries: list[bytes | _Entry] | None = None
         self._latest: dict[tuple[str, str], _Entry] | None = None
         #: bytes waiting
         self.bytes = 0
@@ -82,8 +83,11 @@ class Backlog:
     def push(self, frame: bytes, key: tuple[str, str] | None = None) -> None:
         """Queue a frame; with a key, an older waiting frame of the same key is replaced."""
         self.bytes += len(frame)
+        entries = self._entries
+        if entries is None:
+            entries = self._entries = []
         if key is None:
-            self._entries.append(frame)
+            entries.append(frame)
             return
         if self._latest is None:
             self._latest = {}
@@ -93,7 +97,7 @@ class Backlog:
             self.bytes -= len(older.frame)
             self.dropped += 1
         entry = self._latest[key] = _Entry(frame)
-        self._entries.append(entry)
+        entries.append(entry)
 
     def drop_oldest(self, keep_bytes: int, channel: str | None) -> int:
         """Drop from the front until at most `keep_bytes` wait; how many were dropped.
@@ -101,7 +105,8 @@ class Backlog:
         The gap is remembered under `channel`, for the notice the client gets at drain.
         """
         count = cut = 0
-        for entry in self._entries:
+        entries = self._entries or []
+        for entry in entries:
             if self.bytes <= keep_bytes:
                 break
             cut += 1
@@ -113,7 +118,7 @@ class Backlog:
             else:
                 continue
             count += 1
-        del self._entries[:cut]
+        del entries[:cut]
         self.dropped += count
         if count:
             self.gaps = self.gaps or {}
@@ -123,12 +128,12 @@ class Backlog:
     def drain(self) -> list[bytes]:
         """Everything waiting, in order; the backlog is empty after (gaps stay for the
         caller, who turns them into notices)."""
-        if self._latest:
-            frames = [e if isinstance(e, bytes) else e.frame for e in self._entries
-                      if isinstance(e, bytes) or e.alive]
-            self._latest = None
-        else:
-            frames = self._entries  # type: ignore[assignment]
-        self._entries = []
+        entries, self._entries = self._entries, None
         self.bytes = 0
-        return frames
+        if entries is None:
+            return []
+        if self._latest:
+            self._latest = None
+            return [e if isinstance(e, bytes) else e.frame for e in entries
+                    if isinstance(e, bytes) or e.alive]
+        return entries  # type: ignore[return-value]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, MutableMapping, MutableSet
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from .actions import ConnectionInfo
@@ -14,23 +16,55 @@ from .ratelimit import TokenBucket
 __all__ = ["Connection", "PendingAuthorization", "SubscribeOptions"]
 
 
-@dataclass(slots=True, eq=False)
 class Connection:
-    """One client connection as the Hub keeps it (mutable; only the Hub changes it)."""
+    """One client connection as the Hub keeps it (mutable; only the Hub changes it).
 
-    id: ConnectionId
-    user: User | None
-    transport: str
-    peer: str | None
-    expects_pong: bool
-    connected_at: float
-    last_activity_at: float
-    pinged: bool = False
-    channels: set[str] = field(default_factory=set)
-    pending: dict[str, str] = field(default_factory=dict)  # channel -> request id
-    metadata: dict[str, Any] = field(default_factory=dict)
-    message_bucket: TokenBucket | None = None
-    subscribe_bucket: TokenBucket | None = None
+    Slotted, and its containers cost nothing until used: the channels are a tuple
+    (an empty one shared by all), pending authorizations and metadata a dict made on
+    first use. `channels` and `pending` are set and mapping views over them, so the
+    Hub keeps using set and dict operations.
+    """
+
+    __slots__ = ("_channels", "_metadata", "_pending", "connected_at", "expects_pong", "id",
+                 "last_activity_at", "message_bucket", "peer", "pinged", "subscribe_bucket",
+                 "transport", "user")
+
+    def __init__(self, *, id: ConnectionId, user: User | None, transport: str,
+                 peer: str | None, expects_pong: bool, connected_at: float,
+                 last_activity_at: float, pinged: bool = False,
+                 message_bucket: TokenBucket | None = None,
+                 subscribe_bucket: TokenBucket | None = None) -> None:
+        self.id = id
+        self.user = user
+        self.transport = transport
+        self.peer = peer
+        self.expects_pong = expects_pong
+        self.connected_at = connected_at
+        self.last_activity_at = last_activity_at
+        self.pinged = pinged
+        self.message_bucket = message_bucket
+        self.subscribe_bucket = subscribe_bucket
+        self._channels: tuple[str, ...] = ()
+        self._pending: dict[str, str] | None = None  # channel -> request id
+        self._metadata: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Connection(id={self.id!r}, transport={self.transport!r})"
+
+    @property
+    def channels(self) -> MutableSet[str]:
+        """The channels it is subscribed to (a live view)."""
+        return _Channels(self)
+
+    @property
+    def pending(self) -> MutableMapping[str, str]:
+        """Channel -> request id of the authorizations in flight (a live view)."""
+        return _Pending(self)
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """Application metadata attached to the connection (read-only)."""
+        return MappingProxyType(self._metadata) if self._metadata else _NO_METADATA
 
     @property
     def user_id(self) -> str | None:
@@ -44,11 +78,13 @@ class Connection:
 
     def get(self, key: str, default: Any = None) -> Any:
         """Application metadata attached to the connection."""
-        return self.metadata.get(key, default)
+        return self._metadata.get(key, default) if self._metadata else default
 
     def set(self, key: str, value: Any) -> None:
         """Attach application metadata (authorization callbacks see it)."""
-        self.metadata[key] = value
+        if self._metadata is None:
+            self._metadata = {}
+        self._metadata[key] = value
 
     def info(self) -> ConnectionInfo:
         """A frozen snapshot for callbacks."""
@@ -57,10 +93,74 @@ class Connection:
             user_id=self.user.id if self.user else None,
             authenticated=self.user is not None,
             info=dict(self.user.info) if self.user else {},
-            metadata=dict(self.metadata),
+            metadata=dict(self._metadata or {}),
             transport=self.transport,
             peer=self.peer,
         )
+
+
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+class _Channels(MutableSet[str]):
+    """A connection's channels as a set, stored as a tuple on it (at most
+    `max_subscriptions` names, so a scan is cheap)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __contains__(self, channel: object) -> bool:
+        return channel in self._conn._channels
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._conn._channels)
+
+    def __len__(self) -> int:
+        return len(self._conn._channels)
+
+    def add(self, channel: str) -> None:
+        if channel not in self._conn._channels:
+            self._conn._channels += (channel,)
+
+    def discard(self, channel: str) -> None:
+        channels = self._conn._channels
+        if channel in channels:
+            self._conn._channels = tuple(c for c in channels if c != channel)
+
+
+class _Pending(MutableMapping[str, str]):
+    """A connection's authorizations in flight; the dict exists only while there are."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __getitem__(self, channel: str) -> str:
+        if self._conn._pending is None:
+            raise KeyError(channel)
+        return self._conn._pending[channel]
+
+    def __setitem__(self, channel: str, request_id: str) -> None:
+        if self._conn._pending is None:
+            self._conn._pending = {}
+        self._conn._pending[channel] = request_id
+
+    def __delitem__(self, channel: str) -> None:
+        pending = self._conn._pending
+        if pending is None:
+            raise KeyError(channel)
+        del pending[channel]
+        if not pending:
+            self._conn._pending = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._conn._pending or ())
+
+    def __len__(self) -> int:
+        return len(self._conn._pending or ())
 
 
 @dataclass(frozen=True, slots=True)

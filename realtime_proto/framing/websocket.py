@@ -1,28 +1,33 @@
-"""WebSocket framing for one upgraded connection (RFC 6455), on wsproto."""
+"""WebSocket framing for one upgraded connection (RFC 6455): wsproto checks the opening
+handshake, then a lean frame reader of our own carries the connection."""
 
 from __future__ import annotations
 
+import codecs
 import enum
 import re
-import struct
-from typing import final
+from typing import Any, final
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection, ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
+from wsproto.events import AcceptConnection, Event, RejectConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
 from realtime_proto.errors import ErrorCode
 from realtime_proto.framing import FramingEvent, FramingKind, MessageIn, PeerClosed, Violation
+from realtime_proto.framing.websocket_frames import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    TEXT,
+    FrameError,
+    close_frame,
+    frame_message,
+    pong_frame,
+    read_close,
+    read_header,
+    unmask,
+)
 
 __all__ = ["WebSocketFraming", "WebSocketState", "frame_message"]
 
@@ -31,28 +36,20 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 # RFC 6455 §7.4.1: 1006 means the connection dropped without a Close frame.
 _ABNORMAL_CLOSURE = 1006
 _INVALID_PAYLOAD = 1007
+# wsproto's names of the opcodes, in the violation reasons peers saw before this reader
+_MESSAGE_NAMES = {TEXT: "<Opcode.TEXT: 1>", BINARY: "<Opcode.BINARY: 2>"}
 
 
-def frame_message(payload: bytes) -> bytes:
-    """Frame one unmasked, final text frame (RFC 6455 §5.2) for any number of connections.
+class _Message:
+    """A fragmented message being received (§5.4): exists only between its frames."""
 
-    A server's frames are never masked (§5.1) and no extension is negotiated, so the
-    bytes do not depend on the connection: encode once, append to every one.
+    __slots__ = ("decoder", "parts", "size")
 
-    Args:
-        payload: UTF-8 text (not checked).
-
-    Returns:
-        The frame header followed by the payload.
-    """
-    length = len(payload)
-    if length <= 125:
-        header = bytes((0x81, length))
-    elif length <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + payload
+    def __init__(self, opcode: int) -> None:
+        self.parts: list[Any] = []  # str pieces of a text message, bytes of a binary one
+        self.size = 0
+        # text is checked fragment by fragment, so bad UTF-8 fails at once (§8.1)
+        self.decoder = codecs.getincrementaldecoder("utf-8")() if opcode == TEXT else None
 
 
 class WebSocketState(enum.Enum):
@@ -68,15 +65,27 @@ class WebSocketState(enum.Enum):
     CLOSED = "closed"
 
 
+_CONNECTING = WebSocketState.CONNECTING
+_OPEN = WebSocketState.OPEN
+_CLOSING = WebSocketState.CLOSING
+_CLOSED = WebSocketState.CLOSED
+
+
 @final
 class WebSocketFraming:
     """One WebSocket connection: whole messages out, pre-framed messages in.
 
-    The duties wsproto leaves to its user are done here: pings are answered,
-    the peer's Close is echoed, fragments are reassembled, and a message over
-    `max_message_bytes` fails the connection with 4009 before it is buffered.
+    wsproto validates and answers the opening handshake; the frames that follow are
+    read here (RFC 6455 §5: masking, fragments, control frames between them, the close
+    handshake, UTF-8 of text, `max_message_bytes`). Pings are answered, the peer's Close
+    is echoed, and a message over `max_message_bytes` fails the connection with 4009
+    before any of it is buffered. An idle connection holds this object alone: its
+    buffers exist only while a frame or a fragmented message is partly received.
     Receive methods never raise because of what the peer sent.
     """
+
+    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events",
+                 "_max_message", "_message", "_now", "_out", "_skip", "_state")
 
     kind: FramingKind = FramingKind.WEBSOCKET
 
@@ -94,13 +103,15 @@ class WebSocketFraming:
             raise ValueError("WebSocketFraming limits must be positive")
         self._max_message = max_message_bytes
         self._close_timeout = close_timeout
-        self._ws: WSConnection | Connection = WSConnection(ConnectionType.SERVER)
-        self._state = WebSocketState.CONNECTING
-        self._events: list[FramingEvent] = []
-        self._out: list[bytes] = []
-        self._text: list[str] = []
-        self._binary: list[bytes | bytearray] = []
-        self._message_bytes = 0
+        self._state = _CONNECTING
+        # None stands for empty: an idle connection keeps no empty lists
+        self._events: list[FramingEvent] | None = None
+        self._out: list[bytes] | None = None
+        #: the start of a frame not yet whole
+        self._buffer: bytearray | None = None
+        #: payload bytes still to come of a frame that is read and dropped
+        self._skip = 0
+        self._message: _Message | None = None
         self._now = 0.0
         self._close_deadline: float | None = None
         self._eof = False
@@ -113,12 +124,12 @@ class WebSocketFraming:
     @property
     def closed(self) -> bool:
         """True once the adapter should close the socket after draining data_to_send()."""
-        return self._state is WebSocketState.CLOSED
+        return self._state is _CLOSED
 
     @property
     def is_open(self) -> bool:
         """True while messages may be sent."""
-        return self._state is WebSocketState.OPEN
+        return self._state is _OPEN
 
     def accept(self, handshake: bytes, *, now: float) -> bool:
         """Validate the opening handshake and answer it (RFC 6455 §4.2.2).
@@ -135,28 +146,25 @@ class WebSocketFraming:
         Raises:
             RuntimeError: called twice.
         """
-        if self._state is not WebSocketState.CONNECTING:
+        if self._state is not _CONNECTING:
             raise RuntimeError("accept() called twice")
         self._now = now
         match = _HEAD_END.search(handshake)
         end = match.end() if match else len(handshake)
+        ws = WSConnection(ConnectionType.SERVER)  # dropped once answered
         try:
-            self._ws.receive_data(handshake[:end])
-            requested = any(isinstance(event, Request) for event in self._ws.events())
+            ws.receive_data(handshake[:end])
+            requested = any(isinstance(event, Request) for event in ws.events())
         except RemoteProtocolError as exc:
-            self._reject(exc.event_hint, str(exc))
+            self._reject(ws, exc.event_hint, str(exc))
             return False
         if not requested:
-            self._reject(None, "incomplete handshake")
+            self._reject(ws, None, "incomplete handshake")
             return False
         # No extensions: permessage-deflate keeps per-connection state (RFC 7692),
         # which would make frame_message() bytes connection-specific.
-        self._out.append(self._ws.send(AcceptConnection()))
-        # From here on only the frame layer is needed; dropping the handshake machine
-        # (and the h11 connection inside it) saves about 2 KiB per open connection.
-        assert isinstance(self._ws, WSConnection) and self._ws.connection is not None
-        self._ws = self._ws.connection
-        self._state = WebSocketState.OPEN
+        self._send(ws.send(AcceptConnection()))
+        self._state = _OPEN
         if end < len(handshake):
             self.receive_data(handshake[end:], now=now)
         return True
@@ -167,16 +175,29 @@ class WebSocketFraming:
         Raises:
             RuntimeError: called before accept() or after receive_eof().
         """
-        if self._state is WebSocketState.CONNECTING:
+        if self._state is _CONNECTING:
             raise RuntimeError("receive_data() before accept()")
         if self._eof:
             raise RuntimeError("receive_data() after receive_eof()")
         self._now = now
-        if self._state is WebSocketState.CLOSED or not data:
+        if self._state is _CLOSED or not data:
             return
-        self._ws.receive_data(data)
-        for event in self._ws.events():
-            self._handle(event)
+        buffer = self._buffer
+        if buffer is not None:
+            buffer += data
+        try:
+            used = self._read(data if buffer is None else buffer)
+        except FrameError as failure:
+            self._fail(failure.code, str(failure))
+            return
+        if self._state is _CLOSED:
+            self._buffer = None
+        elif buffer is not None:
+            del buffer[:used]
+            if not buffer:
+                self._buffer = None
+        elif used < len(data):
+            self._buffer = bytearray(data[used:])
 
     def receive_eof(self, *, now: float) -> None:
         """Record that the peer closed the TCP connection."""
@@ -184,13 +205,16 @@ class WebSocketFraming:
         if self._eof:
             return
         self._eof = True
-        if self._state in (WebSocketState.OPEN, WebSocketState.CLOSING):
-            self._events.append(PeerClosed(code=_ABNORMAL_CLOSURE))
+        if self._state is _OPEN or self._state is _CLOSING:
+            self._event(PeerClosed(code=_ABNORMAL_CLOSURE))
         self._finish()
 
     def events(self) -> list[FramingEvent]:
         """Drain the events: MessageIn, PeerClosed or Violation."""
-        events, self._events = self._events, []
+        events = self._events
+        if events is None:
+            return []
+        self._events = None
         return events
 
     def send_encoded(self, frame: bytes) -> None:
@@ -199,28 +223,30 @@ class WebSocketFraming:
         Raises:
             RuntimeError: called before accept().
         """
-        if self._state is WebSocketState.CONNECTING:
+        if self._state is _CONNECTING:
             raise RuntimeError("send_encoded() before accept()")
-        if self._state is WebSocketState.OPEN:
-            self._out.append(frame)
+        if self._state is _OPEN:
+            self._send(frame)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake (RFC 6455 §7.1.2); no-op once it has started.
 
         The close_timeout counts from the latest `now` this framing was given.
         """
-        if self._state is WebSocketState.OPEN:
-            self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
-            self._state = WebSocketState.CLOSING
+        if self._state is _OPEN:
+            self._send(close_frame(code, reason))
+            self._state = _CLOSING
             self._close_deadline = self._now + self._close_timeout
-            self._text.clear()
-            self._binary.clear()
-        elif self._state is WebSocketState.CONNECTING:
+            self._message = None
+        elif self._state is _CONNECTING:
             self._finish()
 
     def data_to_send(self) -> list[bytes]:
         """Drain the bytes to write to the socket."""
-        out, self._out = self._out, []
+        out = self._out
+        if out is None:
+            return []
+        self._out = None
         return out
 
     def next_deadline(self) -> float | None:
@@ -233,76 +259,130 @@ class WebSocketFraming:
         if self._close_deadline is not None and now >= self._close_deadline:
             self._finish()
 
-    def _handle(self, event: Event) -> None:
-        match event:
-            case TextMessage(data=text, message_finished=finished):
-                size = len(text) if text.isascii() else len(text.encode())
-                if self._admit(size):
-                    self._text.append(text)
-                    if finished:
-                        self._deliver("".join(self._text))
-            case BytesMessage(data=chunk, message_finished=finished):
-                if self._admit(len(chunk)):
-                    self._binary.append(chunk)
-                    if finished:
-                        self._deliver(b"".join(self._binary))
-            case Ping():
-                # RFC 6455 §5.5.2; no Pong may follow our own Close (wsproto forbids it).
-                if self._ws.state is ConnectionState.OPEN:
-                    self._out.append(self._ws.send(event.response()))
-            case CloseConnection():
-                self._on_close(event)
-            case _:  # Pong: unsolicited ones are allowed and mean nothing (§5.5.3)
-                pass
+    # -- the frame reader (RFC 6455 §5) ---------------------------------------------------
 
-    def _admit(self, size: int) -> bool:
-        """Count a fragment against the message limit; False drops it."""
-        if self._state is not WebSocketState.OPEN:
+    def _read(self, data: bytes | bytearray) -> int:
+        """Handle every whole frame in `data`; how many bytes were used.
+
+        A data frame is checked (its place in the message, its size) as soon as its
+        header is whole; its payload is then awaited in full, which that check bounds
+        by `max_message_bytes` (a control frame's by 125 bytes).
+
+        Raises:
+            FrameError: the peer broke the protocol.
+        """
+        pos, end = 0, len(data)
+        while self._state is not _CLOSED:
+            if self._skip:
+                dropped = min(self._skip, end - pos)
+                self._skip -= dropped
+                pos += dropped
+                if self._skip:
+                    break
+            header = read_header(data, pos)
+            if header is None:
+                break
+            opcode, fin, length, start, key = header
+            control = opcode >= CLOSE
+            if not control and not self._admit(opcode, length):
+                pos, self._skip = start, length  # read and dropped, never buffered
+                continue
+            if end - start < length:
+                break
+            pos = start + length
+            payload = unmask(data[start:pos], key)
+            if control:
+                self._control(opcode, payload)
+            else:
+                self._data(opcode, fin, payload)
+        return pos
+
+    def _admit(self, opcode: int, length: int) -> bool:
+        """Check a data frame's place in its message and its size; False drops it.
+
+        Raises:
+            FrameError: a continuation with nothing to continue, or a new message inside
+                a fragmented one (§5.4).
+        """
+        if self._state is not _OPEN:
             return False  # after our Close, the peer's data is read and dropped (§7.1.2)
-        self._message_bytes += size
-        if self._message_bytes <= self._max_message:
+        message = self._message
+        if message is None and opcode == CONTINUATION:
+            raise FrameError("unexpected CONTINUATION")
+        if message is not None and opcode != CONTINUATION:
+            raise FrameError(f"expected CONTINUATION, got {_MESSAGE_NAMES[opcode]}")
+        if (message.size if message else 0) + length <= self._max_message:
             return True
         code = int(ErrorCode.MESSAGE_TOO_LARGE)
-        self._events.append(Violation(code=code, reason="message too large"))
+        self._event(Violation(code=code, reason="message too large"))
         self.close(code, "message too large")
         return False
 
-    def _deliver(self, data: str | bytes) -> None:
-        self._events.append(MessageIn(data=data))
-        self._text.clear()
-        self._binary.clear()
-        self._message_bytes = 0
+    def _data(self, opcode: int, fin: bool, payload: bytes) -> None:
+        message = self._message
+        try:
+            if message is None and fin:  # a whole message in one frame: the usual case
+                self._event(MessageIn(data=payload.decode() if opcode == TEXT else payload))
+                return
+            if message is None:
+                message = self._message = _Message(opcode)
+            message.size += len(payload)
+            decoder = message.decoder
+            message.parts.append(payload if decoder is None else decoder.decode(payload, fin))
+        except UnicodeDecodeError:
+            raise FrameError("invalid UTF-8 in a text message", _INVALID_PAYLOAD) from None
+        if fin:
+            self._message = None
+            parts = message.parts
+            self._event(MessageIn(data="".join(parts) if decoder else b"".join(parts)))
 
-    def _on_close(self, event: CloseConnection) -> None:
-        code, reason = int(event.code), event.reason or ""
-        state = self._ws.state
-        if state is ConnectionState.REMOTE_CLOSING:
-            # The peer started closing: echo its code (RFC 6455 §5.5.1).
-            self._out.append(self._ws.send(event.response()))
-            self._events.append(PeerClosed(code=code, reason=reason))
-        elif state is ConnectionState.CLOSED:
-            self._events.append(PeerClosed(code=code, reason=reason))  # the answer to our Close
-        else:
-            # wsproto could not parse the peer's bytes and proposes this close code;
-            # its parser is dead, so fail the connection at once (§7.1.7).
-            if code == _INVALID_PAYLOAD:
-                reason = "invalid UTF-8 in a text message"  # the decoder's text varies by split
-            if state is ConnectionState.OPEN:
-                self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
-            self._events.append(Violation(code=code, reason=reason))
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == PING:
+            # RFC 6455 §5.5.2; no Pong may follow our own Close.
+            if self._state is _OPEN:
+                self._send(pong_frame(payload))
+        elif opcode == CLOSE:
+            code, reason = read_close(payload)
+            if self._state is _OPEN:
+                # The peer started closing: echo its code (RFC 6455 §5.5.1).
+                self._send(close_frame(code, reason))
+            self._event(PeerClosed(code=code, reason=reason))  # or the answer to our Close
+            self._finish()
+        # a Pong: unsolicited ones are allowed and mean nothing (§5.5.3)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (§7.1.7): our Close if none is out yet, then closed."""
+        if self._state is _OPEN:
+            self._send(close_frame(code, reason))
+        self._event(Violation(code=code, reason=reason))
         self._finish()
 
-    def _reject(self, hint: Event | None, reason: str) -> None:
+    # -- output ----------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self._out is None:
+            self._out = [data]
+        else:
+            self._out.append(data)
+
+    def _event(self, event: FramingEvent) -> None:
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
+    def _reject(self, ws: WSConnection, hint: Event | None, reason: str) -> None:
         status, headers = 400, []
         if isinstance(hint, RejectConnection):  # 426 carries Sec-WebSocket-Version (§4.4)
             status, headers = hint.status_code, list(hint.headers)
         headers.append((b"connection", b"close"))
-        self._out.append(self._ws.send(RejectConnection(status_code=status, headers=headers)))
-        self._events.append(Violation(code=status, reason=reason))
+        self._send(ws.send(RejectConnection(status_code=status, headers=headers)))
+        self._event(Violation(code=status, reason=reason))
         self._finish()
 
     def _finish(self) -> None:
-        self._state = WebSocketState.CLOSED
+        self._state = _CLOSED
         self._close_deadline = None
-        self._text.clear()
-        self._binary.clear()
+        self._message = None
+        self._buffer = None
+        self._skip = 0

@@ -28,24 +28,30 @@ log = logging.getLogger("realtime")
 _CLOSE_GRACE = 5.0
 
 
+# What a _Client's socket may do (one field, not a set of booleans)
+_OPEN, _PAUSED, _CLOSING = 0, 1, 2
+
+
 class _Client(asyncio.Protocol):
-    """One socket: bytes in to the Node, bytes out when the Node says so."""
+    """One socket: bytes in to the Node, bytes out when the Node says so.
 
-    __slots__ = ("_secure", "_server", "closing", "id", "paused", "transport")
+    Four slots and nothing else while idle (no task, timer or closure per socket)."""
 
-    def __init__(self, server: RealtimeServer, secure: bool) -> None:
+    __slots__ = ("_server", "id", "state", "transport")
+
+    def __init__(self, server: RealtimeServer) -> None:
         self._server = server
-        self._secure = secure
         self.transport: asyncio.Transport | None = None
         self.id = TransportId("")
-        self.paused = False
-        self.closing = False
+        #: _OPEN; _PAUSED while the transport's buffer is full; _CLOSING once closed
+        self.state = _OPEN
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        peer = self.transport.get_extra_info("peername")
+        peer = transport.get_extra_info("peername")
+        secure = transport.get_extra_info("sslcontext") is not None
         server = self._server
-        self.id = server.node.open_connection(now=server.now(), secure=self._secure,
+        self.id = server.node.open_connection(now=server.now(), secure=secure,
                                               peer=f"{peer[0]}:{peer[1]}" if peer else None)
         server.clients[self.id] = self
 
@@ -67,15 +73,18 @@ class _Client(asyncio.Protocol):
         server.pump()
 
     def pause_writing(self) -> None:
-        self.paused = True
+        if self.state == _OPEN:
+            self.state = _PAUSED
 
     def resume_writing(self) -> None:
-        self.paused = False
+        if self.state == _PAUSED:
+            self.state = _OPEN
         self._server.transmit(self.id)
 
     def write_pending(self) -> None:
-        """Write everything the Node has for this socket in one go."""
-        if self.transport is None or (self.paused and not self.closing):
+        """Write everything the Node has for this socket in one go (while closing, even
+        past the high-water mark: it is the last of it)."""
+        if self.transport is None or self.state == _PAUSED:
             return
         chunks = self._server.node.data_to_send(self.id)
         if chunks:
@@ -83,7 +92,7 @@ class _Client(asyncio.Protocol):
 
     def close(self) -> None:
         """Write what is left, then close; abort if the peer will not take it."""
-        self.closing = True
+        self.state = _CLOSING
         self.write_pending()
         if self.transport is not None:
             self.transport.close()
@@ -168,7 +177,7 @@ class RealtimeServer(ServerBase):
         ssl_context = server_ssl_context(self.settings)
         try:
             server = await self._loop.create_server(
-                lambda: _Client(self, ssl_context is not None), self.settings.host,
+                lambda: _Client(self), self.settings.host,
                 self.settings.port, ssl=ssl_context, reuse_address=True, backlog=4096,
                 ssl_handshake_timeout=10.0 if ssl_context else None)
         except BaseException:
