@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import mmap
 import os
@@ -397,6 +398,10 @@ def main() -> int:
     ap.add_argument("--envelope", action="store_true",
                     help="publish node envelopes on the topic of CHANNEL (with --client driver)")
     a = ap.parse_args()
+    # bounded in time whatever happens: a hung side prints every stack and exits
+    limit = (a.seconds + (a.count / a.rate if a.rate else 0) + 40 if a.side == "pub"
+             else 600)
+    faulthandler.dump_traceback_later(limit, exit=True)
     try:
         import uvloop
     except ImportError:

@@ -8,6 +8,8 @@ For each broker (``BROKERS``):
   as fast as it can, then at a fixed rate for latency;
 * **driver**: the same two processes through realtime_brokers (``open_broker``), no node:
   what the supervised driver costs on its own;
+* **node B alone**: a bare publisher of node envelopes (our driver) where node A would be,
+  and one node with N WebSocket subscribers: the receiving side of the path;
 * **ours**: node A (publisher: ``POST /api/publish``) and node B (N WebSocket subscribers),
   ``realtime serve --broker URL`` both, through the fan-out and latency measurements of
   ``harness`` with ``nodes=2``; and the latency on a single node with the same broker, for
@@ -22,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import broker_clients
@@ -57,7 +60,6 @@ class BrokerTarget:
 
     name: str  # the URL scheme: redis, nats, amqp, postgresql
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def library_version(self) -> str:
         """The client library both the ceiling and our driver use, with its version."""
@@ -77,6 +79,7 @@ BROKERS: list[BrokerTarget] = [
     BrokerTarget("amqp", notes="RabbitMQ, one direct exchange, publisher confirms"),
     BrokerTarget("postgresql", notes="LISTEN/NOTIFY, one statement per message"),
 ]
+
 
 def _run_name() -> str:
     return uuid.uuid4().hex[:8]
@@ -109,7 +112,13 @@ def _spawn(side: str, kind: str, client: str, name: str, counter: str, cfg: Conf
 
 
 def _last_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+        raise RuntimeError(f"{proc.args[4:7]} did not finish in {timeout:g} s: "
+                           f"{(err or '').strip()[-600:]}") from None
     for line in reversed(out.splitlines()):
         if line.startswith("{"):
             return json.loads(line)  # type: ignore[no-any-return]
@@ -127,7 +136,10 @@ def bare_pair(kind: str, client: str, cfg: Config, *, mode: str, seconds: float 
         assert sub.stdout is not None and sub.stdin is not None
         deadline = time.monotonic() + 30
         line = ""
-        while time.monotonic() < deadline and sub.poll() is None:
+        while sub.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sub.stdout], [], [], left)[0]:
+                break
             line = sub.stdout.readline()
             if line.strip() == "ready" or not line:
                 break
