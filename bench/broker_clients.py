@@ -380,6 +380,18 @@ async def run_pub(a: argparse.Namespace) -> dict[str, Any]:
     return {"published": seq, "t0": t0, "t1": t1}
 
 
+async def _bounded(side: Any, limit: float) -> dict[str, Any]:
+    """Run one side for at most ``limit`` seconds; past that, print every task's stack
+    (where it waits) and fail."""
+    try:
+        async with asyncio.timeout(limit):
+            return await side  # type: ignore[no-any-return]
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=15, file=sys.stderr)
+        raise
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -408,7 +420,7 @@ def main() -> int:
         runner: Callable[..., Any] = asyncio.run
     else:
         runner = uvloop.run
-    result = runner(run_sub(a) if a.side == "sub" else run_pub(a))
+    result = runner(_bounded(run_sub(a) if a.side == "sub" else run_pub(a), limit - 5))
     print(json.dumps(result), flush=True)
     with contextlib.suppress(OSError):
         if a.side == "sub":

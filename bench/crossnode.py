@@ -159,6 +159,8 @@ def bare_pair(kind: str, client: str, cfg: Config, *, mode: str, seconds: float 
         if sub.poll() is None:
             sub.kill()
             sub.wait(5)
+        with contextlib.suppress(OSError):
+            os.unlink(counter)
     out: dict[str, Any] = {"client": client, "published": p["published"],
                            "received": s["received"], "all_delivered":
                            s["received"] == p["published"]}
