@@ -1,7 +1,9 @@
 """Each broker driver's throughput, and what the broker bridge costs: messages/s from a
 publisher to a subscriber through the broker, both clients direct (asyncio) against both
 through `BrokerBridge` (how trio, gevent and the selectors adapter reach the asyncio
-broker clients: one thread hop each way).
+broker clients: one thread hop each way). The brokers and their URLs are
+``broker_clients.py``'s, as in scenario 6 (which measures the driver between two processes,
+against the bare client library).
 
     .venv/bin/python bench/bridge.py [--messages 5000]
 """
@@ -14,6 +16,8 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+import broker_clients
 
 from realtime_brokers import open_broker
 from realtime_brokers.bridge import BrokerBridge
@@ -85,10 +89,8 @@ async def main() -> None:
     print("| broker | direct (msg/s) | through the bridge (msg/s) | bridge / direct |")
     print("|---|---|---|---|")
     name = uuid.uuid4().hex[:8]
-    for url in (f"memory://bridge-{name}", f"redis://127.0.0.1:6379/0?prefix=bridge-{name}:",
-                f"nats://127.0.0.1:4222?prefix=bridge{name}",
-                f"amqp://guest:guest@127.0.0.1:5672/?exchange=bridge-{name}",
-                f"postgresql://postgres@127.0.0.1:5432/test?prefix=b{name[:6]}:"):
+    for kind in ("memory", *broker_clients.KINDS):
+        url = broker_clients.driver_url(kind, name)
         direct = await measure(url, args.messages, bridged=False)
         bridged = await measure(url, args.messages, bridged=True)
         print(f"| {url.partition(':')[0]} | {direct:,.0f} | {bridged:,.0f} | "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import loadgen
@@ -30,14 +32,28 @@ class Config:
     tick: float = 0.005  # throughput mode: seconds between receive sweeps
     fd_limit: int = 20000
     only_systems: list[str] = field(default_factory=list)
+    # scenario 6: brokers to measure (empty: all), rounds of each (the best counts), and
+    # whether a missed target is profiled
+    brokers: list[str] = field(default_factory=list)
+    rounds: int = 2
+    profile_misses: bool = True
 
 
 _port = [7300]
 
 
 def next_port() -> int:
-    _port[0] += 1
-    return _port[0]
+    """The next free port from 7301 on (scenario 6 runs on the machine's loopback, where
+    other work may hold some)."""
+    for _ in range(1000):
+        _port[0] += 1
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, _port[0]))
+            except OSError:
+                continue
+        return _port[0]
+    raise RuntimeError("no free port from 7301 on")
 
 
 def foreign_cpu_ticks(exclude: set[int]) -> dict[int, int]:
@@ -110,6 +126,30 @@ def running(system: System, cfg: Config, tag: str) -> Iterator[Server]:
         srv.stop()
 
 
+@contextlib.contextmanager
+def serving(system: System, cfg: Config, tag: str, nodes: int = 1) -> Iterator[tuple[Server, Server]]:
+    """(publisher's server, subscribers' server): one server, or two nodes of a cluster
+    (scenario 6: the same command twice; both on the server core)."""
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(running(system, cfg, tag if nodes == 1 else f"{tag}-a"))
+        second = first if nodes == 1 else stack.enter_context(running(system, cfg, f"{tag}-b"))
+        yield first, second
+
+
+async def until_delivered(pub: loadgen.Publisher, gen: loadgen.LoadGen, n: int,
+                          timeout: float = 15.0) -> bool:
+    """Publish one message at a time until one reaches all n subscribers: across nodes, the
+    subscribers' node subscribes its broker topic asynchronously, and what is published
+    before that is lost to it (Pub/Sub)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        gen.reset("count", -1)
+        r = await loadgen.paced(pub, gen, n, 10, 1, drain=0.5)
+        if r["delivered"] >= n:
+            return True
+    return False
+
+
 def workers_for(n: int, cfg: Config) -> int:
     return max(1, -(-n * cfg.workers_per_10k // 10000))
 
@@ -128,15 +168,19 @@ def generator(cfg: Config, workers: int) -> Iterator[loadgen.LoadGen]:
 class Meter:
     """CPU of the server, of the load generator, per core, and of everything else."""
 
-    def __init__(self, srv: Server, gen: loadgen.LoadGen) -> None:
-        self.ours = {srv.pid, os.getpid(), *gen.pids}
+    def __init__(self, srv: Server, gen: loadgen.LoadGen, others: tuple[Server, ...] = ()) -> None:
+        self.ours = {srv.pid, os.getpid(), *gen.pids, *(o.pid for o in others)}
         self.cpu = loadgen.CPUMeter(srv.pid, [os.getpid(), *gen.pids])
+        self.others = {o.pid: loadgen.cpu_ticks(o.pid) for o in others}
         self.f0 = foreign_cpu_ticks(self.ours)
         self.t0 = time.monotonic()
 
     def read(self) -> dict[str, Any]:
         r = self.cpu.read()
         dt = time.monotonic() - self.t0
+        if self.others:  # the publisher's node (scenario 6)
+            r["publisher_node_cpu"] = sum(loadgen.cpu_ticks(p) - t for p, t in
+                                          self.others.items()) / loadgen.TICK / dt
         f1 = foreign_cpu_ticks(self.ours)
         used = sum(t - self.f0.get(pid, 0) for pid, t in f1.items())
         r["foreign_cpu"] = max(0, used) / loadgen.TICK / dt
@@ -159,12 +203,14 @@ def connect(gen: loadgen.LoadGen, srv: Server, system: System, n: int,
 
 def measure_fanout(system: System, cfg: Config, n: int, duration: float,
                    transport: str = "ws", workers: int | None = None,
-                   tag: str = "") -> dict[str, Any]:
-    """Scenario 1 (and 4): deliveries per second to n subscribers of one channel."""
+                   tag: str = "", nodes: int = 1, profile_seconds: float = 0) -> dict[str, Any]:
+    """Scenario 1 (and 4): deliveries per second to n subscribers of one channel. With
+    nodes=2 (scenario 6) the publisher is on one node and the subscribers on another.
+    With profile_seconds, py-spy samples each server meanwhile (``out["profile"]``)."""
     out: dict[str, Any] = {"system": system.name, "n": n, "transport": transport}
     workers = workers or workers_for(n, cfg)
     out["workers"] = workers
-    with running(system, cfg, tag or f"fanout-{transport}-{n}") as srv, \
+    with serving(system, cfg, tag or f"fanout-{transport}-{n}", nodes) as (pub_srv, srv), \
             generator(cfg, workers) as gen:
         c = connect(gen, srv, system, n, transport)
         out["connect"] = c
@@ -172,9 +218,14 @@ def measure_fanout(system: System, cfg: Config, n: int, duration: float,
             out["error"] = "no subscriber connected"
             return out
         n_ok = c["ok"]
+        others = (pub_srv,) if pub_srv is not srv else ()
 
         async def go() -> None:
-            pub = await open_publisher(system, srv)
+            pub = await open_publisher(system, pub_srv)
+            if others and not await until_delivered(pub, gen, n_ok):
+                out["error"] = "no message reached the other node"
+                pub.close()
+                return
             gen.reset("count", cfg.tick)
             # warm-up, which also sizes the receive sweeps and the window
             floor = max(2, min(500, 20_000 // n_ok))
@@ -193,15 +244,24 @@ def measure_fanout(system: System, cfg: Config, n: int, duration: float,
             out.update(window=window, warmup_rate=rate, tick=tick)
             await asyncio.sleep(0.2)
             gen.reset("count", tick)
-            meter = Meter(srv, gen)
+            meter = Meter(srv, gen, others)
+            profiled = [("node B", srv), ("node A", pub_srv)] if others else [("server", srv)]
+            # --native: sampling a running process without pausing it (--nonblocking)
+            # can charge C time to a stale Python frame (a write, an await)
+            spies = {name: pyspy_start(s.pid, profile_seconds, f"{tag}-{name}", native=True)
+                     for name, s in profiled if profile_seconds}
             r = await loadgen.fanout(pub, gen, n_ok, duration, window, in_flight=in_flight,
                                      server_pid=srv.pid)
             r.update(meter.read())
+            if spies:
+                out["profile"] = {name: pyspy_top(spy) for name, spy in spies.items()}
             out.update(r)
             out["publisher_errors"] = pub.errors[:3]
             pub.close()
 
         asyncio.run(go())
+        if "delivered" not in out:
+            return out
         st = gen.stats()
         out["subscribers"] = st["conns"]
         out["per_conn_min"], out["per_conn_max"] = st["min"], st["max"]
@@ -214,8 +274,9 @@ def measure_fanout(system: System, cfg: Config, n: int, duration: float,
 
 
 def measure_latency(system: System, cfg: Config, n: int, rate: float,
-                    duration: float) -> dict[str, Any]:
-    """Scenario 2: publish-to-receipt latency at a fixed publish rate."""
+                    duration: float, nodes: int = 1) -> dict[str, Any]:
+    """Scenario 2: publish-to-receipt latency at a fixed publish rate (with nodes=2, as in
+    scenario 6: the publisher on one node, the subscribers on another)."""
     import numpy as np
 
     count = int(rate * duration)
@@ -233,7 +294,7 @@ def measure_latency(system: System, cfg: Config, n: int, rate: float,
     modes = [("latency", -1.0)] + [("count", cold_tick)] * cold_workers
     out: dict[str, Any] = {"system": system.name, "n": n, "rate": rate, "messages": count,
                            "sampled": hot, "cold_tick": cold_tick}
-    with running(system, cfg, f"latency-{n}-{rate:g}") as srv, \
+    with serving(system, cfg, f"latency-{n}-{rate:g}", nodes) as (pub_srv, srv), \
             generator(cfg, 1 + cold_workers) as gen:
         c = gen.connect(HOST, srv.port, n, system.dialect, "ws", timeout=90, shares=shares)
         if c["ok"] < n:
@@ -244,8 +305,14 @@ def measure_latency(system: System, cfg: Config, n: int, rate: float,
             return out
         n_ok = c["ok"]
 
+        others = (pub_srv,) if pub_srv is not srv else ()
+
         async def go() -> None:
-            pub = await open_publisher(system, srv)
+            pub = await open_publisher(system, pub_srv)
+            if others and not await until_delivered(pub, gen, n_ok):
+                out.update(error="no message reached the other node", overloaded=False)
+                pub.close()
+                return
             gen.reset(per_worker=[("count", t) for _, t in modes])
             w = await loadgen.paced(pub, gen, n_ok, rate, max(5, int(rate)),  # warm-up
                                     drain=5 + 2 * cold_tick, max_behind=2 + cold_tick)
@@ -257,7 +324,7 @@ def measure_latency(system: System, cfg: Config, n: int, rate: float,
                 return
             await asyncio.sleep(0.2)
             gen.reset(per_worker=modes)
-            meter = Meter(srv, gen)
+            meter = Meter(srv, gen, others)
             r = await loadgen.paced(pub, gen, n_ok, rate, count, drain=10 + 2 * cold_tick,
                                     max_behind=2 + cold_tick)
             r.update(meter.read())
@@ -265,6 +332,8 @@ def measure_latency(system: System, cfg: Config, n: int, rate: float,
             pub.close()
 
         asyncio.run(go())
+        if out.get("error"):
+            return out
         st = gen.stats(latency=True)
         lat = np.frombuffer(st["lat"], dtype=np.int64) / 1e6  # ms
         out["all_delivered"] = (out.get("delivered") == out.get("expected") and n_ok == n
@@ -334,3 +403,70 @@ def measure_memory(system: System, cfg: Config, steps: list[int]) -> dict[str, A
         if at10k:
             out["kib_per_conn_10k"] = at10k[0]["kib_per_conn"]
     return out
+
+
+# --------------------------------------------------------------------------- profiles
+
+PYSPY = str(BENCH / ".venv" / "bin" / "py-spy")
+
+
+def pyspy_start(pid: int, seconds: float, tag: str, rate: int = 250,
+                native: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``py-spy record`` on a process (raw collapsed stacks in bench/results)."""
+    out = RESULTS / f"profile-{tag}.txt".replace(" ", "-")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".log"), "w") as err:
+        proc = subprocess.Popen(
+            [PYSPY, "record", "--native" if native else "--nonblocking", "-r", str(rate),
+             "-d", str(max(1, int(seconds))), "-f", "raw", "-o", str(out), "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=err)
+    return proc, out
+
+
+def pyspy_top(spy: tuple[subprocess.Popen[bytes], Path], top: int = 12) -> dict[str, Any]:
+    """Wait for a py-spy started by :func:`pyspy_start`; the functions with the most
+    samples, self and inclusive, as percentages."""
+    proc, path = spy
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    return pyspy_summary(path, top)
+
+
+def pyspy_summary(path: Path, top: int = 12) -> dict[str, Any]:
+    """Self and inclusive time per function of py-spy's collapsed stacks (a function's C
+    calls count for it)."""
+    self_t: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {"samples": 0, "self": [], "inclusive": [], "path": str(path)}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        k = int(count)
+        total += k
+        frames = stack.split(";")
+        self_t[_short(frames[-1])] += k
+        for f in {_short(f) for f in frames}:
+            incl[f] += k
+    pct = 100 / total if total else 0
+    # Python functions only (with --native the event loop's C frames are in most
+    # samples), and not those in (nearly) every sample: the process's main loop
+    busy = [(f, c * pct) for f, c in incl.most_common()
+            if c < 0.9 * total and f.endswith(".py)")]
+    return {"samples": total, "path": str(path),
+            "self": [(f, c * pct) for f, c in self_t.most_common(top)],
+            "inclusive": busy[:top]}
+
+
+def _short(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "func (file.py)"
+    name, _, loc = frame.partition(" (")
+    file = loc.rstrip(")").rsplit("/", 1)[-1].split(":")[0]
+    return f"{name} ({file})" if file else name

@@ -930,14 +930,7 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
     samples.append((t_end - t0, got))
     # steady state: deliveries in each whole second of publishing after the first half
     # second, and the median of those
-    per_second = []
-    start = 0.5
-    while start + 1.0 <= t_pub + 1e-9:
-        a = _at(samples, start)
-        b = _at(samples, start + 1.0)
-        if a is not None and b is not None:
-            per_second.append(b - a)
-        start += 1.0
+    per_second = per_second_counts(samples, 0.5, t_pub)
     recent = (_at(samples, t_pub) or 0) - (_at(samples, max(0.0, t_pub - 0.5)) or 0)
     return {
         "published": seq, "expected": expected, "delivered": got,
@@ -950,7 +943,21 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
     }
 
 
-def _at(samples: list[tuple[float, int]], t: float) -> float | None:
+def per_second_counts(samples: list[tuple[float, float]], start: float,
+                      end: float) -> list[float]:
+    """Deliveries in each whole second from ``start`` to ``end`` (seconds), from
+    (time, count so far) samples."""
+    out = []
+    while start + 1.0 <= end + 1e-9:
+        a = _at(samples, start)
+        b = _at(samples, start + 1.0)
+        if a is not None and b is not None:
+            out.append(b - a)
+        start += 1.0
+    return out
+
+
+def _at(samples: list[tuple[float, float]], t: float) -> float | None:
     """Deliveries counted at time t, interpolated between samples."""
     for (t0, v0), (t1, v1) in itertools.pairwise(samples):
         if t0 <= t <= t1:

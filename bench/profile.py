@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import subprocess
 import sys
 import time
@@ -29,32 +28,12 @@ from systems import SYSTEMS  # noqa: E402
 
 
 def summarize(path: Path, top: int) -> str:
-    self_t: collections.Counter[str] = collections.Counter()
-    incl: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        total += n
-        frames = stack.split(";")
-        self_t[_short(frames[-1])] += n
-        for f in {_short(f) for f in frames}:
-            incl[f] += n
-    out = [f"{total} samples", "", "self time:"]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in self_t.most_common(top)]
+    r = harness.pyspy_summary(path, top)
+    out = [f"{r['samples']} samples", "", "self time:"]
+    out += [f"  {pct:5.1f}%  {f}" for f, pct in r["self"]]
     out += ["", "inclusive time:"]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in incl.most_common(top)]
+    out += [f"  {pct:5.1f}%  {f}" for f, pct in r["inclusive"]]
     return "\n".join(out)
-
-
-def _short(frame: str) -> str:
-    # "func (path/to/file.py:123)" -> "func (file.py)"
-    name, _, loc = frame.partition(" (")
-    loc = loc.rstrip(")")
-    file = loc.rsplit("/", 1)[-1].split(":")[0]
-    return f"{name} ({file})" if file else name
 
 
 def main() -> int:

@@ -8,17 +8,21 @@ Hooks left for later issues:
   * scenario 5 (``runtimes``): register a ``System`` with ``group="runtime"`` (for example
     ours on trio: ``command=lambda port: [OURS_BIN, "serve", "--runtime", "trio", ...]``);
     it is then measured beside ours on asyncio.
-  * scenario 6 (``brokers``): append a ``BrokerTarget`` to ``BROKERS``.
+  * scenario 6 (``brokers``): a broker is a ``BrokerTarget`` in ``crossnode.BROKERS`` with
+    its bare clients in ``broker_clients.py``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import broker_clients
+import crossnode
 import harness
+from crossnode import BROKERS
 from harness import Config
 from systems import SYSTEMS, System
 
@@ -30,14 +34,16 @@ class Scenario:
     title: str
     run: Callable[[Config, list[System]], dict[str, Any]]
     in_quick: bool = True
+    netns: bool = True  # False: runs in the machine's network namespace (see run.py)
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
-def scenario(name: str, number: int, title: str, in_quick: bool = True) -> Callable[..., Any]:
+def scenario(name: str, number: int, title: str, in_quick: bool = True,
+             netns: bool = True) -> Callable[..., Any]:
     def deco(fn: Callable[[Config, list[System]], dict[str, Any]]) -> Any:
-        SCENARIOS[name] = Scenario(name, number, title, fn, in_quick)
+        SCENARIOS[name] = Scenario(name, number, title, fn, in_quick, netns)
         return fn
     return deco
 
@@ -179,30 +185,40 @@ def runtimes(cfg: Config, systems: list[System]) -> dict[str, Any]:
 # ------------------------------------------------------------------------ scenario 6
 
 
-@dataclass
-class BrokerTarget:
-    """A broker for the cross-node scenario: two of our nodes on it, publisher on one,
-    subscribers on the other, against the broker client's own ceiling."""
-
-    name: str
-    version: Callable[[], str]
-    start_broker: Callable[[], Any] | None  # None: the broker is already running
-    node_command: Callable[[int], list[str]]  # argv of one of our nodes on this broker
-    ceiling: Callable[[], dict[str, Any]]  # bare publisher + subscriber, same client library
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-BROKERS: list[BrokerTarget] = []
-
-
-@scenario("brokers", 6, "Cross-node through each broker", in_quick=False)
+@scenario("brokers", 6, "Cross-node through each broker", in_quick=False, netns=False)
 def brokers(cfg: Config, systems: list[System]) -> dict[str, Any]:
-    if not BROKERS:
-        return {"pending": "no broker target is registered yet (append a BrokerTarget to "
-                           "bench/scenarios.py BROKERS)"}
-    return {"pending": "cross-node measurement is not implemented yet",
-            "brokers": [b.name for b in BROKERS]}
+    """Two of our nodes on each broker against the broker client's own ceiling
+    (``crossnode.py``). It runs in the machine's network namespace: the broker servers
+    listen on the machine's loopback, which a private namespace cannot reach."""
+    if not any(s.ours for s in systems):
+        return {"pending": "our server is not selected or not available"}
+    targets = [b for b in BROKERS if b.name in (cfg.brokers or [b.name for b in BROKERS])]
+    rounds: dict[str, list[dict[str, Any]]] = {b.name: [] for b in targets}
+    for i in range(cfg.rounds):
+        for b in targets:
+            log(f"brokers {b.name}, round {i + 1} of {cfg.rounds}")
+            rounds[b.name].append(crossnode.measure_round(b, cfg))
+    out: dict[str, Any] = {
+        "ns": list(crossnode.NS), "latency_n": crossnode.LATENCY_N,
+        "latency_rate": crossnode.LATENCY_RATE, "duration": crossnode.THROUGHPUT_SECONDS,
+        "latency_seconds": crossnode.LATENCY_SECONDS, "rounds": cfg.rounds,
+        "payload_bytes": broker_clients.PAYLOAD_BYTES, "brokers": [],
+    }
+    for b in targets:
+        summary = crossnode.summarize(b.name, rounds[b.name])
+        entry = {"broker": b.name, "library": b.library_version(), "notes": b.notes,
+                 "url": broker_clients.driver_url(b.name, "NAME"), "summary": summary,
+                 "rounds": rounds[b.name]}
+        log(f"  {b.name}: ours {((summary['fanout'].get('1') or {}).get('median_second') or 0):,.0f}"
+            f" msg/s against the ceiling's {(summary['ceiling'] or {}).get('rate') or 0:,.0f}"
+            f" ({summary['ratio'] or 0:.2f}), p50 added "
+            f"{summary['added_p50_ms'] if summary['added_p50_ms'] is not None else float('nan'):.2f} ms")
+        if not summary["met"] and cfg.profile_misses:
+            log(f"  {b.name}: target missed: profiling both nodes")
+            entry["profile"] = _safe(lambda b=b: crossnode.profile_nodes(b.name, cfg),
+                                     f"profile {b.name}")
+        out["brokers"].append(entry)
+    return out
 
 
 # -------------------------------------------------------------------- load generator
