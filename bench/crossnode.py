@@ -10,7 +10,7 @@ For each broker (``BROKERS``):
   what the supervised driver costs on its own;
 * **node B alone**: a bare publisher of node envelopes (our driver) where node A would be,
   and one node with N WebSocket subscribers: the receiving side of the path;
-* **ours**: node A (publisher: ``POST /api/publish``) and node B (N WebSocket subscribers),
+* **ours**: node A (publisher: ``POST /api/batch``) and node B (N WebSocket subscribers),
   ``realtime serve --broker URL`` both, through the fan-out and latency measurements of
   ``harness`` with ``nodes=2``; and the latency on a single node with the same broker, for
   the latency cross-node adds.
@@ -45,7 +45,7 @@ from systems import (
     System,
     _ours_available,
     _ours_version,
-    ours_publisher,
+    ours_batch_publisher,
 )
 
 CLIENTS_PY = str(MAIN_VENV / "bin" / "python")
@@ -92,7 +92,7 @@ def ours_on(kind: str, name: str) -> System:
         name=f"ours-{kind}", label=f"realtime_proto on {kind}",
         command=lambda port: [OURS_BIN, "serve", "--port", str(port), "--api-key", API_KEY,
                               "--broker", url, "--log-level", "warning"],
-        dialect="ours", publisher=ours_publisher, version=_ours_version, ours=True,
+        dialect="ours", publisher=ours_batch_publisher, version=_ours_version, ours=True,
         available=_ours_available, group="cluster", env=OURS_ENV,
         notes=f"`realtime serve --broker {url.partition('?')[0]}`",
     )

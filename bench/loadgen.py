@@ -789,15 +789,24 @@ class HTTPPublisher(Publisher):
                 self.not_ok += 1
                 if len(self.errors) < 3:
                     self.errors.append(buf[pos:body_end][:300].decode("utf-8", "replace"))
-            self.answered += 1
+            self._answered_one()
             pos = body_end
         self.buf = buf[pos:]
+        self._refill()
+
+    def _answered_one(self) -> None:
+        self.answered += 1
+
+    def _refill(self) -> None:
         while self.queue and self.sent - self.answered < self.depth:
             self._send(self.queue.popleft())
 
-    def _send(self, seq: int) -> None:
-        body = (b'{"channel":"' + self.channel + b'","event":"bench","data":'
+    def _message(self, seq: int) -> bytes:
+        return (b'{"channel":"' + self.channel + b'","event":"bench","data":'
                 + payload_bytes(seq, self.pad) + b"}")
+
+    def _send(self, seq: int) -> None:
+        body = self._message(seq)
         self.transport.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         self.sent += 1
 
@@ -809,6 +818,35 @@ class HTTPPublisher(Publisher):
 
     def backlog(self) -> int:
         return self.sent - self.answered + len(self.queue)
+
+
+class BatchHTTPPublisher(HTTPPublisher):
+    """``POST /api/batch``: while `depth` calls are out, publishes wait, and go together
+    (up to `max_batch`) in the next call; at low rates every call carries one."""
+
+    depth = 4
+    max_batch = 500
+
+    def __init__(self, host: str, port: int, api_key: str, channel: str = "bench") -> None:
+        super().__init__(host, port, api_key, channel)
+        self.head = self.head.replace(b"/api/publish", b"/api/batch")
+        self.calls: deque[int] = deque()  # messages per call out, oldest first
+
+    def _answered_one(self) -> None:
+        self.answered += self.calls.popleft()
+
+    def _refill(self) -> None:
+        while self.queue and len(self.calls) < self.depth:
+            count = min(len(self.queue), self.max_batch)
+            body = b'{"messages":[' + b",".join(
+                self._message(self.queue.popleft()) for _ in range(count)) + b"]}"
+            self.transport.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            self.calls.append(count)
+            self.sent += count
+
+    def publish(self, seq: int) -> None:
+        self.queue.append(seq)
+        self._refill()
 
 
 # ---------------------------------------------------------------------- measurement

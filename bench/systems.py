@@ -96,6 +96,12 @@ def ours_publisher(host: str, port: int) -> loadgen.Publisher:
     return loadgen.HTTPPublisher(host, port, API_KEY)
 
 
+def ours_batch_publisher(host: str, port: int) -> loadgen.Publisher:
+    """Ours: ``POST /api/batch``, what waits going together (scenario 6: the publishing
+    node must not be the bottleneck of the path through the broker)."""
+    return loadgen.BatchHTTPPublisher(host, port, API_KEY)
+
+
 NODE = shutil.which("node") or "node"
 
 SYSTEMS: dict[str, System] = {}

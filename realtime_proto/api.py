@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
+from .channels import validate_channel_name
 from .errors import ErrorCode, MessageError
 from .events import ConnectionId
 from .hub import Hub
@@ -16,6 +17,9 @@ __all__ = ["ApiResponse", "bearer_token", "handle_api", "reads_channel"]
 
 #: (HTTP status, JSON body)
 ApiResponse = tuple[int, JsonValue]
+
+#: publishes one `POST /api/batch` may carry
+MAX_BATCH = 1000
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -41,6 +45,8 @@ def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
         match method, parts:
             case "POST", ["publish"]:
                 return _publish(hub, _object(body, max_body_bytes), now)
+            case "POST", ["batch"]:
+                return _batch(hub, _object(body, max_body_bytes), now)
             case "POST", ["users", user_id, "send"]:
                 fields = _object(body, max_body_bytes)
                 return 200, {"id": hub.send_to_user(user_id, _event(fields), fields.get("data"),
@@ -81,17 +87,48 @@ def reads_channel(method: str, path: str) -> str | None:
 
 
 def _publish(hub: Hub, fields: dict[str, Any], now: float) -> ApiResponse:
+    ids = _broadcast(hub, _publication(fields), now)
+    return 200, {"id": ids[0], "ids": ids}
+
+
+def _batch(hub: Hub, fields: dict[str, Any], now: float) -> ApiResponse:
+    """Many publishes in one call, in order; all checked before any goes out."""
+    messages = fields.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise MessageError(ErrorCode.MISSING_FIELD, "'messages' (a list of publishes) is required")
+    if len(messages) > MAX_BATCH:
+        raise MessageError(ErrorCode.INVALID_FIELD, f"at most {MAX_BATCH} messages per batch")
+    publications = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise MessageError(ErrorCode.NOT_AN_OBJECT, f"messages[{index}] is not an object")
+        try:
+            publications.append(_publication(message))
+        except MessageError as error:
+            raise MessageError(error.code, f"messages[{index}]: {error.message}") from None
+    return 200, {"ids": [_broadcast(hub, p, now) for p in publications]}
+
+
+_Publication = tuple[list[str], str, Any, ConnectionId | None]
+
+
+def _publication(fields: dict[str, Any]) -> _Publication:
+    """The channels, event, data and excluded connection of one publish, checked."""
     channels = fields.get("channels", [fields.get("channel")] if "channel" in fields else None)
     if not isinstance(channels, list) or not channels or not all(
             isinstance(c, str) for c in channels):
         raise MessageError(ErrorCode.MISSING_FIELD, "'channel' or 'channels' is required")
+    for channel in channels:
+        validate_channel_name(channel)
     exclude = fields.get("exclude_connection_id")
     if exclude is not None and not isinstance(exclude, str):
         raise MessageError(ErrorCode.INVALID_FIELD, "'exclude_connection_id' must be a string")
-    event = _event(fields)
-    ids = [hub.broadcast(c, event, fields.get("data"), now=now,
-                         exclude=ConnectionId(exclude) if exclude else None) for c in channels]
-    return 200, {"id": ids[0], "ids": ids}
+    return channels, _event(fields), fields.get("data"), ConnectionId(exclude) if exclude else None
+
+
+def _broadcast(hub: Hub, publication: _Publication, now: float) -> list[str]:
+    channels, event, data, exclude = publication
+    return [hub.broadcast(c, event, data, now=now, exclude=exclude) for c in channels]
 
 
 def _object(body: bytes, max_bytes: int) -> dict[str, Any]:

@@ -223,6 +223,30 @@ def test_api_needs_the_key_and_a_good_body() -> None:
     assert ok.status == 200 and len(json.loads(ok.body)["ids"]) == 2
 
 
+def test_api_batch_publishes_in_order_and_checks_every_message_first() -> None:
+    h = Harness()
+    transport, peer, _ = ws_connect(h)
+    h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "news"})))
+    peer.receive(h.take(transport))
+    published = h.node.statistics().hub.published
+    bad = api(h, "POST", "/api/batch", {"messages": [
+        {"channel": "news", "event": "e", "data": 1}, {"channel": "bad name", "event": "e"}]})
+    error = json.loads(bad.body)["error"]
+    assert bad.status == 400 and error["code"] == ErrorCode.INVALID_CHANNEL_NAME
+    assert error["message"].startswith("messages[1]")
+    assert h.node.statistics().hub.published == published  # nothing went out
+    for body in ({}, {"messages": []}, {"messages": [1]},
+                 {"messages": [{"channel": "news", "event": "e"}] * 1001}):
+        assert api(h, "POST", "/api/batch", body).status == 400
+    ok = api(h, "POST", "/api/batch", {"messages": [
+        {"channel": "news", "event": "e", "data": n} for n in range(5)]})
+    ids = json.loads(ok.body)["ids"]
+    got = [json.loads(m.data) for m in peer.receive(h.take(transport))
+           if hasattr(m, "data")]
+    assert [m["data"] for m in got] == [0, 1, 2, 3, 4]
+    assert [m["id"] for m in got] == [i[0] for i in ids]
+
+
 def test_api_reads_channels_and_members() -> None:
     h = Harness()
     h.node.hub.channel("presence-*").authorize(lambda conn, ch: {"n": 1})
