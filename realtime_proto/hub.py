@@ -43,7 +43,7 @@ from .events import (
 )
 from .history import HistoryRule, StreamSlice, stamp
 from .jwt import verify_token
-from .message import JsonValue, Message, MessageType, decode_json
+from .message import JsonValue, Message, MessageType, decode_json, encode_json
 from .metrics import Histogram
 from .presence import Member
 from .ratelimit import TokenBucket
@@ -672,10 +672,17 @@ class Hub:
     def _encode(self, kind: MessageType, now: float, *, channel: str | None = None,
                 event: str | None = None, data: JsonValue = None,
                 user_id: str | None = None) -> tuple[str, bytes]:
+        """A message of this server's own, encoded as `Message.encode` would (without
+        building one: this is the publish path)."""
+        if event is not None and not isinstance(event, str):
+            raise MessageError(ErrorCode.INVALID_FIELD, "field 'event' must be a string")
         message_id = self._new_id()
-        message = Message(type=kind, id=message_id, channel=channel, event=event, data=data,
-                          timestamp=self._epoch.unix_ms_at(now), user_id=user_id)
-        return message_id, message.encode()
+        fields: dict[str, JsonValue] = {
+            "id": message_id, "type": kind.value, "channel": channel, "event": event,
+            "data": data, "timestamp": self._epoch.unix_ms_at(now)}
+        if user_id is not None:
+            fields["user_id"] = user_id
+        return message_id, encode_json(fields)
 
     def _deliver(self, targets: Iterable[ConnectionId], payload: bytes,
                  event_id: str | None = None, exclude: ConnectionId | None = None,

@@ -11,6 +11,10 @@ from .errors import ErrorCode, MessageError
 
 __all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json"]
 
+#: one encoder for every compact JSON the core writes (`json.dumps` with options builds a
+#: new one per call)
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 #: Anything `json` can encode; kept loose because payloads are the application's.
 JsonValue: TypeAlias = Any
 
@@ -92,7 +96,7 @@ class Message:
 
     def to_json(self) -> str:
         """The message as compact JSON text."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return _COMPACT.encode(self.to_dict())
 
     def encode(self) -> bytes:
         """The message as compact UTF-8 JSON bytes, ready for any framing."""
@@ -153,4 +157,4 @@ def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
 
 def encode_json(value: JsonValue) -> bytes:
     """Compact UTF-8 JSON, the one encoding used for every body the core writes."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACT.encode(value).encode()
