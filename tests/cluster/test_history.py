@@ -116,8 +116,11 @@ def test_a_new_subscriber_on_any_node_can_fetch_recent_history(setup: tuple[str,
     channel = f"room.recent-{uuid.uuid4().hex[:8]}"
 
     async def scenario(nodes: list[NodeProcess]) -> None:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient() as http, \
+                connect("websocket", nodes[0].port) as watcher:
+            await _subscribe(watcher, channel)
             await _publish(http, nodes[:1], channel, range(4))
+            await _receive(watcher, 4)  # the API answers first; the store has them now
             for node in nodes:
                 async with connect("websocket", node.port) as client:
                     answer = await _subscribe(client, channel, history=3)
