@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from realtime_brokers.history import HistoryStore, open_history_store
+from realtime_brokers.history import HistoryStore, open_history_store, store_url
 from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryLoaded
 
-from ..cluster.nodes import require
+from ..cluster.nodes import drop_history_streams, require
 from .support import run
 
 pytestmark = pytest.mark.broker
@@ -24,6 +24,7 @@ STORES = {
     "memory": "memory://contract-{name}",
     "redis": "redis://127.0.0.1:6379/0?prefix=rt-{name}:",
     "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
+    "nats": "nats://127.0.0.1:4222?prefix=rt{name}",
 }
 #: a channel name with every punctuation mark channel names may have
 ODD = "room.a_b-c=d@e,f;g:h"
@@ -36,7 +37,10 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
     kind: str = request.param
     if kind != "memory":
         require(kind)
-    yield STORES[kind].format(name=uuid.uuid4().hex[:8])
+    url = STORES[kind].format(name=uuid.uuid4().hex[:8])
+    yield url
+    if kind == "nats":
+        asyncio.run(drop_history_streams(url))
 
 
 @contextlib.asynccontextmanager
@@ -221,3 +225,53 @@ def test_read_positions_expire_ttl_after_they_last_moved(url: str) -> None:
             assert dict((await read(a, room, ttl=0.5)).reads) == {"ann": 1}
 
     run(scenario())
+
+
+def test_jetstream_starts_a_new_epoch_once_a_channel_expired() -> None:
+    require("nats")
+    url = f"nats://127.0.0.1:4222?prefix=rt{uuid.uuid4().hex[:8]}&ttl=1"
+
+    async def scenario() -> None:
+        room = channel()
+        async with nodes(url, 1) as (store,):
+            [(epoch, offset)] = await store.append(appends(room, [b"one"], ttl=1.0), now_ms())
+            await asyncio.sleep(1.5)  # the stream's max_age removes the subject's messages
+            loaded = await read(store, room, since=0, ttl=1.0)
+            assert offset == 1 and loaded.epoch != epoch
+            assert (loaded.offset, loaded.entries) == (0, ())
+            assert await store.append(appends(room, [b"two"]), now_ms()) == [(loaded.epoch, 1)]
+
+    try:
+        run(scenario())
+    finally:
+        asyncio.run(drop_history_streams(url))
+
+
+def test_jetstream_serves_what_its_stream_keeps_under_a_larger_rule(
+        caplog: pytest.LogCaptureFixture) -> None:
+    require("nats")
+    url = f"nats://127.0.0.1:4222?prefix=rt{uuid.uuid4().hex[:8]}&size=5"
+
+    async def scenario() -> None:
+        room = channel()
+        async with nodes(url, 1) as (store,):
+            await store.append(appends(room, [b"%d" % n for n in range(1, 11)]), now_ms())
+            assert offsets(await read(store, room, since=0)) == [6, 7, 8, 9, 10]  # one by one
+            await store.append(appends(room, [b"%d" % n for n in range(11, 31)]), now_ms())
+            assert offsets(await read(store, room, since=0)) == [26, 27, 28, 29, 30]  # pushed
+            assert offsets(await read(store, room, limit=3)) == [28, 29, 30]
+
+    try:
+        run(scenario())
+    finally:
+        asyncio.run(drop_history_streams(url))
+    assert "raise size/ttl in the store URL" in caplog.text
+
+
+def test_the_auto_store_of_a_nats_broker_is_jetstream_with_its_prefix() -> None:
+    broker = "nats://127.0.0.1:4222?prefix=rtx&probe_interval=0.5&queue_size=10"
+    assert store_url("auto", broker) == "nats://127.0.0.1:4222?prefix=rtx"
+    with pytest.raises(ValueError, match="unknown NATS history store URL options"):
+        open_history_store("nats://127.0.0.1:4222?prefix=rtx&exchange=y")
+    with pytest.raises(ValueError, match="plain tokens"):
+        open_history_store("nats://127.0.0.1:4222?prefix=rt.*")

@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from ..behaviour.clients import Client, connect
-from .nodes import NodeProcess, api, broker_url, eventually, require, start_nodes
+from .nodes import (
+    NodeProcess,
+    api,
+    broker_url,
+    drop_history_streams,
+    eventually,
+    require,
+    start_nodes,
+)
 from .test_processes import token
 
 HISTORY = ("--history", "room.*=100:300,private-room.*=100:300")
@@ -21,6 +29,7 @@ HISTORY = ("--history", "room.*=100:300,private-room.*=100:300")
 SETUPS = {
     "redis": ("redis", "auto"),
     "postgresql": ("postgresql", "auto"),
+    "nats": ("nats", "auto"),
     "nats+redis": ("nats", "redis://127.0.0.1:6379/0"),
     "amqp+postgresql": ("amqp", "postgresql://postgres@127.0.0.1:5432/test"),
 }
@@ -38,12 +47,15 @@ def setup(request: pytest.FixtureRequest) -> tuple[str, str]:
 @contextlib.contextmanager
 def history_cluster(broker: str, store: str) -> Iterator[list[NodeProcess]]:
     nodes: list[NodeProcess] = []
+    url = broker_url(broker)
     try:
-        nodes = start_nodes(broker_url(broker), 2, *HISTORY, "--history-store", store)
+        nodes = start_nodes(url, 2, *HISTORY, "--history-store", store)
         yield nodes
     finally:
         for node in nodes:
             node.stop()
+        if (broker, store) == ("nats", "auto"):
+            asyncio.run(drop_history_streams(url))
 
 
 async def _subscribe(client: Client, channel: str, **data: Any) -> dict[str, Any]:
