@@ -30,10 +30,11 @@ epoch, its offset, its time (``now_ms``) and the size of the channel's history r
   ``ttl`` are dropped, and past 10,000 users the least recently moved ones.
 
 Limits: one hot channel takes one append per round trip, and two nodes appending to it at
-once retry each other's; the epoch lasts as long as the subject holds a message (the
-stream's ``ttl``), longer than a rule's ttl, but entries older than that are not served,
-so a recovery past them is refused as it should be; it needs JetStream with direct get
-(nats-server 2.9+).
+once retry each other's (``bench/history.py``: 3,700 and 1,700 appends a second on the
+2-core test machine, 11,700 over 64 channels; Redis does 11,500 on one channel); the
+epoch lasts as long as the subject holds a message (the stream's ``ttl``), longer than a
+rule's ttl, but entries older than that are not served, so a recovery past them is
+refused as it should be; it needs JetStream with direct get (nats-server 2.9+).
 """
 
 from __future__ import annotations
