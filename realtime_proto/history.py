@@ -122,9 +122,12 @@ class MemoryStore:
             rule = HistoryRule(action.channel, max(action.limit, 1), action.ttl)
             stream = self._streams[action.channel] = ChannelStream(rule, self._new_epoch)
         held = stream.read(now)
-        entries = held.after(action.since) if action.since is not None else held.entries
+        if action.since is not None:  # the first `limit` after it, as the other stores
+            entries = held.after(action.since)[:action.limit]
+        else:
+            entries = held.last(action.limit)
         return HistoryLoaded(request_id=action.request_id, epoch=held.epoch, offset=held.offset,
-                             entries=tuple(entries[-action.limit:]) if action.limit else (),
+                             entries=tuple(entries),
                              reads=self._reads.reads(action.channel))
 
     def save_read(self, action: SaveReadPosition) -> None:

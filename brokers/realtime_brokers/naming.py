@@ -5,7 +5,7 @@ any string. Each broker restricts its names differently:
 
 * NATS subjects treat ``.``, ``*`` and ``>`` specially: :func:`escape` keeps a safe set of
   characters and writes every other UTF-8 byte as ``%XX``. It is reversible, so the subject
-  names its topic exactly.
+  names its topic exactly. A subject prefix must be plain tokens (:func:`subject_prefix`).
 * AMQP routing keys are at most 255 bytes and PostgreSQL channel names at most 63:
   :func:`bounded_name` keeps a topic that fits and replaces a longer one by a digest. Those
   drivers carry the real topic with each message and drop what does not match, so even a
@@ -20,7 +20,7 @@ import hashlib
 import re
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["bounded_name", "escape", "unescape"]
+__all__ = ["bounded_name", "escape", "subject_prefix", "unescape"]
 
 _UNSAFE = re.compile(rb"[^A-Za-z0-9_=@,;:-]")
 
@@ -36,6 +36,17 @@ def escape(topic: str) -> str:
 def unescape(token: str) -> str:
     """The topic :func:`escape` made ``token`` from."""
     return "" if token == "%" else unquote_to_bytes(token).decode("utf-8")
+
+
+def subject_prefix(prefix: str) -> str:
+    """``prefix`` if it is NATS subject tokens that :func:`escape` leaves as they are.
+
+    Raises:
+        ValueError: an empty token, a wildcard or another character that needs escaping.
+    """
+    if not all(token and escape(token) == token for token in prefix.split(".")):
+        raise ValueError(f"NATS subject prefix {prefix!r} must be plain tokens")
+    return prefix
 
 
 def bounded_name(prefix: str, topic: str, limit: int) -> str:

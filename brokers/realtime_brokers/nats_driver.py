@@ -25,7 +25,7 @@ from nats.errors import MaxPayloadError
 
 from .api import BrokerOptions
 from .driver import MessageRejected, Sink
-from .naming import escape, unescape
+from .naming import escape, subject_prefix, unescape
 from .urls import display_address, take_query
 
 __all__ = ["NatsDriver", "create_driver"]
@@ -113,9 +113,7 @@ class NatsDriver:
         if parts.query:
             raise ValueError(f"unknown NATS broker URL options: {parts.query}")
         self._url = rest
-        self._prefix = own.get("prefix", "rt")
-        if not all(token and escape(token) == token for token in self._prefix.split(".")):
-            raise ValueError(f"NATS subject prefix {self._prefix!r} must be plain tokens")
+        self._prefix = subject_prefix(own.get("prefix", "rt"))
         self._address = display_address(url)
         self._name = f"realtime:{node_id}"
         self._timeout = options.connect_timeout

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from ..cluster.nodes import broker_url as cluster_broker_url
-from ..cluster.nodes import require
+from ..cluster.nodes import drop_history_streams, require
 from .clients import Client, connect
 from .serving import RUNTIMES, serving, token
 
@@ -112,13 +112,14 @@ def test_asyncio_and_another_runtime_share_presence_and_client_events(
 
 
 
-@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("store", ["memory", "redis", "nats"])
 def test_every_runtime_shares_one_history_and_recovers_another_nodes_messages(
         store: str) -> None:
     """Each runtime appends to and reads the shared store (trio, gevent and selectors
     through the bridge): one stream, whichever node publishes or recovers."""
+    url = broker_url(store)  # the broker's own server keeps the history
+
     async def scenario() -> None:
-        url = broker_url("memory" if store == "memory" else "redis")
         history_store = url if store == "memory" else "auto"
         channel = f"room.{uuid.uuid4().hex[:8]}"
         async with contextlib.AsyncExitStack() as stack:
@@ -144,7 +145,11 @@ def test_every_runtime_shares_one_history_and_recovers_another_nodes_messages(
                     assert sorted(m["data"] for m in missed) == list(range(len(servers)))
                     assert [m["offset"] for m in missed] == list(
                         range(last + 1, last + 1 + len(servers)))
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        if store == "nats":
+            asyncio.run(drop_history_streams(url))
 
 
 async def _last_offset(client: Client) -> int:

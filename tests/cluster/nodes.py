@@ -11,8 +11,10 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import nats
 import pytest
 
 API_KEY = "cluster-key"
@@ -128,3 +130,17 @@ async def eventually(check: Callable[[], object], timeout: float = 15.0,
             if result:
                 return
             await asyncio.sleep(interval)
+
+
+async def drop_history_streams(url: str) -> None:
+    """Delete the JetStream streams of the NATS history store of `url`'s prefix (each test
+    cluster has a new prefix: its streams would stay on the server)."""
+    prefix = parse_qs(urlsplit(url).query)["prefix"][0]
+    client = await nats.connect(url.partition("?")[0])
+    try:
+        manager = client.jsm()
+        for info in await manager.streams_info():
+            if any(subject.startswith(f"{prefix}.") for subject in info.config.subjects or ()):
+                await manager.delete_stream(str(info.config.name))
+    finally:
+        await client.close()

@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from ..behaviour.clients import Client, connect
-from .nodes import NodeProcess, api, broker_url, eventually, require, start_nodes
+from .nodes import (
+    NodeProcess,
+    api,
+    broker_url,
+    drop_history_streams,
+    eventually,
+    require,
+    start_nodes,
+)
 from .test_processes import token
 
 HISTORY = ("--history", "room.*=100:300,private-room.*=100:300")
@@ -21,6 +29,7 @@ HISTORY = ("--history", "room.*=100:300,private-room.*=100:300")
 SETUPS = {
     "redis": ("redis", "auto"),
     "postgresql": ("postgresql", "auto"),
+    "nats": ("nats", "auto"),
     "nats+redis": ("nats", "redis://127.0.0.1:6379/0"),
     "amqp+postgresql": ("amqp", "postgresql://postgres@127.0.0.1:5432/test"),
 }
@@ -38,12 +47,15 @@ def setup(request: pytest.FixtureRequest) -> tuple[str, str]:
 @contextlib.contextmanager
 def history_cluster(broker: str, store: str) -> Iterator[list[NodeProcess]]:
     nodes: list[NodeProcess] = []
+    url = broker_url(broker)
     try:
-        nodes = start_nodes(broker_url(broker), 2, *HISTORY, "--history-store", store)
+        nodes = start_nodes(url, 2, *HISTORY, "--history-store", store)
         yield nodes
     finally:
         for node in nodes:
             node.stop()
+        if (broker, store) == ("nats", "auto"):
+            asyncio.run(drop_history_streams(url))
 
 
 async def _subscribe(client: Client, channel: str, **data: Any) -> dict[str, Any]:
@@ -116,8 +128,11 @@ def test_a_new_subscriber_on_any_node_can_fetch_recent_history(setup: tuple[str,
     channel = f"room.recent-{uuid.uuid4().hex[:8]}"
 
     async def scenario(nodes: list[NodeProcess]) -> None:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient() as http, \
+                connect("websocket", nodes[0].port) as watcher:
+            await _subscribe(watcher, channel)
             await _publish(http, nodes[:1], channel, range(4))
+            await _receive(watcher, 4)  # the API answers first; the store has them now
             for node in nodes:
                 async with connect("websocket", node.port) as client:
                     answer = await _subscribe(client, channel, history=3)

@@ -59,8 +59,9 @@ _HELP = {
     "history": "channels that keep history for recovery: pattern=size:ttl,… "
                "(e.g. 'private-room.*=100:300')",
     "history_store": "where history is kept: auto (shared in the broker's server when it is "
-                     "Redis or PostgreSQL, else local), local (each node's memory), or a "
-                     "store URL (redis://…, postgresql://…) shared by every node",
+                     "Redis, PostgreSQL or NATS with JetStream, else local), local (each "
+                     "node's memory), or a store URL (redis://…, postgresql://…, nats://…) "
+                     "shared by every node",
     "auth_webhook": "URL the server POSTs {connection_id, user_id, channel, info} to, to ask "
                     "whether a connection may join a private or presence channel",
     "auth_webhook_timeout": "seconds the auth webhook may take (then: refused with 4500)",

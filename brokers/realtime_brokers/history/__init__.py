@@ -6,6 +6,7 @@ only then:
 =====================================  ============================================
 ``redis://…``, ``rediss://…``          a Redis stream and a hash per channel
 ``postgresql://…``, ``postgres://…``   two tables (created on first start)
+``nats://…``                           a subject per channel in a JetStream stream
 ``memory://NAME``                      one process's memory (in-process clusters, tests)
 =====================================  ============================================
 
@@ -33,6 +34,7 @@ SCHEMES: dict[str, str] = {
     "rediss": "redis_store",
     "postgresql": "postgres_store",
     "postgres": "postgres_store",
+    "nats": "nats_store",
     "memory": "memory_store",
 }
 """URL scheme → store module in this package."""
@@ -62,8 +64,8 @@ class HistoryStore(Protocol):
 
 def store_url(setting: str, broker_url: str) -> str | None:
     """The history store for a `history_store` setting: ``local`` (None: each node's
-    memory), ``auto`` (the broker's own server when it can store: Redis, PostgreSQL;
-    else local), or a store URL.
+    memory), ``auto`` (the broker's own server when it can store: Redis, PostgreSQL,
+    NATS with JetStream; else local), or a store URL.
 
     Raises:
         ValueError: neither ``local``, ``auto`` nor a URL of a known store.

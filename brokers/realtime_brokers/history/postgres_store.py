@@ -5,7 +5,7 @@ under the row's lock, so the offsets of a channel are gap-free across every node
 entries are rows of ``realtime_history``; the append trims the channel's rows by count
 and age in the same statement. Appends of one batch run in one transaction, in order.
 Users' read positions are rows of ``realtime_read_positions`` (JSON values; an integer
-one is only replaced by a greater one).
+one is only replaced by a greater one while it is younger than the rule's ttl).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ _SAVE_READ = """
 INSERT INTO realtime_read_positions AS r (channel, user_id, position) VALUES ($1, $2, $3)
 ON CONFLICT (channel, user_id) DO UPDATE SET position = EXCLUDED.position, at = now()
 WHERE NOT (jsonb_typeof(r.position) = 'number' AND jsonb_typeof(EXCLUDED.position) = 'number'
-           AND (r.position #>> '{}')::numeric >= (EXCLUDED.position #>> '{}')::numeric)
+           AND (r.position #>> '{}')::numeric >= (EXCLUDED.position #>> '{}')::numeric
+           AND r.at >= now() - make_interval(secs => $4))
 """
 
 _READS = """
@@ -142,7 +143,7 @@ class PostgresStore:
         async with self._pool.acquire() as conn, conn.transaction():
             for action in batch:
                 await conn.execute(_SAVE_READ, action.channel, action.user_id,
-                                   json.dumps(action.position))
+                                   json.dumps(action.position), float(action.ttl))
 
     async def aclose(self) -> None:
         if self._pool is not None:
