@@ -65,7 +65,6 @@ class SelectorsServer(ServerBase):
         for end in (self._wake_r, self._wake_w):
             end.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._dirty: dict[TransportId, None] = {}
         self._stopping = self._stopped = self._broker_closing = False
         self._stop_at = float("inf")
 
@@ -136,7 +135,7 @@ class SelectorsServer(ServerBase):
         self._stop_at = self.now() + self.close_timeout
         self.node.shutdown(now=self.now())
         self.pump()
-        self._flush_dirty()
+        self.flush_writes()
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
@@ -177,7 +176,7 @@ class SelectorsServer(ServerBase):
             self.tick()
         for conn in [c for c in self.conns.values() if c.abort_at <= now]:
             self._drop(conn)
-        self._flush_dirty()
+        self.flush_writes()  # what this round's events queued, once per socket
         self._maybe_stopped()
         if self._broker_closing and now >= self._stop_at:
             self._stopped = True  # the broker did not finish closing in time
@@ -248,13 +247,6 @@ class SelectorsServer(ServerBase):
             conn.out = conn.out[sent:]
         self._update_mask(conn)
 
-    def _flush_dirty(self) -> None:
-        dirty, self._dirty = self._dirty, {}
-        for transport_id in dirty:
-            conn = self.conns.get(transport_id)
-            if conn is not None and not conn.out:  # else: writable readiness continues
-                self._write(conn)
-
     def _update_mask(self, conn: Conn) -> None:
         mask = (selectors.EVENT_READ if conn.reading else 0) | (
             selectors.EVENT_WRITE if conn.out else 0)
@@ -280,19 +272,23 @@ class SelectorsServer(ServerBase):
 
     # -- the hooks of ServerBase (guide step 4) -------------------------------------------
 
-    def transmit(self, transport_id: TransportId) -> None:
+    def schedule_flush(self) -> None:
+        """Nothing to do: every round of the loop ends with `flush_writes`."""
+
+    def write(self, transport_id: TransportId) -> None:
         if (conn := self.conns.get(transport_id)) is not None:
             conn.wants_pull = True
-            self._dirty[transport_id] = None  # written once, after this round of events
+            if not conn.out:  # else: writable readiness pulls once `out` is written
+                self._write(conn)
 
     def close_transport(self, transport_id: TransportId) -> bool:
         conn = self.conns.get(transport_id)
         if conn is None:
             return False
         if not conn.closing:
-            conn.closing = conn.wants_pull = True
+            conn.closing = True
             conn.abort_at = self.now() + CLOSE_GRACE
-            self._dirty[transport_id] = None
+            self.transmit(transport_id)
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],

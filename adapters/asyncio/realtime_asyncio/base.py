@@ -1,5 +1,6 @@
-"""What every runtime's server shares: the embedding API, the action pump, the broker
-listener. A runtime adds sockets, its timer and the way it runs callbacks.
+"""What every runtime's server shares: the embedding API, the action pump, writes batched
+per loop turn and the broker listener. A runtime adds sockets, its timer and the way it
+runs callbacks.
 
 Runtime-neutral (it imports no asyncio, trio or gevent): the asyncio, trio and gevent
 servers and the selectors example all subclass it. One level of subclassing, as STYLE.md
@@ -78,6 +79,8 @@ class ServerBase:
         self.running = False
         self._authenticate_hook: Callable[[Any], Any] | None = None
         self._pumping = False
+        self._to_write: dict[TransportId, None] = {}
+        self._flush_scheduled = False
 
     # -- the application's API -----------------------------------------------------------
 
@@ -214,10 +217,45 @@ class ServerBase:
         log.error("%s", error)
         self.handle(answer(None, error))
 
-    # -- the runtime's hooks ---------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------
 
     def transmit(self, transport_id: TransportId) -> None:
-        """Bytes wait for this socket: wake its writer (which pulls `data_to_send`)."""
+        """Bytes wait for this socket: write it once, after this turn of the loop, with all
+        that the turn queued for it (`schedule_flush`, then `write`)."""
+        self._to_write[transport_id] = None
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.schedule_flush()
+
+    def flush_writes(self) -> None:
+        """Write every socket that got bytes since the last flush."""
+        self._flush_scheduled = False
+        pending, self._to_write = self._to_write, {}
+        for transport_id in pending:
+            self.write(transport_id)
+
+    def send_nowait(self, transport_id: TransportId, send: Callable[[bytes], int]) -> bytes:
+        """Pull a socket's bytes and `send` them without blocking; what the socket did not
+        take (for its writer, which also meets the error if the socket failed)."""
+        chunks = self.node.data_to_send(transport_id)
+        if not chunks:
+            return b""
+        data = b"".join(chunks)
+        try:
+            sent = send(data)
+        except OSError:  # it would block (BlockingIOError), or it failed
+            return data
+        return data[sent:]
+
+    # -- the runtime's hooks ---------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        """Make the loop call `flush_writes` once, after what it is running now."""
+        raise NotImplementedError
+
+    def write(self, transport_id: TransportId) -> None:
+        """Write what the Node has for this socket (`data_to_send`), unless a write is
+        still in progress there: then that writer pulls once it is done."""
         raise NotImplementedError
 
     def close_transport(self, transport_id: TransportId) -> bool:

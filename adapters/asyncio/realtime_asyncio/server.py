@@ -108,8 +108,6 @@ class RealtimeServer(ServerBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._to_write: dict[TransportId, None] = {}
-        self._write_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._asgi: RealtimeASGI | None = None
@@ -204,7 +202,7 @@ class RealtimeServer(ServerBase):
         if self._loop is not None:
             self.node.shutdown(now=self.now())
             self.pump()
-            self._flush_writes()
+            self.flush_writes()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     while self.clients:
@@ -226,12 +224,13 @@ class RealtimeServer(ServerBase):
 
     # -- the runtime's hooks -------------------------------------------------------------
 
-    def transmit(self, transport_id: TransportId) -> None:
-        """Write this socket's bytes once, at the end of this loop turn."""
-        self._to_write[transport_id] = None
-        if not self._write_scheduled:
-            self._write_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_writes)
+    def schedule_flush(self) -> None:
+        asyncio.get_running_loop().call_soon(self.flush_writes)
+
+    def write(self, transport_id: TransportId) -> None:
+        client = self.clients.get(transport_id)
+        if client is not None:
+            client.write_pending()
 
     def close_transport(self, transport_id: TransportId) -> bool:
         client = self.clients.get(transport_id)
@@ -258,14 +257,6 @@ class RealtimeServer(ServerBase):
         # the Node's clock is time.monotonic(); the loop's may differ (uvloop): a delay
         self._timer = self._loop.call_later(max(0.0, deadline - self.now()), self._on_timer)
 
-    def _flush_writes(self) -> None:
-        self._write_scheduled = False
-        pending, self._to_write = self._to_write, {}
-        for transport_id in pending:
-            client = self.clients.get(transport_id)
-            if client is not None:
-                client.write_pending()
-
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         self.tick()
@@ -287,5 +278,3 @@ class RealtimeServer(ServerBase):
         if not answer.allowed:
             return False
         return dict(answer.info) if answer.info is not None else True
-
-
