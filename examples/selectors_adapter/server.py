@@ -8,7 +8,9 @@ broker reached through the shared asyncio bridge. Run it with
 
 It passes the single-node behaviour suite (``tests/behaviour``). Left out, to stay short:
 TLS (wrap each accepted socket with ``ssl.SSLContext.wrap_socket(...,
-do_handshake_on_connect=False)`` and handle ``SSLWantReadError``) and async callbacks.
+do_handshake_on_connect=False)`` and handle ``SSLWantReadError``), async callbacks, and the
+auth webhook (``post_webhook``: a blocking HTTP call would stall the one thread, so with
+``auth_webhook`` set every subscription the webhook would decide is refused with 4500).
 """
 
 from __future__ import annotations

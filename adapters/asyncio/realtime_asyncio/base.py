@@ -1,6 +1,6 @@
 """What every runtime's server shares: the embedding API, the action pump, writes batched
-per loop turn and the broker listener. A runtime adds sockets, its timer and the way it
-runs callbacks.
+per loop turn, the auth webhook and the broker listener. A runtime adds sockets, its timer,
+the way it runs callbacks and the webhook's socket.
 
 Runtime-neutral (it imports no asyncio, trio or gevent): the asyncio, trio and gevent
 servers and the selectors example all subclass it. One level of subclassing, as STYLE.md
@@ -40,6 +40,13 @@ from realtime_proto.events import (
 )
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
+from realtime_proto.webhook import (
+    WebhookAnswer,
+    WebhookCache,
+    WebhookTarget,
+    read_answer,
+    webhook_request,
+)
 
 from .edge import Settings, broker_report, build_node_config, new_epoch, new_node_id, random_id
 
@@ -81,6 +88,12 @@ class ServerBase:
         self._pumping = False
         self._to_write: dict[TransportId, None] = {}
         self._flush_scheduled = False
+        self._webhook_cache = WebhookCache(self.settings.auth_webhook_cache)
+        self._webhook: WebhookTarget | None = None
+        if self.settings.auth_webhook:
+            self._webhook = WebhookTarget.parse(self.settings.auth_webhook)
+            # the least specific rule: the application's own rules still win
+            self.channel("*").authorize(self._ask_webhook)
 
     # -- the application's API -----------------------------------------------------------
 
@@ -247,6 +260,30 @@ class ServerBase:
             return data
         return data[sent:]
 
+    # -- the auth webhook ----------------------------------------------------------------
+
+    def _ask_webhook(self, connection: ConnectionInfo, channel: str) -> object:
+        """The catch-all rule: a cached answer, else the backend's through `post_webhook`
+        (awaited where the runtime awaits, blocking cooperatively where it blocks)."""
+        target = self._webhook
+        assert target is not None
+        cached = self._webhook_cache.get(connection.user_id, channel, self.now())
+        if cached is not None:
+            return _rule_result(cached)
+        response = self.post_webhook(target, webhook_request(target, connection, channel))
+        if inspect.isawaitable(response):
+            return self._webhook_answered_later(connection.user_id, channel, response)
+        return self._webhook_answered(connection.user_id, channel, response)
+
+    async def _webhook_answered_later(self, user_id: str | None, channel: str,
+                                      response: Awaitable[bytes]) -> object:
+        return self._webhook_answered(user_id, channel, await response)
+
+    def _webhook_answered(self, user_id: str | None, channel: str, response: bytes) -> object:
+        answer = read_answer(response)
+        self._webhook_cache.put(user_id, channel, answer, self.now())
+        return _rule_result(answer)
+
     # -- the runtime's hooks ---------------------------------------------------------------
 
     def schedule_flush(self) -> None:
@@ -273,6 +310,13 @@ class ServerBase:
         `tick()`."""
         raise NotImplementedError
 
+    def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes | Awaitable[bytes]:
+        """Send `request` to the auth webhook and return its whole response (read to EOF:
+        the request says `connection: close`), over TLS when `target.secure`, within
+        `settings.auth_webhook_timeout` (else raise: the subscription is refused, 4500).
+        Blocking cooperatively, or as an awaitable, the runtime's way."""
+        raise NotImplementedError(f"the {self.runtime} runtime has no auth webhook")
+
     def tick(self) -> None:
         """What the timer does when it fires (and the broker's counters for /metrics)."""
         if self.broker is not None:
@@ -296,3 +340,10 @@ class ServerBase:
 
 def _anonymous(request: object) -> None:
     return None
+
+
+def _rule_result(answer: WebhookAnswer) -> object:
+    """A webhook answer as an authorization rule's result: False, True or the member info."""
+    if not answer.allowed:
+        return False
+    return dict(answer.info) if answer.info is not None else True

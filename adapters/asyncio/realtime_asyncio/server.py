@@ -11,9 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from realtime_brokers import BrokerClient, open_broker
-from realtime_proto.actions import ConnectionInfo
 from realtime_proto.events import TransportId
-from realtime_proto.webhook import WebhookCache, WebhookTarget, read_answer, webhook_request
+from realtime_proto.webhook import WebhookTarget
 
 from .asgi import RealtimeASGI
 from .base import Answer, ServerBase
@@ -111,11 +110,6 @@ class RealtimeServer(ServerBase):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._asgi: RealtimeASGI | None = None
-        if self.settings.auth_webhook:
-            self._webhook = WebhookTarget.parse(self.settings.auth_webhook)
-            self._webhook_cache = WebhookCache(self.settings.auth_webhook_cache)
-            # the least specific rule: the application's own rules still win
-            self.channel("*").authorize(self._ask_webhook)
 
     @property
     def port(self) -> int:
@@ -257,24 +251,16 @@ class RealtimeServer(ServerBase):
         # the Node's clock is time.monotonic(); the loop's may differ (uvloop): a delay
         self._timer = self._loop.call_later(max(0.0, deadline - self.now()), self._on_timer)
 
+    async def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes:
+        async with asyncio.timeout(self.settings.auth_webhook_timeout):
+            reader, writer = await asyncio.open_connection(
+                target.host, target.port, ssl=True if target.secure else None)
+            try:
+                writer.write(request)
+                return await reader.read()
+            finally:
+                writer.close()
+
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         self.tick()
-
-    async def _ask_webhook(self, connection: ConnectionInfo, channel: str) -> object:
-        """Authorize through the backend's webhook, with a cached answer."""
-        answer = self._webhook_cache.get(connection.user_id, channel, self.now())
-        if answer is None:
-            target = self._webhook
-            async with asyncio.timeout(self.settings.auth_webhook_timeout):
-                reader, writer = await asyncio.open_connection(
-                    target.host, target.port, ssl=True if target.secure else None)
-                try:
-                    writer.write(webhook_request(target, connection, channel))
-                    answer = read_answer(await reader.read())
-                finally:
-                    writer.close()
-            self._webhook_cache.put(connection.user_id, channel, answer, self.now())
-        if not answer.allowed:
-            return False
-        return dict(answer.info) if answer.info is not None else True

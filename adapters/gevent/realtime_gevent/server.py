@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -14,12 +15,14 @@ import gevent.event  # type: ignore[import-untyped]
 import gevent.monkey  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
 import gevent.server  # type: ignore[import-untyped]
+import gevent.socket  # type: ignore[import-untyped]
 import gevent.ssl  # type: ignore[import-untyped]
 
 from realtime_asyncio.base import Answer, ServerBase
 from realtime_asyncio.edge import Settings, server_ssl_context
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
+from realtime_proto.webhook import WebhookTarget
 
 __all__ = ["RealtimeServer"]
 
@@ -297,6 +300,22 @@ class RealtimeServer(ServerBase):
         self._timer_at = deadline
         self._timer = self.hub.loop.timer(max(0.0, deadline - self.now()))
         self._timer.start(self._on_timer)
+
+    def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes:
+        """In the rule's own greenlet (see `run_callback`): it blocks cooperatively."""
+        late = TimeoutError(f"the auth webhook took over {self.settings.auth_webhook_timeout} s")
+        with gevent.Timeout(self.settings.auth_webhook_timeout, late), \
+                contextlib.ExitStack() as sockets:
+            sock = sockets.enter_context(
+                gevent.socket.create_connection((target.host, target.port)))
+            if target.secure:
+                sock = sockets.enter_context(gevent.ssl.create_default_context().wrap_socket(
+                    sock, server_hostname=target.host))
+            sock.sendall(request)
+            response = bytearray()
+            while chunk := sock.recv(65536):
+                response += chunk
+        return bytes(response)
 
     def _on_timer(self) -> None:
         self._timer_at = None

@@ -15,6 +15,7 @@ from realtime_asyncio.base import Answer, ServerBase
 from realtime_asyncio.edge import Settings, server_ssl_context
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
+from realtime_proto.webhook import WebhookTarget
 
 __all__ = ["RealtimeServer"]
 
@@ -320,6 +321,21 @@ class RealtimeServer(ServerBase):
     def arm_timer(self, deadline: float) -> None:
         if self._timer_scope is not None:
             self._timer_scope.deadline = trio.current_time() + (deadline - self.now())
+
+    async def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes:
+        with trio.fail_after(self.settings.auth_webhook_timeout):
+            stream: trio.abc.Stream
+            if target.secure:
+                stream = await trio.open_ssl_over_tcp_stream(target.host, target.port,
+                                                             https_compatible=True)
+            else:
+                stream = await trio.open_tcp_stream(target.host, target.port)
+            async with stream:
+                await stream.send_all(request)
+                response = bytearray()
+                while chunk := await stream.receive_some():
+                    response += chunk
+        return bytes(response)
 
     async def _run_flusher(self) -> None:
         """Call `flush_writes` once per turn of the run loop: the sockets that this turn's
