@@ -8,7 +8,9 @@ broker reached through the shared asyncio bridge. Run it with
 
 It passes the single-node behaviour suite (``tests/behaviour``). Left out, to stay short:
 TLS (wrap each accepted socket with ``ssl.SSLContext.wrap_socket(...,
-do_handshake_on_connect=False)`` and handle ``SSLWantReadError``) and async callbacks.
+do_handshake_on_connect=False)`` and handle ``SSLWantReadError``), async callbacks, and the
+auth webhook (``post_webhook``: a blocking HTTP call would stall the one thread, so with
+``auth_webhook`` set every subscription the webhook would decide is refused with 4500).
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ class SelectorsServer(ServerBase):
         for end in (self._wake_r, self._wake_w):
             end.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._dirty: dict[TransportId, None] = {}
         self._stopping = self._stopped = self._broker_closing = False
         self._stop_at = float("inf")
 
@@ -138,7 +139,7 @@ class SelectorsServer(ServerBase):
         self._stop_at = self.now() + self.close_timeout
         self.node.shutdown(now=self.now())
         self.pump()
-        self._flush_dirty()
+        self.flush_writes()
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
@@ -179,7 +180,7 @@ class SelectorsServer(ServerBase):
             self.tick()
         for conn in [c for c in self.conns.values() if c.abort_at <= now]:
             self._drop(conn)
-        self._flush_dirty()
+        self.flush_writes()  # what this round's events queued, once per socket
         self._maybe_stopped()
         if self._broker_closing and now >= self._stop_at:
             self._stopped = True  # the broker did not finish closing in time
@@ -250,13 +251,6 @@ class SelectorsServer(ServerBase):
             conn.out = conn.out[sent:]
         self._update_mask(conn)
 
-    def _flush_dirty(self) -> None:
-        dirty, self._dirty = self._dirty, {}
-        for transport_id in dirty:
-            conn = self.conns.get(transport_id)
-            if conn is not None and not conn.out:  # else: writable readiness continues
-                self._write(conn)
-
     def _update_mask(self, conn: Conn) -> None:
         mask = (selectors.EVENT_READ if conn.reading else 0) | (
             selectors.EVENT_WRITE if conn.out else 0)
@@ -282,19 +276,23 @@ class SelectorsServer(ServerBase):
 
     # -- the hooks of ServerBase (guide step 4) -------------------------------------------
 
-    def transmit(self, transport_id: TransportId) -> None:
+    def schedule_flush(self) -> None:
+        """Nothing to do: every round of the loop ends with `flush_writes`."""
+
+    def write(self, transport_id: TransportId) -> None:
         if (conn := self.conns.get(transport_id)) is not None:
             conn.wants_pull = True
-            self._dirty[transport_id] = None  # written once, after this round of events
+            if not conn.out:  # else: writable readiness pulls once `out` is written
+                self._write(conn)
 
     def close_transport(self, transport_id: TransportId) -> bool:
         conn = self.conns.get(transport_id)
         if conn is None:
             return False
         if not conn.closing:
-            conn.closing = conn.wants_pull = True
+            conn.closing = True
             conn.abort_at = self.now() + CLOSE_GRACE
-            self._dirty[transport_id] = None
+            self.transmit(transport_id)
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],

@@ -46,18 +46,23 @@ async def raw_ws(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]
     return reader, writer
 
 
+async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame from the server (unmasked, whole): its opcode and payload."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return first & 0x0F, await reader.readexactly(length)
+
+
 async def close_code(reader: asyncio.StreamReader) -> int:
     """Read server frames until the close frame; its code."""
     async with asyncio.timeout(10):
         while True:
-            first, second = await reader.readexactly(2)
-            length = second & 0x7F
-            if length == 126:
-                length = struct.unpack("!H", await reader.readexactly(2))[0]
-            elif length == 127:
-                length = struct.unpack("!Q", await reader.readexactly(8))[0]
-            payload = await reader.readexactly(length)
-            if first & 0x0F == 8:
+            opcode, payload = await server_frame(reader)
+            if opcode == 8:
                 return int(struct.unpack("!H", payload[:2])[0])
 
 
@@ -167,3 +172,33 @@ def test_slow_consumer_alone_is_dropped_with_4021(runtime: str) -> None:
         assert server.channels()["news"] == 1  # only the bystander is left
         writer.close()
     with_bystander(runtime, scenario, max_output_bytes=64 * 1024)
+
+
+def test_a_reader_that_lags_within_the_limit_gets_everything_in_order(runtime: str) -> None:
+    """Sends that would block wait for the socket, and what follows queues behind them."""
+    async def scenario(server: Any, good: WsClient) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(HANDSHAKE + frame(json.dumps({"type": "subscribe",
+                                                  "channel": "news"}).encode()))
+        await reader.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(10):
+            while sum(server.channels().values()) < 2:
+                await asyncio.sleep(0.01)
+        count, pad = 100, "z" * 64 * 1024  # 6.5 MB: more than the kernel buffers take
+        for number in range(count):
+            server.broadcast("news", "bulk", {"n": number, "pad": pad})
+        numbers = []
+        async with asyncio.timeout(60):
+            while len(numbers) < count:
+                opcode, payload = await server_frame(reader)
+                message = json.loads(payload)
+                if opcode == 1 and message.get("event") == "bulk":
+                    numbers.append(message["data"]["n"])
+        assert numbers == list(range(count))
+        assert server.node.statistics().slow_consumers == 0
+        writer.close()
+    with_bystander(runtime, scenario, max_output_bytes=16 * 1024 * 1024)

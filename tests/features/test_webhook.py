@@ -1,23 +1,27 @@
-"""The authorization webhook: the backend decides over HTTP, answers are cached."""
+"""The authorization webhook on every runtime: the backend decides over HTTP (or HTTPS),
+answers are cached, a backend too slow refuses with 4500."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from realtime_asyncio import RealtimeServer
-from realtime_proto.jwt import encode_hs256
-
 from ..behaviour.clients import connect
+from ..behaviour.serving import serving, token
+from .certs import make_certificate
+
+#: the runtimes with a webhook (the selectors example has none)
+RUNTIMES = ["asyncio", "trio", "gevent"]
 
 
 def free_port() -> int:
@@ -27,7 +31,10 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def backend(calls: list[dict[str, object]]) -> AsyncIterator[int]:
+async def backend(calls: list[dict[str, object]], **tls: str) -> AsyncIterator[int]:
+    """A small HTTP backend on a free port: `private-ok…` and `presence-…` are allowed
+    (with info), `….slow` answers after 2 s, `….broken` fails, the rest is refused (with
+    info too, which must not matter)."""
     async def authorize(request: Request) -> Response:
         body = await request.json()
         calls.append(body)
@@ -35,13 +42,12 @@ async def backend(calls: list[dict[str, object]]) -> AsyncIterator[int]:
             await asyncio.sleep(2)  # past the 1 s timeout
         if body["channel"].endswith(".broken"):
             return Response("oops", status_code=500)
-        allowed = body["channel"].startswith("private-ok") or body["channel"].startswith(
-            "presence-")
+        allowed = body["channel"].startswith(("private-ok", "presence-"))
         return JSONResponse({"allowed": allowed, "info": {"seat": 7}})
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/auth", authorize,
-                                                                   methods=["POST"])]),
-                                           host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(
+        Starlette(routes=[Route("/auth", authorize, methods=["POST"])]),
+        host="127.0.0.1", port=port, log_level="error", **tls))  # type: ignore[arg-type]
     task = asyncio.ensure_future(server.serve())
     async with asyncio.timeout(20):
         while not server.started:
@@ -53,35 +59,50 @@ async def backend(calls: list[dict[str, object]]) -> AsyncIterator[int]:
         await task
 
 
-def test_webhook_allows_refuses_times_out_and_caches() -> None:
+async def subscribe(client: object, channel: str) -> object:
+    """`subscription.succeeded`, or the error's code."""
+    reply = await client.subscribe(channel)  # type: ignore[attr-defined]
+    return reply["data"]["code"] if reply["type"] == "error" else reply["event"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_webhook_allows_refuses_times_out_and_caches(runtime: str) -> None:
     async def scenario() -> None:
         calls: list[dict[str, object]] = []
-        async with backend(calls) as port:
-            realtime = RealtimeServer(port=0, jwt_secret="s",
-                                      auth_webhook=f"http://127.0.0.1:{port}/auth",
-                                      auth_webhook_timeout=1.0)
-            await realtime.start()
-            try:
-                token = encode_hs256({"sub": "ann"}, "s")
-                async with connect("websocket", realtime.port, token=token) as client:
-                    expectations = {"private-ok.1": "subscription.succeeded",
-                                    "private-no.1": 4003, "private-x.broken": 4003,
-                                    "private-ok.slow": 4500}
-                    for channel, expected in expectations.items():
-                        reply = await client.subscribe(channel)
-                        got = reply["data"]["code"] if reply["type"] == "error" \
-                            else reply["event"]
-                        assert got == expected, channel
-                    await client.subscribe("presence-room")
-                    sync = await client.next("presence.sync")
-                    assert sync["data"]["members"] == [{"user_id": "ann", "info": {"seat": 7}}]
-                    asked = len(calls)
-                    await client.send({"type": "unsubscribe", "channel": "private-ok.1"})
-                    await client.next("unsubscription.succeeded")
-                    assert (await client.subscribe("private-ok.1"))["event"] == \
-                        "subscription.succeeded"
-                    assert len(calls) == asked  # the cached answer was used
-                    assert json.loads(json.dumps(calls[0]))["user_id"] == "ann"
-            finally:
-                await realtime.aclose(timeout=1)
+        async with backend(calls) as port, \
+                serving(runtime, auth_webhook=f"http://127.0.0.1:{port}/auth",
+                        auth_webhook_timeout=1.0) as server, \
+                connect("websocket", server.port, token=token("ann")) as client:
+            expectations = {"private-ok.1": "subscription.succeeded",
+                            "private-no.1": 4003, "private-x.broken": 4003,
+                            "private-ok.slow": 4500}
+            for channel, expected in expectations.items():
+                assert await subscribe(client, channel) == expected, channel
+            await client.subscribe("presence-room")
+            sync = await client.next("presence.sync")
+            assert sync["data"]["members"] == [{"user_id": "ann", "info": {"seat": 7}}]
+            assert calls[0]["user_id"] == "ann" and calls[0]["channel"] == "private-ok.1"
+            asked = len(calls)
+            await client.send({"type": "unsubscribe", "channel": "private-ok.1"})
+            await client.next("unsubscription.succeeded")
+            assert await subscribe(client, "private-ok.1") == "subscription.succeeded"
+            assert await subscribe(client, "private-no.1") == 4003
+            assert len(calls) == asked  # both answers came from the cache
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_webhook_over_https(runtime: str, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = make_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default context trusts it alone
+
+    async def scenario() -> None:
+        calls: list[dict[str, object]] = []
+        async with backend(calls, ssl_certfile=str(cert), ssl_keyfile=str(key)) as port, \
+                serving(runtime, auth_webhook=f"https://127.0.0.1:{port}/auth") as server, \
+                connect("websocket", server.port, token=token("bob")) as client:
+            assert await subscribe(client, "private-ok.2") == "subscription.succeeded"
+            assert await subscribe(client, "private-no.2") == 4003
+            assert [call["user_id"] for call in calls] == ["bob", "bob"]
     asyncio.run(scenario())

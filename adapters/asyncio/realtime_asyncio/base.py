@@ -1,5 +1,6 @@
-"""What every runtime's server shares: the embedding API, the action pump, the broker
-listener. A runtime adds sockets, its timer and the way it runs callbacks.
+"""What every runtime's server shares: the embedding API, the action pump, writes batched
+per loop turn, the auth webhook and the broker listener. A runtime adds sockets, its timer,
+the way it runs callbacks and the webhook's socket.
 
 Runtime-neutral (it imports no asyncio, trio or gevent): the asyncio, trio and gevent
 servers and the selectors example all subclass it. One level of subclassing, as STYLE.md
@@ -44,6 +45,13 @@ from realtime_proto.events import (
 )
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
+from realtime_proto.webhook import (
+    WebhookAnswer,
+    WebhookCache,
+    WebhookTarget,
+    read_answer,
+    webhook_request,
+)
 
 from .edge import (
     Settings,
@@ -100,6 +108,14 @@ class ServerBase:
         self.running = False
         self._authenticate_hook: Callable[[Any], Any] | None = None
         self._pumping = False
+        self._to_write: dict[TransportId, None] = {}
+        self._flush_scheduled = False
+        self._webhook_cache = WebhookCache(self.settings.auth_webhook_cache)
+        self._webhook: WebhookTarget | None = None
+        if self.settings.auth_webhook:
+            self._webhook = WebhookTarget.parse(self.settings.auth_webhook)
+            # the least specific rule: the application's own rules still win
+            self.channel("*").authorize(self._ask_webhook)
 
     # -- the application's API -----------------------------------------------------------
 
@@ -239,10 +255,69 @@ class ServerBase:
         log.error("%s", error)
         self.handle(answer(None, error))
 
-    # -- the runtime's hooks ---------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------
 
     def transmit(self, transport_id: TransportId) -> None:
-        """Bytes wait for this socket: wake its writer (which pulls `data_to_send`)."""
+        """Bytes wait for this socket: write it once, after this turn of the loop, with all
+        that the turn queued for it (`schedule_flush`, then `write`)."""
+        self._to_write[transport_id] = None
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.schedule_flush()
+
+    def flush_writes(self) -> None:
+        """Write every socket that got bytes since the last flush."""
+        self._flush_scheduled = False
+        pending, self._to_write = self._to_write, {}
+        for transport_id in pending:
+            self.write(transport_id)
+
+    def send_nowait(self, transport_id: TransportId, send: Callable[[bytes], int]) -> bytes:
+        """Pull a socket's bytes and `send` them without blocking; what the socket did not
+        take (for its writer, which also meets the error if the socket failed)."""
+        chunks = self.node.data_to_send(transport_id)
+        if not chunks:
+            return b""
+        data = b"".join(chunks)
+        try:
+            sent = send(data)
+        except OSError:  # it would block (BlockingIOError), or it failed
+            return data
+        return data[sent:]
+
+    # -- the auth webhook ----------------------------------------------------------------
+
+    def _ask_webhook(self, connection: ConnectionInfo, channel: str) -> object:
+        """The catch-all rule: a cached answer, else the backend's through `post_webhook`
+        (awaited where the runtime awaits, blocking cooperatively where it blocks)."""
+        target = self._webhook
+        assert target is not None
+        cached = self._webhook_cache.get(connection.user_id, channel, self.now())
+        if cached is not None:
+            return _rule_result(cached)
+        response = self.post_webhook(target, webhook_request(target, connection, channel))
+        if inspect.isawaitable(response):
+            return self._webhook_answered_later(connection.user_id, channel, response)
+        return self._webhook_answered(connection.user_id, channel, response)
+
+    async def _webhook_answered_later(self, user_id: str | None, channel: str,
+                                      response: Awaitable[bytes]) -> object:
+        return self._webhook_answered(user_id, channel, await response)
+
+    def _webhook_answered(self, user_id: str | None, channel: str, response: bytes) -> object:
+        answer = read_answer(response)
+        self._webhook_cache.put(user_id, channel, answer, self.now())
+        return _rule_result(answer)
+
+    # -- the runtime's hooks ---------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        """Make the loop call `flush_writes` once, after what it is running now."""
+        raise NotImplementedError
+
+    def write(self, transport_id: TransportId) -> None:
+        """Write what the Node has for this socket (`data_to_send`), unless a write is
+        still in progress there: then that writer pulls once it is done."""
         raise NotImplementedError
 
     def close_transport(self, transport_id: TransportId) -> bool:
@@ -259,6 +334,13 @@ class ServerBase:
         """Make the one timer fire at `deadline` (monotonic seconds); it then calls
         `tick()`."""
         raise NotImplementedError
+
+    def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes | Awaitable[bytes]:
+        """Send `request` to the auth webhook and return its whole response (read to EOF:
+        the request says `connection: close`), over TLS when `target.secure`, within
+        `settings.auth_webhook_timeout` (else raise: the subscription is refused, 4500).
+        Blocking cooperatively, or as an awaitable, the runtime's way."""
+        raise NotImplementedError(f"the {self.runtime} runtime has no auth webhook")
 
     def tick(self) -> None:
         """What the timer does when it fires (and the broker's counters for /metrics)."""
@@ -286,3 +368,10 @@ class ServerBase:
 
 def _anonymous(request: object) -> None:
     return None
+
+
+def _rule_result(answer: WebhookAnswer) -> object:
+    """A webhook answer as an authorization rule's result: False, True or the member info."""
+    if not answer.allowed:
+        return False
+    return dict(answer.info) if answer.info is not None else True

@@ -12,9 +12,8 @@ from typing import Any
 
 from realtime_brokers import BrokerClient, open_broker
 from realtime_brokers.history import HistoryService, open_history_store
-from realtime_proto.actions import ConnectionInfo
 from realtime_proto.events import TransportId
-from realtime_proto.webhook import WebhookCache, WebhookTarget, read_answer, webhook_request
+from realtime_proto.webhook import WebhookTarget
 
 from .asgi import RealtimeASGI
 from .base import Answer, ServerBase
@@ -118,16 +117,9 @@ class RealtimeServer(ServerBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._to_write: dict[TransportId, None] = {}
-        self._write_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._asgi: RealtimeASGI | None = None
-        if self.settings.auth_webhook:
-            self._webhook = WebhookTarget.parse(self.settings.auth_webhook)
-            self._webhook_cache = WebhookCache(self.settings.auth_webhook_cache)
-            # the least specific rule: the application's own rules still win
-            self.channel("*").authorize(self._ask_webhook)
 
     @property
     def port(self) -> int:
@@ -224,7 +216,7 @@ class RealtimeServer(ServerBase):
         if self._loop is not None:
             self.node.shutdown(now=self.now())
             self.pump()
-            self._flush_writes()
+            self.flush_writes()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     while self.clients:
@@ -248,12 +240,13 @@ class RealtimeServer(ServerBase):
 
     # -- the runtime's hooks -------------------------------------------------------------
 
-    def transmit(self, transport_id: TransportId) -> None:
-        """Write this socket's bytes once, at the end of this loop turn."""
-        self._to_write[transport_id] = None
-        if not self._write_scheduled:
-            self._write_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_writes)
+    def schedule_flush(self) -> None:
+        asyncio.get_running_loop().call_soon(self.flush_writes)
+
+    def write(self, transport_id: TransportId) -> None:
+        client = self.clients.get(transport_id)
+        if client is not None:
+            client.write_pending()
 
     def close_transport(self, transport_id: TransportId) -> bool:
         client = self.clients.get(transport_id)
@@ -280,34 +273,16 @@ class RealtimeServer(ServerBase):
         # the Node's clock is time.monotonic(); the loop's may differ (uvloop): a delay
         self._timer = self._loop.call_later(max(0.0, deadline - self.now()), self._on_timer)
 
-    def _flush_writes(self) -> None:
-        self._write_scheduled = False
-        pending, self._to_write = self._to_write, {}
-        for transport_id in pending:
-            client = self.clients.get(transport_id)
-            if client is not None:
-                client.write_pending()
+    async def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes:
+        async with asyncio.timeout(self.settings.auth_webhook_timeout):
+            reader, writer = await asyncio.open_connection(
+                target.host, target.port, ssl=True if target.secure else None)
+            try:
+                writer.write(request)
+                return await reader.read()
+            finally:
+                writer.close()
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         self.tick()
-
-    async def _ask_webhook(self, connection: ConnectionInfo, channel: str) -> object:
-        """Authorize through the backend's webhook, with a cached answer."""
-        answer = self._webhook_cache.get(connection.user_id, channel, self.now())
-        if answer is None:
-            target = self._webhook
-            async with asyncio.timeout(self.settings.auth_webhook_timeout):
-                reader, writer = await asyncio.open_connection(
-                    target.host, target.port, ssl=True if target.secure else None)
-                try:
-                    writer.write(webhook_request(target, connection, channel))
-                    answer = read_answer(await reader.read())
-                finally:
-                    writer.close()
-            self._webhook_cache.put(connection.user_id, channel, answer, self.now())
-        if not answer.allowed:
-            return False
-        return dict(answer.info) if answer.info is not None else True
-
-

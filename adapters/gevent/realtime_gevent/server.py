@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -13,12 +15,14 @@ import gevent.event  # type: ignore[import-untyped]
 import gevent.monkey  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
 import gevent.server  # type: ignore[import-untyped]
+import gevent.socket  # type: ignore[import-untyped]
 import gevent.ssl  # type: ignore[import-untyped]
 
 from realtime_asyncio.base import Answer, ServerBase
 from realtime_asyncio.edge import Settings, server_ssl_context
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
+from realtime_proto.webhook import WebhookTarget
 
 __all__ = ["RealtimeServer"]
 
@@ -35,19 +39,33 @@ _READ_BYTES = 65536
 
 
 class _Socket:
-    """One client socket: its greenlets, its writer's wake-up and its closing state."""
+    """One client socket: its greenlets, its writer's state and its closing state."""
 
-    __slots__ = ("abort", "closing", "handler", "id", "sock", "wake")
+    __slots__ = ("abort", "closing", "handler", "held", "id", "send_nowait", "sock",
+                 "unsent", "wake")
 
-    def __init__(self, sock: Any, transport_id: TransportId) -> None:
+    def __init__(self, sock: Any, transport_id: TransportId, *, secure: bool) -> None:
         self.sock = sock
+        #: a send that raises instead of waiting (None: TLS, which the writer sends)
+        self.send_nowait: Callable[[bytes], int] | None = (
+            None if secure else functools.partial(sock.send, flags=0, timeout=0.0))
         self.id = transport_id
         self.wake = gevent.event.Event()
+        #: the writer greenlet has the socket: a send would block, or the socket is closing
+        self.held = False
+        #: what a direct send left, for the writer
+        self.unsent = b""
         self.closing = False
         #: the greenlet that reads (and owns the socket); killing it closes the socket
         self.handler: Any = gevent.getcurrent()
         #: kills `handler` if a close does not drain within the grace period
         self.abort: Any = None
+
+    def hand_over(self, unsent: bytes) -> None:
+        """Give the socket to its writer greenlet, with what a direct send left."""
+        self.unsent = unsent
+        self.held = True
+        self.wake.set()
 
 
 class RealtimeServer(ServerBase):
@@ -175,7 +193,7 @@ class RealtimeServer(ServerBase):
             client = self._ssl_context.wrap_socket(client, server_side=True,
                                                    do_handshake_on_connect=False)
         sock = _Socket(client, self.node.open_connection(now=self.now(), peer=peer,
-                                                         secure=secure))
+                                                         secure=secure), secure=secure)
         self.sockets[sock.id] = sock
         writer = gevent.spawn(self._write, sock)
         try:
@@ -207,28 +225,51 @@ class RealtimeServer(ServerBase):
         self.pump()
 
     def _write(self, sock: _Socket) -> None:
-        """Write what the Node has, one `sendall` per wake-up; pull nothing more while a
-        send is in progress (the Node's buffer, and its slow-consumer rule, hold the rest)."""
+        """Write while the socket is handed over (TLS, a send that would block, a close),
+        then hand it back to `write`; close it after the last pull."""
         try:
             while True:
                 sock.wake.wait()
                 sock.wake.clear()
-                closing = sock.closing
-                chunks = self.node.data_to_send(sock.id)
-                if chunks:
-                    sock.sock.sendall(b"".join(chunks))
-                if closing:
+                if self._drain(sock):
                     break
+                sock.held = False
         except OSError:
             pass
         sock.handler.kill(block=False)
 
+    def _drain(self, sock: _Socket) -> bool:
+        """Send what a direct send left, then pull and send until the Node has nothing
+        more, one `sendall` per pull: nothing is pulled while a send is in progress (the
+        Node's buffer, and its slow-consumer rule, hold the rest). True once a closing
+        socket's last bytes are out."""
+        if sock.unsent:
+            unsent, sock.unsent = sock.unsent, b""
+            sock.sock.sendall(unsent)
+        while True:
+            closing = sock.closing
+            chunks = self.node.data_to_send(sock.id)
+            if chunks:
+                sock.sock.sendall(b"".join(chunks))
+            if closing or not chunks:
+                return closing
+
     # -- the hooks of ServerBase ---------------------------------------------------------
 
-    def transmit(self, transport_id: TransportId) -> None:
+    def schedule_flush(self) -> None:
+        """A hub callback: it runs after the greenlets and callbacks that are ready now."""
+        self.hub.loop.run_callback(self.flush_writes)
+
+    def write(self, transport_id: TransportId) -> None:
+        """Send at once what the socket takes (no greenlet switch per socket); its writer
+        greenlet sends the rest, and everything over TLS."""
         sock = self.sockets.get(transport_id)
-        if sock is not None:
-            sock.wake.set()
+        if sock is None or sock.held:
+            return
+        if sock.send_nowait is None:
+            sock.hand_over(b"")
+        elif unsent := self.send_nowait(transport_id, sock.send_nowait):
+            sock.hand_over(unsent)
 
     def close_transport(self, transport_id: TransportId) -> bool:
         sock = self.sockets.get(transport_id)
@@ -236,8 +277,9 @@ class RealtimeServer(ServerBase):
             return False
         if not sock.closing:
             sock.closing = True
-            sock.wake.set()
             sock.abort = gevent.spawn_later(_CLOSE_GRACE, sock.handler.kill, block=False)
+            if not sock.held:
+                sock.hand_over(b"")
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -260,6 +302,22 @@ class RealtimeServer(ServerBase):
         self._timer_at = deadline
         self._timer = self.hub.loop.timer(max(0.0, deadline - self.now()))
         self._timer.start(self._on_timer)
+
+    def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes:
+        """In the rule's own greenlet (see `run_callback`): it blocks cooperatively."""
+        late = TimeoutError(f"the auth webhook took over {self.settings.auth_webhook_timeout} s")
+        with gevent.Timeout(self.settings.auth_webhook_timeout, late), \
+                contextlib.ExitStack() as sockets:
+            sock = sockets.enter_context(
+                gevent.socket.create_connection((target.host, target.port)))
+            if target.secure:
+                sock = sockets.enter_context(gevent.ssl.create_default_context().wrap_socket(
+                    sock, server_hostname=target.host))
+            sock.sendall(request)
+            response = bytearray()
+            while chunk := sock.recv(65536):
+                response += chunk
+        return bytes(response)
 
     def _on_timer(self) -> None:
         self._timer_at = None

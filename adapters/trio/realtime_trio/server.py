@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from realtime_asyncio.base import Answer, ServerBase
 from realtime_asyncio.edge import Settings, server_ssl_context
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
+from realtime_proto.webhook import WebhookTarget
 
 __all__ = ["RealtimeServer"]
 
@@ -28,19 +30,33 @@ _READ_BYTES = 65536
 
 
 class _Socket:
-    """One client socket: its stream, its writer's wake-up and its closing state."""
+    """One client socket: its stream, its writer's state and its closing state."""
 
-    __slots__ = ("closing", "id", "scope", "stream", "wake", "write_scope")
+    __slots__ = ("closing", "held", "id", "raw", "scope", "stream", "unsent", "wake",
+                 "write_scope")
 
-    def __init__(self, stream: trio.abc.Stream, transport_id: TransportId) -> None:
+    def __init__(self, stream: trio.abc.Stream, raw: socket.socket | None,
+                 transport_id: TransportId) -> None:
         self.stream = stream
+        #: the plain socket under `stream`, for sends that do not block (None: TLS)
+        self.raw = raw
         self.id = transport_id
         self.wake = trio.Event()
+        #: the writer task has the socket: a send would block, or the socket is closing
+        self.held = False
+        #: what a direct send left, for the writer
+        self.unsent = b""
         self.closing = False
         #: bounds the writer once the Node has asked for a close
         self.write_scope = trio.CancelScope()
         #: the nursery of the reader and the writer
         self.scope = trio.CancelScope()
+
+    def hand_over(self, unsent: bytes) -> None:
+        """Give the socket to its writer task, with what a direct send left."""
+        self.unsent = unsent
+        self.held = True
+        self.wake.set()
 
 
 class RealtimeServer(ServerBase):
@@ -66,6 +82,7 @@ class RealtimeServer(ServerBase):
         self._ssl_context: ssl.SSLContext | None = None
         self._nursery: trio.Nursery | None = None
         self._timer_scope: trio.CancelScope | None = None
+        self._flush_wanted = trio.Event()
         self._accepting = trio.CancelScope()
         self._shield = trio.CancelScope(shield=True)
         self._shutting_down = False
@@ -164,6 +181,7 @@ class RealtimeServer(ServerBase):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._run_timer)
+                nursery.start_soon(self._run_flusher)
                 nursery.start_soon(self._accept)
                 await self._drained.wait()
                 nursery.cancel_scope.cancel()
@@ -200,11 +218,15 @@ class RealtimeServer(ServerBase):
             peer: str | None = f"{host}:{port}"
         except OSError:
             peer = None
-        stream: trio.abc.Stream = tcp
+        stream: trio.abc.Stream
+        raw: socket.socket | None = None
         if self._ssl_context is not None:
             stream = trio.SSLStream(tcp, self._ssl_context, server_side=True,
                                     https_compatible=True)
-        sock = _Socket(stream, self.node.open_connection(
+        else:  # the stream over a socket object we hold too: `write` sends on it directly
+            raw = socket.socket(fileno=tcp.socket.detach())
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        sock = _Socket(stream, raw, self.node.open_connection(
             now=self.now(), peer=peer, secure=self._ssl_context is not None))
         self.sockets[sock.id] = sock
         try:
@@ -234,29 +256,51 @@ class RealtimeServer(ServerBase):
         self.pump()
 
     async def _write(self, sock: _Socket) -> None:
-        """Write what the Node has, one `send_all` per wake-up; pull nothing more while a
-        send is in progress (the Node's buffer, and its slow-consumer rule, hold the rest)."""
+        """Write while the socket is handed over (TLS, a send that would block, a close),
+        then hand it back to `write`; close it after the last pull."""
         with sock.write_scope:
             try:
                 while True:
                     await sock.wake.wait()
                     sock.wake = trio.Event()
-                    closing = sock.closing
-                    chunks = self.node.data_to_send(sock.id)
-                    if chunks:
-                        await sock.stream.send_all(b"".join(chunks))
-                    if closing:
+                    if await self._drain(sock):
                         break
+                    sock.held = False
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         sock.scope.cancel()
 
+    async def _drain(self, sock: _Socket) -> bool:
+        """Send what a direct send left, then pull and send until the Node has nothing
+        more, one `send_all` per pull: nothing is pulled while a send is in progress (the
+        Node's buffer, and its slow-consumer rule, hold the rest). True once a closing
+        socket's last bytes are out."""
+        if sock.unsent:
+            unsent, sock.unsent = sock.unsent, b""
+            await sock.stream.send_all(unsent)
+        while True:
+            closing = sock.closing
+            chunks = self.node.data_to_send(sock.id)
+            if chunks:
+                await sock.stream.send_all(b"".join(chunks))
+            if closing or not chunks:
+                return closing
+
     # -- the hooks of ServerBase ---------------------------------------------------------
 
-    def transmit(self, transport_id: TransportId) -> None:
+    def schedule_flush(self) -> None:
+        self._flush_wanted.set()
+
+    def write(self, transport_id: TransportId) -> None:
+        """Send at once what the socket takes (no task switch per socket); its writer task
+        sends the rest, and everything over TLS."""
         sock = self.sockets.get(transport_id)
-        if sock is not None:
-            sock.wake.set()
+        if sock is None or sock.held:
+            return
+        if sock.raw is None:
+            sock.hand_over(b"")
+        elif unsent := self.send_nowait(transport_id, sock.raw.send):
+            sock.hand_over(unsent)
 
     def close_transport(self, transport_id: TransportId) -> bool:
         sock = self.sockets.get(transport_id)
@@ -264,8 +308,9 @@ class RealtimeServer(ServerBase):
             return False
         if not sock.closing:
             sock.closing = True
-            sock.wake.set()
             sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
+            if not sock.held:
+                sock.hand_over(b"")
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -278,6 +323,29 @@ class RealtimeServer(ServerBase):
     def arm_timer(self, deadline: float) -> None:
         if self._timer_scope is not None:
             self._timer_scope.deadline = trio.current_time() + (deadline - self.now())
+
+    async def post_webhook(self, target: WebhookTarget, request: bytes) -> bytes:
+        with trio.fail_after(self.settings.auth_webhook_timeout):
+            stream: trio.abc.Stream
+            if target.secure:
+                stream = await trio.open_ssl_over_tcp_stream(target.host, target.port,
+                                                             https_compatible=True)
+            else:
+                stream = await trio.open_tcp_stream(target.host, target.port)
+            async with stream:
+                await stream.send_all(request)
+                response = bytearray()
+                while chunk := await stream.receive_some():
+                    response += chunk
+        return bytes(response)
+
+    async def _run_flusher(self) -> None:
+        """Call `flush_writes` once per turn of the run loop: the sockets that this turn's
+        tasks gave bytes are written together, in one task step."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            self.flush_writes()
 
     async def _run_timer(self) -> None:
         """The one timer: sleep until the Node's deadline, which `pump` moves."""
