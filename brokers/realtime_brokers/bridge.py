@@ -227,14 +227,21 @@ class BrokerBridge:
             return
         try:
             await self._client.start()
-            if self._history_url is not None:
-                self._history = HistoryService(open_history_store(self._history_url),
-                                               self._answer_history)
-                await self._history.start()
         except Exception as error:
             self._start_reported = True
             self.report(functools.partial(self._on_started, error))
             return
+        if self._history_url is not None:
+            try:
+                history = HistoryService(open_history_store(self._history_url),
+                                         self._answer_history)
+                await history.start()
+            except Exception as error:
+                await self._client.aclose()  # leave nothing connected behind
+                self._start_reported = True
+                self.report(functools.partial(self._on_started, error))
+                return
+            self._history = history
         self._outbox.drain()
         self._start_reported = True
         self.report(lambda: self._on_started(None))

@@ -89,6 +89,10 @@ def test_help_documents_every_option() -> None:
     (("serve", "--no-such-flag"), "unrecognized arguments"),
     (("serve", "--config", "/nonexistent/realtime.toml"), "cannot read config file"),
     (("serve", "--broker", "carrier-pigeon://x"), "unsupported broker URL"),
+    (("serve", "--history", "room.*=10:60", "--history-store", "carrier-pigeon://x"),
+     "history store 'carrier-pigeon://x': use local, auto or one of"),
+    (("serve", "--history", "room.*=10:60", "--history-store", "redis://127.0.0.1:1"),
+     "cannot use the history store"),
 ])
 def test_bad_options_fail_with_one_clear_line(args: tuple[str, ...], needle: str) -> None:
     result = run_cli(*args)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryAppended, HistoryLoaded
 
+from ..api import BrokerUnavailable
+
 if TYPE_CHECKING:
     from . import HistoryStore
 
@@ -47,8 +49,17 @@ class HistoryService:
         self._reads: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Connect the store and start the append worker."""
-        await asyncio.wait_for(self._store.start(), self._timeout)
+        """Connect the store and start the append worker.
+
+        Raises:
+            BrokerUnavailable: the store cannot be reached (or set up) in time.
+        """
+        try:
+            await asyncio.wait_for(self._store.start(), self._timeout)
+        except Exception as error:
+            with contextlib.suppress(Exception):
+                await self._store.aclose()
+            raise BrokerUnavailable(f"cannot use the history store: {error!r}") from error
         self._worker = asyncio.create_task(self._append_forever(), name="history-appends")
 
     def carry_out(self, action: HistoryAppend | HistoryRead | SaveReadPosition) -> None:
