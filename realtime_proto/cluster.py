@@ -14,9 +14,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .actions import BrokerPublish
+from .actions import BrokerPublish, Deliver, Disconnect, HubAction
 from .config import HubConfig
-from .envelope import Envelope, EnvelopeKind, SequenceWindow
+from .envelope import Envelope, EnvelopeKind, SequenceWindow, bundle
 from .presence import Entry, Member, PresenceTable
 
 __all__ = ["CLUSTER_TOPIC", "ClusterState", "channel_topic", "user_topic"]
@@ -52,6 +52,7 @@ class ClusterState:
         self._next_heartbeat_at = now + self._heartbeat_interval
         self._sequences: dict[str, int] = {}
         self._clock_ms = clock_ms
+        self._bundle_bytes = config.broker_bundle_bytes
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -64,6 +65,38 @@ class ClusterState:
         envelope = Envelope(origin=self.node_id, sequence=sequence, kind=kind, payload=payload,
                             exclude=exclude, sent_ms=self._clock_ms(), position=position)
         return BrokerPublish(topic, envelope.encode())
+
+    def bundle(self, actions: list[HubAction]) -> list[HubAction]:
+        """Publishes to one topic that follow each other (this node's own deliveries
+        between them aside) as one broker message, up to `broker_bundle_bytes`: a burst
+        pays the broker's cost per message once. The order of publishes is kept."""
+        if not self._bundle_bytes:
+            return actions
+        out: list[HubAction] = []
+        run: list[BrokerPublish] = []  # the open bundle: publishes to run[0].topic
+        run_at = size = 0  # where the bundle goes in `out`; its bytes so far
+        for action in actions:
+            if isinstance(action, BrokerPublish):
+                if run and action.topic == run[0].topic \
+                        and size + len(action.data) <= self._bundle_bytes:
+                    run.append(action)
+                    size += len(action.data) + 6  # and its length in the header
+                    continue
+                self._close_bundle(run, out, run_at)
+                run, run_at, size = [action], len(out), len(action.data)
+                out.append(action)  # the bundle replaces it if others join
+            elif isinstance(action, Deliver | Disconnect):
+                out.append(action)
+            else:
+                self._close_bundle(run, out, run_at)
+                run = []
+                out.append(action)
+        self._close_bundle(run, out, run_at)
+        return out
+
+    def _close_bundle(self, run: list[BrokerPublish], out: list[HubAction], at: int) -> None:
+        if len(run) > 1:
+            out[at] = BrokerPublish(run[0].topic, bundle(self.node_id, [p.data for p in run]))
 
     def _control(self, **fields: Any) -> BrokerPublish:
         payload = json.dumps(fields, separators=(",", ":")).encode()

@@ -85,10 +85,16 @@ class HubConfig:
     shared_history: bool = False
     #: how connection and subscription tokens are verified (None: no tokens accepted)
     jwt: JwtConfig | None = None
+    #: largest broker message that bundles several publishes to one topic made in one
+    #: call (a burst, `POST /api/batch`); 0: one broker message per publish. Under
+    #: PostgreSQL's NOTIFY limit (8000) by default.
+    broker_bundle_bytes: int = 7000
 
     def __post_init__(self) -> None:
         if not self.node_id:
             raise ConfigError("node_id must not be empty")
+        if self.broker_bundle_bytes < 0:
+            raise ConfigError("broker_bundle_bytes must not be negative")
         for name in ("heartbeat_interval", "authorization_timeout", "sweep_interval",
                      "presence_heartbeat_interval", "presence_ttl"):
             if getattr(self, name) <= 0:

@@ -1,4 +1,5 @@
-"""Envelopes between nodes: origin, per-topic sequence, kind, and the encoded payload."""
+"""Envelopes between nodes: origin, per-topic sequence, kind, and the encoded payload;
+and bundles, several envelopes of one node and topic in one broker message."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import final
 
 from .errors import ErrorCode, MessageError
 
-__all__ = ["Envelope", "EnvelopeKind", "SequenceWindow"]
+__all__ = ["Envelope", "EnvelopeKind", "SequenceWindow", "bundle", "unbundle"]
 
 
 class EnvelopeKind(enum.StrEnum):
@@ -81,6 +82,41 @@ class Envelope:
 
 _DECODER = json.JSONDecoder()
 _KINDS = {kind.value: kind for kind in EnvelopeKind}
+_BUNDLE = b'{"b":'
+
+
+def bundle(origin: str, envelopes: list[bytes]) -> bytes:
+    """Encoded envelopes as one broker message: a one-line JSON header with the origin
+    and each envelope's length, a newline, then the envelopes back to back."""
+    lengths = b",".join(b"%d" % len(e) for e in envelopes)
+    return b"".join([_BUNDLE, _string(origin), b',"n":[', lengths, b"]}\n", *envelopes])
+
+
+def unbundle(data: bytes) -> tuple[str, list[bytes]] | None:
+    """The origin and the envelopes of a bundle; None when `data` is a lone envelope.
+
+    Raises:
+        MessageError: it says it is a bundle but is not a well-formed one (4000).
+    """
+    if not data.startswith(_BUNDLE):
+        return None
+    head, newline, body = data.partition(b"\n")
+    try:
+        header = _DECODER.decode(head.decode()) if newline else {}
+        origin, lengths = header["b"], header["n"]
+        if not isinstance(origin, str) or not isinstance(lengths, list):
+            raise TypeError
+        envelopes, start = [], 0
+        for length in lengths:
+            if not isinstance(length, int) or length <= 0:
+                raise ValueError
+            envelopes.append(body[start:start + length])
+            start += length
+    except (ValueError, TypeError, KeyError):
+        raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not a bundle") from None
+    if start != len(body):
+        raise MessageError(ErrorCode.MALFORMED_MESSAGE, "bundle lengths do not add up")
+    return origin, envelopes
 
 
 def _string(text: str) -> bytes:

@@ -21,7 +21,7 @@ from .channels import validate_channel_name as _valid
 from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, user_topic
 from .config import Epoch, HubConfig
 from .connection import Connection, PendingAuthorization, SubscribeOptions
-from .envelope import Envelope, EnvelopeKind
+from .envelope import Envelope, EnvelopeKind, unbundle
 from .errors import ErrorCode, LocalProtocolError, MessageError
 from .events import (
     AuthorizationAnswered,
@@ -149,9 +149,9 @@ class Hub:
         return self._next_sweep_at
 
     def actions(self) -> list[HubAction]:
-        """Drain the actions produced so far."""
+        """Drain the actions produced so far (publishes in a row to one topic bundled)."""
         actions, self._actions = self._actions, []
-        return actions
+        return self._cluster.bundle(actions) if len(actions) > 1 else actions
 
     # -- the application's API -----------------------------------------------------------
 
@@ -623,10 +623,20 @@ class Hub:
 
     def _envelope(self, topic: str, data: bytes, now: float) -> None:
         try:
-            envelope = Envelope.decode(data)
+            bundled = unbundle(data)
+            if bundled is None:
+                envelopes = [Envelope.decode(data)]
+            elif bundled[0] == self.node_id:
+                return  # our own, echoed by the broker
+            else:
+                envelopes = [Envelope.decode(part) for part in bundled[1]]
         except MessageError:
             self._errors[ErrorCode.MALFORMED_MESSAGE] += 1
             return
+        for envelope in envelopes:
+            self._from_broker(topic, envelope, now)
+
+    def _from_broker(self, topic: str, envelope: Envelope, now: float) -> None:
         accepted, actions = self._cluster.receive(topic, envelope, now)
         self._actions.extend(actions)
         if not accepted:

@@ -120,9 +120,11 @@ def render_metrics(stats: NodeStatistics) -> bytes:
     metric("bytes_out_total", "counter", "Bytes handed to sockets for clients.",
            [("", stats.bytes_out)])
     driver = hub.broker_driver
-    metric("broker_published_total", "counter", "Envelopes the broker accepted from this node.",
+    metric("broker_published_total", "counter",
+           "Broker messages (an envelope or a bundle) the broker accepted from this node.",
            [("", driver.published)])
-    metric("broker_received_total", "counter", "Envelopes this node received from the broker.",
+    metric("broker_received_total", "counter",
+           "Broker messages (an envelope or a bundle) this node received.",
            [("", driver.received)])
     metric("broker_queued", "gauge",
            "Publishes waiting for the broker (they are sent after a reconnect).",

@@ -108,6 +108,38 @@ def test_fan_out_reaches_every_node_once_in_publish_order(kind: str) -> None:
         asyncio.run(scenario(nodes))
 
 
+def test_a_batch_crosses_the_broker_in_bundles_in_order(kind: str) -> None:
+    """`POST /api/batch` on one node: a few broker messages carry it all, in order."""
+    async def published(http: httpx.AsyncClient, node: NodeProcess) -> int:
+        text = (await http.get(f"{node.base}/metrics")).text
+        line = next(ln for ln in text.splitlines()
+                    if ln.startswith("realtime_broker_published_total{"))
+        return int(float(line.split()[1]))
+
+    async def scenario(nodes: list[NodeProcess]) -> None:
+        async with httpx.AsyncClient() as http, \
+                subscribed(nodes[1], "private-feed", user="b") as far, \
+                subscribed(nodes[1], "private-feed", "sse", user="c") as far_sse:
+            await routed(http, nodes[:1], "private-feed", [far, far_sse])
+            before = await published(http, nodes[0])
+            batch = [{"channel": "private-feed", "event": "n",
+                      "data": {"from": "n1", "n": n, "text": "x" * 100}} for n in range(600)]
+            answer = await api(http, nodes[0], "POST", "batch", {"messages": batch})
+            assert answer.status_code == 200, answer.text
+            for client in (far, far_sse):
+                async with asyncio.timeout(20):
+                    while len(numbers(client, "n1")) < 600:
+                        await client.next("n")
+                assert numbers(client, "n1") == list(range(600))
+            # the broker's counters reach /metrics at the node's next sweep (every second)
+            await asyncio.sleep(1.5)
+            sent = await published(http, nodes[0]) - before
+            assert 0 < sent <= 600 // 10, sent  # ~25 envelopes per bundle, heartbeats aside
+
+    with cluster(broker_url(kind), count=2) as nodes:
+        asyncio.run(scenario(nodes))
+
+
 def test_presence_and_send_to_user_span_the_cluster(kind: str) -> None:
     async def scenario(nodes: list[NodeProcess]) -> None:
         async with httpx.AsyncClient() as http, \

@@ -62,6 +62,9 @@ _HELP = {
                      "Redis, PostgreSQL or NATS with JetStream, else local), local (each "
                      "node's memory), or a store URL (redis://…, postgresql://…, nats://…) "
                      "shared by every node",
+    "broker_bundle_bytes": "largest broker message bundling publishes to one channel made "
+                           "together (a burst, POST /api/batch); 0: one broker message per "
+                           "publish",
     "auth_webhook": "URL the server POSTs {connection_id, user_id, channel, info} to, to ask "
                     "whether a connection may join a private or presence channel",
     "auth_webhook_timeout": "seconds the auth webhook may take (then: refused with 4500)",

@@ -83,6 +83,7 @@ class Settings:
     api_burst: float = 1000.0
     history: str = ""
     history_store: str = "auto"
+    broker_bundle_bytes: int = 7000
     slow_consumers: str = ""
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
@@ -128,7 +129,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
-                    presence_ttl=settings.presence_ttl, limits=limits)
+                    presence_ttl=settings.presence_ttl, limits=limits,
+                    broker_bundle_bytes=settings.broker_bundle_bytes)
     return NodeConfig(hub=hub, api_key=settings.api_key,
                       poll_timeout=settings.poll_timeout,
                       poll_session_timeout=settings.poll_session_timeout,
