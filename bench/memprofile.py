@@ -77,7 +77,10 @@ def core(args: argparse.Namespace) -> int:
 
     def pump() -> None:
         for action in node.actions():
-            if isinstance(action, Transmit | CloseTransport):
+            if isinstance(action, Transmit):
+                for transport_id in action.transport_ids:
+                    node.data_to_send(transport_id)
+            elif isinstance(action, CloseTransport):
                 node.data_to_send(action.transport_id)
 
     def connect(count: int) -> None:

@@ -167,9 +167,12 @@ class Authenticate:
 @final
 @dataclass(frozen=True, slots=True)
 class Transmit:
-    """Bytes are waiting for this socket: pull them with `Node.data_to_send`."""
+    """Bytes are waiting for these sockets: pull each one's with `Node.data_to_send`.
 
-    transport_id: TransportId
+    One action per Node call, for every socket that got output in it (a fan-out to
+    10,000 sockets is one action, not 10,000)."""
+
+    transport_ids: tuple[TransportId, ...]
 
 
 @final

@@ -68,19 +68,14 @@ class _Transport:
     backlog: Backlog = field(default_factory=Backlog)
     #: the long-poll connection whose poll this socket holds
     holding: ConnectionId | None = None
-    #: this socket's Transmit action, made once: fan-out allocates nothing per socket
-    transmit: Transmit = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.transmit = Transmit(self.id)
 
 
 class Node:
     """Everything between the sockets and the application, for one server process.
 
     `receive_data`, `receive_eof`, `handle` and `tick` never raise because of what a
-    peer or the broker sent. After every call, drain `actions()`; for each `Transmit`
-    pull `data_to_send(transport_id)`; after a `CloseTransport` write what was pulled
+    peer or the broker sent. After every call, drain `actions()`; for each socket of a
+    `Transmit` pull `data_to_send(transport_id)`; after a `CloseTransport` write what was pulled
     and close the socket. Not thread-safe: one loop drives it.
     """
 
@@ -96,7 +91,10 @@ class Node:
         self._final_output: dict[TransportId, list[bytes]] = {}
         self._waiting_auth: dict[str, tuple[TransportId, RequestReceived]] = {}
         self._actions: list[NodeAction] = []
+        #: sockets whose framing did something (closed, maybe) since the last Transmit
         self._dirty: dict[TransportId, _Transport] = {}
+        #: sockets that got message frames since the last Transmit (in delivery order)
+        self._fanned: dict[TransportId, None] = {}
         self._polls_to_answer: dict[ConnectionId, PollSession] = {}
         self._encodings: Counter[str] = Counter()
         self._responses: Counter[int] = Counter()
@@ -195,10 +193,11 @@ class Node:
                 return []
             # the framing's own output (handshake, pongs, heartbeats) first, then messages
             chunks = transport.framing.data_to_send()
-            if transport.backlog.gaps:
+            backlog = transport.backlog
+            if backlog.gaps:
                 chunks += self._gap_notices(transport)
-            if transport.backlog.bytes:
-                chunks += transport.backlog.drain()
+            if backlog.bytes:
+                chunks = chunks + backlog.drain() if chunks else backlog.drain()
         self._bytes_out += sum(map(len, chunks))
         return chunks
 
@@ -259,6 +258,7 @@ class Node:
         """Forget a socket: its Hub connection closes, its held poll is released."""
         self._transports.pop(transport.id, None)
         self._dirty.pop(transport.id, None)
+        self._fanned.pop(transport.id, None)
         self._dropped_messages += transport.backlog.dropped
         connection_id = transport.connection_id
         if connection_id is not None and self._routes.get(connection_id) is transport:
@@ -552,20 +552,23 @@ class Node:
     def _deliver(self, action: Deliver) -> None:
         """Frame once per framing kind, then one backlog append per subscriber."""
         ws_frame = sse_chunk = None
+        fanned = self._fanned
+        routes = self._routes
+        websocket = FramingKind.WEBSOCKET
         limits = self.config.hub.limits
+        max_output_bytes = limits.max_output_bytes
         policy = self._policy(action.channel)
         latest = policy is SlowConsumerPolicy.LATEST
         key = conflation_key(action.channel, action.payload) if latest else None
-        for connection_id in action.connection_ids:
-            route = self._routes.get(connection_id)
-            if route is None:
-                continue
-            if isinstance(route, PollSession):
-                if not route.push(action.payload, limits.max_poll_backlog):
-                    self._overflow_poll(route, policy, action.channel)
-                self._polls_to_answer[connection_id] = route
-                continue
-            if route.framing.kind is FramingKind.WEBSOCKET:
+        for connection_id in action.connection_ids:  # the hot loop of a fan-out
+            route = routes.get(connection_id)
+            if type(route) is not _Transport:
+                if isinstance(route, PollSession):
+                    if not route.push(action.payload, limits.max_poll_backlog):
+                        self._overflow_poll(route, policy, action.channel)
+                    self._polls_to_answer[connection_id] = route
+                continue  # a PollSession, or gone
+            if route.framing.kind is websocket:
                 if ws_frame is None:
                     ws_frame = frame_message(action.payload)
                     self._encodings["websocket"] += 1
@@ -575,13 +578,14 @@ class Node:
                     sse_chunk = encode_event(action.event_id, action.payload)
                     self._encodings["sse"] += 1
                 frame = sse_chunk
-            if route.backlog.bytes > limits.max_output_bytes:  # earlier ones still unread
+            backlog = route.backlog
+            if backlog.bytes > max_output_bytes:  # earlier ones still unread
                 if policy is SlowConsumerPolicy.DISCONNECT:
                     self._slow(connection_id)
                     continue
                 self._drop_oldest(route, action.channel)
-            route.backlog.push(frame, key)
-            self._dirty[route.id] = route
+            backlog.push(frame, key)
+            fanned[route.id] = None
 
     def _policy(self, channel: str | None) -> SlowConsumerPolicy:
         policy = self._policies.get(channel or "")
@@ -659,7 +663,7 @@ class Node:
         return [r for r in self._routes.values() if isinstance(r, PollSession)]
 
     def _finish_call(self) -> None:
-        """Answer the polls that got messages, then one Transmit per socket with output."""
+        """Answer the polls that got messages, then one Transmit for the sockets with output."""
         self._run_hub()
         polls, self._polls_to_answer = self._polls_to_answer, {}
         for session in polls.values():
@@ -667,8 +671,12 @@ class Node:
             if held is not None and (session.pending or session.closed):
                 self._answer_poll(held, session, self._now)
         dirty, self._dirty = self._dirty, {}
+        ready = self._fanned
         for transport in dirty.values():
             if transport.framing.closed:
                 self._finish(transport, self._now)
             else:
-                self._actions.append(transport.transmit)
+                ready[transport.id] = None
+        if ready:
+            self._fanned = {}
+            self._actions.append(Transmit(tuple(ready)))

@@ -292,7 +292,7 @@ class SelectorsServer(ServerBase):
         if not conn.closing:
             conn.closing = True
             conn.abort_at = self.now() + CLOSE_GRACE
-            self.transmit(transport_id)
+            self.transmit((transport_id,))
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],

@@ -51,6 +51,10 @@ class Harness:
         self.output[transport].clear()
         return data
 
+    def _pull(self, transport: TransportId) -> None:
+        self.output.setdefault(transport, bytearray()).extend(
+            b"".join(self.node.data_to_send(transport)))
+
     def advance(self, seconds: float) -> None:
         end = self.clock.now + seconds
         while self.node.next_deadline() <= end:
@@ -63,11 +67,12 @@ class Harness:
         while actions := self.node.actions():
             for action in actions:
                 match action:
-                    case Transmit(transport) | CloseTransport(transport):
-                        self.output.setdefault(transport, bytearray()).extend(
-                            b"".join(self.node.data_to_send(transport)))
-                        if isinstance(action, CloseTransport):
-                            self.closed.add(transport)
+                    case Transmit(transports):
+                        for transport in transports:
+                            self._pull(transport)
+                    case CloseTransport(transport):
+                        self._pull(transport)
+                        self.closed.add(transport)
                     case Authorize():
                         result = action.callback(action.connection, action.channel)
                         self.node.handle(authorization_answer(action.request_id, result),

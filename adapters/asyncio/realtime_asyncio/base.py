@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any, ClassVar, Protocol, assert_never
 
@@ -193,8 +193,8 @@ class ServerBase:
         broker = self.broker
         assert broker is not None
         match action:
-            case Transmit(transport_id):
-                self.transmit(transport_id)
+            case Transmit(transport_ids):
+                self.transmit(transport_ids)
             case CloseTransport(transport_id):
                 if not self.close_transport(transport_id):
                     self.node.data_to_send(transport_id)  # gone already: drop its last bytes
@@ -257,10 +257,10 @@ class ServerBase:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def transmit(self, transport_id: TransportId) -> None:
-        """Bytes wait for this socket: write it once, after this turn of the loop, with all
-        that the turn queued for it (`schedule_flush`, then `write`)."""
-        self._to_write[transport_id] = None
+    def transmit(self, transport_ids: Iterable[TransportId]) -> None:
+        """Bytes wait for these sockets: write each once, after this turn of the loop, with
+        all that the turn queued for it (`schedule_flush`, then `write`)."""
+        self._to_write.update(dict.fromkeys(transport_ids))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.schedule_flush()

@@ -78,7 +78,7 @@ class _Client(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.state == _PAUSED:
             self.state = _OPEN
-        self._server.transmit(self.id)
+        self._server.transmit((self.id,))
 
     def write_pending(self) -> None:
         """Write everything the Node has for this socket in one go (while closing, even
