@@ -186,19 +186,23 @@ class Node:
 
     def data_to_send(self, transport_id: TransportId) -> list[bytes]:
         """Drain the bytes waiting for one socket."""
-        chunks = self._final_output.pop(transport_id, None)
-        if chunks is None:
-            transport = self._transports.get(transport_id)
-            if transport is None:
-                return []
-            # the framing's own output (handshake, pongs, heartbeats) first, then messages
-            chunks = transport.framing.data_to_send()
-            backlog = transport.backlog
-            if backlog.gaps:
-                chunks += self._gap_notices(transport)
-            if backlog.bytes:
-                chunks = chunks + backlog.drain() if chunks else backlog.drain()
-        self._bytes_out += sum(map(len, chunks))
+        final = self._final_output.pop(transport_id, None) if self._final_output else None
+        if final is not None:
+            self._bytes_out += sum(map(len, final))
+            return final
+        transport = self._transports.get(transport_id)
+        if transport is None:
+            return []
+        # the framing's own output (handshake, pongs, heartbeats) first, then messages
+        chunks = transport.framing.data_to_send()
+        backlog = transport.backlog
+        if backlog.gaps:
+            chunks += self._gap_notices(transport)
+        if chunks:
+            self._bytes_out += sum(map(len, chunks))
+        if backlog.bytes:  # the common case of a fan-out: only this
+            self._bytes_out += backlog.bytes
+            chunks = chunks + backlog.drain() if chunks else backlog.drain()
         return chunks
 
     def shutdown(self, *, now: float, code: int = 1001,
