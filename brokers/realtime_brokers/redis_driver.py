@@ -6,7 +6,8 @@ supervisor's :meth:`flush` reads the replies. The channel of
 a topic is ``prefix + topic`` (Redis channel names are binary-safe), so the topic is
 recovered from the channel name. redis-py's own retries are off: the supervisor
 reconnects. A closed or reset socket shows up as an error in the reader task or in a
-publish; a silent one is found by the supervisor's probe.
+publish; a silent one is found by the supervisor's probe, not by a socket timeout
+(redis-py's default of 5 s would end a subscription that hears nothing for 5 s).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from typing import Any
 
@@ -54,7 +56,9 @@ class _RedisConnection:
         prefix_length = len(self._prefix)
         try:
             while True:
-                reply = await self._sub.read_response(disable_decoding=True, timeout=None)
+                # math.inf: wait as long as the channel is quiet (None would mean the
+                # connection's socket_timeout in redis-py 8)
+                reply = await self._sub.read_response(disable_decoding=True, timeout=math.inf)
                 if not isinstance(reply, list) or len(reply) < 3:
                     continue
                 kind = reply[0]
@@ -138,6 +142,7 @@ class RedisDriver:
         self._class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
         kwargs["protocol"] = 2  # the reader parses RESP2 Pub/Sub replies
         kwargs.setdefault("socket_connect_timeout", options.connect_timeout)
+        kwargs.setdefault("socket_timeout", None)  # the supervisor's probes judge liveness
         kwargs["retry"] = None
         kwargs["client_name"] = f"realtime:{node_id}".replace(" ", "_")
         self._kwargs = kwargs

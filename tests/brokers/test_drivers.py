@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
+import uuid
 
 import pytest
 
 from realtime_brokers import BrokerError, BrokerUnavailable
 
-from .support import Recorder, Target, eventually, opened, run, subscribed
+from .conftest import require_server
+from .support import FAST, Recorder, Target, eventually, opened, run, subscribed
 
 pytestmark = pytest.mark.broker
 
@@ -211,5 +215,27 @@ def test_start_fails_with_a_clear_message(target: Target) -> None:
                 await client.start()
             await client.aclose()
             faults.allow()
+
+    run(scenario())
+
+
+def test_a_quiet_redis_subscription_outlives_the_libraries_read_timeout() -> None:
+    """redis-py 8 ends a read after `socket_timeout` (5 s by default): a subscriber that
+    hears nothing for longer must stay connected; liveness is the supervisor's probes' job."""
+    require_server("redis")
+    target = Target("redis", uuid.uuid4().hex[:10])
+    quiet = dataclasses.replace(FAST, probe_interval=60.0, probe_timeout=30.0)
+
+    async def scenario() -> None:
+        a, b = Recorder(), Recorder()
+        alice = target.client(a, "node-a", options=quiet)
+        bob = target.client(b, "node-b", options=quiet)
+        async with opened(alice, bob):
+            await subscribed(bob, b, "quiet")
+            await asyncio.sleep(6.0)  # the silence under test: longer than redis-py's 5 s
+            assert (a.lost, b.lost) == ([], [])
+            alice.publish_nowait("quiet", b"still here")
+            await b.wait_messages(1)
+            assert b.messages == [("quiet", b"still here")] and b.restored == 0
 
     run(scenario())

@@ -1,0 +1,78 @@
+"""The core's own cost per delivery, without sockets: what a fan-out costs before the kernel.
+
+    .venv/bin/python bench/corecost.py [--n 1000 10000] [--messages 40] [--per-turn 1 4]
+
+Drives a Node (sans-IO) with N subscribed WebSocket connections, publishes with
+`hub.broadcast`, and drains it as an adapter would (`actions()`, then `data_to_send` for
+every socket of each `Transmit`). Prints nanoseconds per delivery, the best of five
+repetitions, for one message per call (a paced publisher) and several (a burst, coalesced
+per socket). Pin it (`taskset -c 0`) for steadier figures. Used for the notes in
+docs/benchmarks.md; the syscalls an adapter makes come on top (about 9 µs per send here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBSCRIBE = '{"type":"subscribe","channel":"bench"}'
+
+
+def measure(n: int, messages: int, per_turn: int, repeats: int = 5) -> float:
+    """Best nanoseconds per delivery over `repeats` runs of `messages` broadcasts."""
+    from realtime_asyncio.edge import Settings, build_node_config, random_id
+    from realtime_proto import Epoch, Node
+    from realtime_proto.actions import CloseTransport, Transmit
+    from realtime_proto.testing.peers import WebSocketPeer
+
+    settings = Settings(api_key="k", connection_rate=0, subscribe_rate=0, message_rate=0,
+                        api_rate=0)
+    node = Node(build_node_config(settings, "corecost", runtime="asyncio"),
+                new_id=random_id, epoch=Epoch(1000.0, 0))
+    peer = WebSocketPeer()
+    head = peer.handshake_bytes("/ws")
+
+    def drain() -> None:
+        for action in node.actions():
+            if isinstance(action, Transmit):
+                for transport_id in action.transport_ids:
+                    node.data_to_send(transport_id)
+            elif isinstance(action, CloseTransport):
+                node.data_to_send(action.transport_id)
+
+    for index in range(n):
+        transport = node.open_connection(now=1000.0, peer=f"127.0.0.1:{index}")
+        node.receive_data(transport, head, now=1000.0)
+        node.receive_data(transport, peer.send_text(SUBSCRIBE), now=1000.0)
+        drain()
+    assert node.hub.channels() == {"bench": n}
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for number in range(messages // per_turn):
+            for _ in range(per_turn):
+                node.hub.broadcast("bench", "tick", {"n": number, "t": 1.5}, now=1000.0)
+            drain()
+        best = min(best, time.perf_counter() - started)
+    return best / (messages // per_turn * per_turn * n) * 1e9
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--messages", type=int, default=40)
+    ap.add_argument("--per-turn", type=int, nargs="+", default=[1, 4])
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    for n in args.n:
+        for per_turn in args.per_turn:
+            cost = measure(n, args.messages, per_turn)
+            print(f"N = {n:,}, {per_turn} message(s) per call: {cost:,.0f} ns per delivery")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
