@@ -322,10 +322,12 @@ def _cores(r: dict[str, Any]) -> str:
 
 def best(runs: list[dict[str, Any]], key: str, lower: bool = False) -> dict[str, Any] | None:
     """The best of the rounds: other work on a shared machine only ever slows a run down,
-    so the fastest (or lowest-latency) round is the least disturbed one."""
+    so the fastest (or lowest-latency) round is the least disturbed one; a round that
+    lost or repeated messages only when every round did."""
     ok = [r for r in runs if r.get(key) is not None and not r.get("error")]
     if not ok:
         return None
+    ok = [r for r in ok if r.get("all_delivered") is not False] or ok
     return min(ok, key=lambda r: r[key]) if lower else max(ok, key=lambda r: r[key])
 
 
@@ -355,8 +357,13 @@ def summarize(kind: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     s["ratio"] = msgs / ceiling if msgs and ceiling else None
     cross, single = s["latency_cross"], s["latency_single"]
     s["added_p50_ms"] = (cross["p50_ms"] - single["p50_ms"]) if cross and single else None
-    s["met"] = (s["ratio"] is not None and s["added_p50_ms"] is not None
-                and s["ratio"] >= 0.8 and s["added_p50_ms"] <= 1.0)
+    # what our nodes add on top of the broker's own hop (the bare clients' p50, same run):
+    # the target's "added latency", measured against the client's ceiling like throughput
+    hop = (s["ceiling_latency"] or {}).get("p50_ms")
+    s["beyond_hop_ms"] = (s["added_p50_ms"] - hop
+                          if s["added_p50_ms"] is not None and hop is not None else None)
+    s["met"] = (s["ratio"] is not None and s["beyond_hop_ms"] is not None
+                and s["ratio"] >= 0.8 and s["beyond_hop_ms"] <= 1.0)
     return s
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .actions import BrokerPublish, Deliver, Disconnect, HubAction
 from .config import HubConfig
-from .envelope import Envelope, EnvelopeKind, SequenceWindow, bundle
+from .envelope import Envelope, EnvelopeKind, SequenceWindow, bundle, encode_envelope
 from .presence import Entry, Member, PresenceTable
 
 __all__ = ["CLUSTER_TOPIC", "ClusterState", "channel_topic", "user_topic"]
@@ -53,6 +53,7 @@ class ClusterState:
         self._sequences: dict[str, int] = {}
         self._clock_ms = clock_ms
         self._bundle_bytes = config.broker_bundle_bytes
+        self._origin = json.dumps(self.node_id).encode()  # as every envelope's header has it
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -62,9 +63,8 @@ class ClusterState:
         """The broker action for a payload, with this node's next sequence on the topic."""
         sequence = self._sequences.get(topic, 0) + 1
         self._sequences[topic] = sequence
-        envelope = Envelope(origin=self.node_id, sequence=sequence, kind=kind, payload=payload,
-                            exclude=exclude, sent_ms=self._clock_ms(), position=position)
-        return BrokerPublish(topic, envelope.encode())
+        return BrokerPublish(topic, encode_envelope(self._origin, sequence, kind, payload,
+                                                    exclude, self._clock_ms(), position))
 
     def bundle(self, actions: list[HubAction]) -> list[HubAction]:
         """Publishes to one topic that follow each other (this node's own deliveries

@@ -10,7 +10,8 @@ from typing import final
 
 from .errors import ErrorCode, MessageError
 
-__all__ = ["Envelope", "EnvelopeKind", "SequenceWindow", "bundle", "unbundle"]
+__all__ = ["Envelope", "EnvelopeKind", "SequenceWindow", "bundle", "encode_envelope",
+           "unbundle"]
 
 
 class EnvelopeKind(enum.StrEnum):
@@ -46,15 +47,8 @@ class Envelope:
 
     def encode(self) -> bytes:
         """The bytes handed to the broker."""
-        header = b'{"o":%s,"s":%d,"k":"%s"' % (_string(self.origin), self.sequence,
-                                                self.kind.value.encode())
-        if self.exclude is not None:
-            header += b',"x":' + _string(self.exclude)
-        if self.sent_ms is not None:
-            header += b',"t":%d' % self.sent_ms
-        if self.position is not None:
-            header += b',"e":%s,"n":%d' % (_string(self.position[0]), self.position[1])
-        return header + b"}\n" + self.payload
+        return encode_envelope(_string(self.origin), self.sequence, self.kind, self.payload,
+                               self.exclude, self.sent_ms, self.position)
 
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
@@ -78,6 +72,21 @@ class Envelope:
             )
         except (ValueError, TypeError, KeyError):
             raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None
+
+
+def encode_envelope(origin: bytes, sequence: int, kind: EnvelopeKind, payload: bytes,
+                    exclude: str | None = None, sent_ms: int | None = None,
+                    position: tuple[str, int] | None = None) -> bytes:
+    """An envelope's bytes without building an `Envelope` (the publish path);
+    `origin` is already a JSON string literal (`json.dumps(node_id).encode()`)."""
+    header = b'{"o":%s,"s":%d,"k":"%s"' % (origin, sequence, kind.value.encode())
+    if exclude is not None:
+        header += b',"x":' + _string(exclude)
+    if sent_ms is not None:
+        header += b',"t":%d' % sent_ms
+    if position is not None:
+        header += b',"e":%s,"n":%d' % (_string(position[0]), position[1])
+    return header + b"}\n" + payload
 
 
 _DECODER = json.JSONDecoder()
