@@ -17,37 +17,23 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SUBSCRIBE = '{"type":"subscribe","channel":"bench"}'
+BENCH = Path(__file__).resolve().parent
 
 
 def measure(n: int, messages: int, per_turn: int, repeats: int = 5) -> float:
     """Best nanoseconds per delivery over `repeats` runs of `messages` broadcasts."""
-    from realtime_asyncio.edge import Settings, build_node_config, random_id
-    from realtime_proto import Epoch, Node
-    from realtime_proto.actions import CloseTransport, Transmit
+    from memprofile import SUBSCRIBE, drain, sans_io_node
+
     from realtime_proto.testing.peers import WebSocketPeer
 
-    settings = Settings(api_key="k", connection_rate=0, subscribe_rate=0, message_rate=0,
-                        api_rate=0)
-    node = Node(build_node_config(settings, "corecost", runtime="asyncio"),
-                new_id=random_id, epoch=Epoch(1000.0, 0))
+    node = sans_io_node("corecost")
     peer = WebSocketPeer()
     head = peer.handshake_bytes("/ws")
-
-    def drain() -> None:
-        for action in node.actions():
-            if isinstance(action, Transmit):
-                for transport_id in action.transport_ids:
-                    node.data_to_send(transport_id)
-            elif isinstance(action, CloseTransport):
-                node.data_to_send(action.transport_id)
-
     for index in range(n):
         transport = node.open_connection(now=1000.0, peer=f"127.0.0.1:{index}")
         node.receive_data(transport, head, now=1000.0)
-        node.receive_data(transport, peer.send_text(SUBSCRIBE), now=1000.0)
-        drain()
+        node.receive_data(transport, peer.send_text(SUBSCRIBE.decode()), now=1000.0)
+        drain(node)
     assert node.hub.channels() == {"bench": n}
     best = float("inf")
     for _ in range(repeats):
@@ -55,7 +41,7 @@ def measure(n: int, messages: int, per_turn: int, repeats: int = 5) -> float:
         for number in range(messages // per_turn):
             for _ in range(per_turn):
                 node.hub.broadcast("bench", "tick", {"n": number, "t": 1.5}, now=1000.0)
-            drain()
+            drain(node)
         best = min(best, time.perf_counter() - started)
     return best / (messages // per_turn * per_turn * n) * 1e9
 
@@ -66,7 +52,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=40)
     ap.add_argument("--per-turn", type=int, nargs="+", default=[1, 4])
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(BENCH))
     for n in args.n:
         for per_turn in args.per_turn:
             cost = measure(n, args.messages, per_turn)

@@ -61,27 +61,39 @@ def main() -> int:
 # ------------------------------------------------------------------------------ core
 
 
-def core(args: argparse.Namespace) -> int:
+def sans_io_node(name: str) -> Any:
+    """A Node as `realtime serve` builds it (rate limits off), driven without sockets."""
     from realtime_asyncio.edge import Settings, build_node_config, random_id
     from realtime_proto import Epoch, Node
-    from realtime_proto.actions import CloseTransport, Transmit
-    from realtime_proto.testing.peers import WebSocketPeer
 
     settings = Settings(api_key="k", connection_rate=0, subscribe_rate=0, message_rate=0,
                         api_rate=0)
-    node = Node(build_node_config(settings, "memprofile", runtime="asyncio"),
+    return Node(build_node_config(settings, name, runtime="asyncio"),
                 new_id=random_id, epoch=Epoch(1000.0, 0))
+
+
+def drain(node: Any) -> None:
+    """Carry out a Node's output as an adapter would: pull every socket's bytes."""
+    from realtime_proto.actions import CloseTransport, Transmit
+
+    for action in node.actions():
+        if isinstance(action, Transmit):
+            for transport_id in action.transport_ids:
+                node.data_to_send(transport_id)
+        elif isinstance(action, CloseTransport):
+            node.data_to_send(action.transport_id)
+
+
+def core(args: argparse.Namespace) -> int:
+    from realtime_proto.testing.peers import WebSocketPeer
+
+    node = sans_io_node("memprofile")
     clock = [1000.0]
     peer = WebSocketPeer()
     head = peer.handshake_bytes("/ws")
 
     def pump() -> None:
-        for action in node.actions():
-            if isinstance(action, Transmit):
-                for transport_id in action.transport_ids:
-                    node.data_to_send(transport_id)
-            elif isinstance(action, CloseTransport):
-                node.data_to_send(action.transport_id)
+        drain(node)
 
     def connect(count: int) -> None:
         for i in range(count):
