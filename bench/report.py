@@ -429,8 +429,8 @@ def _brokers_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         "*added* is cross-node p50 minus the p50 of the same run on one node (publisher and "
         "subscribers on node A); it includes the broker's own hop, which the bare clients "
         "measure (*ceiling* latency): the target's figure is what our nodes add beyond that "
-        f"hop (*added* minus the ceiling's p50). Best of {sc.get('rounds', 1)} rounds per figure: other work "
-        "on the machine only ever slows a run down.",
+        f"hop (*added* minus the ceiling's p50). Best of {sc.get('rounds', 1)} rounds per "
+        "figure: other work on the machine only ever slows a run down.",
         "",
         f"Where it runs: the **machine's network namespace** (here: {net.get('netns', '?')}; "
         f"TCP {net.get('congestion_control', '?')}), not the private one of the other scenarios: "
@@ -618,7 +618,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
                 f"own hop" if added is not None and beyond is not None
                 else "; p50 not measured")
         rows.append(f"| cross-node on {b['broker']}: ≥ 80 % of the client's ceiling (N = 1), "
-                    f"≤ 1 ms added at p50 beyond the broker's hop | {got} | {'met' if sm.get('met') else '**missed**'} |")
+                    f"≤ 1 ms added at p50 beyond the broker's hop | {got} | "
+                    f"{'met' if sm.get('met') else '**missed**'} |")
     if not rows:
         return []
     return ["## Targets (issue 8)", "", "| target | measured | |", "|---|---|---|", *rows, ""]

@@ -119,6 +119,16 @@ async def api(http: httpx.AsyncClient, node: NodeProcess, method: str, path: str
                               headers={"Authorization": f"Bearer {API_KEY}"})
 
 
+async def metric(http: httpx.AsyncClient, node: NodeProcess, name: str,
+                 labels: str = "") -> float:
+    """A sample of `name` from the node's /metrics: the first whose labels contain `labels`."""
+    text = (await http.get(f"{node.base}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + "{") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{labels}}} in /metrics")
+
+
 async def eventually(check: Callable[[], object], timeout: float = 15.0,
                      interval: float = 0.05) -> None:
     """Wait until `check()` is truthy (state another node reaches over the broker)."""

@@ -19,6 +19,7 @@ from .nodes import (
     broker_url,
     drop_history_streams,
     eventually,
+    metric,
     require,
     start_nodes,
 )
@@ -117,8 +118,8 @@ def test_a_client_recovers_on_another_node(setup: tuple[str, str]) -> None:
                 stale = await _subscribe(again, "room.other", recover={"epoch": "gone",
                                                                        "offset": 3})
                 assert stale["recovered"] is False
-            assert await _metric(http, nodes[1], "realtime_recoveries_total",
-                                 'outcome="recovered"') >= 1
+            assert await metric(http, nodes[1], "realtime_recoveries_total",
+                                'outcome="recovered"') >= 1
 
     with history_cluster(*setup) as nodes:
         asyncio.run(scenario(nodes))
@@ -162,14 +163,6 @@ async def _routed(http: httpx.AsyncClient, nodes: list[NodeProcess], channel: st
         if channel not in response.text:
             return False
     return True
-
-
-async def _metric(http: httpx.AsyncClient, node: NodeProcess, name: str, labels: str) -> float:
-    text = (await http.get(f"{node.base}/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name) and labels in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_read_positions_are_readable_on_every_node_after_a_reconnect(

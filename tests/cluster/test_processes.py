@@ -16,7 +16,17 @@ from realtime_proto.jwt import encode_hs256
 
 from ..behaviour.clients import Client, connect
 from ..brokers.proxy import ThreadedTcpProxy
-from .nodes import SECRET, SERVERS, TTL, NodeProcess, api, broker_url, eventually, require
+from .nodes import (
+    SECRET,
+    SERVERS,
+    TTL,
+    NodeProcess,
+    api,
+    broker_url,
+    eventually,
+    metric,
+    require,
+)
 from .nodes import start_nodes as _start_nodes
 
 KINDS = list(SERVERS)
@@ -111,10 +121,7 @@ def test_fan_out_reaches_every_node_once_in_publish_order(kind: str) -> None:
 def test_a_batch_crosses_the_broker_in_bundles_in_order(kind: str) -> None:
     """`POST /api/batch` on one node: a few broker messages carry it all, in order."""
     async def published(http: httpx.AsyncClient, node: NodeProcess) -> int:
-        text = (await http.get(f"{node.base}/metrics")).text
-        line = next(ln for ln in text.splitlines()
-                    if ln.startswith("realtime_broker_published_total{"))
-        return int(float(line.split()[1]))
+        return int(await metric(http, node, "realtime_broker_published_total"))
 
     async def scenario(nodes: list[NodeProcess]) -> None:
         async with httpx.AsyncClient() as http, \
@@ -192,9 +199,7 @@ def test_a_killed_node_leaves_presence_within_the_ttl(kind: str) -> None:
 
 def test_a_node_subscribes_only_to_what_it_needs(kind: str) -> None:
     async def topics(http: httpx.AsyncClient, node: NodeProcess) -> int:
-        text = (await http.get(f"{node.base}/metrics")).text
-        line = next(x for x in text.splitlines() if x.startswith("realtime_broker_topics{"))
-        return int(float(line.rsplit(" ", 1)[1]))
+        return int(await metric(http, node, "realtime_broker_topics"))
 
     async def scenario(nodes: list[NodeProcess]) -> None:
         async with httpx.AsyncClient() as http:
@@ -270,9 +275,7 @@ def test_a_cut_broker_connection_is_reported_and_healed(kind: str) -> None:
 
 async def _metric(http: httpx.AsyncClient, node: NodeProcess, name: str,
                   check: Callable[[float], bool]) -> bool:
-    text = (await http.get(f"{node.base}/metrics")).text
-    line = next(x for x in text.splitlines() if x.startswith(name + "{"))
-    return check(float(line.rsplit(" ", 1)[1]))
+    return check(await metric(http, node, name))
 
 
 async def _is(value: Any, expected: str) -> bool:
