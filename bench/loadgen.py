@@ -916,7 +916,8 @@ IN_FLIGHT_SECONDS = 1.0  # ... and at most this much of the server's work
 
 async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: int,
                  drain: float = 15.0, in_flight: float = IN_FLIGHT_SECONDS,
-                 max_window: int = 500, server_pid: int | None = None) -> dict[str, Any]:
+                 max_window: int = 500, server_pid: int | None = None,
+                 other_pids: tuple[int, ...] = ()) -> dict[str, Any]:
     """Publish for ``duration`` seconds keeping at most ``window`` messages (× n deliveries)
     in flight, then wait for the deliveries to drain. Deliveries per second over the whole
     span from first publish to last delivery.
@@ -924,8 +925,9 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
     The window only grows, every quarter second: to ``in_flight`` seconds of the server's
     work at the rate just seen, at most IN_FLIGHT_DELIVERIES / n messages (a server that
     coalesces writes goes faster with more queued per connection, so it gets room, the
-    same for every system), and doubled while the server process was less than 90 % busy
-    (it was waiting for the publisher). A slow server thus never takes long to drain."""
+    same for every system), and doubled while the server process (with ``other_pids``,
+    the other processes of a path sharing its core) was less than 90 % busy (it was waiting
+    for the publisher). A slow server thus never takes long to drain."""
     cap = max(window, min(max_window, IN_FLIGHT_DELIVERIES // n))
     shared = gen.shared
     seq = 0
@@ -933,7 +935,8 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
     stop_at = t0 + duration
     samples: list[tuple[float, int]] = []
     next_sample = t0
-    cpu_prev = cpu_ticks(server_pid) if server_pid else 0
+    pids = (server_pid, *other_pids) if server_pid else ()
+    cpu_prev = sum(map(cpu_ticks, pids))
     while True:
         now = time.monotonic()
         if now >= stop_at:
@@ -950,8 +953,8 @@ async def fanout(pub: Publisher, gen: LoadGen, n: int, duration: float, window: 
                 dt = max(1e-3, now - t0 - t_prev)
                 recent = (got - got_prev) / dt
                 window = max(window, min(cap, int(recent * in_flight / n)))
-                if server_pid:
-                    cpu = cpu_ticks(server_pid)
+                if pids:
+                    cpu = sum(map(cpu_ticks, pids))
                     if (cpu - cpu_prev) / TICK / dt < 0.9:
                         window = min(cap, window * 2)
                     cpu_prev = cpu

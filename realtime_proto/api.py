@@ -115,10 +115,11 @@ _Publication = tuple[list[str], str, Any, ConnectionId | None]
 def _publication(fields: dict[str, Any]) -> _Publication:
     """The channels, event, data and excluded connection of one publish, checked."""
     channels = fields.get("channels", [fields.get("channel")] if "channel" in fields else None)
-    if not isinstance(channels, list) or not channels or not all(
-            isinstance(c, str) for c in channels):
+    if not isinstance(channels, list) or not channels:
         raise MessageError(ErrorCode.MISSING_FIELD, "'channel' or 'channels' is required")
     for channel in channels:
+        if not isinstance(channel, str):
+            raise MessageError(ErrorCode.MISSING_FIELD, "'channel' or 'channels' is required")
         validate_channel_name(channel)
     exclude = fields.get("exclude_connection_id")
     if exclude is not None and not isinstance(exclude, str):

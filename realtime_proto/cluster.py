@@ -16,7 +16,7 @@ from typing import Any
 
 from .actions import BrokerPublish, Deliver, Disconnect, HubAction
 from .config import HubConfig
-from .envelope import Envelope, EnvelopeKind, SequenceWindow, bundle, encode_envelope
+from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode, json_string
 from .presence import Entry, Member, PresenceTable
 
 __all__ = ["CLUSTER_TOPIC", "ClusterState", "channel_topic", "user_topic"]
@@ -37,6 +37,20 @@ def user_topic(user_id: str) -> str:
     return "u:" + user_id
 
 
+#: a bundle's header, but for what each envelope adds to it (as `bundle` counts)
+_HEADER_BYTES = 100
+
+
+def _extra_bytes(envelope: Outgoing) -> int:
+    """What an envelope's exclude and position add to a bundle's header."""
+    extra = 0
+    if envelope.exclude is not None:
+        extra += len(envelope.exclude) + 3
+    if envelope.position is not None:
+        extra += len(envelope.position[0]) + 24
+    return extra
+
+
 class ClusterState:
     """Sequences, liveness and the cluster-wide presence table of one node."""
 
@@ -53,54 +67,61 @@ class ClusterState:
         self._sequences: dict[str, int] = {}
         self._clock_ms = clock_ms
         self._bundle_bytes = config.broker_bundle_bytes
-        self._origin = json.dumps(self.node_id).encode()  # as every envelope's header has it
+        self._origin = json_string(self.node_id)  # as every envelope's header has it
 
     # -- publishing ----------------------------------------------------------------------
 
     def envelope(self, topic: str, kind: EnvelopeKind, payload: bytes,
                  exclude: str | None = None,
-                 position: tuple[str, int] | None = None) -> BrokerPublish:
-        """The broker action for a payload, with this node's next sequence on the topic."""
+                 position: tuple[str, int] | None = None) -> Outgoing:
+        """A payload to publish, with this node's next sequence on the topic (`bundle`
+        encodes it)."""
         sequence = self._sequences.get(topic, 0) + 1
         self._sequences[topic] = sequence
-        return BrokerPublish(topic, encode_envelope(self._origin, sequence, kind, payload,
-                                                    exclude, self._clock_ms(), position))
+        return Outgoing(topic, sequence, kind, payload, exclude, self._clock_ms(), position)
 
-    def bundle(self, actions: list[HubAction]) -> list[HubAction]:
-        """Publishes to one topic that follow each other (this node's own deliveries
-        between them aside) as one broker message, up to `broker_bundle_bytes`: a burst
-        pays the broker's cost per message once. The order of publishes is kept."""
-        if not self._bundle_bytes:
-            return actions
+    def bundle(self, actions: list[HubAction | Outgoing]) -> list[HubAction]:
+        """The broker messages for the envelopes among `actions`: those that follow each
+        other on one topic (this node's own deliveries between them aside) as one bundle,
+        up to `broker_bundle_bytes`, so a burst pays the broker's cost per message once.
+        The order of publishes is kept."""
         out: list[HubAction] = []
-        run: list[BrokerPublish] = []  # the open bundle: publishes to run[0].topic
-        run_at = size = 0  # where the bundle goes in `out`; its bytes so far
+        run: list[Outgoing] = []  # the open bundle
+        topic, follows = None, 0  # its topic, the sequence that may join it
+        run_at = size = 0  # where it goes in `out`; its bytes so far
+        limit = self._bundle_bytes
         for action in actions:
-            if isinstance(action, BrokerPublish):
-                if run and action.topic == run[0].topic \
-                        and size + len(action.data) <= self._bundle_bytes:
+            if type(action) is Outgoing:
+                length = len(action.payload) + 6  # and its length in the header
+                if action.exclude is not None or action.position is not None:
+                    length += _extra_bytes(action)
+                if action.topic == topic and action.sequence == follows \
+                        and size + length <= limit:
                     run.append(action)
-                    size += len(action.data) + 6  # and its length in the header
+                    size += length
+                    follows += 1
                     continue
                 self._close_bundle(run, out, run_at)
-                run, run_at, size = [action], len(out), len(action.data)
-                out.append(action)  # the bundle replaces it if others join
-            elif isinstance(action, Deliver | Disconnect):
+                run, run_at, size = [action], len(out), length + _HEADER_BYTES
+                topic, follows = action.topic, action.sequence + 1
+                out.append(action)  # type: ignore[arg-type]  # replaced at the close
+            elif type(action) is Deliver or type(action) is Disconnect:
                 out.append(action)
             else:
                 self._close_bundle(run, out, run_at)
-                run = []
-                out.append(action)
+                run, topic = [], None
+                out.append(action)  # type: ignore[arg-type]
         self._close_bundle(run, out, run_at)
         return out
 
-    def _close_bundle(self, run: list[BrokerPublish], out: list[HubAction], at: int) -> None:
-        if len(run) > 1:
-            out[at] = BrokerPublish(run[0].topic, bundle(self.node_id, [p.data for p in run]))
+    def _close_bundle(self, run: list[Outgoing], out: list[HubAction], at: int) -> None:
+        if run:
+            out[at] = BrokerPublish(run[0].topic, encode(self._origin, run))
 
     def _control(self, **fields: Any) -> BrokerPublish:
         payload = json.dumps(fields, separators=(",", ":")).encode()
-        return self.envelope(CLUSTER_TOPIC, EnvelopeKind.CONTROL, payload)
+        return BrokerPublish(CLUSTER_TOPIC, encode(self._origin, [
+            self.envelope(CLUSTER_TOPIC, EnvelopeKind.CONTROL, payload)]))
 
     def hello(self) -> list[BrokerPublish]:
         """Ask every node for its state (at start)."""
@@ -134,28 +155,30 @@ class ClusterState:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def receive(self, topic: str, envelope: Envelope, now: float) -> tuple[bool, list[
+    def receive(self, topic: str, received: Received, now: float) -> tuple[int, list[
             BrokerPublish]]:
-        """Whether to process an envelope from the broker, and any sync requests it needs."""
-        origin = envelope.origin
+        """How many of the first envelopes of a broker message to skip (our own echo, or
+        seen already), and any sync requests it needs."""
+        origin = received.origin
+        count = len(received.payloads)
         if origin == self.node_id:
-            return False, []  # our own, echoed by the broker
+            return count, []  # our own, echoed by the broker
         actions = []
         is_new = origin not in self.heard
         self.heard[origin] = now
-        accepted, gap = self.window.accept(origin, topic, envelope.sequence)
+        skip, gap = self.window.accept(origin, topic, received.sequence, count)
         if topic == CLUSTER_TOPIC and (gap or is_new):
             actions.append(self._control(t="sync?", to=origin))
-        return accepted, actions
+        return skip, actions
 
-    def control(self, envelope: Envelope) -> tuple[Changes, Changes, list[BrokerPublish]]:
-        """Apply a control envelope; (joined, left, replies)."""
+    def control(self, origin: str, payload: bytes) -> tuple[Changes, Changes,
+                                                             list[BrokerPublish]]:
+        """Apply a control envelope of another node; (joined, left, replies)."""
         try:
-            body = json.loads(envelope.payload)
+            body = json.loads(payload)
             kind = body["t"]
         except (ValueError, TypeError, KeyError):
             return [], [], []
-        origin = envelope.origin
         joined: Changes = []
         left: Changes = []
         replies: list[BrokerPublish] = []

@@ -1,17 +1,17 @@
-"""Envelopes between nodes: origin, per-topic sequence, kind, and the encoded payload;
-and bundles, several envelopes of one node and topic in one broker message."""
+"""Envelopes between nodes: origin, per-topic sequence, kind and the encoded payload, one
+per broker message or several of one topic in a bundle."""
 
 from __future__ import annotations
 
 import enum
 import json
 from dataclasses import dataclass
-from typing import final
+from typing import NamedTuple, final
 
 from .errors import ErrorCode, MessageError
 
-__all__ = ["Envelope", "EnvelopeKind", "SequenceWindow", "bundle", "encode_envelope",
-           "unbundle"]
+__all__ = ["EnvelopeKind", "Outgoing", "Received", "SequenceWindow", "decode", "encode",
+           "json_string"]
 
 
 class EnvelopeKind(enum.StrEnum):
@@ -25,16 +25,14 @@ class EnvelopeKind(enum.StrEnum):
     CONTROL = "p"
 
 
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Envelope:
-    """One unit a node publishes to the broker.
+class Outgoing(NamedTuple):
+    """One envelope this node publishes, before it is encoded (alone or in a bundle).
 
-    The wire form is a one-line JSON header, a newline, then the payload bytes exactly as
-    they were encoded for clients, so a receiving node forwards them without re-encoding.
+    The payload is the message exactly as it was encoded for clients, so a receiving
+    node forwards it without re-encoding.
     """
 
-    origin: str
+    topic: str
     sequence: int
     kind: EnvelopeKind
     payload: bytes
@@ -45,92 +43,139 @@ class Envelope:
     #: (epoch, offset) of a channel message in its shared stream; the payload is unstamped
     position: tuple[str, int] | None = None
 
-    def encode(self) -> bytes:
-        """The bytes handed to the broker."""
-        return encode_envelope(_string(self.origin), self.sequence, self.kind, self.payload,
-                               self.exclude, self.sent_ms, self.position)
 
-    @classmethod
-    def decode(cls, data: bytes) -> Envelope:
-        """Parse an envelope from the broker.
+@final
+@dataclass(slots=True)
+class Received:
+    """What one broker message brought: envelopes of one origin and kind with the
+    sequences `sequence`, `sequence + 1`, … (one, or a bundle)."""
 
-        Raises:
-            MessageError: the bytes are not an envelope (4000).
-        """
-        head, newline, payload = data.partition(b"\n")
-        try:
-            header = _DECODER.decode(head.decode()) if newline else {}
-            position = (str(header["e"]), int(header["n"])) if "e" in header else None
-            return cls(
-                origin=str(header["o"]),
-                sequence=int(header["s"]),
-                kind=_KINDS[header["k"]],
-                payload=payload,
-                exclude=header.get("x"),
-                sent_ms=header.get("t"),
-                position=position,
-            )
-        except (ValueError, TypeError, KeyError):
-            raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None
+    origin: str
+    kind: EnvelopeKind
+    sequence: int
+    payloads: list[bytes]
+    sent_ms: int | None = None
+    #: per payload, when any has one
+    excludes: list[str | None] | None = None
+    positions: list[tuple[str, int] | None] | None = None
 
 
-def encode_envelope(origin: bytes, sequence: int, kind: EnvelopeKind, payload: bytes,
-                    exclude: str | None = None, sent_ms: int | None = None,
-                    position: tuple[str, int] | None = None) -> bytes:
-    """An envelope's bytes without building an `Envelope` (the publish path);
-    `origin` is already a JSON string literal (`json.dumps(node_id).encode()`)."""
-    header = b'{"o":%s,"s":%d,"k":"%s"' % (origin, sequence, kind.value.encode())
-    if exclude is not None:
-        header += b',"x":' + _string(exclude)
-    if sent_ms is not None:
-        header += b',"t":%d' % sent_ms
-    if position is not None:
-        header += b',"e":%s,"n":%d' % (_string(position[0]), position[1])
-    return header + b"}\n" + payload
+def encode(origin: bytes, run: list[Outgoing]) -> bytes:
+    """The broker message for one envelope, or a bundle of several: a one-line JSON header,
+    a newline, then the payload(s). `origin` is a JSON string literal (`json_string`); a
+    bundle's envelopes share topic and kind and follow each other in sequence.
+
+    Alone: `{"o":origin,"s":sequence,"k":kind[,"x":exclude][,"t":ms][,"e":epoch,"n":offset]}`.
+    Bundled: `{"b":origin,"k":kind,"s":first sequence[,"t":ms],"n":[lengths]
+    [,"x":[exclude or null, …]][,"p":[[epoch,offset] or null, …]]}`.
+    """
+    first = run[0]
+    kind = first.kind.value.encode()
+    if len(run) == 1:
+        header = b'{"o":%s,"s":%d,"k":"%s"' % (origin, first.sequence, kind)
+        if first.exclude is not None:
+            header += b',"x":' + json_string(first.exclude)
+        if first.sent_ms is not None:
+            header += b',"t":%d' % first.sent_ms
+        if first.position is not None:
+            header += b',"e":%s,"n":%d' % (json_string(first.position[0]), first.position[1])
+        return header + b"}\n" + first.payload
+    header = b'{"b":%s,"k":"%s","s":%d' % (origin, kind, first.sequence)
+    if first.sent_ms is not None:
+        header += b',"t":%d' % first.sent_ms
+    header += b',"n":[' + b",".join([b"%d" % len(e.payload) for e in run]) + b"]"
+    if any(e.exclude is not None for e in run):
+        header += b',"x":' + _compact([e.exclude for e in run])
+    if any(e.position is not None for e in run):
+        header += b',"p":' + _compact([e.position for e in run])
+    return b"".join([header, b"}\n", *[e.payload for e in run]])
+
+
+def decode(data: bytes) -> Received:
+    """The envelope(s) of one broker message.
+
+    Raises:
+        MessageError: the bytes are not an envelope or a well-formed bundle (4000).
+    """
+    head, newline, body = data.partition(b"\n")
+    try:
+        header = _DECODER.decode(head.decode()) if newline else {}
+        if "b" not in header:
+            return Received(_text(header["o"]), _KINDS[header["k"]], _number(header["s"]),
+                            [body], _sent_ms(header.get("t")), _excludes(header.get("x"), 1),
+                            _positions([[header["e"], header["n"]]] if "e" in header
+                                       else None, 1))
+        lengths = header["n"]
+        if not isinstance(lengths, list) or not lengths:
+            raise TypeError
+        payloads, start = [], 0
+        for length in lengths:
+            if type(length) is not int or length <= 0:
+                raise ValueError
+            payloads.append(body[start:start + length])
+            start += length
+        if start != len(body):
+            raise ValueError
+        count = len(payloads)
+        return Received(_text(header["b"]), _KINDS[header["k"]], _number(header["s"]),
+                        payloads, _sent_ms(header.get("t")), _excludes(header.get("x"), count),
+                        _positions(header.get("p"), count))
+    except (ValueError, TypeError, LookupError, AttributeError):
+        raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None
+
+
+def json_string(text: str) -> bytes:
+    """A JSON string literal (ids are ASCII: this is the fast case of `json.dumps`)."""
+    return json.dumps(text).encode()
 
 
 _DECODER = json.JSONDecoder()
 _KINDS = {kind.value: kind for kind in EnvelopeKind}
-_BUNDLE = b'{"b":'
 
 
-def bundle(origin: str, envelopes: list[bytes]) -> bytes:
-    """Encoded envelopes as one broker message: a one-line JSON header with the origin
-    and each envelope's length, a newline, then the envelopes back to back."""
-    lengths = b",".join(b"%d" % len(e) for e in envelopes)
-    return b"".join([_BUNDLE, _string(origin), b',"n":[', lengths, b"]}\n", *envelopes])
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
-def unbundle(data: bytes) -> tuple[str, list[bytes]] | None:
-    """The origin and the envelopes of a bundle; None when `data` is a lone envelope.
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
 
-    Raises:
-        MessageError: it says it is a bundle but is not a well-formed one (4000).
-    """
-    if not data.startswith(_BUNDLE):
+
+def _number(value: object) -> int:
+    if type(value) is not int:
+        raise TypeError
+    return value
+
+
+def _optional_list(value: object, count: int) -> list | None:  # type: ignore[type-arg]
+    """A header's per-envelope list (or a lone envelope's value), checked for its length."""
+    if value is None:
         return None
-    head, newline, body = data.partition(b"\n")
-    try:
-        header = _DECODER.decode(head.decode()) if newline else {}
-        origin, lengths = header["b"], header["n"]
-        if not isinstance(origin, str) or not isinstance(lengths, list):
-            raise TypeError
-        envelopes, start = [], 0
-        for length in lengths:
-            if not isinstance(length, int) or length <= 0:
-                raise ValueError
-            envelopes.append(body[start:start + length])
-            start += length
-    except (ValueError, TypeError, KeyError):
-        raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not a bundle") from None
-    if start != len(body):
-        raise MessageError(ErrorCode.MALFORMED_MESSAGE, "bundle lengths do not add up")
-    return origin, envelopes
+    if count == 1 and not isinstance(value, list):
+        value = [value]
+    if not isinstance(value, list) or len(value) != count:
+        raise ValueError
+    return value
 
 
-def _string(text: str) -> bytes:
-    """A JSON string literal (ids are ASCII: this is the fast case of `json.dumps`)."""
-    return json.dumps(text).encode()
+def _sent_ms(value: object) -> int | None:
+    return None if value is None else _number(value)
+
+
+def _excludes(value: object, count: int) -> list[str | None] | None:
+    found = _optional_list(value, count)
+    if found is not None and not all(x is None or isinstance(x, str) for x in found):
+        raise TypeError
+    return found
+
+
+def _positions(value: object, count: int) -> list[tuple[str, int] | None] | None:
+    found = _optional_list(value, count)
+    if found is None:
+        return None
+    return [None if p is None else (_text(p[0]), _number(p[1])) for p in found]
 
 
 class SequenceWindow:
@@ -141,17 +186,21 @@ class SequenceWindow:
         self.duplicates = 0
         self.lost = 0
 
-    def accept(self, origin: str, topic: str, sequence: int) -> tuple[bool, int]:
-        """Whether to process an envelope, and how many before it were missed."""
+    def accept(self, origin: str, topic: str, sequence: int, count: int = 1) -> tuple[int, int]:
+        """For `count` envelopes from `sequence` on: how many of the first ones to skip
+        (seen already), and how many before them were missed."""
         key = (origin, topic)
         last = self._last.get(key)
-        if last is not None and sequence <= last:
-            self.duplicates += 1
-            return False, 0
-        gap = 0 if last is None else sequence - last - 1
+        if last is None:
+            self._last[key] = sequence + count - 1
+            return 0, 0
+        skip = min(count, max(0, last - sequence + 1))
+        gap = max(0, sequence - last - 1)
+        self.duplicates += skip
         self.lost += gap
-        self._last[key] = sequence
-        return True, gap
+        if skip < count:
+            self._last[key] = sequence + count - 1
+        return skip, gap
 
     def forget_origin(self, origin: str) -> None:
         """Drop what is known of a node (it expired or restarted)."""

@@ -21,7 +21,7 @@ from .channels import validate_channel_name as _valid
 from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, user_topic
 from .config import Epoch, HubConfig
 from .connection import Connection, PendingAuthorization, SubscribeOptions
-from .envelope import Envelope, EnvelopeKind, unbundle
+from .envelope import EnvelopeKind, Outgoing, Received, decode
 from .errors import ErrorCode, LocalProtocolError, MessageError
 from .events import (
     AuthorizationAnswered,
@@ -43,7 +43,7 @@ from .events import (
 )
 from .history import HistoryRule, StreamSlice, stamp
 from .jwt import verify_token
-from .message import JsonValue, Message, MessageType, decode_json, encode_json
+from .message import JsonValue, Message, MessageType, decode_json, encode_message
 from .metrics import Histogram
 from .presence import Member
 from .ratelimit import TokenBucket
@@ -67,6 +67,11 @@ class Hub:
         self.config = config
         self.node_id = config.node_id
         self._new_id = new_id
+        #: message ids: this node's random prefix and a count (unique in the cluster,
+        #: and cheaper than a random id per publish)
+        self._message_prefix = new_id() + "."
+        self._messages_made = 0
+        self._unix_ms_for, self._unix_ms_value = epoch.monotonic_at, epoch.unix_ms
         self._epoch = epoch
         self._now = epoch.monotonic_at
         self._rules = AuthRules()
@@ -76,9 +81,10 @@ class Hub:
         self._pending: dict[str, PendingAuthorization] = {}
         self._streams = Streams(config.history, shared=config.shared_history, new_id=new_id)
         self._signals = ChannelSignals(config.typing_interval)
-        self._actions: list[HubAction] = []
+        #: envelopes (`Outgoing`) become broker messages when drained (`actions`)
+        self._actions: list[HubAction | Outgoing] = []
         self._cluster = ClusterState(config, self._now,
-                                     lambda: self._epoch.unix_ms_at(self._now))
+                                     lambda: self._unix_ms(self._now))
         self._broker_latency = Histogram()
         self._broker_report = BrokerReported()
         self._next_sweep_at = self._now
@@ -151,7 +157,7 @@ class Hub:
     def actions(self) -> list[HubAction]:
         """Drain the actions produced so far (publishes in a row to one topic bundled)."""
         actions, self._actions = self._actions, []
-        return self._cluster.bundle(actions) if len(actions) > 1 else actions
+        return self._cluster.bundle(actions) if actions else []
 
     # -- the application's API -----------------------------------------------------------
 
@@ -219,6 +225,8 @@ class Hub:
             payload = stamp(payload, offset, epoch)
             event_id = f"{epoch}:{offset}:{channel}"
         subscribers: Iterable[ConnectionId] = self._subscribers.get(channel, ())
+        if not subscribers:
+            return  # nobody here: the publish path of a node without subscribers
         if channel in self._streams.loading:  # new subscriptions get their history first
             skip = self._streams.divert(channel, position[1] if position else None, payload,
                                         event_id, exclude)
@@ -623,46 +631,51 @@ class Hub:
 
     def _envelope(self, topic: str, data: bytes, now: float) -> None:
         try:
-            bundled = unbundle(data)
-            if bundled is None:
-                envelopes = [Envelope.decode(data)]
-            elif bundled[0] == self.node_id:
-                return  # our own, echoed by the broker
-            else:
-                envelopes = [Envelope.decode(part) for part in bundled[1]]
+            received = decode(data)
         except MessageError:
             self._errors[ErrorCode.MALFORMED_MESSAGE] += 1
             return
-        for envelope in envelopes:
-            self._from_broker(topic, envelope, now)
-
-    def _from_broker(self, topic: str, envelope: Envelope, now: float) -> None:
-        accepted, actions = self._cluster.receive(topic, envelope, now)
+        skip, actions = self._cluster.receive(topic, received, now)
         self._actions.extend(actions)
-        if not accepted:
+        payloads = received.payloads
+        if skip >= len(payloads):
             return
-        if envelope.sent_ms is not None and envelope.kind is not EnvelopeKind.CONTROL:
+        kind = received.kind
+        if received.sent_ms is not None and kind is not EnvelopeKind.CONTROL:
             self._broker_latency.observe(
-                max(0.0, (self._epoch.unix_ms_at(now) - envelope.sent_ms) / 1000))
-        match envelope.kind:
-            case EnvelopeKind.CHANNEL:
-                channel = topic[2:]
-                ephemeral = self._remote_signal(channel, envelope.payload)
-                rule = None if ephemeral else self._streams.rule(channel)
-                exclude = ConnectionId(envelope.exclude) if envelope.exclude else None
-                if rule is not None and self._streams.shared:
-                    self._in_order(channel, envelope.payload, envelope.position, exclude)
-                else:
-                    position = (self._streams.keep(channel, rule, envelope.payload, now)
-                                if rule is not None else None)  # this node's own stream
-                    self._fan_out(channel, envelope.payload, position, exclude)
-            case EnvelopeKind.USER:
-                self._deliver(self._users.get(topic[2:], ()), envelope.payload)
-            case EnvelopeKind.CONTROL:
-                joined, left, actions = self._cluster.control(envelope)
+                max(0.0, (self._epoch.unix_ms_at(now) - received.sent_ms) / 1000),
+                len(payloads) - skip)
+        if kind is EnvelopeKind.CHANNEL:
+            self._from_other_node(topic[2:], received, skip, now)
+        elif kind is EnvelopeKind.USER:
+            targets = self._users.get(topic[2:], ())
+            for payload in payloads[skip:]:
+                self._deliver(targets, payload)
+        else:
+            for payload in payloads[skip:]:
+                joined, left, actions = self._cluster.control(received.origin, payload)
                 self._actions.extend(actions)
                 self._announce(joined, "user.joined", now)
                 self._announce(left, "user.left", now)
+
+    def _from_other_node(self, channel: str, received: Received, skip: int,
+                         now: float) -> None:
+        """Channel messages another node published: into this node's history (its own
+        stream, or the shared one's order) and to the local subscribers."""
+        rule = self._streams.rule(channel)
+        shared = self._streams.shared
+        excludes, positions = received.excludes, received.positions
+        for index in range(skip, len(received.payloads)):
+            payload = received.payloads[index]
+            exclude = excludes[index] if excludes else None
+            kept = None if self._remote_signal(channel, payload) else rule
+            if kept is not None and shared:
+                self._in_order(channel, payload, positions[index] if positions else None,
+                               ConnectionId(exclude) if exclude else None)
+            else:
+                position = self._streams.keep(channel, kept, payload, now) if kept else None
+                self._fan_out(channel, payload, position,
+                              ConnectionId(exclude) if exclude else None)
 
     def _remote_signal(self, channel: str, payload: bytes) -> bool:
         """Whether a message from another node is a typing or read signal (kept out of
@@ -686,13 +699,17 @@ class Hub:
         building one: this is the publish path)."""
         if event is not None and not isinstance(event, str):
             raise MessageError(ErrorCode.INVALID_FIELD, "field 'event' must be a string")
-        message_id = self._new_id()
-        fields: dict[str, JsonValue] = {
-            "id": message_id, "type": kind.value, "channel": channel, "event": event,
-            "data": data, "timestamp": self._epoch.unix_ms_at(now)}
-        if user_id is not None:
-            fields["user_id"] = user_id
-        return message_id, encode_json(fields)
+        self._messages_made += 1
+        message_id = f"{self._message_prefix}{self._messages_made:x}"
+        return message_id, encode_message(message_id, kind, channel, event, data,
+                                          self._unix_ms(now), user_id)
+
+    def _unix_ms(self, now: float) -> int:
+        """Unix milliseconds at `now`, worked out once per distinct `now` (a batch of
+        publishes shares one)."""
+        if now != self._unix_ms_for:
+            self._unix_ms_for, self._unix_ms_value = now, self._epoch.unix_ms_at(now)
+        return self._unix_ms_value
 
     def _deliver(self, targets: Iterable[ConnectionId], payload: bytes,
                  event_id: str | None = None, exclude: ConnectionId | None = None,

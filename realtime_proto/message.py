@@ -8,12 +8,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, final
 
 from .errors import ErrorCode, MessageError
+from .jsoncodec import dumps, quote
 
-__all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json"]
-
-#: one encoder for every compact JSON the core writes (`json.dumps` with options builds a
-#: new one per call)
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+__all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json",
+           "encode_message"]
 
 #: Anything `json` can encode; kept loose because payloads are the application's.
 JsonValue: TypeAlias = Any
@@ -96,11 +94,11 @@ class Message:
 
     def to_json(self) -> str:
         """The message as compact JSON text."""
-        return _COMPACT.encode(self.to_dict())
+        return dumps(self.to_dict()).decode()
 
     def encode(self) -> bytes:
         """The message as compact UTF-8 JSON bytes, ready for any framing."""
-        return self.to_json().encode()
+        return encode_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, value: object) -> Message:
@@ -155,6 +153,33 @@ def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
         raise MessageError(ErrorCode.MALFORMED_MESSAGE, "message is not valid JSON") from None
 
 
+def encode_message(message_id: str, kind: MessageType, channel: str | None, event: str | None,
+                   data: JsonValue, timestamp: int, user_id: str | None = None) -> bytes:
+    """The bytes of `Message(...).encode()` for a message the server makes, without
+    building one (the publish path): only `data` goes through the JSON encoder.
+
+    Raises:
+        TypeError, ValueError: as `encode_json`, for `data` JSON cannot hold.
+    """
+    encoded = _MESSAGE % (quote(message_id), _TYPES[kind], _string(channel), _string(event),
+                          dumps(data), timestamp)
+    if user_id is not None:
+        encoded = encoded[:-1] + b',"user_id":' + quote(user_id) + b"}"
+    return encoded
+
+
+_MESSAGE = b'{"id":%s,"type":"%s","channel":%s,"event":%s,"data":%s,"timestamp":%d}'
+_TYPES = {kind: kind.value.encode() for kind in MessageType}
+
+
+def _string(value: str | None) -> bytes:
+    return b"null" if value is None else quote(value)
+
+
 def encode_json(value: JsonValue) -> bytes:
-    """Compact UTF-8 JSON, the one encoding used for every body the core writes."""
-    return _COMPACT.encode(value).encode()
+    """Compact UTF-8 JSON, the one encoding used for every body the core writes.
+
+    Raises:
+        TypeError: a value JSON cannot hold; ValueError: a circular reference.
+    """
+    return dumps(value)

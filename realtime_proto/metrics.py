@@ -36,10 +36,10 @@ class Histogram:
         self._counts = [0] * (len(bounds) + 1)
         self._total = 0.0
 
-    def observe(self, value: float) -> None:
-        """Count one observation."""
-        self._counts[bisect.bisect_left(self._bounds, value)] += 1
-        self._total += value
+    def observe(self, value: float, count: int = 1) -> None:
+        """Count `count` observations of one value."""
+        self._counts[bisect.bisect_left(self._bounds, value)] += count
+        self._total += value * count
 
     def snapshot(self) -> HistogramSnapshot:
         """A frozen copy for statistics."""

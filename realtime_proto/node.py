@@ -53,6 +53,7 @@ from .statistics import NodeStatistics
 __all__ = ["Node"]
 
 _Framing = HttpFraming | WebSocketFraming | SseFraming
+_WEBSOCKET = FramingKind.WEBSOCKET
 _JSON = "application/json"
 
 
@@ -101,7 +102,8 @@ class Node:
         self._slow_consumers = 0
         self._shutting_down = False
         self._dropped_messages = 0
-        self._policies: dict[str, SlowConsumerPolicy] = {}
+        self._policies: dict[str | None, SlowConsumerPolicy] = {}
+        self._max_output_bytes = config.hub.limits.max_output_bytes
         self._bytes_in = 0
         self._bytes_out = 0
         rates = config.hub.rates
@@ -558,21 +560,19 @@ class Node:
         ws_frame = sse_chunk = None
         fanned = self._fanned
         routes = self._routes
-        websocket = FramingKind.WEBSOCKET
-        limits = self.config.hub.limits
-        max_output_bytes = limits.max_output_bytes
-        policy = self._policy(action.channel)
-        latest = policy is SlowConsumerPolicy.LATEST
-        key = conflation_key(action.channel, action.payload) if latest else None
+        max_output_bytes = self._max_output_bytes
+        policy = self._policies.get(action.channel) or self._policy(action.channel)
+        key = (conflation_key(action.channel, action.payload)
+               if policy is SlowConsumerPolicy.LATEST else None)
         for connection_id in action.connection_ids:  # the hot loop of a fan-out
             route = routes.get(connection_id)
             if type(route) is not _Transport:
                 if isinstance(route, PollSession):
-                    if not route.push(action.payload, limits.max_poll_backlog):
+                    if not route.push(action.payload, self.config.hub.limits.max_poll_backlog):
                         self._overflow_poll(route, policy, action.channel)
                     self._polls_to_answer[connection_id] = route
                 continue  # a PollSession, or gone
-            if route.framing.kind is websocket:
+            if route.framing.kind is _WEBSOCKET:
                 if ws_frame is None:
                     ws_frame = frame_message(action.payload)
                     self._encodings["websocket"] += 1
@@ -592,12 +592,11 @@ class Node:
             fanned[route.id] = None
 
     def _policy(self, channel: str | None) -> SlowConsumerPolicy:
-        policy = self._policies.get(channel or "")
+        policy = self._policies.get(channel)
         if policy is None:
             if len(self._policies) > 10_000:
                 self._policies.clear()
-            policy = self._policies[channel or ""] = find_policy(
-                self.config.slow_consumers, channel)
+            policy = self._policies[channel] = find_policy(self.config.slow_consumers, channel)
         return policy
 
     def _drop_oldest(self, route: _Transport, channel: str | None) -> None:

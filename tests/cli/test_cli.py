@@ -16,6 +16,7 @@ import pytest
 import websockets
 
 from realtime_asyncio.cli import resolve_settings
+from realtime_asyncio.edge import build_node_config
 from realtime_proto.errors import ConfigError
 
 REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
@@ -53,6 +54,19 @@ def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
     assert (settings.port, settings.api_key, settings.broker, settings.heartbeat_interval) == (
         7003, "from-env", "memory://file", 5.0)
     assert resolve_settings({}, {}, None).port == 6001
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({"broker": "postgresql://db/app"}, 7000),  # under PostgreSQL's 8000-byte NOTIFY
+    ({"broker": "nats://127.0.0.1:4222"}, 32768),
+    ({"broker": "memory://"}, 32768),
+    ({"broker": "postgresql://db/app", "broker_bundle_bytes": "0"}, 0),
+])
+def test_the_bundle_size_follows_the_broker_unless_given(flags: dict[str, str],
+                                                         expected: int) -> None:
+    settings = resolve_settings(flags, {}, None)
+    config = build_node_config(settings, "n1", runtime="asyncio")
+    assert config.hub.broker_bundle_bytes == expected
 
 
 @pytest.mark.parametrize(("flags", "environ", "message"), [

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from realtime_proto import ErrorCode, Message, MessageError, MessageType
 from realtime_proto.channels import AuthRules, ChannelKind, channel_kind, validate_channel_name
-from realtime_proto.envelope import Envelope, EnvelopeKind, SequenceWindow
+from realtime_proto.envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, decode, encode
 from realtime_proto.jwt import decode_hs256, encode_hs256, user_from_claims
 from realtime_proto.presence import Entry, Member, PresenceTable
 
@@ -121,13 +121,16 @@ def test_presence_counts_users_not_connections_across_nodes() -> None:
 
 
 def test_envelope_round_trip_and_sequence_window() -> None:
-    envelope = Envelope(origin="n1", sequence=7, kind=EnvelopeKind.CHANNEL, payload=b'{"a":1}',
-                        exclude="c1")
-    assert Envelope.decode(envelope.encode()) == envelope
+    alone = Outgoing("c:x", 7, EnvelopeKind.CHANNEL, b'{"a":1}', exclude="c1", sent_ms=5,
+                     position=("ep", 3))
+    assert decode(encode(b'"n1"', [alone])) == Received(
+        "n1", EnvelopeKind.CHANNEL, 7, [b'{"a":1}'], 5, ["c1"], [("ep", 3)])
     with pytest.raises(MessageError):
-        Envelope.decode(b"garbage")
+        decode(b"garbage")
     window = SequenceWindow()
-    assert window.accept("n1", "t", 1) == (True, 0)
-    assert window.accept("n1", "t", 1) == (False, 0)
-    assert window.accept("n1", "t", 4) == (True, 2)
-    assert (window.duplicates, window.lost) == (1, 2)
+    assert window.accept("n1", "t", 1) == (0, 0)
+    assert window.accept("n1", "t", 1) == (1, 0)
+    assert window.accept("n1", "t", 4) == (0, 2)
+    assert window.accept("n1", "t", 3, count=4) == (2, 0)  # 3 and 4 seen, 5 and 6 new
+    assert window.accept("n1", "t", 7) == (0, 0)
+    assert (window.duplicates, window.lost) == (3, 2)

@@ -64,7 +64,7 @@ _HELP = {
                      "shared by every node",
     "broker_bundle_bytes": "largest broker message bundling publishes to one channel made "
                            "together (a burst, POST /api/batch); 0: one broker message per "
-                           "publish",
+                           "publish (default: 7000 on PostgreSQL, 32768 on the others)",
     "auth_webhook": "URL the server POSTs {connection_id, user_id, channel, info} to, to ask "
                     "whether a connection may join a private or presence channel",
     "auth_webhook_timeout": "seconds the auth webhook may take (then: refused with 4500)",

@@ -85,7 +85,8 @@ class Settings:
     api_burst: float = 1000.0
     history: str = ""
     history_store: str = "auto"
-    broker_bundle_bytes: int = 7000
+    #: None: by broker (`bundle_bytes`)
+    broker_bundle_bytes: int | None = None
     slow_consumers: str = ""
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
@@ -105,6 +106,21 @@ class Settings:
     def names(cls) -> list[str]:
         """The option names, in declaration order."""
         return [f.name for f in fields(cls) if f.init]
+
+
+#: the largest bundle when --broker-bundle-bytes is not given: under PostgreSQL's NOTIFY
+#: limit (8000 bytes) there; the other brokers take megabytes, and a larger bundle spreads
+#: their cost per broker message over more publishes
+POSTGRESQL_BUNDLE_BYTES = 7000
+BUNDLE_BYTES = 32 * 1024
+
+
+def bundle_bytes(settings: Settings) -> int:
+    """The largest broker message that bundles publishes, for these settings' broker."""
+    if settings.broker_bundle_bytes is not None:
+        return settings.broker_bundle_bytes
+    scheme = settings.broker.partition("://")[0]
+    return POSTGRESQL_BUNDLE_BYTES if scheme.startswith("postgres") else BUNDLE_BYTES
 
 
 def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> NodeConfig:
@@ -132,7 +148,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
                     presence_ttl=settings.presence_ttl, limits=limits,
-                    broker_bundle_bytes=settings.broker_bundle_bytes)
+                    broker_bundle_bytes=bundle_bytes(settings))
     return NodeConfig(hub=hub, api_key=settings.api_key,
                       poll_timeout=settings.poll_timeout,
                       poll_session_timeout=settings.poll_session_timeout,

@@ -1,0 +1,65 @@
+"""Compact JSON as UTF-8 bytes: orjson when it is installed (the `speedups` extra), the
+standard library otherwise, with the same results wherever JSON allows.
+
+orjson encodes a message's data about ten times faster than the standard library, and the
+publish path spends much of its time there. Whatever orjson refuses goes to the standard
+library, which decides: integers beyond 64 bits, circular or very deep structures. Two
+differences remain: orjson writes NaN and infinities as `null` (the standard library
+writes `NaN`, which JSON does not allow), and it encodes a few more types (enums of any
+base, UUIDs). Decoding stays with the standard library: orjson turns integers beyond 64
+bits into floats.
+"""
+
+from __future__ import annotations
+
+import json
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from types import ModuleType
+from typing import Any
+
+orjson: ModuleType | None
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the speedups extra is optional
+    orjson = None
+
+__all__ = ["dumps", "quote"]
+
+#: dict keys that are not strings become strings (as in `json`); dataclasses and datetimes
+#: are refused (as by `json`) instead of encoded
+_OPTIONS = (0 if orjson is None else orjson.OPT_NON_STR_KEYS
+            | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+#: CPython's C encoder built once (`JSONEncoder.encode` builds one per call); `_MARKERS`
+#: is its circular-reference check
+_MARKERS: dict[int, object] = {}
+_C_COMPACT = c_make_encoder(_MARKERS, _COMPACT.default, encode_basestring, None, ":", ",",
+                            False, False, True) if c_make_encoder is not None else None
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON.
+
+    Raises:
+        TypeError: a value JSON cannot hold; ValueError: a circular reference.
+    """
+    if orjson is not None:
+        try:
+            return orjson.dumps(value, option=_OPTIONS)  # type: ignore[no-any-return]
+        except TypeError:  # orjson.JSONEncodeError: let the standard library decide
+            pass
+    if _C_COMPACT is None or type(value) is str:
+        return _COMPACT.encode(value).encode()
+    try:
+        return "".join(_C_COMPACT(value, 0)).encode()
+    except BaseException:
+        _MARKERS.clear()  # a failed encoding leaves its containers marked
+        raise
+
+
+def quote(text: str) -> bytes:
+    """A JSON string literal, UTF-8."""
+    if orjson is not None:
+        return orjson.dumps(text)  # type: ignore[no-any-return]
+    return encode_basestring(text).encode()
