@@ -665,6 +665,9 @@ class Hub:
         rule = self._streams.rule(channel)
         shared = self._streams.shared
         excludes, positions = received.excludes, received.positions
+        if rule is None and excludes is None and channel not in self._streams.loading:
+            self._plain_from_other_node(channel, received.payloads[skip:])
+            return
         for index in range(skip, len(received.payloads)):
             payload = received.payloads[index]
             exclude = excludes[index] if excludes else None
@@ -676,6 +679,18 @@ class Hub:
                 position = self._streams.keep(channel, kept, payload, now) if kept else None
                 self._fan_out(channel, payload, position,
                               ConnectionId(exclude) if exclude else None)
+
+    def _plain_from_other_node(self, channel: str, payloads: list[bytes]) -> None:
+        """`_from_other_node` for a channel without history, subscriptions still loading
+        or excluded connections (the common case): every payload to every subscriber."""
+        subscribers = self._subscribers.get(channel)
+        if not subscribers:
+            return
+        targets = tuple(subscribers)  # one snapshot for the whole bundle
+        for payload in payloads:
+            self._remote_signal(channel, payload)  # a read moves this node's position
+            self._actions.append(Deliver(targets, payload, None, channel))
+        self._messages_out += len(targets) * len(payloads)
 
     def _remote_signal(self, channel: str, payload: bytes) -> bool:
         """Whether a message from another node is a typing or read signal (kept out of
