@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from realtime_proto import ErrorCode, HubConfig, Limits, LocalProtocolError, User
+from realtime_proto import Epoch, ErrorCode, Hub, HubConfig, Limits, LocalProtocolError, User
 from realtime_proto.actions import BrokerPublish, BrokerSubscribe, BrokerUnsubscribe
 from realtime_proto.events import ConnectionId
+from realtime_proto.testing import counter_ids
 
 from .hubkit import error_codes, events, make, user
 
@@ -45,6 +46,15 @@ def test_subscribe_public_and_receive_broadcast() -> None:
         assert message["id"] == message_id
         assert (message["event"], message["channel"], message["data"]) == ("headline", "news",
                                                                           {"t": 1})
+
+
+def test_message_ids_are_unique_on_a_node_and_across_nodes() -> None:
+    ids = []
+    for node in ("a", "b"):  # each node draws its own prefix at start
+        hub = Hub(HubConfig(), new_id=counter_ids(node), epoch=Epoch(0.0, 0))
+        ids += [hub.broadcast("news", "e", n, now=0.0) for n in range(300)]
+    assert len(set(ids)) == 600
+    assert {i.rpartition(".")[0] for i in ids} == {"a-1", "b-1"}
 
 
 def test_broadcast_is_encoded_once_for_all_subscribers() -> None:
