@@ -87,7 +87,7 @@ def reads_channel(method: str, path: str) -> str | None:
 
 
 def _publish(hub: Hub, fields: dict[str, Any], now: float) -> ApiResponse:
-    ids = _broadcast(hub, _publication(fields), now)
+    [ids] = _broadcast(hub, [_publication(fields)], now)
     return 200, {"id": ids[0], "ids": ids}
 
 
@@ -106,7 +106,7 @@ def _batch(hub: Hub, fields: dict[str, Any], now: float) -> ApiResponse:
             publications.append(_publication(message))
         except MessageError as error:
             raise MessageError(error.code, f"messages[{index}]: {error.message}") from None
-    return 200, {"ids": [_broadcast(hub, p, now) for p in publications]}
+    return 200, {"ids": _broadcast(hub, publications, now)}
 
 
 _Publication = tuple[list[str], str, Any, ConnectionId | None]
@@ -127,9 +127,10 @@ def _publication(fields: dict[str, Any]) -> _Publication:
     return channels, _event(fields), fields.get("data"), ConnectionId(exclude) if exclude else None
 
 
-def _broadcast(hub: Hub, publication: _Publication, now: float) -> list[str]:
-    channels, event, data, exclude = publication
-    return [hub.broadcast(c, event, data, now=now, exclude=exclude) for c in channels]
+def _broadcast(hub: Hub, publications: list[_Publication], now: float) -> list[list[str]]:
+    """Publish in order; per publication, the message id of each of its channels."""
+    return [[hub.broadcast(channel, event, data, now=now, exclude=exclude)
+             for channel in channels] for channels, event, data, exclude in publications]
 
 
 def _object(body: bytes, max_bytes: int) -> dict[str, Any]:

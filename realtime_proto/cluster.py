@@ -37,6 +37,10 @@ def user_topic(user_id: str) -> str:
     return "u:" + user_id
 
 
+#: `Outgoing(...)` without the keyword handling of a named tuple's `__new__` (once per
+#: publish)
+_outgoing = tuple.__new__
+
 #: a bundle's header, but for what each envelope adds to it (as `bundle` counts)
 _HEADER_BYTES = 100
 
@@ -78,7 +82,8 @@ class ClusterState:
         encodes it)."""
         sequence = self._sequences.get(topic, 0) + 1
         self._sequences[topic] = sequence
-        return Outgoing(topic, sequence, kind, payload, exclude, self._clock_ms(), position)
+        return _outgoing(Outgoing, (topic, sequence, kind, payload, exclude, self._clock_ms(),
+                                    position))
 
     def bundle(self, actions: list[HubAction | Outgoing]) -> list[HubAction]:
         """The broker messages for the envelopes among `actions`: those that follow each

@@ -83,12 +83,15 @@ def encode(origin: bytes, run: list[Outgoing]) -> bytes:
     header = b'{"b":%s,"k":"%s","s":%d' % (origin, kind, first.sequence)
     if first.sent_ms is not None:
         header += b',"t":%d' % first.sent_ms
-    header += b',"n":[' + b",".join([b"%d" % len(e.payload) for e in run]) + b"]"
-    if any(e.exclude is not None for e in run):
-        header += b',"x":' + _compact([e.exclude for e in run])
-    if any(e.position is not None for e in run):
-        header += b',"p":' + _compact([e.position for e in run])
-    return b"".join([header, b"}\n", *[e.payload for e in run]])
+    payloads = [e.payload for e in run]
+    header += b',"n":[' + b",".join([b"%d" % len(p) for p in payloads]) + b"]"
+    excludes = [e.exclude for e in run]
+    if excludes.count(None) < len(run):
+        header += b',"x":' + _compact(excludes)
+    positions = [e.position for e in run]
+    if positions.count(None) < len(run):
+        header += b',"p":' + _compact(positions)
+    return b"".join([header, b"}\n", *payloads])
 
 
 def decode(data: bytes) -> Received:
