@@ -16,7 +16,8 @@ from typing import Any
 
 from .actions import BrokerPublish, Deliver, Disconnect, HubAction
 from .config import HubConfig
-from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode, json_string
+from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
+from .jsoncodec import dumps, quote
 from .presence import Entry, Member, PresenceTable
 
 __all__ = ["CLUSTER_TOPIC", "ClusterState", "channel_topic", "user_topic"]
@@ -71,7 +72,7 @@ class ClusterState:
         self._sequences: dict[str, int] = {}
         self._clock_ms = clock_ms
         self._bundle_bytes = config.broker_bundle_bytes
-        self._origin = json_string(self.node_id)  # as every envelope's header has it
+        self._origin = quote(self.node_id)  # as every envelope's header has it
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -124,7 +125,7 @@ class ClusterState:
             out[at] = BrokerPublish(run[0].topic, encode(self._origin, run))
 
     def _control(self, **fields: Any) -> BrokerPublish:
-        payload = json.dumps(fields, separators=(",", ":")).encode()
+        payload = dumps(fields)
         return BrokerPublish(CLUSTER_TOPIC, encode(self._origin, [
             self.envelope(CLUSTER_TOPIC, EnvelopeKind.CONTROL, payload)]))
 

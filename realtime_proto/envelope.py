@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import NamedTuple, final
 
 from .errors import ErrorCode, MessageError
+from .jsoncodec import dumps, quote
 
-__all__ = ["EnvelopeKind", "Outgoing", "Received", "SequenceWindow", "decode", "encode",
-           "json_string"]
+__all__ = ["EnvelopeKind", "Outgoing", "Received", "SequenceWindow", "decode", "encode"]
 
 
 class EnvelopeKind(enum.StrEnum):
@@ -62,7 +62,7 @@ class Received:
 
 def encode(origin: bytes, run: list[Outgoing]) -> bytes:
     """The broker message for one envelope, or a bundle of several: a one-line JSON header,
-    a newline, then the payload(s). `origin` is a JSON string literal (`json_string`); a
+    a newline, then the payload(s). `origin` is a JSON string literal (`jsoncodec.quote`); a
     bundle's envelopes share topic and kind and follow each other in sequence.
 
     Alone: `{"o":origin,"s":sequence,"k":kind[,"x":exclude][,"t":ms][,"e":epoch,"n":offset]}`.
@@ -74,11 +74,11 @@ def encode(origin: bytes, run: list[Outgoing]) -> bytes:
     if len(run) == 1:
         header = b'{"o":%s,"s":%d,"k":"%s"' % (origin, first.sequence, kind)
         if first.exclude is not None:
-            header += b',"x":' + json_string(first.exclude)
+            header += b',"x":' + quote(first.exclude)
         if first.sent_ms is not None:
             header += b',"t":%d' % first.sent_ms
         if first.position is not None:
-            header += b',"e":%s,"n":%d' % (json_string(first.position[0]), first.position[1])
+            header += b',"e":%s,"n":%d' % (quote(first.position[0]), first.position[1])
         return header + b"}\n" + first.payload
     header = b'{"b":%s,"k":"%s","s":%d' % (origin, kind, first.sequence)
     if first.sent_ms is not None:
@@ -87,10 +87,10 @@ def encode(origin: bytes, run: list[Outgoing]) -> bytes:
     header += b',"n":[' + b",".join([b"%d" % len(p) for p in payloads]) + b"]"
     excludes = [e.exclude for e in run]
     if excludes.count(None) < len(run):
-        header += b',"x":' + _compact(excludes)
+        header += b',"x":' + dumps(excludes)
     positions = [e.position for e in run]
     if positions.count(None) < len(run):
-        header += b',"p":' + _compact(positions)
+        header += b',"p":' + dumps(positions)
     return b"".join([header, b"}\n", *payloads])
 
 
@@ -127,17 +127,8 @@ def decode(data: bytes) -> Received:
         raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None
 
 
-def json_string(text: str) -> bytes:
-    """A JSON string literal (ids are ASCII: this is the fast case of `json.dumps`)."""
-    return json.dumps(text).encode()
-
-
 _DECODER = json.JSONDecoder()
 _KINDS = {kind.value: kind for kind in EnvelopeKind}
-
-
-def _compact(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _text(value: object) -> str:
