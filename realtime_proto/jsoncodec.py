@@ -31,10 +31,10 @@ _OPTIONS = (0 if orjson is None else orjson.OPT_NON_STR_KEYS
             | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-#: CPython's C encoder built once (`JSONEncoder.encode` builds one per call); `_MARKERS`
-#: is its circular-reference check
-_MARKERS: dict[int, object] = {}
-_C_COMPACT = c_make_encoder(_MARKERS, _COMPACT.default, encode_basestring, None, ":", ",",
+#: CPython's C encoder built once (`JSONEncoder.encode` builds one per call), without the
+#: circular-reference check, whose state would be shared by every thread: a circular value
+#: ends in RecursionError, and `_COMPACT` then says what is wrong
+_C_COMPACT = c_make_encoder(None, _COMPACT.default, encode_basestring, None, ":", ",",
                             False, False, True) if c_make_encoder is not None else None
 
 
@@ -49,13 +49,12 @@ def dumps(value: Any) -> bytes:
             return orjson.dumps(value, option=_OPTIONS)  # type: ignore[no-any-return]
         except TypeError:  # orjson.JSONEncodeError: let the standard library decide
             pass
-    if _C_COMPACT is None or type(value) is str:
-        return _COMPACT.encode(value).encode()
-    try:
-        return "".join(_C_COMPACT(value, 0)).encode()
-    except BaseException:
-        _MARKERS.clear()  # a failed encoding leaves its containers marked
-        raise
+    if _C_COMPACT is not None and type(value) is not str:
+        try:
+            return "".join(_C_COMPACT(value, 0)).encode()
+        except RecursionError:
+            pass  # circular, or deeper than the C stack allows: the checked encoder decides
+    return _COMPACT.encode(value).encode()
 
 
 def quote(text: str) -> bytes:
