@@ -643,7 +643,7 @@ class Hub:
         kind = received.kind
         if received.sent_ms is not None and kind is not EnvelopeKind.CONTROL:
             self._broker_latency.observe(
-                max(0.0, (self._epoch.unix_ms_at(now) - received.sent_ms) / 1000),
+                max(0.0, (self._unix_ms(now) - received.sent_ms) / 1000),
                 len(payloads) - skip)
         if kind is EnvelopeKind.CHANNEL:
             self._from_other_node(topic[2:], received, skip, now)
@@ -686,7 +686,9 @@ class Hub:
         subscribers = self._subscribers.get(channel)
         if not subscribers:
             return
-        targets = tuple(subscribers)  # one snapshot for the whole bundle
+        # `_deliver`'s work inline (nothing to exclude, one snapshot of the subscribers for
+        # the whole bundle): through `_deliver` node B costs 9 % more instructions
+        targets = tuple(subscribers)
         for payload in payloads:
             self._remote_signal(channel, payload)  # a read moves this node's position
             self._actions.append(Deliver(targets, payload, None, channel))

@@ -103,7 +103,6 @@ class Node:
         self._shutting_down = False
         self._dropped_messages = 0
         self._policies: dict[str | None, SlowConsumerPolicy] = {}
-        self._max_output_bytes = config.hub.limits.max_output_bytes
         self._bytes_in = 0
         self._bytes_out = 0
         rates = config.hub.rates
@@ -560,15 +559,16 @@ class Node:
         ws_frame = sse_chunk = None
         fanned = self._fanned
         routes = self._routes
-        max_output_bytes = self._max_output_bytes
-        policy = self._policies.get(action.channel) or self._policy(action.channel)
+        limits = self.config.hub.limits
+        max_output_bytes = limits.max_output_bytes
+        policy = self._policy(action.channel)
         key = (conflation_key(action.channel, action.payload)
                if policy is SlowConsumerPolicy.LATEST else None)
         for connection_id in action.connection_ids:  # the hot loop of a fan-out
             route = routes.get(connection_id)
             if type(route) is not _Transport:
                 if isinstance(route, PollSession):
-                    if not route.push(action.payload, self.config.hub.limits.max_poll_backlog):
+                    if not route.push(action.payload, limits.max_poll_backlog):
                         self._overflow_poll(route, policy, action.channel)
                     self._polls_to_answer[connection_id] = route
                 continue  # a PollSession, or gone

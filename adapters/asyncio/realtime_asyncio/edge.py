@@ -245,8 +245,9 @@ def new_node_id() -> str:
 
 class _RandomPool(threading.local):
     """Bytes from `os.urandom`, read 4 KiB at a time: one system call per 341 ids, not
-    one per id (a message id on every publish). One pool per thread; a forked child
-    starts with an empty one, so it never hands out its parent's bytes."""
+    one per id (a request id on every publish to a channel with shared history). One pool
+    per thread; a forked child starts with an empty one, so it never hands out its
+    parent's bytes."""
 
     def __init__(self) -> None:
         self.data = b""
