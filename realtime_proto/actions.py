@@ -115,6 +115,9 @@ class HistoryAppend:
     #: the channel's history rule: keep the latest `size` messages for `ttl` seconds
     size: int
     ttl: float
+    #: start a new epoch with this message: an earlier publish on the channel could not be
+    #: placed, so no recovery may span it
+    new_epoch: bool = False
 
 
 @final

@@ -6,26 +6,54 @@ when asked (`sync?` → `state`). A node that has not been heard for `presence_t
 seconds is dropped with its entries. A gap in a node's control sequence, a node heard
 for the first time, or a broker reconnect makes the others ask for a full state again,
 so presence converges whatever the broker lost.
+
+Envelopes name the run of their origin too (its incarnation: when it started), so a node
+restarted with the same id is a new sender at once: its sequences start over for the
+others and the entries of its previous run are dropped without waiting for the TTL. What
+a node has seen from the others survives its own broker outages: a gap across one is
+counted and reported (`Heard.gap`), and the full state a node sends on request carries
+its latest sequence per channel and user topic, so a loss at the end of a stream, with
+nothing after it, shows too (`control`'s catch-ups).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from .actions import BrokerPublish, Deliver, Disconnect, HubAction
+from .actions import (
+    BrokerPublish,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    Deliver,
+    Disconnect,
+    HubAction,
+)
 from .config import HubConfig
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
 from .jsoncodec import dumps, quote
 from .presence import Entry, Member, PresenceTable
 
-__all__ = ["CLUSTER_TOPIC", "ClusterState", "channel_topic", "user_topic"]
+__all__ = ["CLUSTER_TOPIC", "ClusterState", "Heard", "channel_topic", "user_topic"]
 
 #: the topic every node subscribes to for presence and liveness
 CLUSTER_TOPIC = "_cluster"
 
 Changes = list[tuple[str, Member]]
+
+
+class Heard(NamedTuple):
+    """What one broker message means to this node (`ClusterState.receive`)."""
+
+    #: how many of its first envelopes to skip (our own echo, seen already, a past run's)
+    skip: int
+    #: how many envelopes of its origin on its topic were missed before it
+    gap: int
+    #: sync requests it calls for
+    actions: list[BrokerPublish]
+    #: presence entries of a previous run of its origin, dropped now
+    left: Changes
 
 
 def channel_topic(channel: str) -> str:
@@ -59,12 +87,22 @@ def _extra_bytes(envelope: Outgoing) -> int:
 class ClusterState:
     """Sequences, liveness and the cluster-wide presence table of one node."""
 
-    def __init__(self, config: HubConfig, now: float, clock_ms: Callable[[], int]) -> None:
+    def __init__(self, config: HubConfig, now: float, clock_ms: Callable[[], int],
+                 incarnation: int) -> None:
         self.node_id = config.node_id
+        self.incarnation = incarnation
         self.presence = PresenceTable()
-        self.window = SequenceWindow()
+        self.window = SequenceWindow(self._baseline)
+        #: our channel and user topics -> when we subscribed
+        self._subscribed_at: dict[str, float] = {}
+        #: other nodes -> when their last full state came, and their sequences in it
+        self._states: dict[str, tuple[float, dict[str, Any]]] = {}
         #: other nodes -> when they were last heard (monotonic seconds)
         self.heard: dict[str, float] = {}
+        #: other nodes -> the run of theirs heard last
+        self.incarnations: dict[str, int] = {}
+        #: envelopes of a previous run of their origin, dropped
+        self.stale = 0
         self.broker_connected = True
         self._heartbeat_interval = config.presence_heartbeat_interval
         self._ttl = config.presence_ttl
@@ -122,11 +160,11 @@ class ClusterState:
 
     def _close_bundle(self, run: list[Outgoing], out: list[HubAction], at: int) -> None:
         if run:
-            out[at] = BrokerPublish(run[0].topic, encode(self._origin, run))
+            out[at] = BrokerPublish(run[0].topic, encode(self._origin, self.incarnation, run))
 
     def _control(self, **fields: Any) -> BrokerPublish:
         payload = dumps(fields)
-        return BrokerPublish(CLUSTER_TOPIC, encode(self._origin, [
+        return BrokerPublish(CLUSTER_TOPIC, encode(self._origin, self.incarnation, [
             self.envelope(CLUSTER_TOPIC, EnvelopeKind.CONTROL, payload)]))
 
     def hello(self) -> list[BrokerPublish]:
@@ -134,14 +172,41 @@ class ClusterState:
         return [self._control(t="sync?")]
 
     def restored(self) -> list[BrokerPublish]:
-        """After a broker outage: forget sequences, announce our state, ask for theirs."""
-        self.window.forget_all()
+        """After a broker outage: announce our state, ask for theirs (their answers show
+        what we missed meanwhile; the sequences seen before the outage are kept for that)."""
         return [self._state(), self._control(t="sync?")]
 
     def _state(self) -> BrokerPublish:
+        """Our presence entries, and our latest sequence on each channel and user topic."""
         entries = [[e.channel, e.connection_id, e.member.user_id, dict(e.member.info)]
                    for e in self.presence.entries_of(self.node_id)]
-        return self._control(t="state", e=entries)
+        latest = {topic: sequence for topic, sequence in self._sequences.items()
+                  if topic != CLUSTER_TOPIC}
+        return self._control(t="state", e=entries, q=latest)
+
+    # -- our subscriptions ---------------------------------------------------------------
+
+    def subscribe(self, topic: str, now: float) -> BrokerSubscribe:
+        """We start receiving a channel or user topic."""
+        self._subscribed_at[topic] = now
+        return BrokerSubscribe(topic)
+
+    def unsubscribe(self, topic: str) -> BrokerUnsubscribe:
+        """We stop receiving a topic: what we knew of its sequences goes with it."""
+        self._subscribed_at.pop(topic, None)
+        self.window.forget_topic(topic)
+        return BrokerUnsubscribe(topic)
+
+    def _baseline(self, origin: str, topic: str) -> int | None:
+        """The sequence of `origin` on `topic` that its first envelope to reach us should
+        follow: the one its last full state gave, if we were subscribed by then (what it
+        published after that is ours to receive); else unknown."""
+        state = self._states.get(origin)
+        since = self._subscribed_at.get(topic)
+        if state is None or since is None or state[0] <= since:
+            return None
+        sequence = state[1].get(topic, 0)
+        return sequence if type(sequence) is int else None
 
     # -- our own presence ----------------------------------------------------------------
 
@@ -161,33 +226,49 @@ class ClusterState:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def receive(self, topic: str, received: Received, now: float) -> tuple[int, list[
-            BrokerPublish]]:
-        """How many of the first envelopes of a broker message to skip (our own echo, or
-        seen already), and any sync requests it needs."""
+    def receive(self, topic: str, received: Received, now: float) -> Heard:
+        """What a broker message means: how many of its first envelopes to skip, how many
+        before it were missed, the sync requests it needs, and, when it comes from a new
+        run of its origin, the presence entries of the previous run."""
         origin = received.origin
         count = len(received.payloads)
         if origin == self.node_id:
-            return count, []  # our own, echoed by the broker
+            return Heard(count, 0, [], [])  # our own, echoed by the broker
+        run, known = received.incarnation, self.incarnations.get(origin)
+        left: Changes = []
+        if known is not None and run < known:
+            self.stale += count  # sent by a previous run, overtaken by the current one
+            return Heard(count, 0, [], [])
+        if known is not None and run > known:  # restarted: a new sender with the same id
+            self.window.forget_origin(origin)
+            self._states.pop(origin, None)
+            left = self.presence.remove_node(origin)
+        self.incarnations[origin] = run
         actions = []
-        is_new = origin not in self.heard
+        is_new = origin not in self.heard or run != known
         self.heard[origin] = now
         skip, gap = self.window.accept(origin, topic, received.sequence, count)
         if topic == CLUSTER_TOPIC and (gap or is_new):
             actions.append(self._control(t="sync?", to=origin))
-        return skip, actions
+        return Heard(skip, gap, actions, left)
 
-    def control(self, origin: str, payload: bytes) -> tuple[Changes, Changes,
-                                                             list[BrokerPublish]]:
-        """Apply a control envelope of another node; (joined, left, replies)."""
+    def control(self, origin: str, payload: bytes, now: float,
+                subscribed: Callable[[str], bool]
+                ) -> tuple[Changes, Changes, list[BrokerPublish], list[tuple[str, int]]]:
+        """Apply a control envelope of another node; (joined, left, replies, catch-ups).
+
+        The catch-ups are (topic, count) for the topics this node is `subscribed` to on
+        which a full state of the origin shows messages that never arrived.
+        """
+        joined: Changes = []
+        left: Changes = []
+        replies: list[BrokerPublish] = []
+        caught_up: list[tuple[str, int]] = []
         try:
             body = json.loads(payload)
             kind = body["t"]
         except (ValueError, TypeError, KeyError):
-            return [], [], []
-        joined: Changes = []
-        left: Changes = []
-        replies: list[BrokerPublish] = []
+            return joined, left, replies, caught_up
         try:
             if kind == "join":
                 member = Member(user_id=str(body["u"]), info=dict(body.get("i") or {}))
@@ -204,11 +285,26 @@ class ClusterState:
                                  member=Member(user_id=str(u), info=dict(i or {})))
                            for c, n, u, i in body["e"]]
                 joined, left = self.presence.replace_node(origin, entries)
+                latest = body.get("q") or {}
+                if isinstance(latest, dict):
+                    caught_up = self._catch_up(origin, latest, subscribed)
+                    self._states[origin] = (now, latest)
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             pass  # a malformed control message from another node changes nothing
-        return joined, left, replies
+        return joined, left, replies, caught_up
+
+    def _catch_up(self, origin: str, latest: dict[str, Any],
+                  subscribed: Callable[[str], bool]) -> list[tuple[str, int]]:
+        """Compare another node's latest sequences with what arrived from it."""
+        found = []
+        for topic, sequence in latest.items():
+            if type(sequence) is int and subscribed(topic):
+                missed = self.window.catch_up(origin, topic, sequence)
+                if missed:
+                    found.append((topic, missed))
+        return found
 
     def sweep(self, now: float) -> tuple[list[BrokerPublish], Changes]:
         """Heartbeat when due, and drop nodes silent for longer than the TTL."""
@@ -220,6 +316,8 @@ class ClusterState:
         for node, last in list(self.heard.items()):
             if now - last > self._ttl:
                 del self.heard[node]
+                self.incarnations.pop(node, None)
+                self._states.pop(node, None)
                 self.window.forget_origin(node)
                 left.extend(self.presence.remove_node(node))
         return actions, left

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, final
 
@@ -55,24 +56,29 @@ class Received:
     sequence: int
     payloads: list[bytes]
     sent_ms: int | None = None
+    #: which run of the origin node sent it (its start time, Unix ms); 0 if not said
+    incarnation: int = 0
     #: per payload, when any has one
     excludes: list[str | None] | None = None
     positions: list[tuple[str, int] | None] | None = None
 
 
-def encode(origin: bytes, run: list[Outgoing]) -> bytes:
+def encode(origin: bytes, incarnation: int, run: list[Outgoing]) -> bytes:
     """The broker message for one envelope, or a bundle of several: a one-line JSON header,
-    a newline, then the payload(s). `origin` is a JSON string literal (`jsoncodec.quote`); a
-    bundle's envelopes share topic and kind and follow each other in sequence.
+    a newline, then the payload(s). `origin` is a JSON string literal (`jsoncodec.quote`);
+    `incarnation` tells the origin's runs apart (a restarted node's sequences start over);
+    a bundle's envelopes share topic and kind and follow each other in sequence.
 
-    Alone: `{"o":origin,"s":sequence,"k":kind[,"x":exclude][,"t":ms][,"e":epoch,"n":offset]}`.
-    Bundled: `{"b":origin,"k":kind,"s":first sequence[,"t":ms],"n":[lengths]
+    Alone: `{"o":origin,"i":incarnation,"s":sequence,"k":kind[,"x":exclude][,"t":ms]
+    [,"e":epoch,"n":offset]}`.
+    Bundled: `{"b":origin,"i":incarnation,"k":kind,"s":first sequence[,"t":ms],"n":[lengths]
     [,"x":[exclude or null, …]][,"p":[[epoch,offset] or null, …]]}`.
     """
     first = run[0]
     kind = first.kind.value.encode()
     if len(run) == 1:
-        header = b'{"o":%s,"s":%d,"k":"%s"' % (origin, first.sequence, kind)
+        header = b'{"o":%s,"i":%d,"s":%d,"k":"%s"' % (origin, incarnation, first.sequence,
+                                                       kind)
         if first.exclude is not None:
             header += b',"x":' + quote(first.exclude)
         if first.sent_ms is not None:
@@ -80,7 +86,7 @@ def encode(origin: bytes, run: list[Outgoing]) -> bytes:
         if first.position is not None:
             header += b',"e":%s,"n":%d' % (quote(first.position[0]), first.position[1])
         return header + b"}\n" + first.payload
-    header = b'{"b":%s,"k":"%s","s":%d' % (origin, kind, first.sequence)
+    header = b'{"b":%s,"i":%d,"k":"%s","s":%d' % (origin, incarnation, kind, first.sequence)
     if first.sent_ms is not None:
         header += b',"t":%d' % first.sent_ms
     payloads = [e.payload for e in run]
@@ -105,7 +111,8 @@ def decode(data: bytes) -> Received:
         header = _DECODER.decode(head.decode()) if newline else {}
         if "b" not in header:
             return Received(_text(header["o"]), _KINDS[header["k"]], _number(header["s"]),
-                            [body], _sent_ms(header.get("t")), _excludes(header.get("x"), 1),
+                            [body], _sent_ms(header.get("t")), _number(header.get("i", 0)),
+                            _excludes(header.get("x"), 1),
                             _positions([[header["e"], header["n"]]] if "e" in header
                                        else None, 1))
         lengths = header["n"]
@@ -121,8 +128,8 @@ def decode(data: bytes) -> Received:
             raise ValueError
         count = len(payloads)
         return Received(_text(header["b"]), _KINDS[header["k"]], _number(header["s"]),
-                        payloads, _sent_ms(header.get("t")), _excludes(header.get("x"), count),
-                        _positions(header.get("p"), count))
+                        payloads, _sent_ms(header.get("t")), _number(header.get("i", 0)),
+                        _excludes(header.get("x"), count), _positions(header.get("p"), count))
     except (ValueError, TypeError, LookupError, AttributeError):
         raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None
 
@@ -175,8 +182,10 @@ def _positions(value: object, count: int) -> list[tuple[str, int] | None] | None
 class SequenceWindow:
     """Per (origin, topic) sequence tracking: drops duplicates, counts gaps."""
 
-    def __init__(self) -> None:
+    def __init__(self, baseline: Callable[[str, str], int | None] | None = None) -> None:
         self._last: dict[tuple[str, str], int] = {}
+        #: for a pair seen for the first time: the sequence known to precede it, if any
+        self._baseline = baseline or (lambda origin, topic: None)
         self.duplicates = 0
         self.lost = 0
 
@@ -186,8 +195,10 @@ class SequenceWindow:
         key = (origin, topic)
         last = self._last.get(key)
         if last is None:
-            self._last[key] = sequence + count - 1
-            return 0, 0
+            last = self._baseline(origin, topic)
+            if last is None:
+                self._last[key] = sequence + count - 1
+                return 0, 0
         skip = min(count, max(0, last - sequence + 1))
         gap = max(0, sequence - last - 1)
         self.duplicates += skip
@@ -195,6 +206,21 @@ class SequenceWindow:
         if skip < count:
             self._last[key] = sequence + count - 1
         return skip, gap
+
+    def catch_up(self, origin: str, topic: str, sequence: int) -> int:
+        """The origin says its latest sequence on the topic is `sequence`: how many of its
+        messages up to there were missed. A topic not seen from it yet starts here."""
+        key = (origin, topic)
+        last = self._last.get(key)
+        if last is None:
+            last = self._baseline(origin, topic)
+        if last is not None and sequence <= last:
+            return 0
+        self._last[key] = sequence
+        if last is None:
+            return 0
+        self.lost += sequence - last
+        return sequence - last
 
     def forget_origin(self, origin: str) -> None:
         """Drop what is known of a node (it expired or restarted)."""
@@ -205,7 +231,3 @@ class SequenceWindow:
         """Drop what is known of a topic (this node unsubscribed from it)."""
         for key in [k for k in self._last if k[1] == topic]:
             del self._last[key]
-
-    def forget_all(self) -> None:
-        """Start over (after a broker outage, when sequences may have moved on)."""
-        self._last.clear()

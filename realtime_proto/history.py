@@ -54,6 +54,13 @@ class StreamSlice:
         after = [o for o, _ in self.entries if since < o <= self.offset]
         return len(after) == self.offset - since and (not after or after[0] == since + 1)
 
+    def missing(self, epoch: str, since: int) -> int | None:
+        """How many messages after (`epoch`, `since`) this slice lacks; None when it cannot
+        say (another epoch, or an offset it never had)."""
+        if epoch != self.epoch or not 0 <= since <= self.offset:
+            return None
+        return self.offset - since - len(self.after(since))
+
     def after(self, since: int) -> list[tuple[int, bytes]]:
         """The entries after offset `since`."""
         return [(o, p) for o, p in self.entries if o > since]
@@ -86,6 +93,12 @@ class ChannelStream:
         self._trim(now)
         return self.offset
 
+    def skip(self, count: int) -> tuple[int, int]:
+        """Leave a hole of `count` offsets for messages that never arrived; its range."""
+        first = self.offset + 1
+        self.offset += count
+        return first, self.offset
+
     def read(self, now: float) -> StreamSlice:
         """Everything the stream still holds."""
         self._trim(now)
@@ -98,18 +111,24 @@ class ChannelStream:
 
 class MemoryStore:
     """Shared streams in one process's memory: what a broker's store does, for nodes that
-    share a process (the in-process cluster, tests, the seeded simulation)."""
+    share a process (the in-process cluster, tests, the seeded simulation).
+
+    Set `down` to make every call fail as an unreachable store's would.
+    """
 
     def __init__(self, new_epoch: Callable[[], str]) -> None:
         self._new_epoch = new_epoch
         self._streams: dict[str, ChannelStream] = {}
         self._reads = ChannelSignals(typing_interval=0.0)
+        self.down = False
 
     def append(self, action: HistoryAppend, now: float) -> HistoryAppended:
         """Carry out a `HistoryAppend`."""
+        if self.down:
+            return HistoryAppended(request_id=action.request_id, error="store down")
         rule = HistoryRule(action.channel, action.size, action.ttl)
         stream = self._streams.get(action.channel)
-        if stream is None:
+        if stream is None or action.new_epoch:
             stream = self._streams[action.channel] = ChannelStream(rule, self._new_epoch)
         stream.rule = rule
         offset = stream.append(action.payload, now)
@@ -117,6 +136,8 @@ class MemoryStore:
 
     def read(self, action: HistoryRead, now: float) -> HistoryLoaded:
         """Carry out a `HistoryRead`."""
+        if self.down:
+            return HistoryLoaded(request_id=action.request_id, error="store down")
         stream = self._streams.get(action.channel)
         if stream is None:
             rule = HistoryRule(action.channel, max(action.limit, 1), action.ttl)

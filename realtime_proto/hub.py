@@ -9,7 +9,6 @@ from typing import Any
 from .actions import (
     Authorize,
     BrokerSubscribe,
-    BrokerUnsubscribe,
     ConnectionInfo,
     Deliver,
     Disconnect,
@@ -49,9 +48,12 @@ from .presence import Member
 from .ratelimit import TokenBucket
 from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
 from .statistics import HubStatistics
-from .streams import Position, Streams
+from .streams import Gap, Position, Ready, Streams
 
-__all__ = ["Hub"]
+__all__ = ["LOST_EVENT", "Hub"]
+
+#: the event that tells subscribers that messages of a channel (or to their user) were lost
+LOST_EVENT = "messages.lost"
 
 
 class Hub:
@@ -84,7 +86,7 @@ class Hub:
         #: envelopes (`Outgoing`) become broker messages when drained (`actions`)
         self._actions: list[HubAction | Outgoing] = []
         self._cluster = ClusterState(config, self._now,
-                                     lambda: self._unix_ms(self._now))
+                                     lambda: self._unix_ms(self._now), epoch.unix_ms)
         self._broker_latency = Histogram()
         self._broker_report = BrokerReported()
         self._next_sweep_at = self._now
@@ -94,6 +96,8 @@ class Hub:
         self._errors: Counter[int] = Counter()
         self._recoveries: Counter[bool] = Counter()
         self._history_failures = 0
+        #: messages this node's subscribers were told they lost
+        self._reported_lost = 0
         self._actions.append(BrokerSubscribe(CLUSTER_TOPIC))
         self._actions.extend(self._cluster.hello())
 
@@ -144,8 +148,8 @@ class Hub:
         self._next_sweep_at = now + self.config.sweep_interval
         self._sweep_connections(now)
         self._sweep_pending(now)
-        for channel, ready in self._streams.overdue(now):
-            self._fan_out(channel, *ready)
+        for channel, item in self._streams.overdue(now):
+            self._ready(channel, item)
         actions, left = self._cluster.sweep(now)
         self._actions.extend(actions)
         self._announce(left, "user.left", now)
@@ -211,9 +215,16 @@ class Hub:
         if position is None:
             self._fan_out(channel, payload, None, exclude)
             return
-        for ready in self._streams.order(channel, position, payload, exclude, self._now,
-                                         self.config.sweep_interval):
-            self._fan_out(channel, *ready)
+        for item in self._streams.order(channel, position, payload, exclude, self._now,
+                                        self.config.sweep_interval):
+            self._ready(channel, item)
+
+    def _ready(self, channel: str, item: Ready | Gap) -> None:
+        """A shared channel's next message in offset order, or the range given up on."""
+        if isinstance(item, Gap):
+            self._tell_lost(channel, item.last - item.first + 1, item)
+        else:
+            self._fan_out(channel, *item)
 
     def _fan_out(self, channel: str, payload: bytes, position: Position | None,
                  exclude: ConnectionId | None) -> None:
@@ -300,6 +311,8 @@ class Hub:
             nodes=len(self._cluster.heard) + 1,
             recoveries=dict(self._recoveries),
             history_failures=self._history_failures,
+            envelopes_stale=self._cluster.stale,
+            lost_reported=self._reported_lost,
             broker_topics=len(self._subscribers) + len(self._users) + 1,
             broker_latency=self._broker_latency.snapshot(),
             broker_driver=self._broker_report,
@@ -333,7 +346,7 @@ class Hub:
         if conn.user is not None:
             local = self._users.setdefault(conn.user.id, set())
             if not local:
-                self._actions.append(BrokerSubscribe(user_topic(conn.user.id)))
+                self._actions.append(self._cluster.subscribe(user_topic(conn.user.id), now))
             local.add(conn.id)
         self._reply(conn, "connection.established", {
             "connection_id": conn.id,
@@ -352,7 +365,7 @@ class Hub:
             local.discard(conn.id)
             if not local:
                 del self._users[conn.user.id]
-                self._actions.append(BrokerUnsubscribe(user_topic(conn.user.id)))
+                self._actions.append(self._cluster.unsubscribe(user_topic(conn.user.id)))
 
     def _drop(self, conn: Connection, code: int, reason: str) -> None:
         self._remove(conn)
@@ -495,7 +508,7 @@ class Hub:
         conn.channels.add(channel)
         subscribers = self._subscribers.setdefault(channel, {})
         if not subscribers:
-            self._actions.append(BrokerSubscribe(channel_topic(channel)))
+            self._actions.append(self._cluster.subscribe(channel_topic(channel), now))
         subscribers[conn.id] = None
         rule = self._streams.rule(channel)
         if rule is not None and self._streams.shared:
@@ -530,14 +543,19 @@ class Hub:
         if history is not None:
             success = {"epoch": history.epoch, "offset": history.offset}
             if request.recover is not None:
-                recovered = history.recovers(*request.recover)
+                epoch, since = request.recover
+                recovered = history.recovers(epoch, since)
                 success["recovered"] = recovered
                 self._recoveries[recovered] += 1
-                missed = history.after(request.recover[1]) if recovered else []
+                if recovered or epoch == history.epoch:
+                    missed = history.after(since)  # all of it, or what is left of it
+                success["replayed"] = len(missed)
+                if not recovered:
+                    success["missing"] = history.missing(epoch, since)
             elif request.history:
                 missed = history.last(request.history)
         elif request.recover is not None:
-            success["recovered"] = False
+            success.update(recovered=False, replayed=0, missing=None)
             self._recoveries[False] += 1
         self._reply(conn, "subscription.succeeded", success, now, channel)
         if history is not None:
@@ -578,8 +596,7 @@ class Hub:
         if not subscribers:
             del self._subscribers[channel]
             self._streams.forget(channel)
-            self._actions.append(BrokerUnsubscribe(channel_topic(channel)))
-            self._cluster.window.forget_topic(channel_topic(channel))
+            self._actions.append(self._cluster.unsubscribe(channel_topic(channel)))
         if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
             member, actions = self._cluster.leave(channel, conn.id)
             self._actions.extend(actions)
@@ -635,9 +652,14 @@ class Hub:
         except MessageError:
             self._errors[ErrorCode.MALFORMED_MESSAGE] += 1
             return
-        skip, actions = self._cluster.receive(topic, received, now)
-        self._actions.extend(actions)
-        payloads = received.payloads
+        heard = self._cluster.receive(topic, received, now)
+        self._actions.extend(heard.actions)
+        self._announce(heard.left, "user.left", now)
+        skip, payloads = heard.skip, received.payloads
+        if heard.gap and (not self._streams.shared or not received.positions
+                          or self._streams.rule(topic[2:]) is None):
+            # (a shared stream's offsets show its own gaps, with their range: `_ready`)
+            self._lost(topic, heard.gap, now)
         if skip >= len(payloads):
             return
         kind = received.kind
@@ -653,10 +675,48 @@ class Hub:
                 self._deliver(targets, payload)
         else:
             for payload in payloads[skip:]:
-                joined, left, actions = self._cluster.control(received.origin, payload)
+                joined, left, actions, caught_up = self._cluster.control(
+                    received.origin, payload, now, self._receives)
                 self._actions.extend(actions)
                 self._announce(joined, "user.joined", now)
                 self._announce(left, "user.left", now)
+                for lost_topic, count in caught_up:
+                    self._lost(lost_topic, count, now)
+
+    def _receives(self, topic: str) -> bool:
+        """Whether this node is subscribed to a channel or user topic."""
+        kind, _, name = topic.partition(":")
+        return name in (self._subscribers if kind == "c" else self._users if kind == "u"
+                        else ())
+
+    def _lost(self, topic: str, count: int, now: float) -> None:
+        """`count` messages of another node on a topic never arrived: tell the local
+        subscribers, and leave a hole of that size in the channel's own stream, so that no
+        recovery across it claims success."""
+        kind, _, name = topic.partition(":")
+        if kind == "u":
+            self._tell_lost(None, count, None, self._users.get(name, ()))
+            return
+        if kind != "c" or name not in self._subscribers:
+            return
+        rule = self._streams.rule(name)
+        hole = self._streams.skip(name, rule, count) if rule and not self._streams.shared \
+            else None
+        self._tell_lost(name, count, hole)
+
+    def _tell_lost(self, channel: str | None, count: int, hole: Gap | None,
+                   targets: Iterable[ConnectionId] | None = None) -> None:
+        """The `messages.lost` event, to a channel's subscribers (or the given targets)."""
+        data: dict[str, JsonValue] = {"count": count}
+        if hole is not None:
+            data.update(epoch=hole.epoch, **{"from": hole.first, "to": hole.last})
+        _, payload = self._encode(MessageType.EVENT, self._now, channel=channel,
+                                  event=LOST_EVENT, data=data)
+        if targets is None:
+            targets = self._subscribers.get(channel, ()) if channel is not None else ()
+        chosen = tuple(targets)
+        self._reported_lost += count * len(chosen)
+        self._deliver(chosen, payload)
 
     def _from_other_node(self, channel: str, received: Received, skip: int,
                          now: float) -> None:

@@ -139,6 +139,12 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", hub.envelopes_lost)])
     metric("broker_envelopes_duplicate_total", "counter", "Duplicate envelopes dropped.",
            [("", hub.envelopes_duplicate)])
+    metric("broker_envelopes_stale_total", "counter",
+           "Envelopes of a previous run of a restarted node, dropped.",
+           [("", hub.envelopes_stale)])
+    metric("messages_lost_reported_total", "counter",
+           "Lost messages reported to subscribers (messages.lost), once per subscriber.",
+           [("", hub.lost_reported)])
     metric("recoveries_total", "counter", "Subscriptions that asked to recover, by outcome.",
            [(f'outcome="{name}"', hub.recoveries.get(ok, 0))
             for ok, name in ((True, "recovered"), (False, "failed"))])

@@ -31,6 +31,10 @@ class HubStatistics:
     recoveries: Mapping[bool, int]
     #: shared-history appends and reads that failed (messages went out without a position)
     history_failures: int
+    #: envelopes of a previous run of a restarted node, dropped
+    envelopes_stale: int = 0
+    #: messages local subscribers were told they lost (`messages.lost`), per subscriber
+    lost_reported: int = 0
     #: broker topics this node asked for: its channels, its users, and the cluster topic
     broker_topics: int
     #: publish on another node → delivery here

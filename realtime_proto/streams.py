@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .actions import HistoryAppend, HistoryRead
 from .connection import SubscribeOptions
 from .events import ConnectionId, HistoryAppended, HistoryLoaded
 from .history import ChannelStream, HistoryRule, StreamSlice, find_rule
 
-__all__ = ["Append", "Loading", "Streams"]
+__all__ = ["Append", "Gap", "Loading", "Streams"]
 
 #: how many channels' rule lookups are remembered before the memo starts over
 _RULE_MEMO = 4096
@@ -26,6 +26,14 @@ _RULE_MEMO = 4096
 Position = tuple[str, int]
 #: a channel message ready for this node's subscribers: unstamped payload, position, exclude
 Ready = tuple[bytes, Position, ConnectionId | None]
+
+
+class Gap(NamedTuple):
+    """Offsets of a channel's stream that never reached this node (given up on)."""
+
+    epoch: str
+    first: int
+    last: int
 
 
 @dataclass(slots=True)
@@ -86,6 +94,9 @@ class Streams:
         self.loading: dict[str, dict[ConnectionId, Loading]] = {}
         self._reads: dict[str, tuple[str, ConnectionId]] = {}
         self._sequences: dict[str, _Sequence] = {}
+        #: channels with a publish the store could not place: the next append starts a new
+        #: epoch, so that no recovery spans the message that is not in the stream
+        self._broken: set[str] = set()
 
     def rule(self, channel: str) -> HistoryRule | None:
         """The channel's history rule, if it keeps history."""
@@ -106,6 +117,11 @@ class Streams:
         stream = self._stream(channel, rule)
         return stream.epoch, stream.append(payload, now)
 
+    def skip(self, channel: str, rule: HistoryRule, count: int) -> Gap:
+        """Messages of the channel that never reached this node: a hole in its stream."""
+        stream = self._stream(channel, rule)
+        return Gap(stream.epoch, *stream.skip(count))
+
     def local_slice(self, channel: str, rule: HistoryRule, now: float) -> StreamSlice:
         """What this node's stream of the channel holds."""
         return self._stream(channel, rule).read(now)
@@ -124,7 +140,7 @@ class Streams:
         request_id = self._new_id()
         self._appends[request_id] = Append(channel, payload, exclude)
         return HistoryAppend(request_id=request_id, channel=channel, payload=payload,
-                             size=rule.size, ttl=rule.ttl)
+                             size=rule.size, ttl=rule.ttl, new_epoch=channel in self._broken)
 
     def appended(self, answer: HistoryAppended) -> list[Append]:
         """Record an answer; the publishes now ready to go out, in publish order."""
@@ -132,6 +148,10 @@ class Streams:
         if append is None:
             return []
         append.answer = answer
+        if append.position is None:
+            self._broken.add(append.channel)
+        else:
+            self._broken.discard(append.channel)
         ready = []
         for request_id, first in list(self._appends.items()):
             if first.answer is None:
@@ -141,7 +161,7 @@ class Streams:
         return ready
 
     def order(self, channel: str, position: Position, payload: bytes,
-              exclude: ConnectionId | None, now: float, wait: float) -> list[Ready]:
+              exclude: ConnectionId | None, now: float, wait: float) -> list[Ready | Gap]:
         """Put a shared channel's live messages in offset order: those ready now.
 
         A message ahead of a gap waits for it at most `wait` seconds (see `overdue`); one
@@ -158,9 +178,10 @@ class Streams:
         sequence.held[offset] = (payload, exclude)
         return _release(sequence, give_up=False)
 
-    def overdue(self, now: float) -> list[tuple[str, Ready]]:
-        """Messages that waited their time for a gap that did not fill, in order."""
-        ready: list[tuple[str, Ready]] = []
+    def overdue(self, now: float) -> list[tuple[str, Ready | Gap]]:
+        """Messages that waited their time for a gap that did not fill, in order, each gap
+        given up on before them."""
+        ready: list[tuple[str, Ready | Gap]] = []
         for channel, sequence in self._sequences.items():
             if sequence.held and sequence.deadline <= now:
                 ready.extend((channel, item) for item in _release(sequence, give_up=True))
@@ -227,15 +248,18 @@ class Streams:
                            if v != (channel, connection_id)}
 
 
-def _release(sequence: _Sequence, *, give_up: bool) -> list[Ready]:
-    """Take the held messages that are next in line; with `give_up`, skip the gaps."""
-    ready: list[Ready] = []
+def _release(sequence: _Sequence, *, give_up: bool) -> list[Ready | Gap]:
+    """Take the held messages that are next in line; with `give_up`, skip the gaps (and
+    say so)."""
+    ready: list[Ready | Gap] = []
     held = sequence.held
     while held:
         if sequence.next not in held:
             if not give_up:
                 break
-            sequence.next = min(held)
+            resume = min(held)
+            ready.append(Gap(sequence.epoch, sequence.next, resume - 1))
+            sequence.next = resume
         payload, exclude = held.pop(sequence.next)
         ready.append((payload, (sequence.epoch, sequence.next), exclude))
         sequence.next += 1

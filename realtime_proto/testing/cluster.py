@@ -22,18 +22,26 @@ __all__ = ["Cluster", "SimulatedBroker"]
 class SimulatedBroker:
     """Pub/Sub like Redis or NATS: seeded delays, FIFO per publisher and subscriber.
 
-    A partitioned node neither sends nor receives; what it would have got is lost, as
-    on a real Pub/Sub broker. Subscriptions survive a partition (a real driver
-    resubscribes when it reconnects).
+    A partitioned (disconnected) node receives nothing; what it would have got is lost, as
+    on a real Pub/Sub broker. Its publishes wait in its driver's queue (at most
+    `queue_size`, the oldest dropped first) and go out when it reconnects, as the real
+    drivers do. Subscriptions survive a partition (a real driver resubscribes when it
+    reconnects); `restart` loses everything the broker held, messages on their way
+    included.
     """
 
     def __init__(self, rng: random.Random, *, min_delay: float = 0.001,
-                 max_delay: float = 0.05) -> None:
+                 max_delay: float = 0.05, queue_size: int = 10_000) -> None:
         self._rng = rng
         self.min_delay = min_delay
         self.max_delay = max_delay
+        self.queue_size = queue_size
         self.subscriptions: dict[str, set[str]] = {}
         self.partitioned: set[str] = set()
+        #: publishes of disconnected nodes, waiting in their drivers
+        self.outboxes: dict[str, list[tuple[str, bytes]]] = {}
+        #: publishes dropped because a driver's queue was full
+        self.dropped = 0
         self._queue: list[tuple[float, int, str, str, bytes]] = []
         self._order = itertools.count()
         self._last_at: dict[tuple[str, str], float] = {}
@@ -48,14 +56,32 @@ class SimulatedBroker:
                 self.subscriptions.get(node_id, set()).discard(topic)
             case BrokerPublish(topic, data):
                 if node_id in self.partitioned:
+                    outbox = self.outboxes.setdefault(node_id, [])
+                    outbox.append((topic, data))
+                    if len(outbox) > self.queue_size:
+                        del outbox[0]
+                        self.dropped += 1
                     return
-                self.published += 1
-                for target, topics in self.subscriptions.items():
-                    if topic in topics and target not in self.partitioned:
-                        at = now + self._rng.uniform(self.min_delay, self.max_delay)
-                        at = max(at, self._last_at.get((node_id, target), 0.0))  # FIFO
-                        self._last_at[(node_id, target)] = at
-                        heapq.heappush(self._queue, (at, next(self._order), target, topic, data))
+                self._publish(node_id, topic, data, now)
+
+    def flush(self, node_id: str, now: float) -> None:
+        """A node reconnected: what waited in its driver goes out, in order."""
+        for topic, data in self.outboxes.pop(node_id, []):
+            self._publish(node_id, topic, data, now)
+
+    def restart(self) -> None:
+        """The broker loses its state: messages on their way are gone."""
+        self._queue.clear()
+
+    def _publish(self, node_id: str, topic: str, data: bytes, now: float) -> None:
+        """Hand a message to every subscriber that is connected."""
+        self.published += 1
+        for target, topics in self.subscriptions.items():
+            if topic in topics and target not in self.partitioned:
+                at = now + self._rng.uniform(self.min_delay, self.max_delay)
+                at = max(at, self._last_at.get((node_id, target), 0.0))  # FIFO
+                self._last_at[(node_id, target)] = at
+                heapq.heappush(self._queue, (at, next(self._order), target, topic, data))
 
     def next_time(self) -> float | None:
         """When the next delivery is due."""
@@ -96,7 +122,9 @@ class Cluster:
     def add_node(self, node_id: str, setup: Callable[[Hub], Any] | None = None) -> Hub:
         """Start a node (a new one, or one coming back after a crash)."""
         config = HubConfig(**{**_fields(self._config), "node_id": node_id})
-        hub = Hub(config, new_id=counter_ids(node_id), epoch=Epoch(self.clock.now, 0))
+        # Unix time follows the fake clock, so a node started again is a later incarnation
+        hub = Hub(config, new_id=counter_ids(node_id),
+                  epoch=Epoch(self.clock.now, round(self.clock.now * 1000)))
         if setup is not None:
             setup(hub)
         self.transports[node_id] = MemoryTransport(
@@ -118,9 +146,24 @@ class Cluster:
         self.transports[node_id].send(connection_id, message)
 
     def crash(self, node_id: str) -> None:
-        """The node dies without a word."""
+        """The node dies without a word (what its driver held dies with it)."""
         del self.transports[node_id]
         self.broker.forget(node_id)
+        self.broker.outboxes.pop(node_id, None)
+        self.broker.partitioned.discard(node_id)
+
+    def restart(self, node_id: str, setup: Callable[[Hub], Any] | None = None) -> Hub:
+        """The node dies and starts again at once with the same id (a new incarnation)."""
+        self.crash(node_id)
+        return self.add_node(node_id, setup)
+
+    def restart_broker(self) -> None:
+        """The broker dies and comes back empty: every node loses its connection (and what
+        was on its way to it); each reconnects when the test `heal`s it, in any order."""
+        self.broker.restart()
+        for node_id in list(self.transports):
+            if node_id not in self.broker.partitioned:
+                self.partition(node_id)
 
     def partition(self, node_id: str) -> None:
         """Cut the node from the broker; its driver reports the loss."""
@@ -129,8 +172,10 @@ class Cluster:
         self.transports[node_id].run()
 
     def heal(self, node_id: str) -> None:
-        """Reconnect the node to the broker; its driver reports the recovery."""
+        """Reconnect the node to the broker: its driver resubscribes, sends what waited in
+        its queue, and reports the recovery."""
         self.broker.partitioned.discard(node_id)
+        self.broker.flush(node_id, self.clock.now)
         self.transports[node_id].hub.handle(BrokerRestored(), now=self.clock.now)
         self.transports[node_id].run()
 
@@ -147,7 +192,7 @@ class Cluster:
             if delivery is not None and delivery <= soonest:
                 _, target, topic, data = self.broker.pop()
                 transport = self.transports.get(target)
-                if transport is not None:
+                if transport is not None and target not in self.broker.partitioned:
                     transport.hub.handle(EnvelopeReceived(topic=topic, data=data),
                                          now=self.clock.now)
                     transport.run()

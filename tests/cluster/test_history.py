@@ -107,7 +107,7 @@ def test_a_client_recovers_on_another_node(setup: tuple[str, str]) -> None:
                 answer = await _subscribe(again, channel, recover={
                     "epoch": position["epoch"], "offset": offsets[-1]})
                 assert answer == {"epoch": position["epoch"], "offset": offsets[-1] + 5,
-                                  "recovered": True}
+                                  "recovered": True, "replayed": 5}
                 missed = await _receive(again, 5)
                 _in_publish_order(missed, range(6, 11))
                 assert [m["offset"] for m in missed] == list(range(offsets[-1] + 1,

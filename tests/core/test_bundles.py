@@ -28,14 +28,14 @@ def _publishes(actions: list[object]) -> list[BrokerPublish]:
 def test_a_bundle_round_trips_with_its_excludes_and_positions() -> None:
     run = [_outgoing(4, "a", sent_ms=9), _outgoing(5, "b\nwith a newline", exclude="conn-1"),
            _outgoing(6, position=("ep", 12))]
-    assert encode(b'"n1"', run).startswith(b'{"b":"n1","k":"c","s":4,"t":9,"n":[')
-    assert decode(encode(b'"n1"', run)) == Received(
-        "n1", EnvelopeKind.CHANNEL, 4, [e.payload for e in run], 9,
+    assert encode(b'"n1"', 7, run).startswith(b'{"b":"n1","i":7,"k":"c","s":4,"t":9,"n":[')
+    assert decode(encode(b'"n1"', 7, run)) == Received(
+        "n1", EnvelopeKind.CHANNEL, 4, [e.payload for e in run], 9, 7,
         [None, "conn-1", None], [None, None, ("ep", 12)])
-    plain = decode(encode(b'"n1"', [_outgoing(1), _outgoing(2)]))
+    plain = decode(encode(b'"n1"', 7, [_outgoing(1), _outgoing(2)]))
     assert (plain.excludes, plain.positions, plain.sent_ms) == (None, None, None)
-    alone = encode(b'"n1"', [_outgoing(3, sent_ms=9)])
-    assert alone.startswith(b'{"o":"n1","s":3,"k":"c","t":9}\n')
+    alone = encode(b'"n1"', 7, [_outgoing(3, sent_ms=9)])
+    assert alone.startswith(b'{"o":"n1","i":7,"s":3,"k":"c","t":9}\n')
     assert decode(alone).payloads == [_outgoing(3).payload]
 
 
@@ -130,24 +130,26 @@ def _receiver() -> tuple[object, object, object, str]:
 
 def test_a_node_skips_its_own_bundle_and_counts_a_malformed_one() -> None:
     hub, transport, clock, conn = _receiver()
-    own = encode(b'"n2"', [_outgoing(1, "mine"), _outgoing(2, "mine")])
+    own = encode(b'"n2"', 7, [_outgoing(1, "mine"), _outgoing(2, "mine")])
     hub.handle(EnvelopeReceived(topic="c:news", data=own), now=clock.now)
     hub.handle(EnvelopeReceived(topic="c:news", data=b'{"b":"n1","k":"c","s":1,"n":[9]}\n{}'),
                now=clock.now)
-    hub.handle(EnvelopeReceived(topic="c:news", data=encode(b'"n1"', [_outgoing(1, "theirs")])),
+    hub.handle(EnvelopeReceived(topic="c:news", data=encode(b'"n1"', 7, [_outgoing(1, "theirs")])),
                now=clock.now)
     transport.run()
     assert [m.get("event") for m in transport.take(conn)] == ["theirs"]
     assert hub.statistics().errors.get(4000) == 1
 
 
-def test_envelopes_seen_already_are_skipped_within_a_bundle_and_gaps_counted() -> None:
+def test_envelopes_seen_already_are_skipped_within_a_bundle_and_gaps_reported() -> None:
     hub, transport, clock, conn = _receiver()
     for run in ([1, 2], [1, 2], [2, 3], [6, 7]):
-        data = encode(b'"n1"', [_outgoing(n, f"e{n}") for n in run])
+        data = encode(b'"n1"', 7, [_outgoing(n, f"e{n}") for n in run])
         hub.handle(EnvelopeReceived(topic="c:news", data=data), now=clock.now)
     transport.run()
-    assert [m.get("event") for m in transport.take(conn)] == ["e1", "e2", "e3", "e6", "e7"]
+    got = transport.take(conn)
+    assert [m.get("event") for m in got] == ["e1", "e2", "e3", "messages.lost", "e6", "e7"]
+    assert got[3]["channel"] == "news" and got[3]["data"] == {"count": 2}
     stats = hub.statistics()
     assert (stats.envelopes_duplicate, stats.envelopes_lost) == (3, 2)
 
@@ -158,7 +160,7 @@ def test_a_bundled_client_event_skips_its_sender_on_the_receiving_node() -> None
     transport.send(other, {"type": "subscribe", "channel": "news"})
     transport.run()
     transport.take(other)
-    data = encode(b'"n1"', [_outgoing(1, "to-all"), _outgoing(2, "not-to-conn", exclude=conn)])
+    data = encode(b'"n1"', 7, [_outgoing(1, "to-all"), _outgoing(2, "not-to-conn", exclude=conn)])
     hub.handle(EnvelopeReceived(topic="c:news", data=data), now=clock.now)
     transport.run()
     assert [m.get("event") for m in transport.take(conn)] == ["to-all"]

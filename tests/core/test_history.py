@@ -44,25 +44,32 @@ def test_recovery_replays_what_was_missed_in_order() -> None:
                            "data": {"recover": {"epoch": epoch, "offset": last_seen}}})
     got = transport.take(again)[1:]
     assert got[0]["event"] == "subscription.succeeded"
-    assert got[0]["data"] == {"epoch": epoch, "offset": 4, "recovered": True}
+    assert got[0]["data"] == {"epoch": epoch, "offset": 4, "recovered": True, "replayed": 3}
     assert [m["data"] for m in got[1:]] == [2, 3, 4]
     assert hub.statistics().recoveries == {True: 1}
 
 
-def test_recovery_fails_plainly_when_history_is_gone_or_the_epoch_changed() -> None:
+def test_recovery_fails_honestly_when_history_is_gone_or_the_epoch_changed() -> None:
     hub, transport, clock = make(HISTORY)
     conn = transport.connect()
     transport.send(conn, {"type": "subscribe", "channel": "news"})
     epoch = transport.take(conn)[-1]["data"]["epoch"]
     for number in range(5):  # news keeps 3: offsets 1 and 2 are gone
         hub.broadcast("news", "n", number, now=clock.now)
-    for position in ({"epoch": epoch, "offset": 0}, {"epoch": "other", "offset": 4}):
-        again = transport.connect()
-        transport.send(again, {"type": "subscribe", "channel": "news",
-                               "data": {"recover": position}})
-        got = transport.take(again)
-        assert got[-1]["data"]["recovered"] is False
-        assert got[-1]["event"] == "subscription.succeeded"
+    partly = transport.connect()  # the same epoch: what is left, and what is not
+    transport.send(partly, {"type": "subscribe", "channel": "news",
+                            "data": {"recover": {"epoch": epoch, "offset": 0}}})
+    success, *replayed = transport.take(partly)[1:]
+    assert success["data"] == {"epoch": epoch, "offset": 5, "recovered": False,
+                               "replayed": 3, "missing": 2}
+    assert [(m["offset"], m["data"]) for m in replayed] == [(3, 2), (4, 3), (5, 4)]
+    other = transport.connect()  # another epoch: nothing can be said
+    transport.send(other, {"type": "subscribe", "channel": "news",
+                           "data": {"recover": {"epoch": "other", "offset": 4}}})
+    got = transport.take(other)
+    assert got[-1]["event"] == "subscription.succeeded"
+    assert got[-1]["data"] == {"epoch": epoch, "offset": 5, "recovered": False,
+                               "replayed": 0, "missing": None}
     late = transport.connect()
     clock.advance(61)  # past the age limit: everything is gone
     transport.send(late, {"type": "subscribe", "channel": "news",

@@ -182,7 +182,7 @@ def test_live_messages_wait_for_the_recovered_ones_and_are_not_repeated() -> Non
     assert _numbers(node.inbox[again]) == []
     node.answer(loaded)
     got = node.inbox[again]
-    assert got[1]["data"] == {"epoch": epoch, "offset": 4, "recovered": True}
+    assert got[1]["data"] == {"epoch": epoch, "offset": 4, "recovered": True, "replayed": 3}
     assert _numbers(got) == [1, 2, 3]
     assert _numbers(node.inbox[first]) == [0, 1, 2, 3]
 
@@ -191,7 +191,8 @@ def test_a_failing_store_loses_no_message_and_says_recovery_failed() -> None:
     node = _Node()
     conn = node.connect("a", recover={"epoch": "e", "offset": 0})
     node.answer(HistoryLoaded(request_id=node.reads.pop().request_id, error="down"))
-    assert node.inbox[conn][-1]["data"] == {"recovered": False}
+    assert node.inbox[conn][-1]["data"] == {"recovered": False, "replayed": 0,
+                                            "missing": None}
     node.hub.broadcast("room.1", "n", 7, now=node.clock.now)
     node.run()
     node.answer(HistoryAppended(request_id=node.appends.pop().request_id, error="down"))

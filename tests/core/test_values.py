@@ -123,8 +123,8 @@ def test_presence_counts_users_not_connections_across_nodes() -> None:
 def test_envelope_round_trip_and_sequence_window() -> None:
     alone = Outgoing("c:x", 7, EnvelopeKind.CHANNEL, b'{"a":1}', exclude="c1", sent_ms=5,
                      position=("ep", 3))
-    assert decode(encode(b'"n1"', [alone])) == Received(
-        "n1", EnvelopeKind.CHANNEL, 7, [b'{"a":1}'], 5, ["c1"], [("ep", 3)])
+    assert decode(encode(b'"n1"', 7, [alone])) == Received(
+        "n1", EnvelopeKind.CHANNEL, 7, [b'{"a":1}'], 5, 7, ["c1"], [("ep", 3)])
     with pytest.raises(MessageError):
         decode(b"garbage")
     window = SequenceWindow()
