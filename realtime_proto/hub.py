@@ -659,7 +659,7 @@ class Hub:
         if heard.gap and (not self._streams.shared or not received.positions
                           or self._streams.rule(topic[2:]) is None):
             # (a shared stream's offsets show its own gaps, with their range: `_ready`)
-            self._lost(topic, heard.gap, now)
+            self._lost(topic, heard.gap)
         if skip >= len(payloads):
             return
         kind = received.kind
@@ -681,7 +681,7 @@ class Hub:
                 self._announce(joined, "user.joined", now)
                 self._announce(left, "user.left", now)
                 for lost_topic, count in caught_up:
-                    self._lost(lost_topic, count, now)
+                    self._lost(lost_topic, count)
 
     def _receives(self, topic: str) -> bool:
         """Whether this node is subscribed to a channel or user topic."""
@@ -689,7 +689,7 @@ class Hub:
         return name in (self._subscribers if kind == "c" else self._users if kind == "u"
                         else ())
 
-    def _lost(self, topic: str, count: int, now: float) -> None:
+    def _lost(self, topic: str, count: int) -> None:
         """`count` messages of another node on a topic never arrived: tell the local
         subscribers, and leave a hole of that size in the channel's own stream, so that no
         recovery across it claims success."""

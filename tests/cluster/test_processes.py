@@ -300,3 +300,49 @@ def test_api_reads_are_json(kind: str) -> None:
 
     with cluster(broker_url(kind), count=2) as nodes:
         asyncio.run(scenario(nodes))
+
+
+def test_a_node_restarted_with_the_same_id_is_a_new_sender_at_once(kind: str) -> None:
+    """Its fresh sequences are not taken for duplicates, and the presence of its previous
+    run goes at once, not after the TTL (which its heartbeats would keep renewing)."""
+    url = broker_url(kind)
+
+    async def scenario(first: NodeProcess, watching: NodeProcess) -> NodeProcess:
+        async with httpx.AsyncClient() as http, \
+                subscribed(watching, "private-feed", user="watcher") as feed, \
+                subscribed(watching, ROOM, user="watcher") as room:
+            async with connect("websocket", first.port, token=token("ghost")) as ghost:
+                await ghost.subscribe(ROOM)
+                await room.next("user.joined", timeout=15)
+                await routed(http, [first], "private-feed", [feed])
+                for n in range(5):
+                    await api(http, first, "POST", "publish", {
+                        "channel": "private-feed", "event": "n", "data": {"from": "old", "n": n}})
+                async with asyncio.timeout(15):
+                    while len(numbers(feed, "old")) < 5:
+                        await feed.next("n")
+                first.kill()
+                first.stop()  # (closes its pipes)
+                again = NodeProcess(first.name, url)  # the same --node-id
+                again.wait_ready()
+            left = await room.next("user.left", timeout=TTL + 10)
+            assert left["data"]["user_id"] == "ghost"
+            await routed(http, [again], "private-feed", [feed])
+            for n in range(50):
+                await api(http, again, "POST", "publish", {
+                    "channel": "private-feed", "event": "n", "data": {"from": "new", "n": n}})
+            async with asyncio.timeout(20):
+                while len(numbers(feed, "new")) < 50:
+                    await feed.next("n")
+            assert numbers(feed, "new") == list(range(50))
+            assert await metric(http, watching, "realtime_broker_envelopes_duplicate_total") == 0
+            members = (await api(http, watching, "GET", f"channels/{ROOM}/members")).json()
+            assert [m["user_id"] for m in members["members"]] == ["watcher"]
+            return again
+
+    nodes = _start_nodes(url, 2)
+    try:
+        nodes[0] = asyncio.run(scenario(*nodes))
+    finally:
+        for node in nodes:
+            node.stop()
