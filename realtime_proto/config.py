@@ -83,6 +83,13 @@ class HubConfig:
     #: keep history in a store shared by every node (the adapter answers `HistoryAppend`
     #: and `HistoryRead`), so that clients recover on any node; False: in this node's memory
     shared_history: bool = False
+    #: seconds a shared-history append or read may take: past it, the publish goes out
+    #: without a position (and the channel's epoch ends), the subscription without history,
+    #: so that local subscribers never wait long for a store that does not answer
+    history_timeout: float = 2.0
+    #: shared-history appends waiting for the store at most; past it the oldest is given
+    #: up on as if it had timed out (bounded memory during an outage)
+    history_max_pending: int = 10_000
     #: how connection and subscription tokens are verified (None: no tokens accepted)
     jwt: JwtConfig | None = None
     #: largest broker message that bundles several publishes to one topic made in one
@@ -95,8 +102,10 @@ class HubConfig:
             raise ConfigError("node_id must not be empty")
         if self.broker_bundle_bytes < 0:
             raise ConfigError("broker_bundle_bytes must not be negative")
+        if self.history_max_pending < 1:
+            raise ConfigError("history_max_pending must be at least 1")
         for name in ("heartbeat_interval", "authorization_timeout", "sweep_interval",
-                     "presence_heartbeat_interval", "presence_ttl"):
+                     "presence_heartbeat_interval", "presence_ttl", "history_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_ttl <= self.presence_heartbeat_interval:

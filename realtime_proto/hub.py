@@ -81,7 +81,9 @@ class Hub:
         self._subscribers: dict[str, dict[ConnectionId, None]] = {}
         self._users: dict[str, set[ConnectionId]] = {}
         self._pending: dict[str, PendingAuthorization] = {}
-        self._streams = Streams(config.history, shared=config.shared_history, new_id=new_id)
+        self._streams = Streams(config.history, shared=config.shared_history, new_id=new_id,
+                                timeout=config.history_timeout,
+                                max_pending=config.history_max_pending)
         self._signals = ChannelSignals(config.typing_interval)
         #: envelopes (`Outgoing`) become broker messages when drained (`actions`)
         self._actions: list[HubAction | Outgoing] = []
@@ -150,6 +152,11 @@ class Hub:
         self._sweep_pending(now)
         for channel, item in self._streams.overdue(now):
             self._ready(channel, item)
+        for failure in self._streams.expired(now):
+            if isinstance(failure, HistoryAppended):
+                self._appended(failure)
+            else:
+                self._loaded(failure)
         actions, left = self._cluster.sweep(now)
         self._actions.extend(actions)
         self._announce(left, "user.left", now)
@@ -187,7 +194,9 @@ class Hub:
                                            event=event, data=data, user_id=user_id)
         self._published += 1
         if rule is not None and self._streams.shared:
-            self._actions.append(self._streams.append(channel, rule, payload, exclude))
+            if (oldest := self._streams.full()) is not None:
+                self._appended(oldest)
+            self._actions.append(self._streams.append(channel, rule, payload, exclude, now))
             return message_id
         position = self._streams.keep(channel, rule, payload, now) if rule else None
         self._fan_out(channel, payload, position, exclude)
@@ -512,7 +521,7 @@ class Hub:
         subscribers[conn.id] = None
         rule = self._streams.rule(channel)
         if rule is not None and self._streams.shared:
-            self._actions.append(self._streams.read(channel, rule, conn.id, info, request))
+            self._actions.append(self._streams.read(channel, rule, conn.id, info, request, now))
             return
         history = self._streams.local_slice(channel, rule, now) if rule else None
         self._welcome(conn, channel, info, request, history, (), now)

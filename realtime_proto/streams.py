@@ -43,6 +43,8 @@ class Append:
     channel: str
     payload: bytes
     exclude: ConnectionId | None
+    #: when it is given up on if the store has not answered
+    deadline: float
     answer: HistoryAppended | None = None
 
     @property
@@ -83,8 +85,11 @@ class Streams:
     """The history of every channel of one node, local or shared."""
 
     def __init__(self, rules: tuple[HistoryRule, ...], *, shared: bool,
-                 new_id: Callable[[], str]) -> None:
+                 new_id: Callable[[], str], timeout: float = 2.0,
+                 max_pending: int = 10_000) -> None:
         self.shared = shared
+        self._timeout = timeout
+        self._max_pending = max_pending
         self._rules = rules
         self._new_id = new_id
         self._memo: dict[str, HistoryRule | None] = {}
@@ -92,7 +97,8 @@ class Streams:
         self._appends: dict[str, Append] = {}  # by request id, in publish order
         #: channel -> subscriptions waiting for their slice of history
         self.loading: dict[str, dict[ConnectionId, Loading]] = {}
-        self._reads: dict[str, tuple[str, ConnectionId]] = {}
+        #: read request id -> the subscription it is for, and when it is given up on
+        self._reads: dict[str, tuple[str, ConnectionId, float]] = {}
         self._sequences: dict[str, _Sequence] = {}
         #: channels with a publish the store could not place: the next append starts a new
         #: epoch, so that no recovery spans the message that is not in the stream
@@ -135,12 +141,34 @@ class Streams:
     # -- the shared store ----------------------------------------------------------------
 
     def append(self, channel: str, rule: HistoryRule, payload: bytes,
-               exclude: ConnectionId | None) -> HistoryAppend:
-        """Ask the store for the next position of a publish."""
+               exclude: ConnectionId | None, now: float) -> HistoryAppend:
+        """Ask the store for the next position of a publish (see `full`)."""
         request_id = self._new_id()
-        self._appends[request_id] = Append(channel, payload, exclude)
+        self._appends[request_id] = Append(channel, payload, exclude, now + self._timeout)
         return HistoryAppend(request_id=request_id, channel=channel, payload=payload,
                              size=rule.size, ttl=rule.ttl, new_epoch=channel in self._broken)
+
+    def full(self) -> HistoryAppended | None:
+        """When as many appends wait as may: a failure for the oldest, to be handled as
+        the store's answer before the next append."""
+        if len(self._appends) < self._max_pending:
+            return None
+        oldest = next(id_ for id_, a in self._appends.items() if a.answer is None)
+        return HistoryAppended(request_id=oldest, error="too many appends waiting")
+
+    def expired(self, now: float) -> list[HistoryAppended | HistoryLoaded]:
+        """Failures for the appends and reads the store did not answer in time, in order
+        (handled like the store's answers; a late real answer is then ignored)."""
+        failed: list[HistoryAppended | HistoryLoaded] = []
+        for request_id, append in self._appends.items():
+            if append.deadline > now:
+                break  # in publish order: the later ones are not due either
+            if append.answer is None:
+                failed.append(HistoryAppended(request_id=request_id, error="timed out"))
+        failed.extend(HistoryLoaded(request_id=request_id, error="timed out")
+                      for request_id, (_, _, deadline) in self._reads.items()
+                      if deadline <= now)
+        return failed
 
     def appended(self, answer: HistoryAppended) -> list[Append]:
         """Record an answer; the publishes now ready to go out, in publish order."""
@@ -192,11 +220,11 @@ class Streams:
         self._sequences.pop(channel, None)
 
     def read(self, channel: str, rule: HistoryRule, connection_id: ConnectionId, info: Any,
-             request: SubscribeOptions) -> HistoryRead:
+             request: SubscribeOptions, now: float) -> HistoryRead:
         """Ask the store for what a new subscription needs; live messages wait meanwhile."""
         request_id = self._new_id()
         self.loading.setdefault(channel, {})[connection_id] = Loading(info, request)
-        self._reads[request_id] = (channel, connection_id)
+        self._reads[request_id] = (channel, connection_id, now + self._timeout)
         since = request.recover[1] if request.recover is not None else None
         limit = rule.size if since is not None else min(request.history, rule.size)
         return HistoryRead(request_id=request_id, channel=channel, since=since, limit=limit,
@@ -208,7 +236,7 @@ class Streams:
         found = self._reads.pop(answer.request_id, None)
         if found is None:
             return None
-        channel, connection_id = found
+        channel, connection_id, _ = found
         loading = self.loading[channel][connection_id]
         if answer.error is None and answer.epoch is not None:
             loading.floor = answer.offset
@@ -245,7 +273,7 @@ class Streams:
         if connection_id in self.loading.get(channel, ()):
             self._done(channel, connection_id)
             self._reads = {k: v for k, v in self._reads.items()
-                           if v != (channel, connection_id)}
+                           if v[:2] != (channel, connection_id)}
 
 
 def _release(sequence: _Sequence, *, give_up: bool) -> list[Ready | Gap]:

@@ -111,9 +111,9 @@ def test_a_client_recovers_on_another_node_in_order_without_duplicates(seed: int
 class _Node:
     """One Hub whose store answers are held back, to be given in any order."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: HubConfig = SHARED) -> None:
         self.clock = FakeClock()
-        self.hub = Hub(SHARED, new_id=counter_ids("m"), epoch=Epoch(self.clock.now, 0))
+        self.hub = Hub(config, new_id=counter_ids("m"), epoch=Epoch(self.clock.now, 0))
         self.store = MemoryStore(counter_ids("epoch"))
         self.inbox: dict[str, list[dict[str, Any]]] = {}
         self.appends: list[HistoryAppend] = []
@@ -243,3 +243,44 @@ def test_the_reads_api_asks_the_shared_store() -> None:
     h.pump()
     response = h.take(transport)
     assert response.startswith(b"HTTP/1.1 200") and response.endswith(b'{"reads":{"ann":12}}')
+
+
+def test_a_store_that_does_not_answer_keeps_local_subscribers_waiting_a_bounded_time() -> None:
+    node = _Node()
+    conn = node.connect("a")
+    node.answer(node.store.read(node.reads.pop(), node.clock.now))
+    node.hub.broadcast("room.1", "n", 1, now=node.clock.now)
+    node.run()
+    [stuck] = node.appends
+    node.clock.advance(SHARED.history_timeout + SHARED.sweep_interval)
+    node.hub.tick(now=node.clock.now)
+    node.run()
+    [late] = [m for m in node.inbox[conn] if m.get("event") == "n"]
+    assert late["data"] == 1 and "offset" not in late  # out, without a position
+    node.answer(node.store.append(stuck, node.clock.now))  # the store's late answer: ignored
+    assert _numbers(node.inbox[conn]) == [1]
+    node.hub.broadcast("room.1", "n", 2, now=node.clock.now)
+    node.run()
+    assert node.appends[-1].new_epoch  # the unplaced message ends the epoch
+    assert node.hub.statistics().history_failures == 1
+
+
+def test_appends_waiting_for_the_store_are_bounded() -> None:
+    node = _Node(HubConfig(history=RULES, shared_history=True, history_max_pending=3))
+    conn = node.connect("a")
+    node.answer(node.store.read(node.reads.pop(), node.clock.now))
+    for number in range(10):
+        node.hub.broadcast("room.1", "n", number, now=node.clock.now)
+    node.run()
+    assert _numbers(node.inbox[conn]) == list(range(7))  # the oldest given up on, in order
+    assert node.hub.statistics().history_failures == 7
+
+
+def test_a_read_the_store_does_not_answer_ends_without_history() -> None:
+    node = _Node()
+    conn = node.connect("a", recover={"epoch": "e", "offset": 3})
+    node.clock.advance(SHARED.history_timeout + SHARED.sweep_interval)
+    node.hub.tick(now=node.clock.now)
+    node.run()
+    [answer] = [m for m in node.inbox[conn] if m.get("event") == "subscription.succeeded"]
+    assert answer["data"] == {"recovered": False, "replayed": 0, "missing": None}
