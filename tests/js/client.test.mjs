@@ -531,6 +531,34 @@ describe('history and recovery', () => {
     });
   }
 
+  test('a recovery cut short right after subscription.succeeded is asked for again', async () => {
+    const c = makeClient(server.wsUrl, 'websocket');
+    await connected(c);
+    const ch = await subscribed(c, unique('hist.'));
+    const got = [];
+    ch.on('n', (d) => got.push(d));
+    const first = waitEvent(ch, 'n');
+    await server.publish(ch.name, 'n', 1);
+    await first;
+    c.disconnect();
+    await server.publish(ch.name, 'n', 2);
+    await server.publish(ch.name, 'n', 3);
+    // The connection ends between the recovery's answer and the replay that follows it.
+    ch.once('subscription.succeeded', () => c.disconnect());
+    const cut = waitEvent(ch, 'subscription.succeeded');
+    c.connect();
+    assert.equal((await cut)[0].recovered, true);
+    assert.deepEqual(got, [1]);
+    const again = waitEvent(ch, 'subscription.succeeded');
+    c.connect();
+    assert.equal((await again)[0].recovered, true);
+    await until(() => got.length >= 3, { what: 'the replay' });
+    const marker = waitEvent(ch, 'marker');
+    await server.publish(ch.name, 'marker', {});
+    await marker;
+    assert.deepEqual(got, [1, 2, 3]);
+  });
+
   test('subscribe(name, {history}) delivers the last messages', async () => {
     const name = unique('hist.');
     for (let i = 1; i <= 4; i++) await server.publish(name, 'n', i);
