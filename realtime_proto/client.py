@@ -2,11 +2,14 @@
 
 It keeps what a client must remember across reconnects — subscriptions, stream positions
 for recovery, presence members, sends queued while offline — and decides when to retry
-(exponential backoff with jitter) and when a silent connection is dead.
+(exponential backoff with jitter) and when a silent connection is dead. When the server
+reports lost messages (`messages.lost`) on a channel with history, it resubscribes to
+replay them and delivers each offset once.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import json
 from collections import deque
@@ -22,6 +25,7 @@ __all__ = [
     "ClientProtocol",
     "ClientState",
     "Connected",
+    "MessagesLost",
     "PresenceChanged",
     "Subscribed",
     "SubscriptionFailed",
@@ -94,7 +98,61 @@ class PresenceChanged:
     members: dict[str, Any]
 
 
-ClientEvent = Connected | Subscribed | SubscriptionFailed | ChannelMessage | PresenceChanged
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesLost:
+    """The server lost messages of a channel (`channel` None: sent to this user).
+
+    It follows the `messages.lost` ChannelMessage; `recovering` says whether the client
+    resubscribes to replay them (a channel with history, the range known in its epoch).
+    """
+
+    channel: str | None
+    data: JsonValue
+    recovering: bool
+
+
+ClientEvent = (Connected | Subscribed | SubscriptionFailed | ChannelMessage | PresenceChanged
+               | MessagesLost)
+
+
+class _Offsets:
+    """The offsets delivered on a channel in its epoch, as sorted disjoint ranges.
+
+    One range while nothing is missing, one more per gap; at most `limit` ranges, the
+    lowest forgotten first.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._firsts: list[int] = []
+        self._lasts: list[int] = []
+
+    def clear(self) -> None:
+        self._firsts.clear()
+        self._lasts.clear()
+
+    def add(self, offset: int) -> bool:
+        """Add an offset; False when it was there already."""
+        firsts, lasts = self._firsts, self._lasts
+        i = bisect.bisect_right(firsts, offset) - 1  # the range starting at or below it
+        if i >= 0 and offset <= lasts[i]:
+            return False
+        left = i >= 0 and lasts[i] == offset - 1
+        right = i + 1 < len(firsts) and firsts[i + 1] == offset + 1
+        if left and right:
+            lasts[i] = lasts.pop(i + 1)
+            del firsts[i + 1]
+        elif left:
+            lasts[i] = offset
+        elif right:
+            firsts[i + 1] = offset
+        else:
+            firsts.insert(i + 1, offset)
+            lasts.insert(i + 1, offset)
+            if len(firsts) > self._limit:
+                del firsts[0], lasts[0]
+        return True
 
 
 @dataclass(slots=True)
@@ -104,6 +162,15 @@ class _Channel:
     offset: int | None = None
     members: dict[str, Any] = field(default_factory=dict)
     active: bool = False
+    seen: _Offsets = field(default_factory=_Offsets)
+    #: recovering a reported loss: replay what follows this offset
+    recover_after: int | None = None
+    #: a loss reported during that recovery, from before its start: recover again from here
+    recover_again: int | None = None
+    #: the recovery's unsubscribe is not answered yet
+    leaving: bool = False
+    #: client events sent while recovering, sent once the channel is joined again
+    held: list[str] = field(default_factory=list)
 
 
 class ClientProtocol:
@@ -117,7 +184,7 @@ class ClientProtocol:
 
     def __init__(self, *, jitter: Callable[[], float], backoff_min: float = 0.5,
                  backoff_max: float = 20.0, max_queued: int = 1000,
-                 heartbeat_grace: float = 5.0) -> None:
+                 heartbeat_grace: float = 5.0, auto_recover: bool = True) -> None:
         self.state = ClientState.CONNECTING
         self.connection_id: str | None = None
         self.user_id: str | None = None
@@ -127,10 +194,12 @@ class ClientProtocol:
         self._attempts = 0
         self._channels: dict[str, _Channel] = {}
         self._queued: deque[str] = deque(maxlen=max_queued)
+        self._max_queued = max_queued
         self._outbox: list[str] = []
         self._heartbeat_grace = heartbeat_grace
         self._silence_limit: float | None = None
         self._last_heard_at = 0.0
+        self._auto_recover = auto_recover
 
     # -- the application's side ----------------------------------------------------------
 
@@ -147,9 +216,15 @@ class ClientProtocol:
             self._outbox.append(_encode({"type": "unsubscribe", "channel": channel}))
 
     def send(self, channel: str, event: str, data: JsonValue = None) -> None:
-        """A client event; queued (bounded, oldest dropped) while not connected."""
+        """A client event; queued (bounded, oldest dropped) while not connected, held while
+        the channel recovers."""
         text = _encode({"type": "event", "channel": channel, "event": event, "data": data})
-        if self.state is ClientState.CONNECTED:
+        entry = self._channels.get(channel)
+        if entry is not None and entry.recover_after is not None:
+            entry.held.append(text)
+            if len(entry.held) > self._max_queued:
+                del entry.held[0]
+        elif self.state is ClientState.CONNECTED:
             self._outbox.append(text)
         else:
             self._queued.append(text)
@@ -158,6 +233,11 @@ class ClientProtocol:
         """The current members of a presence channel: user id → info."""
         entry = self._channels.get(channel)
         return dict(entry.members) if entry else {}
+
+    def recovering(self, channel: str) -> bool:
+        """Whether the channel resubscribes to replay messages reported lost."""
+        entry = self._channels.get(channel)
+        return entry is not None and entry.recover_after is not None
 
     def close(self) -> None:
         """Stop for good: no more reconnects."""
@@ -173,7 +253,7 @@ class ClientProtocol:
     def connection_lost(self, *, now: float, refused: bool = False) -> None:
         """The socket closed or could not open; plan the next attempt."""
         for entry in self._channels.values():
-            entry.active = False
+            entry.active = entry.leaving = False
         if self.state in (ClientState.DISCONNECTED, ClientState.FAILED):
             return
         if refused:
@@ -197,6 +277,10 @@ class ClientProtocol:
             return []
         if kind == "error":
             details = data if isinstance(data, dict) else {}
+            entry = self._channels.get(channel) if channel else None
+            if entry is not None and entry.leaving and details.get("code") == 4010:
+                entry.leaving = False  # the recovery's unsubscribe found nothing to leave
+                return []
             if channel in self._channels:
                 del self._channels[channel]
                 return [SubscriptionFailed(channel=channel, code=int(details.get("code", 0)),
@@ -207,17 +291,21 @@ class ClientProtocol:
         if event == "connection.established":
             return [self._established(data, now)]
         entry = self._channels.get(channel) if channel else None
-        if event == "subscription.succeeded" and entry is not None:
-            entry.active = True
-            if isinstance(data, dict) and "epoch" in data:
-                entry.epoch, entry.offset = data["epoch"], data.get("offset")
-            return [Subscribed(channel=entry.name, recovered=(data or {}).get("recovered"))]
-        if entry is not None and isinstance(message.get("offset"), int):
-            entry.offset = message["offset"]
-            entry.epoch = message.get("epoch", entry.epoch)
-        if entry is not None and event in ("presence.sync", "user.joined", "user.left"):
-            return [self._presence(entry, event, data)]
-        return [ChannelMessage(channel=channel, event=str(event), data=data, message=message)]
+        if entry is not None:
+            if event == "unsubscription.succeeded" and entry.leaving:
+                entry.leaving = False
+                return []
+            if event == "subscription.succeeded":
+                return [self._subscribed(entry, data)]
+            if not self._track(entry, message):
+                return []  # delivered already: a replay repeats what followed a gap
+            if event in ("presence.sync", "user.joined", "user.left"):
+                return [self._presence(entry, event, data)]
+        delivered = ChannelMessage(channel=channel, event=str(event), data=data, message=message)
+        if event != "messages.lost":
+            return [delivered]
+        recovering = entry is not None and self._lost(entry, data)
+        return [delivered, MessagesLost(channel=channel, data=data, recovering=recovering)]
 
     def messages_to_send(self) -> list[str]:
         """Drain the messages to write, in order."""
@@ -257,8 +345,73 @@ class ClientProtocol:
     def _subscribe_message(self, entry: _Channel) -> str:
         message: dict[str, Any] = {"type": "subscribe", "channel": entry.name}
         if entry.epoch is not None and entry.offset is not None:
-            message["data"] = {"recover": {"epoch": entry.epoch, "offset": entry.offset}}
+            after = entry.offset if entry.recover_after is None else entry.recover_after
+            message["data"] = {"recover": {"epoch": entry.epoch, "offset": after}}
         return _encode(message)
+
+    def _subscribed(self, entry: _Channel, data: JsonValue) -> Subscribed:
+        details = data if isinstance(data, dict) else {}
+        recovered = details.get("recovered")
+        epoch, head = details.get("epoch"), details.get("offset")
+        if isinstance(epoch, str) and isinstance(head, int):
+            # The missed messages follow, up to the head. After a recovery the position
+            # stays where the replay starts and moves as it arrives, so a replay cut
+            # short is asked for again.
+            replay = recovered is True and epoch == entry.epoch and entry.offset is not None
+            if epoch != entry.epoch:
+                entry.seen.clear()
+            if not replay:
+                entry.offset = head
+            elif entry.recover_after is not None:
+                entry.offset = entry.recover_after
+            entry.epoch = epoch
+        entry.active = True
+        again = entry.recover_again if recovered is True else None
+        entry.recover_after = entry.recover_again = None
+        self._outbox.extend(entry.held)
+        entry.held.clear()
+        if again is not None:
+            self._recover(entry, again - 1)
+        return Subscribed(channel=entry.name, recovered=recovered)
+
+    def _track(self, entry: _Channel, message: dict[str, Any]) -> bool:
+        """Remember a message's stream position; False when that offset was delivered."""
+        offset, epoch = message.get("offset"), message.get("epoch")
+        if not isinstance(offset, int) or isinstance(offset, bool) or not isinstance(epoch, str):
+            return True
+        if epoch != entry.epoch:
+            entry.seen.clear()
+            entry.epoch, entry.offset = epoch, offset
+        elif entry.offset is None or offset > entry.offset:
+            entry.offset = offset
+        return entry.seen.add(offset)
+
+    def _lost(self, entry: _Channel, data: JsonValue) -> bool:
+        """`messages.lost`: with its range known in the channel's epoch, resubscribe from
+        just before it. Whether the channel recovers."""
+        details = data if isinstance(data, dict) else {}
+        first = details.get("from")
+        if (not self._auto_recover or entry.epoch is None or details.get("epoch") != entry.epoch
+                or not isinstance(first, int) or isinstance(first, bool) or first < 1):
+            return False
+        if entry.recover_after is not None:
+            if first - 1 < entry.recover_after:
+                entry.recover_again = min(first, entry.recover_again or first)
+            return True
+        if not entry.active:
+            return False
+        self._recover(entry, first - 1)
+        return True
+
+    def _recover(self, entry: _Channel, after: int) -> None:
+        """Leave and join again asking for what follows `after` (a second subscribe to a
+        joined channel replays nothing)."""
+        entry.recover_after = after
+        entry.active = False
+        if self.state is ClientState.CONNECTED:
+            entry.leaving = True
+            self._outbox.append(_encode({"type": "unsubscribe", "channel": entry.name}))
+            self._outbox.append(self._subscribe_message(entry))
 
     def _presence(self, entry: _Channel, event: str, data: JsonValue) -> PresenceChanged:
         details = data if isinstance(data, dict) else {}

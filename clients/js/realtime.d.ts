@@ -40,6 +40,19 @@ export interface SubscriptionSucceeded {
   recovered?: boolean;
 }
 
+/**
+ * `messages.lost` data: the server lost messages of a channel (or sent to this user,
+ * when the channel is null) before they reached this client.
+ */
+export interface MessagesLost {
+  /** How many messages were lost; null when unknown. */
+  count: number | null;
+  /** Channels with history, when the lost range is known: its epoch and offsets (inclusive). */
+  epoch?: string;
+  from?: number;
+  to?: number;
+}
+
 export interface RealtimeError {
   /** Protocol error code (4001 unauthenticated, 4003 forbidden, …), or the HTTP status's. */
   code: number;
@@ -119,6 +132,11 @@ export interface RealtimeOptions {
   clientPing?: boolean;
   /** Largest POST /send body in bytes of JSON (batches are split); default 32768. */
   maxBatchBytes?: number;
+  /**
+   * On `messages.lost` with a known range in the channel's epoch, resubscribe and replay
+   * the lost messages (each offset delivered once); default true.
+   */
+  autoRecover?: boolean;
 }
 
 export declare const DEFAULT_OPTIONS: Readonly<Required<Omit<RealtimeOptions, 'auth' | 'token' | 'WebSocket' | 'fetch'>>>;
@@ -147,6 +165,8 @@ export interface ChannelEvents {
   'user.left': (member: Member, message: Message) => void;
   /** An error about this channel after it was subscribed (e.g. 4003 on a client event). */
   error: (error: RealtimeError, message: Message) => void;
+  /** The server lost messages of this channel; with `autoRecover` the channel is `recovering` if it can. */
+  'messages.lost': (data: MessagesLost, message: Message) => void;
   /** Every event of the channel, the ones above included. */
   '*': (event: string, data: any, message: Message) => void;
   [event: string]: Listener;
@@ -163,6 +183,8 @@ export declare class Channel extends Emitter<ChannelEvents> {
   offset: number | null;
   /** After a resubscription that asked for recovery: whether nothing was missed. */
   recovered: boolean | null;
+  /** True while the channel resubscribes to replay messages reported by `messages.lost`. */
+  readonly recovering: boolean;
   readonly isPrivate: boolean;
   readonly isPresence: boolean;
   readonly subscribed: boolean;
@@ -193,6 +215,8 @@ export interface ClientEvents {
   message: (message: Message) => void;
   /** Queued client events dropped because the queue was full. */
   'queue.dropped': (messages: Message[]) => void;
+  /** Lost messages: of a subscribed channel, or sent to this user (`channel` null). */
+  'messages.lost': (channel: string | null, data: MessagesLost, message: Message) => void;
   /** Events with no channel (sent to this user or connection through the HTTP API). */
   '*': (event: string, data: any, message: Message) => void;
   [event: string]: Listener;

@@ -35,6 +35,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
   sendRetryDelay: 500, // ms
   clientPing: true, // send {"type":"ping"} after `heartbeat` s without receiving anything
   maxBatchBytes: 32768, // POST /send: bytes of JSON per request
+  autoRecover: true, // on messages.lost in a channel with history, resubscribe and replay the gap
 });
 
 const decoder = typeof TextDecoder !== 'undefined' ? new TextDecoder() : null;
@@ -673,6 +674,42 @@ const TRANSPORT_CLASSES = {
 // ---------------------------------------------------------------------------
 // Channels
 
+// The offsets delivered on a channel in its current epoch, as sorted disjoint
+// ranges [first, last]: one range while nothing is missing, one more per gap.
+// At most `limit` ranges are kept; the lowest are forgotten first.
+class OffsetSet {
+  constructor(limit = 64) {
+    this.limit = limit;
+    this.ranges = [];
+  }
+
+  clear() {
+    this.ranges = [];
+  }
+
+  /** Add an offset; false when it was already there. */
+  add(n) {
+    const r = this.ranges;
+    let i = r.length - 1; // the last range starting at or below n (offsets mostly grow)
+    while (i >= 0 && r[i][0] > n) i--;
+    if (i >= 0 && n <= r[i][1]) return false;
+    const left = i >= 0 && r[i][1] === n - 1;
+    const right = i + 1 < r.length && r[i + 1][0] === n + 1;
+    if (left && right) {
+      r[i][1] = r[i + 1][1];
+      r.splice(i + 1, 1);
+    } else if (left) {
+      r[i][1] = n;
+    } else if (right) {
+      r[i + 1][0] = n;
+    } else {
+      r.splice(i + 1, 0, [n, n]);
+      if (r.length > this.limit) r.shift();
+    }
+    return true;
+  }
+}
+
 export class Channel extends Emitter {
   constructor(client, name, options = {}) {
     super();
@@ -688,6 +725,10 @@ export class Channel extends Emitter {
     this.recovered = null;
     this._history = Number.isInteger(options.history) && options.history > 0 ? options.history : 0;
     this._succeededOnce = false;
+    this._seen = new OffsetSet();
+    this._recoverAfter = null; // recovering a reported loss: replay what follows this offset
+    this._recoverAgain = null; // a loss reported during that recovery, from before its start
+    this._leavingForRecovery = false; // the recovery's unsubscribe is not answered yet
     this._members = new Map();
     this._retryTimer = null;
   }
@@ -698,20 +739,49 @@ export class Channel extends Emitter {
   _subscribeMessage() {
     const msg = { type: 'subscribe', channel: this.name };
     if (this.epoch !== null && this.offset !== null) {
-      msg.data = { recover: { epoch: this.epoch, offset: this.offset } };
+      msg.data = { recover: { epoch: this.epoch, offset: this._recoverAfter ?? this.offset } };
     } else if (this._history && !this._succeededOnce) {
       msg.data = { history: this._history };
     }
     return msg;
   }
 
+  // Remember a message's stream position; false when its offset was delivered
+  // already (a replay after a reported loss repeats what followed the gap).
   _track(msg) {
     const { epoch, offset } = msg;
-    if (typeof epoch !== 'string' || typeof offset !== 'number') return;
+    if (typeof epoch !== 'string' || !Number.isInteger(offset)) return true;
+    if (epoch !== this.epoch) this._seen.clear();
     if (epoch !== this.epoch || this.offset === null || offset > this.offset) {
       this.epoch = epoch;
       this.offset = offset;
     }
+    return this._seen.add(offset);
+  }
+
+  /** True while the channel resubscribes to replay messages the server reported lost. */
+  get recovering() {
+    return this._recoverAfter !== null;
+  }
+
+  // messages.lost: on a channel with history, when the lost offsets of this epoch
+  // are known, resubscribe asking for everything after the one before them.
+  _onLost(data) {
+    const d = data && typeof data === 'object' ? data : {};
+    const from = d.from;
+    if (!this.client.options.autoRecover || this.epoch === null || d.epoch !== this.epoch) return;
+    if (!Number.isInteger(from) || from < 1) return;
+    if (this._recoverAfter !== null) {
+      if (from - 1 < this._recoverAfter) this._recoverAgain = Math.min(this._recoverAgain ?? from, from);
+    } else if (this.state === 'subscribed') {
+      this._recover(from - 1);
+    }
+  }
+
+  _recover(after) {
+    this._recoverAfter = after;
+    this.state = 'pending'; // client events wait for the new subscription
+    this._leavingForRecovery = this.client._resubscribe(this);
   }
 
   get isPrivate() {
@@ -779,7 +849,12 @@ export class Channel extends Emitter {
     this._retryTimer = null;
   }
 
+  // False when the error answers the recovery's own unsubscribe (not reported).
   _handleError(err, msg) {
+    if (this._leavingForRecovery && err.code === 4010) {
+      this._leavingForRecovery = false;
+      return false;
+    }
     if (this.state === 'pending') {
       const retryable = err.code === 4029 || err.code === 4012;
       this.error = err;
@@ -798,6 +873,7 @@ export class Channel extends Emitter {
     } else if (this.state !== 'unsubscribed') {
       this._emit('error', err, msg);
     }
+    return true;
   }
 
   _handleEvent(msg) {
@@ -810,19 +886,31 @@ export class Channel extends Emitter {
       }
       return;
     }
-    if (event !== 'subscription.succeeded') this._track(msg);
+    if (event === 'unsubscription.succeeded' && this._leavingForRecovery) {
+      this._leavingForRecovery = false;
+      return;
+    }
+    if (event !== 'subscription.succeeded' && !this._track(msg)) return; // delivered already
+    let again = null;
     if (event === 'subscription.succeeded') {
       this._clearRetry();
       this.state = 'subscribed';
       this.error = null;
       this._succeededOnce = true;
       const d = data && typeof data === 'object' ? data : {};
-      if (typeof d.epoch === 'string' && typeof d.offset === 'number') {
-        // The stream's head: the missed (or history) messages follow, all at or below it.
-        this.epoch = d.epoch;
-        this.offset = d.offset;
-      }
       this.recovered = typeof d.recovered === 'boolean' ? d.recovered : null;
+      if (typeof d.epoch === 'string' && typeof d.offset === 'number') {
+        // The missed (or history) messages follow, all at or below the stream's head
+        // d.offset. After a recovery the position stays where the replay starts and
+        // moves as it arrives, so a replay cut short is asked for again.
+        const replay = this.recovered === true && d.epoch === this.epoch && this.offset !== null;
+        if (d.epoch !== this.epoch) this._seen.clear();
+        this.offset = replay ? (this._recoverAfter ?? this.offset) : d.offset;
+        this.epoch = d.epoch;
+      }
+      if (this.recovered) again = this._recoverAgain;
+      this._recoverAfter = null;
+      this._recoverAgain = null;
       this.client._flushQueue(this.name);
       this._emit(event, data ?? {}, msg);
     } else if (this.isPresence && event === 'presence.sync') {
@@ -836,9 +924,12 @@ export class Channel extends Emitter {
       if (data && data.user_id != null) this._members.delete(data.user_id);
       this._emit(event, data, msg);
     } else {
+      if (event === 'messages.lost') this._onLost(data);
       this._emit(event, data, msg);
     }
     this._emit('*', event, data, msg);
+    if (event === 'messages.lost') this.client._emit('messages.lost', this.name, data, msg);
+    if (again !== null && this.state === 'subscribed') this._recover(again - 1);
   }
 }
 
@@ -1171,6 +1262,7 @@ export class RealtimeClient extends Emitter {
     this._leaving.clear();
     for (const ch of this._channels.values()) {
       ch._clearRetry();
+      ch._leavingForRecovery = false;
       if (ch.state === 'subscribed') ch.state = 'pending';
     }
   }
@@ -1230,7 +1322,7 @@ export class RealtimeClient extends Emitter {
           const ch = this._channels.get(msg.channel) ?? this._leaving.get(msg.channel);
           if (ch) {
             if (ch.state === 'unsubscribed' && err.code === 4010) this._leaving.delete(ch.name);
-            ch._handleError(err, msg);
+            if (!ch._handleError(err, msg)) return;
           }
         }
         this._emit('error', err, msg);
@@ -1249,7 +1341,8 @@ export class RealtimeClient extends Emitter {
       }
       if (msg.event === 'connection.established') return;
       if (typeof msg.event === 'string') {
-        this._emit(msg.event, msg.data, msg);
+        if (msg.event === 'messages.lost') this._emit('messages.lost', null, msg.data, msg);
+        else this._emit(msg.event, msg.data, msg);
         this._emit('*', msg.event, msg.data, msg);
       }
       return;
@@ -1264,6 +1357,14 @@ export class RealtimeClient extends Emitter {
 
   _sendSubscribe(ch) {
     if (this._transport) this._transport.send([{ msg: ch._subscribeMessage() }]);
+  }
+
+  // Leave and join a channel again in one go (a second subscribe to a joined channel
+  // replays nothing); true when sent, else the next connection subscribes it.
+  _resubscribe(ch) {
+    const t = this._transport;
+    if (!t) return false;
+    return t.send([{ msg: { type: 'unsubscribe', channel: ch.name } }, { msg: ch._subscribeMessage() }]);
   }
 
   _sendEvent(ch, msg) {

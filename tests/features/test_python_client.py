@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from realtime_asyncio import RealtimeClient, RealtimeServer
-from realtime_proto.client import ClientState
+from realtime_proto.client import (
+    ChannelMessage,
+    ClientProtocol,
+    ClientState,
+    MessagesLost,
+    Subscribed,
+)
 from realtime_proto.jwt import encode_hs256
 
 SECRET = "client-secret"
@@ -120,3 +127,176 @@ def test_a_refused_token_fails_without_retrying() -> None:
 async def _until(check: object) -> None:
     while not check():  # type: ignore[operator]
         await asyncio.sleep(0.01)
+
+
+# The server reports lost messages with `messages.lost` (docs/protocol.md). These tests check
+# the CLIENT'S REACTION: the event is injected with `broadcast`/`send`, and the gap it reports
+# is real — those messages were published with `exclude`, so they are in the channel's
+# history but never reached the client.
+
+def test_client_reaction_to_messages_lost_replays_the_gap_once_and_holds_sends() -> None:
+    async def scenario() -> None:
+        node = server(history="private-hist.*=100:60")
+
+        async def allow(connection: object, channel: str) -> bool:
+            await asyncio.sleep(0)  # a pending authorization, as with a real lookup
+            return True
+        node.channel("private-hist.*").authorize(allow)
+        await node.start()
+        url = f"ws://127.0.0.1:{node.port}"
+        plain = {"exp": int(time.time()) + 600}  # no `channels` claim: the rule decides
+        async with RealtimeClient(url, token=encode_hs256({"sub": "alice", **plain}, SECRET)) \
+                as alice, RealtimeClient(url, token=encode_hs256({"sub": "bob", **plain},
+                                                                 SECRET)) as bob:
+            room, heard = alice.subscribe("private-hist.1"), bob.subscribe("private-hist.1")
+            for channel in (room, heard):
+                await asyncio.wait_for(channel.subscribed.wait(), 10)
+            seen: list[object] = []
+            room.on("n", lambda data, message: seen.append(data))
+            answers: list[Subscribed] = []
+            room.on("subscription.succeeded", answers.append)
+            left: list[object] = []
+            room.on("unsubscription.succeeded", lambda *args: left.append(args))
+            reports: list[tuple[object, ...]] = []
+            alice.on("messages.lost", lambda channel, data: reports.append(
+                (channel, data, room.recovering)))
+            # a send while the channel recovers waits for the new subscription
+            room.on("messages.lost", lambda data, message: room.send("note", "during"))
+            for n in range(1, 7):
+                node.broadcast("private-hist.1", "n", n,
+                               exclude=alice.connection_id if n in (3, 4) else None)
+            got = [await room.next("n", timeout=10) for _ in range(4)]
+            assert [m.data for m in got] == [1, 2, 5, 6]
+            epoch, first = got[1].message["epoch"], got[1].message["offset"] + 1
+            assert got[2].message["offset"] == first + 2
+            lost = {"count": 2, "epoch": epoch, "from": first, "to": first + 1}
+            node.broadcast("private-hist.1", "messages.lost", lost,
+                           exclude=bob.connection_id)
+            assert [(await room.next("n", timeout=10)).data for _ in range(2)] == [3, 4]
+            assert (await heard.next("note", timeout=10)).data == "during"
+            node.broadcast("private-hist.1", "n", 7)
+            assert (await room.next("n", timeout=10)).data == 7
+            assert seen == [1, 2, 5, 6, 3, 4, 7]  # each once: the replay's 5, 6 are not repeated
+            assert reports == [("private-hist.1", lost, True)]
+            assert [a.recovered for a in answers] == [True]
+            assert left == [] and not room.recovering and room.error is None
+            assert node.node.hub.statistics().recoveries == {True: 1}
+        await node.aclose()
+    asyncio.run(scenario())
+
+
+def test_client_reaction_to_messages_lost_it_cannot_recover_reports_it() -> None:
+    async def scenario() -> None:
+        node = server(history="hist.*=100:60")
+        await node.start()
+        url = f"ws://127.0.0.1:{node.port}"
+        async with RealtimeClient(url) as client, \
+                RealtimeClient(url, auto_recover=False) as manual:
+            reports: list[tuple[object, ...]] = []
+            for who in (client, manual):
+                who.on("messages.lost", lambda channel, data, who=who: reports.append(
+                    (who is client, channel, data)))
+            node.send(client.connection_id or "", "messages.lost", {"count": 3})
+            room, plain = manual.subscribe("hist.1"), client.subscribe("plain.1")
+            for channel in (room, plain):
+                await asyncio.wait_for(channel.subscribed.wait(), 10)
+            node.broadcast("hist.1", "n", 1)
+            one = await room.next("n", timeout=10)
+            lost = {"count": 1, "epoch": one.message["epoch"], "from": one.message["offset"],
+                    "to": one.message["offset"]}
+            node.broadcast("hist.1", "messages.lost", lost)  # auto_recover is off
+            node.broadcast("plain.1", "messages.lost", lost)  # no history on this channel
+            assert (await room.next("messages.lost", timeout=10)).data == lost
+            assert (await plain.next("messages.lost", timeout=10)).data == lost
+            assert reports == [(True, None, {"count": 3}), (False, "hist.1", lost),
+                               (True, "plain.1", lost)]
+            assert not room.recovering and not plain.recovering
+            assert node.node.hub.statistics().recoveries == {}
+        await node.aclose()
+    asyncio.run(scenario())
+
+
+def test_client_reaction_to_messages_lost_the_history_no_longer_holds() -> None:
+    async def scenario() -> None:
+        node = server(history="tiny.*=3:60")
+        await node.start()
+        async with RealtimeClient(f"ws://127.0.0.1:{node.port}") as client:
+            room = client.subscribe("tiny.1")
+            await asyncio.wait_for(room.subscribed.wait(), 10)
+            answers: list[Subscribed] = []
+            room.on("subscription.succeeded", answers.append)
+            for n in range(1, 8):
+                node.broadcast("tiny.1", "n", n,
+                               exclude=client.connection_id if 2 <= n <= 6 else None)
+            one, seven = [await room.next("n", timeout=10) for _ in range(2)]
+            assert (one.data, seven.data) == (1, 7)
+            first = one.message["offset"] + 1
+            node.broadcast("tiny.1", "messages.lost",
+                           {"count": 5, "epoch": one.message["epoch"], "from": first,
+                            "to": first + 4})
+            async with asyncio.timeout(10):
+                while not answers:
+                    await asyncio.sleep(0.01)
+            assert [a.recovered for a in answers] == [False]
+            node.broadcast("tiny.1", "n", 8)
+            assert (await room.next("n", timeout=10)).data == 8  # nothing replayed before it
+        await node.aclose()
+    asyncio.run(scenario())
+
+
+def _event(channel: str, event: str, data: object = None, **fields: object) -> str:
+    return json.dumps({"type": "event", "channel": channel, "event": event, "data": data,
+                       **fields})
+
+
+def _joined(protocol: ClientProtocol, channel: str, epoch: str, head: int) -> None:
+    protocol.connection_made(now=0)
+    protocol.receive(_event("", "connection.established", {"connection_id": "c"}), now=0)
+    protocol.subscribe(channel)
+    protocol.receive(_event(channel, "subscription.succeeded",
+                            {"epoch": epoch, "offset": head}), now=0)
+    protocol.messages_to_send()
+
+
+def test_client_protocol_recovery_cut_short_a_second_loss_and_a_refused_unsubscribe() -> None:
+    protocol = ClientProtocol(jitter=lambda: 0.0)
+    _joined(protocol, "h", "e1", 10)
+    delivered = [protocol.receive(_event("h", "n", n, offset=n, epoch="e1"), now=0)
+                 for n in (11, 14, 15)]
+    assert all(len(events) == 1 for events in delivered)
+    events = protocol.receive(_event("h", "messages.lost",
+                                     {"count": 2, "epoch": "e1", "from": 12, "to": 13}), now=0)
+    assert isinstance(events[-1], MessagesLost) and events[-1].recovering
+    assert [json.loads(m) for m in protocol.messages_to_send()] == [
+        {"type": "unsubscribe", "channel": "h"},
+        {"type": "subscribe", "channel": "h", "data": {"recover": {"epoch": "e1", "offset": 11}}}]
+    # the old subscription still speaks: another loss, from before the recovery's start
+    protocol.receive(_event("h", "messages.lost",
+                            {"count": 1, "epoch": "e1", "from": 9, "to": 9}), now=0)
+    assert protocol.messages_to_send() == []
+    # the unsubscribe found nothing to leave (4010): not a failure of the channel
+    assert protocol.receive(json.dumps({"type": "error", "channel": "h",
+                                        "data": {"code": 4010, "message": "x"}}), now=0) == []
+    protocol.send("h", "note", 1)  # held until the channel is joined again
+    assert protocol.messages_to_send() == []
+    answer = protocol.receive(_event("h", "subscription.succeeded",
+                                     {"epoch": "e1", "offset": 15, "recovered": True}), now=0)
+    assert answer == [Subscribed(channel="h", recovered=True)]
+    # the held note, then a second recovery for the second loss
+    assert [json.loads(m) for m in protocol.messages_to_send()] == [
+        {"type": "event", "channel": "h", "event": "note", "data": 1},
+        {"type": "unsubscribe", "channel": "h"},
+        {"type": "subscribe", "channel": "h", "data": {"recover": {"epoch": "e1", "offset": 8}}}]
+    protocol.receive(_event("h", "unsubscription.succeeded"), now=0)
+    protocol.receive(_event("h", "subscription.succeeded",
+                            {"epoch": "e1", "offset": 15, "recovered": True}), now=0)
+    replay = [protocol.receive(_event("h", "n", n, offset=n, epoch="e1"), now=0)
+              for n in (9, 10, 11, 12)]
+    assert [[e.data for e in events if isinstance(e, ChannelMessage)] for events in replay] \
+        == [[9], [10], [], [12]]
+    # the connection ends mid-replay: the next subscribe asks from the last one delivered
+    protocol.connection_lost(now=0)
+    protocol.connection_made(now=1)
+    protocol.receive(_event("", "connection.established", {"connection_id": "d"}), now=1)
+    assert [json.loads(m) for m in protocol.messages_to_send()] == [
+        {"type": "subscribe", "channel": "h", "data": {"recover": {"epoch": "e1", "offset": 12}}}]

@@ -531,6 +531,34 @@ describe('history and recovery', () => {
     });
   }
 
+  test('a recovery cut short right after subscription.succeeded is asked for again', async () => {
+    const c = makeClient(server.wsUrl, 'websocket');
+    await connected(c);
+    const ch = await subscribed(c, unique('hist.'));
+    const got = [];
+    ch.on('n', (d) => got.push(d));
+    const first = waitEvent(ch, 'n');
+    await server.publish(ch.name, 'n', 1);
+    await first;
+    c.disconnect();
+    await server.publish(ch.name, 'n', 2);
+    await server.publish(ch.name, 'n', 3);
+    // The connection ends between the recovery's answer and the replay that follows it.
+    ch.once('subscription.succeeded', () => c.disconnect());
+    const cut = waitEvent(ch, 'subscription.succeeded');
+    c.connect();
+    assert.equal((await cut)[0].recovered, true);
+    assert.deepEqual(got, [1]);
+    const again = waitEvent(ch, 'subscription.succeeded');
+    c.connect();
+    assert.equal((await again)[0].recovered, true);
+    await until(() => got.length >= 3, { what: 'the replay' });
+    const marker = waitEvent(ch, 'marker');
+    await server.publish(ch.name, 'marker', {});
+    await marker;
+    assert.deepEqual(got, [1, 2, 3]);
+  });
+
   test('subscribe(name, {history}) delivers the last messages', async () => {
     const name = unique('hist.');
     for (let i = 1; i <= 4; i++) await server.publish(name, 'n', i);
@@ -544,6 +572,180 @@ describe('history and recovery', () => {
     await server.publish(name, 'marker', {});
     await marker;
     assert.deepEqual(got, [3, 4]);
+  });
+});
+
+// The server reports lost messages with `messages.lost` (docs/protocol.md). These tests
+// check the CLIENT'S REACTION: the event is injected through the HTTP API (published on
+// the channel, or sent to the connection), and the gap it reports is a real one — the
+// messages were published with `exclude_connection_id`, so they are in the channel's
+// history but never reached the client.
+describe("client reaction to messages.lost (event injected through the HTTP API)", () => {
+  let server;
+
+  before(async () => {
+    server = await startRealtimeServer({ extraArgs: ['--history', 'hist.*=100:300,tiny.*=3:300'] });
+  });
+
+  after(async () => {
+    closeAll();
+    await server?.kill('SIGTERM');
+  });
+
+  // Options that record every message the client sends, on every transport.
+  function recording() {
+    const sent = [];
+    class RecordingWebSocket extends WebSocket {
+      send(data) {
+        sent.push(JSON.parse(data));
+        super.send(data);
+      }
+    }
+    const recordingFetch = (url, init) => {
+      if (init?.method === 'POST' && new URL(String(url)).pathname === '/send') {
+        const body = JSON.parse(init.body);
+        sent.push(...(Array.isArray(body) ? body : [body]));
+      }
+      return fetch(url, init);
+    };
+    return { sent, options: { WebSocket: RecordingWebSocket, fetch: recordingFetch } };
+  }
+
+  function publishExcluding(client, channel, data) {
+    return server.api('POST', '/api/publish', { channel, event: 'n', data, exclude_connection_id: client.connectionId });
+  }
+
+  // Publish `n` 1, 2, 3… (those in `skip` are kept from the client); wait for the rest.
+  async function stream(client, ch, numbers, skip) {
+    const got = [];
+    const offsets = new Map();
+    ch.on('n', (d, m) => {
+      got.push(d);
+      offsets.set(d, m.offset);
+    });
+    for (const n of numbers) {
+      if (skip.includes(n)) await publishExcluding(client, ch.name, n);
+      else await server.publish(ch.name, 'n', n);
+    }
+    const expected = numbers.filter((n) => !skip.includes(n));
+    await until(() => got.length >= expected.length, { what: `messages ${expected}` });
+    assert.deepEqual(got, expected);
+    return { got, offsets };
+  }
+
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: client reaction: resubscribes from before the gap, delivers the lost messages once`, async () => {
+      const rec = recording();
+      const c = makeClient(server.wsUrl, transport, rec.options);
+      await connected(c);
+      const ch = await subscribed(c, unique('hist.'));
+      const events = [];
+      ch.on('*', (e) => events.push(e));
+      const onChannel = [];
+      ch.on('messages.lost', (d) => onChannel.push([d, ch.recovering]));
+      const onClient = [];
+      c.on('messages.lost', (name, d) => onClient.push([name, d]));
+      const { got, offsets } = await stream(c, ch, [1, 2, 3, 4, 5, 6], [3, 4]);
+      const from = offsets.get(2) + 1;
+      assert.equal(offsets.get(5), from + 2);
+
+      const lost = { count: 2, epoch: ch.epoch, from, to: from + 1 };
+      const recovered = waitEvent(ch, 'subscription.succeeded', { timeout: 10000 });
+      await server.publish(ch.name, 'messages.lost', lost);
+      const [data] = await recovered;
+      assert.equal(data.recovered, true);
+      assert.equal(ch.recovered, true);
+      assert.equal(ch.recovering, false);
+      assert.equal(ch.state, 'subscribed');
+      const seven = waitEvent(ch, 'n', { filter: (d) => d === 7 });
+      await server.publish(ch.name, 'n', 7);
+      await seven;
+      // 3 and 4 arrive once, after the gap was reported; 5, 6 and the report itself
+      // (it is in the history too) are not delivered again.
+      assert.deepEqual(got, [1, 2, 5, 6, 3, 4, 7]);
+      assert.deepEqual(onChannel, [[lost, true]]);
+      assert.deepEqual(onClient, [[ch.name, lost]]);
+      assert.equal(events.filter((e) => e === 'messages.lost').length, 1);
+      assert.ok(!events.includes('unsubscription.succeeded'), `events ${events}`);
+      assert.equal(ch.offset, offsets.get(7));
+      const mine = rec.sent.filter((m) => m.channel === ch.name);
+      assert.deepEqual(mine, [
+        { type: 'subscribe', channel: ch.name },
+        { type: 'unsubscribe', channel: ch.name },
+        { type: 'subscribe', channel: ch.name, data: { recover: { epoch: ch.epoch, offset: from - 1 } } },
+      ]);
+    });
+  }
+
+  test('client reaction: messages.lost with no channel reaches the client listener as (null, data)', async () => {
+    const c = makeClient(server.wsUrl, 'websocket');
+    await connected(c);
+    const all = [];
+    c.on('*', (event, data) => all.push([event, data]));
+    const got = waitEvent(c, 'messages.lost');
+    await server.api('POST', `/api/connections/${c.connectionId}/send`, { event: 'messages.lost', data: { count: 3 } });
+    const [channel, data, message] = await got;
+    assert.equal(channel, null);
+    assert.deepEqual(data, { count: 3 });
+    assert.equal(message.event, 'messages.lost');
+    assert.deepEqual(all, [['messages.lost', { count: 3 }]]);
+  });
+
+  test('client reaction: reported but not recovered with autoRecover off, another epoch, no range or no history', async () => {
+    const off = recording();
+    const a = makeClient(server.wsUrl, 'websocket', { ...off.options, autoRecover: false });
+    const on = recording();
+    const b = makeClient(server.wsUrl, 'websocket', on.options);
+    await Promise.all([connected(a), connected(b)]);
+    const name = unique('hist.');
+    const [ca, cb] = await Promise.all([subscribed(a, name), subscribed(b, name)]);
+    const plain = await subscribed(b, unique('plain.')); // no history: no epoch
+    const reports = [];
+    for (const [who, ch] of [['a', ca], ['b', cb], ['plain', plain]]) {
+      ch.on('messages.lost', (d) => reports.push([who, d, ch.recovering]));
+    }
+    const one = Promise.all([waitEvent(ca, 'n'), waitEvent(cb, 'n')]);
+    await server.publish(name, 'n', 1);
+    await one;
+    const from = ca.offset;
+    const sameEpoch = { count: 1, epoch: ca.epoch, from, to: from };
+    const otherEpoch = { count: 1, epoch: `not-${ca.epoch}`, from, to: from };
+    const noRange = { count: null };
+    const lose = (data, exclude) =>
+      server.api('POST', '/api/publish', { channel: name, event: 'messages.lost', data, exclude_connection_id: exclude.connectionId });
+    await lose(sameEpoch, b); // to a, whose autoRecover is off
+    await lose(otherEpoch, a);
+    await lose(noRange, a);
+    await server.publish(plain.name, 'messages.lost', sameEpoch);
+    const markers = Promise.all([waitEvent(ca, 'marker'), waitEvent(cb, 'marker'), waitEvent(plain, 'marker')]);
+    await Promise.all([server.publish(name, 'marker', {}), server.publish(plain.name, 'marker', {})]);
+    await markers;
+    assert.deepEqual(reports, [
+      ['a', sameEpoch, false],
+      ['b', otherEpoch, false],
+      ['b', noRange, false],
+      ['plain', sameEpoch, false],
+    ]);
+    for (const rec of [off, on]) assert.deepEqual(rec.sent.filter((m) => m.type === 'unsubscribe'), []);
+    assert.deepEqual([ca.state, cb.state, plain.state], ['subscribed', 'subscribed', 'subscribed']);
+  });
+
+  test('client reaction: a gap the history no longer holds: recovered false, nothing replayed', async () => {
+    const c = makeClient(server.wsUrl, 'websocket');
+    await connected(c);
+    const ch = await subscribed(c, unique('tiny.'));
+    const { got, offsets } = await stream(c, ch, [1, 2, 3, 4, 5, 6, 7], [2, 3, 4, 5, 6]);
+    const from = offsets.get(1) + 1;
+    const answer = waitEvent(ch, 'subscription.succeeded', { timeout: 10000 });
+    await server.publish(ch.name, 'messages.lost', { count: 5, epoch: ch.epoch, from, to: from + 4 });
+    const [data] = await answer;
+    assert.equal(data.recovered, false);
+    assert.equal(ch.recovered, false);
+    assert.equal(ch.recovering, false);
+    const eight = waitEvent(ch, 'n', { filter: (d) => d === 8 });
+    await server.publish(ch.name, 'n', 8);
+    await eight;
+    assert.deepEqual(got, [1, 7, 8]);
   });
 });
 

@@ -28,6 +28,7 @@ from realtime_proto.client import (
     ClientProtocol,
     ClientState,
     Connected,
+    MessagesLost,
     PresenceChanged,
     Subscribed,
     SubscriptionFailed,
@@ -72,6 +73,11 @@ class Channel:
         """Presence members: user id → info."""
         return self._client.protocol.members(self.name)
 
+    @property
+    def recovering(self) -> bool:
+        """Whether the channel resubscribes to replay messages the server reported lost."""
+        return self._client.protocol.recovering(self.name)
+
     async def next(self, event: str | None = None, timeout: float | None = None
                    ) -> ChannelMessage:
         """The next message on this channel (optionally of one event)."""
@@ -98,11 +104,14 @@ class RealtimeClient:
     """Connects, reconnects with backoff, resubscribes and recovers; WebSocket transport.
 
     `token` may be a string or a (sync or async) function called before every attempt.
+    With `auto_recover`, a `messages.lost` whose range is known on a channel with history
+    makes the channel resubscribe and replay the lost messages (each offset once).
     """
 
     def __init__(self, url: str, *, token: TokenSource = None, backoff_min: float = 0.5,
                  backoff_max: float = 20.0, ssl: ssl_module.SSLContext | None = None,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 auto_recover: bool = True) -> None:
         parts = urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
         self._secure = parts.scheme in ("wss", "https")
@@ -111,7 +120,7 @@ class RealtimeClient:
         self._ssl = ssl if ssl is not None else (True if self._secure else None)
         self._token = token
         self.protocol = ClientProtocol(jitter=jitter, backoff_min=backoff_min,
-                                       backoff_max=backoff_max)
+                                       backoff_max=backoff_max, auto_recover=auto_recover)
         self.channels: dict[str, Channel] = {}
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._writer: asyncio.StreamWriter | None = None
@@ -131,7 +140,9 @@ class RealtimeClient:
         return self.protocol.connection_id
 
     def on(self, event: str, handler: Handler) -> Handler:
-        """Client-level events: "state" (new state), "connected", "message" (no channel)."""
+        """Client-level events: "state" (new state), "connected", "message" (no channel),
+        "messages.lost" (`handler(channel or None, data)`: lost messages of a channel, or
+        sent to this user)."""
         self._handlers[event].append(handler)
         return handler
 
@@ -266,6 +277,8 @@ class RealtimeClient:
                         with contextlib.suppress(asyncio.QueueFull):
                             channel._queue.put_nowait(event)
                         channel._dispatch(event.event, event.data, event.message)
+                case MessagesLost():
+                    self._emit("messages.lost", event.channel, event.data)
 
     def _emit(self, name: str, *args: Any) -> None:
         for handler in self._handlers.get(name, ()):
