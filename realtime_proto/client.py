@@ -167,8 +167,6 @@ class _Channel:
     recover_after: int | None = None
     #: a loss reported during that recovery, from before its start: recover again from here
     recover_again: int | None = None
-    #: the recovery's unsubscribe is not answered yet
-    leaving: bool = False
     #: client events sent while recovering, sent once the channel is joined again
     held: list[str] = field(default_factory=list)
 
@@ -253,7 +251,7 @@ class ClientProtocol:
     def connection_lost(self, *, now: float, refused: bool = False) -> None:
         """The socket closed or could not open; plan the next attempt."""
         for entry in self._channels.values():
-            entry.active = entry.leaving = False
+            entry.active = False
         if self.state in (ClientState.DISCONNECTED, ClientState.FAILED):
             return
         if refused:
@@ -277,10 +275,6 @@ class ClientProtocol:
             return []
         if kind == "error":
             details = data if isinstance(data, dict) else {}
-            entry = self._channels.get(channel) if channel else None
-            if entry is not None and entry.leaving and details.get("code") == 4010:
-                entry.leaving = False  # the recovery's unsubscribe found nothing to leave
-                return []
             if channel in self._channels:
                 del self._channels[channel]
                 return [SubscriptionFailed(channel=channel, code=int(details.get("code", 0)),
@@ -292,9 +286,6 @@ class ClientProtocol:
             return [self._established(data, now)]
         entry = self._channels.get(channel) if channel else None
         if entry is not None:
-            if event == "unsubscription.succeeded" and entry.leaving:
-                entry.leaving = False
-                return []
             if event == "subscription.succeeded":
                 return [self._subscribed(entry, data)]
             if not self._track(entry, message):
@@ -404,13 +395,11 @@ class ClientProtocol:
         return True
 
     def _recover(self, entry: _Channel, after: int) -> None:
-        """Leave and join again asking for what follows `after` (a second subscribe to a
-        joined channel replays nothing)."""
+        """Ask again for what follows `after` (a subscribed connection that subscribes
+        again with `recover` gets a replay, without leaving the channel)."""
         entry.recover_after = after
         entry.active = False
         if self.state is ClientState.CONNECTED:
-            entry.leaving = True
-            self._outbox.append(_encode({"type": "unsubscribe", "channel": entry.name}))
             self._outbox.append(self._subscribe_message(entry))
 
     def _presence(self, entry: _Channel, event: str, data: JsonValue) -> PresenceChanged:

@@ -436,7 +436,11 @@ class Hub:
                    options: JsonValue = None) -> None:
         request = SubscribeOptions.parse(options)
         if channel in conn.channels:
-            self._succeeded(conn, channel, now)
+            kept = self._streams.rule(channel)
+            if kept is not None and (request.recover is not None or request.history):
+                self._replay(conn, channel, kept, request, now)
+            else:
+                self._succeeded(conn, channel, now)
             return
         if channel in conn.pending:
             return
@@ -526,6 +530,17 @@ class Hub:
         history = self._streams.local_slice(channel, rule, now) if rule else None
         self._welcome(conn, channel, info, request, history, (), now)
 
+    def _replay(self, conn: Connection, channel: str, rule: HistoryRule,
+                request: SubscribeOptions, now: float) -> None:
+        """A subscribed connection asks again for what it missed (after `messages.lost`):
+        answered as a new subscription would be, without leaving and joining again."""
+        if not self._streams.shared:
+            self._welcome(conn, channel, None, request,
+                          self._streams.local_slice(channel, rule, now), (), now, joined=True)
+        elif conn.id not in self._streams.loading.get(channel, ()):
+            self._actions.append(self._streams.read(channel, rule, conn.id, None, request, now,
+                                                    joined=True))
+
     def _loaded(self, answer: HistoryLoaded) -> None:
         """The shared stream answered a new subscription's read."""
         found = self._streams.loaded(answer)
@@ -540,13 +555,15 @@ class Hub:
             history = StreamSlice(answer.epoch, answer.offset, answer.entries)
             self.remember_reads(channel, answer.reads)
         self._welcome(conn, channel, loading.info, loading.request, history, loading.buffered,
-                      self._now)
+                      self._now, joined=loading.joined)
 
     def _welcome(self, conn: Connection, channel: str, info: Mapping[str, Any] | None,
                  request: SubscribeOptions, history: StreamSlice | None,
-                 buffered: Iterable[tuple[int | None, bytes, str | None]], now: float) -> None:
+                 buffered: Iterable[tuple[int | None, bytes, str | None]], now: float,
+                 joined: bool = False) -> None:
         """Answer a subscription: its stream position, what it asked to recover or see,
-        the live messages that waited for that, and the presence of its members."""
+        the live messages that waited for that, and (unless it had `joined` already) the
+        presence of its members."""
         success: dict[str, JsonValue] = {}
         missed: list[tuple[int, bytes]] = []
         if history is not None:
@@ -575,7 +592,8 @@ class Hub:
         for position, payload, event_id in sorted(buffered, key=_offset_order):
             if position is None or top is None or position > top:
                 self._deliver((conn.id,), payload, event_id, channel=channel)
-        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
+        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None \
+                and not joined:
             member = Member(user_id=conn.user.id, info=dict(info or {}))
             first, actions = self._cluster.join(channel, conn.id, member)
             self._actions.extend(actions)

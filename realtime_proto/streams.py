@@ -79,6 +79,8 @@ class Loading:
     buffered: list[tuple[int | None, bytes, str | None]] = field(default_factory=list)
     #: once answered: the stream's latest offset when it was read
     floor: int | None = None
+    #: a subscription that exists already and asks for a replay
+    joined: bool = False
 
 
 class Streams:
@@ -220,10 +222,12 @@ class Streams:
         self._sequences.pop(channel, None)
 
     def read(self, channel: str, rule: HistoryRule, connection_id: ConnectionId, info: Any,
-             request: SubscribeOptions, now: float) -> HistoryRead:
-        """Ask the store for what a new subscription needs; live messages wait meanwhile."""
+             request: SubscribeOptions, now: float, *, joined: bool = False) -> HistoryRead:
+        """Ask the store for what a new subscription (or a replay) needs; live messages
+        wait meanwhile."""
         request_id = self._new_id()
-        self.loading.setdefault(channel, {})[connection_id] = Loading(info, request)
+        self.loading.setdefault(channel, {})[connection_id] = Loading(info, request,
+                                                                     joined=joined)
         self._reads[request_id] = (channel, connection_id, now + self._timeout)
         since = request.recover[1] if request.recover is not None else None
         limit = rule.size if since is not None else min(request.history, rule.size)

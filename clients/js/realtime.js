@@ -728,7 +728,6 @@ export class Channel extends Emitter {
     this._seen = new OffsetSet();
     this._recoverAfter = null; // recovering a reported loss: replay what follows this offset
     this._recoverAgain = null; // a loss reported during that recovery, from before its start
-    this._leavingForRecovery = false; // the recovery's unsubscribe is not answered yet
     this._members = new Map();
     this._retryTimer = null;
   }
@@ -780,8 +779,8 @@ export class Channel extends Emitter {
 
   _recover(after) {
     this._recoverAfter = after;
-    this.state = 'pending'; // client events wait for the new subscription
-    this._leavingForRecovery = this.client._resubscribe(this);
+    this.state = 'pending'; // client events wait for the replay
+    this.client._sendSubscribe(this); // a subscribed connection asking again gets a replay
   }
 
   get isPrivate() {
@@ -849,12 +848,7 @@ export class Channel extends Emitter {
     this._retryTimer = null;
   }
 
-  // False when the error answers the recovery's own unsubscribe (not reported).
   _handleError(err, msg) {
-    if (this._leavingForRecovery && err.code === 4010) {
-      this._leavingForRecovery = false;
-      return false;
-    }
     if (this.state === 'pending') {
       const retryable = err.code === 4029 || err.code === 4012;
       this.error = err;
@@ -873,7 +867,6 @@ export class Channel extends Emitter {
     } else if (this.state !== 'unsubscribed') {
       this._emit('error', err, msg);
     }
-    return true;
   }
 
   _handleEvent(msg) {
@@ -884,10 +877,6 @@ export class Channel extends Emitter {
         this._emit(event, data ?? {}, msg);
         this._emit('*', event, data ?? {}, msg);
       }
-      return;
-    }
-    if (event === 'unsubscription.succeeded' && this._leavingForRecovery) {
-      this._leavingForRecovery = false;
       return;
     }
     if (event !== 'subscription.succeeded' && !this._track(msg)) return; // delivered already
@@ -1262,7 +1251,6 @@ export class RealtimeClient extends Emitter {
     this._leaving.clear();
     for (const ch of this._channels.values()) {
       ch._clearRetry();
-      ch._leavingForRecovery = false;
       if (ch.state === 'subscribed') ch.state = 'pending';
     }
   }
@@ -1322,7 +1310,7 @@ export class RealtimeClient extends Emitter {
           const ch = this._channels.get(msg.channel) ?? this._leaving.get(msg.channel);
           if (ch) {
             if (ch.state === 'unsubscribed' && err.code === 4010) this._leaving.delete(ch.name);
-            if (!ch._handleError(err, msg)) return;
+            ch._handleError(err, msg);
           }
         }
         this._emit('error', err, msg);
@@ -1357,14 +1345,6 @@ export class RealtimeClient extends Emitter {
 
   _sendSubscribe(ch) {
     if (this._transport) this._transport.send([{ msg: ch._subscribeMessage() }]);
-  }
-
-  // Leave and join a channel again in one go (a second subscribe to a joined channel
-  // replays nothing); true when sent, else the next connection subscribes it.
-  _resubscribe(ch) {
-    const t = this._transport;
-    if (!t) return false;
-    return t.send([{ msg: { type: 'unsubscribe', channel: ch.name } }, { msg: ch._subscribeMessage() }]);
   }
 
   _sendEvent(ch, msg) {

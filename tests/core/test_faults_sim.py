@@ -201,9 +201,13 @@ def test_a_gap_in_a_shared_stream_is_reported_with_its_range_and_recoverable(
     [notice] = [m for m in got if m.get("event") == "messages.lost"]
     assert notice["data"] == {"count": missed, "epoch": first["epoch"],
                               "from": first["offset"] + 1, "to": first["offset"] + missed}
-    again = _subscribe(cluster, "n2", {"recover": {"epoch": first["epoch"],
-                                                   "offset": notice["data"]["from"] - 1}})
-    got = cluster.transports["n2"].take(again)
+    cluster.send("n2", watcher, {"type": "subscribe", "channel": "news", "data": {  # again
+        "recover": {"epoch": first["epoch"], "offset": notice["data"]["from"] - 1}}})
+    cluster.settle()
+    got = cluster.transports["n2"].take(watcher)
     answer = next(m for m in got if m.get("event") == "subscription.succeeded")
     assert answer["data"]["recovered"] is True
-    assert _numbers(got) == list(range(1, 2 + missed))
+    assert _numbers(got) == list(range(1, 2 + missed))  # the gap, and what followed it
+    _publish(cluster, "n1", 2 + missed)
+    cluster.settle()
+    assert _numbers(cluster.transports["n2"].take(watcher)) == [2 + missed]  # still live

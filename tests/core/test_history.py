@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from realtime_proto import HubConfig
+from realtime_proto import HubConfig, User
 from realtime_proto.history import HistoryRule
 from realtime_proto.testing.peers import SseEvent, SsePeer
 
@@ -109,3 +109,28 @@ def test_sse_last_event_id_recovers_the_channel() -> None:
                 if isinstance(e, SseEvent)]
     assert messages[1]["data"]["recovered"] is True
     assert [m["data"] for m in messages[2:]] == [2, 3]
+
+
+def test_a_subscribed_connection_asks_again_and_gets_a_replay_without_leaving() -> None:
+    rules = (HistoryRule("presence-room", 100, 60),)
+    hub, transport, clock = make(HubConfig(history=rules))
+    hub.channel("presence-*").authorize(lambda conn, channel: True)
+    other = transport.connect(User(id="bob"))
+    transport.send(other, {"type": "subscribe", "channel": "presence-room"})
+    conn = transport.connect(User(id="alice"))
+    transport.send(conn, {"type": "subscribe", "channel": "presence-room"})
+    epoch = transport.take(conn)[1]["data"]["epoch"]
+    for number in range(3):
+        hub.broadcast("presence-room", "n", number, now=clock.now)
+    transport.run()
+    transport.take(conn)
+    transport.take(other)
+    transport.send(conn, {"type": "subscribe", "channel": "presence-room",
+                          "data": {"recover": {"epoch": epoch, "offset": 1}}})
+    success, *replayed = transport.take(conn)
+    assert success["data"] == {"epoch": epoch, "offset": 3, "recovered": True, "replayed": 2}
+    assert [m["data"] for m in replayed] == [1, 2]
+    assert transport.take(other) == []  # no one saw alice leave or join
+    hub.broadcast("presence-room", "n", 3, now=clock.now)
+    transport.run()
+    assert [m["data"] for m in transport.take(conn)] == [3]  # still subscribed, once

@@ -239,7 +239,9 @@ def test_client_reaction_to_messages_lost_the_history_no_longer_holds() -> None:
                     await asyncio.sleep(0.01)
             assert [a.recovered for a in answers] == [False]
             node.broadcast("tiny.1", "n", 8)
-            assert (await room.next("n", timeout=10)).data == 8  # nothing replayed before it
+            # the stream keeps 3 (6, 7 and the injected notice): what is left of the gap,
+            # 6, is replayed once, nothing seen is repeated, then 8
+            assert [(await room.next("n", timeout=10)).data for _ in range(2)] == [6, 8]
         await node.aclose()
     asyncio.run(scenario())
 
@@ -258,7 +260,7 @@ def _joined(protocol: ClientProtocol, channel: str, epoch: str, head: int) -> No
     protocol.messages_to_send()
 
 
-def test_client_protocol_recovery_cut_short_a_second_loss_and_a_refused_unsubscribe() -> None:
+def test_client_protocol_recovery_cut_short_and_a_second_loss() -> None:
     protocol = ClientProtocol(jitter=lambda: 0.0)
     _joined(protocol, "h", "e1", 10)
     delivered = [protocol.receive(_event("h", "n", n, offset=n, epoch="e1"), now=0)
@@ -267,16 +269,12 @@ def test_client_protocol_recovery_cut_short_a_second_loss_and_a_refused_unsubscr
     events = protocol.receive(_event("h", "messages.lost",
                                      {"count": 2, "epoch": "e1", "from": 12, "to": 13}), now=0)
     assert isinstance(events[-1], MessagesLost) and events[-1].recovering
-    assert [json.loads(m) for m in protocol.messages_to_send()] == [
-        {"type": "unsubscribe", "channel": "h"},
+    assert [json.loads(m) for m in protocol.messages_to_send()] == [  # asked again, joined
         {"type": "subscribe", "channel": "h", "data": {"recover": {"epoch": "e1", "offset": 11}}}]
-    # the old subscription still speaks: another loss, from before the recovery's start
+    # the subscription still speaks: another loss, from before the recovery's start
     protocol.receive(_event("h", "messages.lost",
                             {"count": 1, "epoch": "e1", "from": 9, "to": 9}), now=0)
     assert protocol.messages_to_send() == []
-    # the unsubscribe found nothing to leave (4010): not a failure of the channel
-    assert protocol.receive(json.dumps({"type": "error", "channel": "h",
-                                        "data": {"code": 4010, "message": "x"}}), now=0) == []
     protocol.send("h", "note", 1)  # held until the channel is joined again
     assert protocol.messages_to_send() == []
     answer = protocol.receive(_event("h", "subscription.succeeded",
@@ -285,9 +283,7 @@ def test_client_protocol_recovery_cut_short_a_second_loss_and_a_refused_unsubscr
     # the held note, then a second recovery for the second loss
     assert [json.loads(m) for m in protocol.messages_to_send()] == [
         {"type": "event", "channel": "h", "event": "note", "data": 1},
-        {"type": "unsubscribe", "channel": "h"},
         {"type": "subscribe", "channel": "h", "data": {"recover": {"epoch": "e1", "offset": 8}}}]
-    protocol.receive(_event("h", "unsubscription.succeeded"), now=0)
     protocol.receive(_event("h", "subscription.succeeded",
                             {"epoch": "e1", "offset": 15, "recovered": True}), now=0)
     replay = [protocol.receive(_event("h", "n", n, offset=n, epoch="e1"), now=0)
