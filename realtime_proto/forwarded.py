@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from .errors import ConfigError
@@ -61,18 +62,22 @@ def client_peer(peer: str | None, headers: Mapping[str, str],
 
 def _walk(chain: list[str], trusted: tuple[Network, ...]) -> tuple[str, str] | None:
     """From the right, the first node that is not a trusted proxy (the leftmost when all
-    are); None when a node on the way cannot be read."""
+    are), as (host, port); None when a node on the way cannot be read."""
     client = None
-    for node in reversed(chain):
-        client = _node(node)
-        if client is None or not _is_trusted(client[0], trusted):
+    for text in reversed(chain):
+        node = _node(text)
+        if node is None:
+            return None
+        host, port = node
+        client = str(host), port
+        if isinstance(host, str) or not any(host in network for network in trusted):
             return client
     return client
 
 
-def _node(text: str) -> tuple[str, str] | None:
-    """`host`, `host:port`, `[v6]`, `[v6]:port` as (host, port), the address normalised;
-    None when the host is neither an address nor an identifier."""
+def _node(text: str) -> tuple[IPv4Address | IPv6Address | str, str] | None:
+    """`host`, `host:port`, `[v6]`, `[v6]:port` as (address or identifier, port: digits
+    or "0"); None when the host is neither an address nor an identifier."""
     text = text.strip()
     if text.startswith("["):
         host, bracket, port = text[1:].partition("]")
@@ -83,16 +88,21 @@ def _node(text: str) -> tuple[str, str] | None:
         host, _, port = text.partition(":")
     else:
         host, port = text, ""
+    port = port if port.isdigit() else "0"
     try:
-        address = _address(host)
+        return _address(host), port
     except ValueError:
-        if not _IDENTIFIER.fullmatch(host):
-            return None
-        return host, port if port.isdigit() else "0"
-    return str(address), port if port.isdigit() else "0"
+        return (host, port) if _IDENTIFIER.fullmatch(host) else None
 
 
+@lru_cache(maxsize=1024)
 def _address(host: str) -> IPv4Address | IPv6Address:
+    """The address `host` names (IPv4-mapped IPv6 as IPv4); remembered, since a proxy's
+    own address comes with every request.
+
+    Raises:
+        ValueError: `host` is not an address.
+    """
     address = ip_address(host)
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped  # a dual-stack socket's view of an IPv4 client

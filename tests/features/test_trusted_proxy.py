@@ -46,7 +46,7 @@ def test_many_clients_through_a_trusted_proxy_are_not_limited_as_one() -> None:
         try:
             opened, refused = await connect_all(server.port, "127.0.0.1")
             assert (len(opened), refused) == (CLIENTS, [])
-            assert sorted(peers) == sorted(f"203.0.113.{n}:0" for n in range(CLIENTS))
+            assert set(peers) == {f"203.0.113.{n}:0" for n in range(CLIENTS)}
             forged, refused = await connect_all(server.port, "127.0.0.2")
             assert (len(forged), refused) == (BURST, [429] * (CLIENTS - BURST))
             # the forger's connections carry its own address, whatever the header said
