@@ -25,14 +25,15 @@ _IDENTIFIER = re.compile(r"_[A-Za-z0-9._-]+|unknown", re.ASCII)
 _PAIR = re.compile(r'\s*(?:([^=;,\s"]+)=("(?:[^"\\]|\\.)*"|[^;,\s"]*)\s*)?([;,]|\Z)')
 
 
-def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses and CIDR ranges (`10.0.0.0/8`, `::1`) as networks.
+def parse_networks(items: Iterable[str] | str) -> tuple[Network, ...]:
+    """Addresses and CIDR ranges (`10.0.0.0/8`, `::1`), or one string of them separated
+    by commas, as networks.
 
     Raises:
         ConfigError: an item is neither.
     """
     networks = []
-    for item in items:
+    for item in items.split(",") if isinstance(items, str) else items:
         try:
             networks.append(ip_network(item.strip(), strict=False))
         except ValueError:

@@ -117,6 +117,7 @@ def test_a_header_that_cannot_be_read_is_not_believed(headers: dict[str, str]) -
 def test_networks_are_parsed_once_and_bad_ones_refused() -> None:
     assert [str(n) for n in parse_networks(["10.0.0.0/8", " ::1 ", "192.168.1.7/24"])] == [
         "10.0.0.0/8", "::1/128", "192.168.1.0/24"]
+    assert parse_networks("10.0.0.0/8, ::1") == parse_networks(["10.0.0.0/8", "::1"])
     with pytest.raises(ConfigError, match=r"'10\.0\.0\.0/33' is not an address or CIDR range"):
         parse_networks(["10.0.0.0/33"])
     with pytest.raises(ConfigError, match=r"trusted proxy 'proxy\.local'"):
