@@ -45,6 +45,7 @@ def test_an_ipv6_proxy_is_trusted_by_its_address() -> None:
 
 
 def test_quoted_values_may_escape_and_hold_separators() -> None:
+    assert peer({"forwarded": 'for="[::1]:80"'}) == "::1:80"  # trusted, but the leftmost
     assert peer({"forwarded": 'for="[::1]:80"'}, "203.0.113.1:1") == "203.0.113.1:1"
     assert peer({"forwarded": 'for="\\[2001:db8::1\\]:80"'}) == "2001:db8::1:80"
     # a `,` or `;` inside another pair's quoted value splits nothing
