@@ -8,6 +8,7 @@ from typing import final
 
 from .backlog import SlowConsumerRule
 from .errors import ConfigError
+from .forwarded import Network
 from .history import HistoryRule
 from .jwt import JwtConfig
 from .ratelimit import Rate
@@ -156,6 +157,9 @@ class NodeConfig:
     runtime: str = "unknown"
     #: slow-consumer policies by channel pattern (the default is to disconnect)
     slow_consumers: tuple[SlowConsumerRule, ...] = ()
+    #: reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client (for the
+    #: per-address connection limit, authentication and logs); none by default
+    trusted_proxies: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

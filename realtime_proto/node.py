@@ -38,6 +38,7 @@ from .events import (
     TransportId,
     User,
 )
+from .forwarded import client_peer
 from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violation
 from .framing.http import HttpFraming
 from .framing.sse import SseFraming, encode_event
@@ -382,9 +383,14 @@ class Node:
                  *self._cors])
         return bool(wait)
 
+    def _peer(self, transport: _Transport, request: RequestReceived) -> str | None:
+        """The client's "host:port": the socket's, or whom a trusted proxy forwards."""
+        trusted = self.config.trusted_proxies
+        return client_peer(transport.peer, request.headers, trusted) if trusted else transport.peer
+
     def _authenticate(self, transport: _Transport, request: RequestReceived, now: float) -> None:
-        address = (transport.peer or "").rpartition(":")[0]
-        if self._refused(transport, self._connect_buckets, address, now):
+        peer = self._peer(transport, request)
+        if self._refused(transport, self._connect_buckets, (peer or "").rpartition(":")[0], now):
             return
         token = request.query.get("token") or bearer_token(request.headers)
         if self.config.custom_authentication:
@@ -392,7 +398,7 @@ class Node:
             self._waiting_auth[request_id] = (transport.id, request)
             self._actions.append(Authenticate(request_id=request_id, request=AuthenticationRequest(
                 token=token, path=request.path, query=request.query, headers=request.headers,
-                peer=transport.peer)))
+                peer=peer)))
             return
         user = None
         if token is not None:
@@ -424,7 +430,8 @@ class Node:
         connection_id = ConnectionId(self._new_id())
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
         opened = ConnectionOpened(connection_id=connection_id, user=user, transport=kind,
-                                  peer=transport.peer, expects_pong=kind == "websocket")
+                                  peer=self._peer(transport, request),
+                                  expects_pong=kind == "websocket")
         if kind == "websocket":
             handshake = transport.framing.take_over()  # type: ignore[union-attr]
             framing = WebSocketFraming(max_message_bytes=self.config.hub.limits.max_message_bytes)

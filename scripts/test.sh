@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 if [ "${CI:-}" != "" ]; then
   scripts/services.sh
+  scripts/nginx.sh
 fi
 .venv/bin/python -m pytest -q "$@"
 if [ -x tests/js/run.sh ]; then

@@ -89,6 +89,26 @@ def test_unknown_keys_and_unreadable_files(tmp_path: Path) -> None:
         resolve_settings({}, {}, str(tmp_path / "missing.toml"))
 
 
+def test_trusted_proxies_from_flags_the_environment_or_a_toml_list(tmp_path: Path) -> None:
+    def trusted(flags: dict[str, object], environ: dict[str, str],
+                path: str | None = None) -> list[str]:
+        config = build_node_config(resolve_settings(flags, environ, path), "n1",
+                                   runtime="asyncio")
+        return [str(network) for network in config.trusted_proxies]
+
+    assert trusted({}, {}) == []
+    # argparse collects a repeated --trusted-proxy into a list
+    assert trusted({"trusted_proxy": ["10.0.0.0/8", "::1"]}, {}) == ["10.0.0.0/8", "::1/128"]
+    assert trusted({}, {"REALTIME_TRUSTED_PROXY": "10.0.0.0/8, 192.168.0.1"}) == [
+        "10.0.0.0/8", "192.168.0.1/32"]
+    config = tmp_path / "realtime.toml"
+    config.write_text('trusted_proxy = ["172.16.0.0/12", "fd00::/8"]\n')
+    assert trusted({}, {}, str(config)) == ["172.16.0.0/12", "fd00::/8"]
+    config.write_text("trusted_proxy = 10\n")
+    with pytest.raises(ConfigError, match="trusted_proxy must be a list of strings, not 10"):
+        resolve_settings({}, {}, str(config))
+
+
 def test_help_documents_every_option() -> None:
     result = run_cli("serve", "--help")
     assert result.returncode == 0
@@ -107,6 +127,8 @@ def test_help_documents_every_option() -> None:
      "history store 'carrier-pigeon://x': use local, auto or one of"),
     (("serve", "--history", "room.*=10:60", "--history-store", "redis://127.0.0.1:1"),
      "cannot use the history store"),
+    (("serve", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "proxy.local"),
+     "trusted proxy 'proxy.local' is not an address or CIDR range"),
 ])
 def test_bad_options_fail_with_one_clear_line(args: tuple[str, ...], needle: str) -> None:
     result = run_cli(*args)

@@ -355,6 +355,60 @@ def test_connections_per_address_and_api_calls_per_key_are_rate_limited() -> Non
     assert api(h, "GET", "/api/channels").status == 200
 
 
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() -> None:
+    from realtime_proto.actions import Authenticate
+    from realtime_proto.config import RateLimits
+    from realtime_proto.events import AuthenticationAnswered
+    from realtime_proto.forwarded import parse_networks
+    from realtime_proto.ratelimit import Rate
+
+    h = Harness(hub=HubConfig(node_id="n1", rates=RateLimits(connections=Rate(1, 1))),
+                trusted_proxies=parse_networks(["127.0.0.0/8"]), custom_authentication=True)
+
+    def connect(*headers: tuple[str, str]) -> Authenticate | int:
+        """The application's Authenticate action (then accepted), or the refusal's status."""
+        peer = HttpPeer()
+        transport = h.open()  # the Harness's sockets come from 127.0.0.1:5000
+        h.broker.clear()
+        h.feed(transport, peer.request("GET", "/poll", headers))
+        asked = [action for action in h.broker if isinstance(action, Authenticate)]
+        if not asked:
+            [refused] = peer.receive(h.take(transport))
+            return int(refused.status)
+        [action] = asked
+        h.node.handle(AuthenticationAnswered(request_id=action.request_id), now=h.clock.now)
+        h.pump()
+        [answer] = peer.receive(h.take(transport))
+        assert answer.status == 200
+        return action
+
+    first = connect(("X-Forwarded-For", "203.0.113.1"))
+    second = connect(("Forwarded", 'for="[2001:db8::2]:4711"'))
+    assert isinstance(first, Authenticate) and isinstance(second, Authenticate)
+    # the application sees the client, not the proxy; so does the connection
+    assert (first.request.peer, second.request.peer) == ("203.0.113.1:0", "2001:db8::2:4711")
+    peers = {h.node.hub.connection(c).peer  # type: ignore[union-attr]
+             for c in h.node.hub.connection_ids()}
+    assert peers == {"203.0.113.1:0", "2001:db8::2:4711"}
+    # one bucket per client: a second connection of the first client is over its rate
+    assert connect(("X-Forwarded-For", "203.0.113.1")) == 429
+    # the proxy's own connections (no header) share the proxy's bucket
+    assert isinstance(connect(), Authenticate)
+    assert connect() == 429
+
+
+def test_an_untrusted_peer_cannot_escape_its_limit_with_a_forged_header() -> None:
+    from realtime_proto.config import RateLimits
+    from realtime_proto.forwarded import parse_networks
+    from realtime_proto.ratelimit import Rate
+
+    h = Harness(hub=HubConfig(node_id="n1", rates=RateLimits(connections=Rate(1, 1))),
+                trusted_proxies=parse_networks(["10.0.0.0/8"]))
+    statuses = [http(h, "GET", "/poll", headers=(("X-Forwarded-For", f"203.0.113.{n}"),)).status
+                for n in range(3)]
+    assert statuses == [200, 429, 429]
+
+
 def _behind(h: Harness, policy: str, channel: str) -> tuple[Any, WebSocketPeer]:
     """A WebSocket client subscribed to `channel` whose adapter stopped pulling its bytes."""
     transport, peer, _ = ws_connect(h)

@@ -54,6 +54,9 @@ _HELP = {
     "subscribe_burst": "subscribe requests at once per connection",
     "connection_rate": "new connections per second from one IP address (0: no limit)",
     "connection_burst": "new connections at once from one IP address",
+    "trusted_proxy": "address or CIDR range of a reverse proxy whose Forwarded or "
+                     "X-Forwarded-For names the client (repeatable; environment and TOML: "
+                     "a comma list, a list)",
     "api_rate": "HTTP API calls per second per API key (0: no limit)",
     "api_burst": "HTTP API calls at once per API key",
     "history": "channels that keep history for recovery: pattern=size:ttl,… "
@@ -88,14 +91,21 @@ def _option_types() -> dict[str, type]:
     hints = typing.get_type_hints(Settings)
     result = {}
     for name in Settings.names():
-        args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
-        result[name] = args[0] if args else hints[name]
+        hint = hints[name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        result[name] = tuple if typing.get_origin(hint) is tuple else args[0] if args else hint
     return result
 
 
 def _convert(name: str, value: Any, kind: type, source: str) -> Any:
     if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
+    if kind is tuple:  # a list: repeated flags, a TOML list, or items separated by commas
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(item, str) for item in items):
+            return tuple(part.strip() for item in items for part in item.split(",")
+                         if part.strip())
+        raise ConfigError(f"{source}: {name} must be a list of strings, not {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
@@ -118,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file with any of the options below")
     for name, kind in _option_types().items():
         serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                           metavar=kind.__name__.upper(), help=_HELP[name])
+                           action="append" if kind is tuple else "store",
+                           metavar="ITEM" if kind is tuple else kind.__name__.upper(),
+                           help=_HELP[name])
     token = commands.add_parser("token", help="print an HS256 connection token (for testing)")
     token.error = parser.error  # type: ignore[method-assign]
     token.add_argument("--secret", required=True)

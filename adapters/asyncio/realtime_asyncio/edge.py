@@ -21,6 +21,7 @@ from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
 from realtime_proto.config import RateLimits
 from realtime_proto.events import BrokerReported
+from realtime_proto.forwarded import parse_networks
 from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate
@@ -81,6 +82,8 @@ class Settings:
     subscribe_burst: float = 50.0
     connection_rate: float = 20.0
     connection_burst: float = 100.0
+    #: reverse proxies (addresses, CIDR ranges) whose Forwarded / X-Forwarded-For name the client
+    trusted_proxy: tuple[str, ...] = ()
     api_rate: float = 500.0
     api_burst: float = 1000.0
     history: str = ""
@@ -155,6 +158,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
                       cors_origin=settings.cors_origin, runtime=runtime,
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
+                      trusted_proxies=parse_networks(settings.trusted_proxy),
                       static_files=load_static_files(settings.static_dir))
 
 
