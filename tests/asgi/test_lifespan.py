@@ -132,3 +132,35 @@ def test_without_the_lifespan_the_mount_refuses_and_the_api_raises() -> None:
             with pytest.raises(ServerNotStarted):
                 realtime.broadcast("news", "lost", 1)
     asyncio.run(scenario())
+
+
+
+def test_served_directly_the_asgi_lifespan_runs_the_server() -> None:
+    async def scenario() -> None:
+        realtime = RealtimeServer(broker=f"memory://lifespan-{uuid.uuid4().hex}")
+        async with uvicorn_serving(realtime.asgi_app) as port, \
+                websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            established = await next_event(ws)
+            message_id = realtime.send(established["data"]["connection_id"], "hi", 1)
+            assert (await next_event(ws))["id"] == message_id
+        with pytest.raises(ServerNotStarted):
+            realtime.broadcast("news", "late", 1)
+    asyncio.run(scenario())
+
+
+def test_a_broker_that_cannot_be_reached_fails_the_host_startup() -> None:
+    async def scenario() -> None:
+        with socket.socket() as closed:  # bound, not listening: connections are refused
+            closed.bind(("127.0.0.1", 0))
+            realtime = RealtimeServer(broker=f"redis://127.0.0.1:{closed.getsockname()[1]}")
+            server = uvicorn.Server(uvicorn.Config(host_app(realtime, realtime.lifespan),
+                                                   log_level="critical", lifespan="on"))
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                with pytest.raises(SystemExit):  # uvicorn's exit on a failed startup
+                    async with asyncio.timeout(TIMEOUT):
+                        await server.serve(sockets=[sock])
+            assert not server.started
+            with pytest.raises(ServerNotStarted):
+                realtime.broadcast("news", "lost", 1)
+    asyncio.run(scenario())
