@@ -164,3 +164,19 @@ def test_a_broker_that_cannot_be_reached_fails_the_host_startup() -> None:
             with pytest.raises(ServerNotStarted):
                 realtime.broadcast("news", "lost", 1)
     asyncio.run(scenario())
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_starlettes_test_client_runs_the_lifespan_in_its_own_thread() -> None:
+    from starlette.testclient import TestClient
+
+    realtime = RealtimeServer(broker=f"memory://lifespan-{uuid.uuid4().hex}")
+    with TestClient(host_app(realtime, realtime.lifespan)) as client, \
+            client.websocket_connect("/rt/ws") as ws:
+        assert ws.receive_json()["event"] == "connection.established"
+        ws.send_json({"type": "subscribe", "channel": "news"})
+        assert ws.receive_json()["event"] == "subscription.succeeded"
+        published = client.post("/publish-sync", params={"n": 1}).json()
+        assert ws.receive_json()["id"] == published["id"]
+        message_id = realtime.broadcast("news", "direct", 2)  # handed to the app's loop
+        assert ws.receive_json()["id"] == message_id
