@@ -1,6 +1,5 @@
 """Running the examples for their tests: import one by path, serve an ASGI app under real
-uvicorn, subscribe with a WebSocket or the JavaScript client in Node, read a process's
-lines with a deadline."""
+uvicorn, subscribe with a WebSocket, read a process's lines with a deadline."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import shutil
 import socket
 import sys
 import uuid
@@ -17,7 +15,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import uvicorn
 import websockets
 
@@ -98,31 +95,3 @@ class Lines:
         line = await asyncio.wait_for(self.process.stdout.readline(), TIMEOUT)
         assert line, "the process ended"
         return line.decode().strip()
-
-
-@contextlib.asynccontextmanager
-async def node_subscriber(url: str, transport: str) -> AsyncIterator[Lines]:
-    """tests/examples/subscriber.mjs: the JavaScript client on `url`, subscribed to news."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    process = await asyncio.create_subprocess_exec(
-        node, str(Path(__file__).parent / "subscriber.mjs"), url, transport,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    try:
-        lines = Lines(process)
-        assert await lines.next() == "subscribed"
-        yield lines
-    finally:
-        await ended(process)
-
-
-async def ended(process: asyncio.subprocess.Process) -> int:
-    """Close the child's stdin, wait for it (bounded), kill it if it lingers."""
-    if process.stdin is not None:
-        process.stdin.close()
-    try:
-        return await asyncio.wait_for(process.wait(), TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        return await process.wait()
