@@ -117,6 +117,7 @@ class SelectorsServer(ServerBase):
         self._release()
 
     def _release(self) -> None:
+        self.running = False  # the application API raises ServerNotStarted from now on
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -34,10 +34,11 @@ async def uvicorn_serving() -> AsyncIterator[tuple[int, RealtimeServer]]:
 
     async def hello(request: object) -> PlainTextResponse:
         return PlainTextResponse("my own route")
-    app = Starlette(routes=[Route("/hello", hello), Mount("/realtime", app=realtime.asgi_app)])
+    app = Starlette(routes=[Route("/hello", hello), Mount("/realtime", app=realtime.asgi_app)],
+                    lifespan=realtime.lifespan)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           lifespan="off"))
+                                           lifespan="on"))
     task = asyncio.ensure_future(server.serve())
     async with asyncio.timeout(20):
         while not server.started:
@@ -47,7 +48,6 @@ async def uvicorn_serving() -> AsyncIterator[tuple[int, RealtimeServer]]:
     finally:
         server.should_exit = True
         await task
-        await realtime.aclose(timeout=1)
 
 
 def test_websocket_sse_poll_and_api_through_uvicorn() -> None:

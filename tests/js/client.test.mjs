@@ -9,6 +9,7 @@ import {
   TcpProxy,
   freePort,
   signJwt,
+  startFastApiExample,
   startRealtimeServer,
   until,
   waitEvent,
@@ -398,6 +399,34 @@ describe('client against the real server', () => {
     const i = cursors.length - 1;
     assert.ok(cursors.some((cur, k) => k > 0 && cur === cursors[k - 1]), `cursors ${cursors.slice(0, i + 1)}`);
   });
+});
+
+describe('a server mounted under a path prefix (examples/fastapi_app)', () => {
+  let server;
+
+  before(async () => {
+    server = await startFastApiExample();
+  });
+
+  after(async () => {
+    closeAll();
+    await server?.kill('SIGTERM');
+  });
+
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: the URL's path is kept for every request`, async () => {
+      const c = makeClient(server.httpUrl, transport); // http://127.0.0.1:PORT/rt
+      await connected(c);
+      const news = await subscribed(c, 'news'); // SSE and polling subscribe with POST /rt/send
+      const got = waitEvent(news, 'notice');
+      const res = await fetch(`${server.origin}/notify-sync?text=${transport}`, { method: 'POST' });
+      assert.equal(res.status, 200);
+      const { id } = await res.json();
+      const [data, message] = await got;
+      assert.deepEqual(data, { text: transport, route: 'sync' });
+      assert.equal(message.id, id);
+    });
+  }
 });
 
 describe('heartbeats and dead connections', () => {

@@ -103,14 +103,16 @@ export function signJwt(secret, claims) {
 }
 
 /**
- * A running server process. start() spawns it and waits for GET /health 200;
- * kill() ends it (SIGKILL by default, as a crash); start() again reuses the port.
+ * A running server process. start() spawns it and waits for GET /health 200 (under
+ * `prefix` when the server is mounted there); kill() ends it (SIGKILL by default, as a
+ * crash); start() again reuses the port.
  */
 export class ServerProcess {
-  constructor({ command, args, port, apiKey, jwtSecret, cwd = ROOT, env = {} }) {
+  constructor({ command, args, port, apiKey, jwtSecret, cwd = ROOT, env = {}, prefix = '' }) {
     this.command = command;
     this.argsFor = args;
     this.port = port;
+    this.prefix = prefix;
     this.apiKey = apiKey;
     this.jwtSecret = jwtSecret;
     this.cwd = cwd;
@@ -119,12 +121,17 @@ export class ServerProcess {
     this.output = '';
   }
 
-  get httpUrl() {
+  /** The host application's root (the same as httpUrl without a prefix). */
+  get origin() {
     return `http://127.0.0.1:${this.port}`;
   }
 
+  get httpUrl() {
+    return `${this.origin}${this.prefix}`;
+  }
+
   get wsUrl() {
-    return `ws://127.0.0.1:${this.port}`;
+    return `ws://127.0.0.1:${this.port}${this.prefix}`;
   }
 
   async start(timeout = 20000) {
@@ -236,6 +243,30 @@ export async function startChatServer({ port = null } = {}) {
   return server.start();
 }
 
+/** examples/fastapi_app under uvicorn on a random port: the server mounted under /rt. */
+export async function startFastApiExample({ port = null } = {}) {
+  const server = new ServerProcess({
+    command: pythonBin(),
+    port: port ?? (await freePort()),
+    prefix: '/rt',
+    args: (p) => [
+      '-m',
+      'uvicorn',
+      'app:app',
+      '--app-dir',
+      path.join(ROOT, 'examples', 'fastapi_app'),
+      '--host',
+      '127.0.0.1',
+      '--port',
+      String(p),
+      '--log-level',
+      'warning',
+    ],
+    env: { PYTHONDONTWRITEBYTECODE: '1' },
+  });
+  return server.start();
+}
+
 /**
  * A TCP proxy in front of the server. Options (changeable at any time):
  * refusePaths: request paths (e.g. ['/ws']) whose connections get 503 and are
@@ -260,12 +291,17 @@ export class TcpProxy {
     return this;
   }
 
-  get httpUrl() {
+  /** The host application's root (the same as httpUrl without a prefix). */
+  get origin() {
     return `http://127.0.0.1:${this.port}`;
   }
 
+  get httpUrl() {
+    return `${this.origin}${this.prefix}`;
+  }
+
   get wsUrl() {
-    return `ws://127.0.0.1:${this.port}`;
+    return `ws://127.0.0.1:${this.port}${this.prefix}`;
   }
 
   _onConnection(client) {

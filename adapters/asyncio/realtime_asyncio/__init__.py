@@ -3,6 +3,7 @@
 from realtime_proto import User
 from realtime_proto.actions import AuthenticationRequest, ConnectionInfo
 
+from .base import ServerNotStarted
 from .client import Channel, RealtimeClient
 from .edge import Settings
 from .server import RealtimeServer
@@ -13,6 +14,7 @@ __all__ = [
     "ConnectionInfo",
     "RealtimeClient",
     "RealtimeServer",
+    "ServerNotStarted",
     "Settings",
     "User",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from realtime_proto.errors import ErrorCode
 from realtime_proto.events import TransportId
 
 if TYPE_CHECKING:
@@ -74,36 +76,38 @@ class _VirtualClient:
 
 
 class RealtimeASGI:
-    """The ASGI application of a `RealtimeServer` (see `RealtimeServer.asgi_app`)."""
+    """The ASGI application of a `RealtimeServer` (see `RealtimeServer.asgi_app`).
+
+    Served directly, it starts and stops the server on the ASGI lifespan events. Mounted
+    in another application (which keeps those events), the host's lifespan must run
+    `RealtimeServer.lifespan`; until the server runs, requests get 503 and WebSocket
+    handshakes are closed with 1011.
+    """
 
     def __init__(self, server: RealtimeServer) -> None:
         self.server = server
-        self._started = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-            return
-        async with self._started:
-            if not self.server.started:
-                await self.server.start(listen=False)  # mounted apps get no lifespan
-        if scope["type"] == "http":
+        elif not self.server.running:
+            await _refuse(scope, receive, send)
+        elif scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                async with self._started:
-                    if not self.server.started:
-                        await self.server.start(listen=False)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.server.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
+        await receive()  # lifespan.startup
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.server.lifespan())
+            except Exception as error:
+                await send({"type": "lifespan.startup.failed", "message": repr(error)})
                 return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
@@ -184,6 +188,23 @@ class RealtimeASGI:
         if accepted:
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1006})
+
+
+_NOT_RUNNING = ("the realtime server is not running: start it with the host application's "
+                "lifespan (server.lifespan); see docs/embedding.md")
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request that came before the server started (or after it stopped)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1011, "reason": _NOT_RUNNING})
+        return
+    body = json.dumps({"error": {"code": ErrorCode.INTERNAL_ERROR,
+                                 "message": _NOT_RUNNING}}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _relay_http(client: h11.Connection, send: Send) -> bool:

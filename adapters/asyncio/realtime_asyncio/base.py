@@ -9,12 +9,13 @@ allows: a runtime overrides the hooks at the bottom and nothing else.
 
 from __future__ import annotations
 
+import _thread
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any, ClassVar, Protocol, assert_never
+from typing import Any, ClassVar, Protocol, TypeVar, assert_never
 
 from realtime_brokers import BrokerStatistics
 from realtime_proto import ChannelRule, Node
@@ -63,12 +64,19 @@ from .edge import (
     random_id,
 )
 
-__all__ = ["Answer", "BrokerCommands", "ServerBase"]
+__all__ = ["Answer", "BrokerCommands", "ServerBase", "ServerNotStarted"]
 
 log = logging.getLogger("realtime")
 
+T = TypeVar("T")
+
 Answer = Callable[[object, BaseException | None], NodeEvent]
 """Turns what a callback returned (or raised) into the event that answers the Node."""
+
+
+class ServerNotStarted(RuntimeError):
+    """The application API was used while the server is not running (before it started,
+    or after it stopped): nothing was sent."""
 
 
 class BrokerCommands(Protocol):
@@ -89,12 +97,17 @@ class HistoryCommands(Protocol):
 class ServerBase:
     """A Node behind the embedding API of `realtime_asyncio.RealtimeServer`.
 
-    Every method runs on the server's own thread (its loop, hub or selector). Until the
-    runtime sets `running`, actions wait in the Node.
+    The application API (`broadcast`, `send_to_user`, `send`, `members`, `channels`,
+    `connection`) may be called from any thread once the server runs; every other method
+    runs on the server's own thread (its loop, hub or selector). Until the runtime sets
+    `running` (on that thread), actions wait in the Node and the application API raises
+    `ServerNotStarted`.
     """
 
     #: the runtime's name, for /health and /metrics
     runtime: ClassVar[str] = ""
+    #: seconds a call from another thread waits for the server's thread to take it
+    call_timeout: float = 10.0
 
     def __init__(self, settings: Settings | None = None, **options: Any) -> None:
         self.settings = settings or Settings(**options)
@@ -105,7 +118,8 @@ class ServerBase:
         self.history_store = history_store(self.settings)
         self.broker: BrokerCommands | None = None
         self.history: HistoryCommands | None = None
-        self.running = False
+        #: the id of the thread that drives the Node while the server runs
+        self._thread: int | None = None
         self._authenticate_hook: Callable[[Any], Any] | None = None
         self._pumping = False
         self._to_write: dict[TransportId, None] = {}
@@ -135,35 +149,120 @@ class ServerBase:
 
     def broadcast(self, channel: str, event: str, data: JsonValue = None, *,
                   exclude: str | None = None) -> str:
-        """Publish to a channel's subscribers on every node; the message id."""
+        """Publish to a channel's subscribers on every node; the message id.
+
+        Safe from any thread (see `on_server_thread`: another thread waits until the
+        server's thread has taken the call, at most `call_timeout` seconds).
+
+        Raises:
+            ServerNotStarted: the server is not running; nothing was sent.
+            MessageError: the channel name is invalid (code 4008).
+            TimeoutError: the server's thread did not take the call in time; nothing
+                was sent.
+        """
+        return self.on_server_thread(self._broadcast, channel, event, data, exclude)
+
+    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
+        """Send to every connection of a user, on every node; the message id. Safe from
+        any thread, and raises as `broadcast` does."""
+        return self.on_server_thread(self._send_to_user, user_id, event, data)
+
+    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
+        """Send to one connection of this node; the message id, or None if unknown. Safe
+        from any thread, and raises as `broadcast` does."""
+        return self.on_server_thread(self._send, connection_id, event, data)
+
+    def members(self, channel: str) -> list[Member]:
+        """Members of a presence channel across the cluster (from any thread)."""
+        return self.on_server_thread(self.node.hub.members, channel)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with subscribers on this node, and how many (from any thread)."""
+        return self.on_server_thread(self.node.hub.channels)
+
+    def connection(self, connection_id: str) -> ConnectionInfo | None:
+        """A snapshot of one connection of this node (from any thread)."""
+        return self.on_server_thread(self.node.hub.connection, ConnectionId(connection_id))
+
+    def on_server_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the server's thread, from any thread; what it returns or raises.
+
+        On the server's thread it runs at once. From another thread it is handed over
+        with `call_soon_threadsafe` (calls from one thread keep their order) and the
+        caller blocks until it has run; if the server's thread has not taken it within
+        `call_timeout` seconds, it never runs and `TimeoutError` is raised.
+
+        Raises:
+            ServerNotStarted: the server is not running (checked again on its thread).
+        """
+        if self._thread is None:
+            raise self._not_started()
+        if self.thread_ident() == self._thread:
+            return fn(*args)
+        taken, done = self.allocate_lock(), self.allocate_lock()
+        done.acquire()
+        outcome: list[Any] = []
+
+        def run() -> None:
+            if not taken.acquire(blocking=False):
+                return  # the caller gave up: it raised TimeoutError
+            try:
+                if self._thread is None:
+                    raise self._not_started()
+                outcome.append(fn(*args))
+            except BaseException as error:
+                outcome.append(error)
+            finally:
+                done.release()
+
+        try:
+            self.call_soon_threadsafe(run)
+        except RuntimeError as error:  # the loop is closed, or trio's run has finished
+            raise self._not_started() from error
+        if not done.acquire(timeout=self.call_timeout):
+            if taken.acquire(blocking=False):
+                raise TimeoutError(f"the {self.runtime} server's thread did not take the "
+                                   f"call within {self.call_timeout} s; nothing was sent")
+            done.acquire()  # `run` has taken the call: it ends soon
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        result: T = outcome[0]
+        return result
+
+    def _not_started(self) -> ServerNotStarted:
+        return ServerNotStarted(
+            f"the {self.runtime} realtime server is not running: start it first "
+            "(mounted in an ASGI application, pass `lifespan=server.lifespan` to the host "
+            "application or enter `server.lifespan()` in its own lifespan); see "
+            "docs/embedding.md")
+
+    def _broadcast(self, channel: str, event: str, data: JsonValue,
+                   exclude: str | None) -> str:
         message_id = self.node.hub.broadcast(channel, event, data, now=self.now(),
                                              exclude=ConnectionId(exclude) if exclude else None)
         self.pump()
         return message_id
 
-    def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
-        """Send to every connection of a user, on every node; the message id."""
+    def _send_to_user(self, user_id: str, event: str, data: JsonValue) -> str:
         message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
         self.pump()
         return message_id
 
-    def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
-        """Send to one connection of this node; the message id, or None if unknown."""
+    def _send(self, connection_id: str, event: str, data: JsonValue) -> str | None:
         message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
         self.pump()
         return message_id
 
-    def members(self, channel: str) -> list[Member]:
-        """Members of a presence channel across the cluster."""
-        return self.node.hub.members(channel)
+    @property
+    def running(self) -> bool:
+        """Whether the server runs: actions flow, and the application API works."""
+        return self._thread is not None
 
-    def channels(self) -> dict[str, int]:
-        """Channels with subscribers on this node, and how many."""
-        return self.node.hub.channels()
-
-    def connection(self, connection_id: str) -> ConnectionInfo | None:
-        """A snapshot of one connection of this node."""
-        return self.node.hub.connection(ConnectionId(connection_id))
+    @running.setter
+    def running(self, value: bool) -> None:
+        """The runtime sets it on the server's thread once started, and clears it once
+        stopped."""
+        self._thread = self.thread_ident() if value else None
 
     # -- driving the Node ----------------------------------------------------------------
 
@@ -178,7 +277,7 @@ class ServerBase:
 
     def pump(self) -> None:
         """Carry out every action the Node has produced, then re-arm the timer."""
-        if self._pumping or not self.running:
+        if self._pumping or self._thread is None:  # not `running`: a property
             return
         self._pumping = True
         try:
@@ -310,6 +409,21 @@ class ServerBase:
         return _rule_result(answer)
 
     # -- the runtime's hooks ---------------------------------------------------------------
+
+    @staticmethod
+    def thread_ident() -> int:
+        """The calling OS thread's id (gevent: the unpatched one, not a greenlet's)."""
+        return _thread.get_ident()
+
+    @staticmethod
+    def allocate_lock() -> _thread.LockType:
+        """A lock that blocks the calling OS thread (gevent: the unpatched one)."""
+        return _thread.allocate_lock()
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """From any thread: make the server's thread call `fn` soon, in call order. Raise
+        RuntimeError if the loop has gone."""
+        raise NotImplementedError
 
     def schedule_flush(self) -> None:
         """Make the loop call `flush_writes` once, after what it is running now."""

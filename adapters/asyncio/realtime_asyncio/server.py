@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import typing
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from realtime_brokers import BrokerClient, open_broker
@@ -103,8 +103,9 @@ class RealtimeServer(ServerBase):
     """A realtime server inside an asyncio program.
 
     Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook,
-    `await start()` (or `run()` to block), then publish with `broadcast`,
-    `send_to_user` and `send`. Callbacks may be plain functions or coroutines.
+    `await start()` (or `run()` to block; mounted in an ASGI application, `lifespan`),
+    then publish with `broadcast`, `send_to_user` and `send`, from any thread.
+    Callbacks may be plain functions or coroutines.
     """
 
     runtime = "asyncio"
@@ -133,10 +134,26 @@ class RealtimeServer(ServerBase):
 
     @property
     def asgi_app(self) -> RealtimeASGI:
-        """An ASGI application serving the same endpoints (mount it anywhere)."""
+        """An ASGI application serving the same endpoints (mount it anywhere, and start
+        the server with the host application's `lifespan`)."""
         if self._asgi is None:
             self._asgi = RealtimeASGI(self)
         return self._asgi
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Run the server (without a port of its own) while the host application runs.
+
+        ``FastAPI(lifespan=server.lifespan)`` or ``Starlette(lifespan=server.lifespan)``;
+        or ``async with server.lifespan():`` inside the host application's own lifespan.
+        A mounted ASGI application gets no lifespan events of its own, so without this
+        the mount answers 503 and the application API raises `ServerNotStarted`.
+        """
+        await self.start(listen=False)
+        try:
+            yield
+        finally:
+            await self.aclose()
 
     # -- running -------------------------------------------------------------------------
 
@@ -239,6 +256,11 @@ class RealtimeServer(ServerBase):
         self._servers.clear()
 
     # -- the runtime's hooks -------------------------------------------------------------
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        if self._loop is None:
+            raise RuntimeError("the server has not started")
+        self._loop.call_soon_threadsafe(fn)
 
     def schedule_flush(self) -> None:
         asyncio.get_running_loop().call_soon(self.flush_writes)

@@ -73,11 +73,10 @@ class RealtimeServer(ServerBase):
 
     Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook,
     `start()` (or `serve_forever()`, or `run()` to also handle SIGINT and SIGTERM), then
-    publish with `broadcast`, `send_to_user` and `send` from the server's thread.
-    Callbacks are plain callables, each run in its own greenlet, so they may block
-    cooperatively (gevent sockets, monkey-patched drivers). Works with and without
-    monkey-patching. Other threads reach the server through its hub:
-    ``server.hub.loop.run_callback_threadsafe(server.broadcast, …)``.
+    publish with `broadcast`, `send_to_user` and `send` from any greenlet or thread
+    (other OS threads are handed to the hub's loop). Callbacks are plain callables, each
+    run in its own greenlet, so they may block cooperatively (gevent sockets,
+    monkey-patched drivers). Works with and without monkey-patching.
     """
 
     runtime = "gevent"
@@ -256,6 +255,22 @@ class RealtimeServer(ServerBase):
 
     # -- the hooks of ServerBase ---------------------------------------------------------
 
+    @staticmethod
+    def thread_ident() -> int:
+        """The OS thread's id even under monkey-patching: greenlets of the hub's thread
+        call the API directly."""
+        return int(_os_thread_ident())
+
+    @staticmethod
+    def allocate_lock() -> Any:
+        """A lock that blocks a real OS thread even under monkey-patching."""
+        return _os_thread_lock()
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        if self.hub is None:
+            raise RuntimeError("the server has not started")
+        self.hub.loop.run_callback_threadsafe(fn)
+
     def schedule_flush(self) -> None:
         """A hub callback: it runs after the greenlets and callbacks that are ready now."""
         self.hub.loop.run_callback(self.flush_writes)
@@ -322,6 +337,11 @@ class RealtimeServer(ServerBase):
     def _on_timer(self) -> None:
         self._timer_at = None
         self.tick()
+
+
+#: the unpatched `_thread` functions (the originals, whether patched before or after import)
+_os_thread_ident = gevent.monkey.get_original("_thread", "get_ident")
+_os_thread_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 
 
 def _start_os_thread(target: Callable[[], None]) -> None:

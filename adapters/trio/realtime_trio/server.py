@@ -64,10 +64,9 @@ class RealtimeServer(ServerBase):
 
     Register rules with `channel(pattern).authorize(fn)` and an `authenticate` hook, run
     `await nursery.start(server.serve)` (or `run()` to block), then publish with
-    `broadcast`, `send_to_user` and `send` from the trio thread. Callbacks may be plain
-    functions or async functions (run as trio tasks). Cancelling `serve` shuts down
-    gracefully. Other threads reach the server with
-    ``trio.from_thread.run_sync(server.broadcast, …, trio_token=server.trio_token)``.
+    `broadcast`, `send_to_user` and `send` from any thread (other threads are handed to
+    the trio thread through its token). Callbacks may be plain functions or async
+    functions (run as trio tasks). Cancelling `serve` shuts down gracefully.
     """
 
     runtime = "trio"
@@ -118,6 +117,7 @@ class RealtimeServer(ServerBase):
                 finally:
                     self._begin_shutdown()
         finally:
+            self.running = False
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + _BROKER_CLOSE_TIMEOUT
                 await self._close_broker()
@@ -287,6 +287,12 @@ class RealtimeServer(ServerBase):
                 return closing
 
     # -- the hooks of ServerBase ---------------------------------------------------------
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Through the trio token (RunFinishedError, a RuntimeError, once trio is done)."""
+        if self.trio_token is None:
+            raise RuntimeError("the server has not started")
+        self.trio_token.run_sync_soon(fn)
 
     def schedule_flush(self) -> None:
         self._flush_wanted.set()
