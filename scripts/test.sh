@@ -7,7 +7,8 @@ if [ "${CI:-}" != "" ]; then
   scripts/services.sh
   if ! command -v systemd-analyze >/dev/null && [ "$(id -u)" = "0" ]; then
     echo "test: installing systemd (systemd-analyze checks deploy/realtime.service)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq systemd >/dev/null
   fi
 fi
 .venv/bin/python -m pytest -q "$@"
