@@ -2,7 +2,7 @@
 # The whole test suite: Python (core, runtimes, brokers, CLI) and JavaScript (Node, Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh test
 if [ "${CI:-}" != "" ]; then
   scripts/services.sh
   if ! command -v systemd-analyze >/dev/null && [ "$(id -u)" = "0" ]; then
