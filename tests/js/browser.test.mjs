@@ -214,6 +214,18 @@ describe('the example chat', () => {
       await server.publish('private-room.general', 'message.sent', { user: 'server', text: 'Deploy finished: v1.4.2 is live.' });
       await alice.waitForSelector('.message.system .text >> text=Deploy finished', { timeout: WAIT });
       await bob.waitForSelector('.message.system .text >> text=Deploy finished', { timeout: WAIT });
+      // bob read it: the receipt sits centred under the (centred) system message
+      await alice.waitForSelector('.seen.system >> text=Seen by bob', { timeout: WAIT });
+      const [systemMiddle, seenMiddle] = await alice.evaluate(() => {
+        const middle = (...nodes) => {
+          const boxes = nodes.map((node) => node.getBoundingClientRect());
+          return (Math.min(...boxes.map((b) => b.left)) + Math.max(...boxes.map((b) => b.right))) / 2;
+        };
+        const systems = document.querySelectorAll('.message.system');
+        // what is drawn: the receipt's icon and text, not its box
+        return [middle(systems[systems.length - 1]), middle(...document.querySelector('.seen').children)];
+      });
+      assert.ok(Math.abs(systemMiddle - seenMiddle) < 24, `receipt at ${seenMiddle}, message at ${systemMiddle}`);
 
       // A third user from Node, typing, for a lively screenshot.
       carol = new RealtimeClient(server.wsUrl, { WebSocket, auth: { token: 'carol' } });
@@ -250,6 +262,39 @@ describe('the example chat', () => {
 
       assert.deepEqual(aliceErrors, []);
       assert.deepEqual(bobErrors, []);
+    } finally {
+      await ctxA.close();
+      await ctxB.close();
+    }
+  });
+
+  test('a name that is online is refused to someone else, and free once they leave', async () => {
+    const ctxA = await browser.newContext();
+    const ctxB = await browser.newContext(); // another browser: another key
+    try {
+      const { page: first, errors } = await join(ctxA, 'gina');
+      const second = await ctxB.newPage();
+      await second.goto(`${server.httpUrl}/#general`);
+      await second.fill('#name-input', 'gina');
+      await second.click('#login-form button[type=submit]');
+      await second.waitForFunction(() => document.querySelector('#login-error').textContent.includes('in use'), null, { timeout: WAIT });
+      assert.equal(await second.isVisible('#app'), false);
+      assert.equal(await second.inputValue('#name-input'), 'gina');
+
+      await first.close({ runBeforeUnload: true });
+      const deadline = Date.now() + WAIT; // until the server has seen gina leave
+      for (;;) {
+        await second.click('#login-form button[type=submit]');
+        const state = await second.waitForFunction(
+          () => (document.querySelector('#login-error').textContent ? 'refused' : document.querySelector('#connection').dataset.state === 'connected' && 'in'),
+          null,
+          { timeout: WAIT },
+        );
+        if ((await state.jsonValue()) === 'in') break;
+        assert.ok(Date.now() < deadline, 'gina was still online');
+      }
+      assert.equal(await second.textContent('#me-name'), 'gina');
+      assert.deepEqual(errors, []);
     } finally {
       await ctxA.close();
       await ctxB.close();
