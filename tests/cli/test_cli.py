@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -269,3 +270,13 @@ def test_json_logs_are_one_object_per_line_with_the_connection_and_user() -> Non
     assert failed[0]["connection_id"] == connection_id
     assert failed[0]["channel"] == "private-room.1"
     assert "Traceback" in failed[0]["exception"]
+
+
+def test_the_configuration_doc_has_the_generated_table() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "configuration_doc", ROOT / "scripts" / "configuration_doc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.table() in (ROOT / "docs" / "configuration.md").read_text(), (
+        "run scripts/configuration_doc.py")
