@@ -31,5 +31,4 @@ __all__ = [
     "StaticFile",
     "TransportId",
     "User",
-    "__version__",
 ]
