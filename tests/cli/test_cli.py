@@ -215,6 +215,12 @@ def test_token_help_explains_every_option_and_its_default() -> None:
     assert "--ttl TTL seconds until it expires (default: 3600)" in text
 
 
+def test_a_token_lives_at_least_a_second() -> None:
+    result = run_cli("token", "--secret", "s", "--sub", "ann", "--ttl", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "realtime: error: argument --ttl: ttl must be at least 1, not 0"
+
+
 def test_token_takes_its_secret_from_the_environment() -> None:
     result = run_cli("token", "--sub", "ann", env={"REALTIME_JWT_SECRET": "s3cret"})
     assert result.returncode == 0

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from realtime_proto import __version__
 from realtime_proto.errors import ConfigError
 
-from .edge import Settings, new_node_id
+from .edge import Bounds, Settings, new_node_id
 
 __all__ = ["JsonFormatter", "main", "resolve_settings"]
 
@@ -159,18 +159,21 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--channels", default="",
                        help="comma-separated channel patterns the user may join "
                             "(default: none, only public channels)")
-    token.add_argument("--ttl", type=_positive_int, default=3600,
+    token.add_argument("--ttl", type=_ttl, default=3600,
                        help="seconds until it expires (default: %(default)s)")
     return parser
 
 
-def _positive_int(text: str) -> int:
+_TTL = Bounds(1)
+
+
+def _ttl(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        raise argparse.ArgumentTypeError(f"ttl must be int, not {text!r}") from None
+    if not _TTL.admit(value):
+        raise argparse.ArgumentTypeError(f"ttl must be {_TTL}, not {value}")
     return value
 
 
