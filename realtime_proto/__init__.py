@@ -8,6 +8,9 @@ from .hub import Hub
 from .message import Message, MessageType
 from .node import Node
 
+#: the one version of the Python packages (hatch reads it; clients/js/package.json agrees)
+__version__ = "0.1.0"
+
 __all__ = [
     "ChannelKind",
     "ChannelRule",

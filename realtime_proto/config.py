@@ -54,7 +54,7 @@ class RateLimits:
     #: new connections (WebSocket, SSE, long-poll) from one IP address
     connections: Rate | None = Rate(20, 100)
     #: HTTP API calls with one API key
-    api_calls: Rate | None = Rate(500, 1000)
+    api_calls: Rate | None = Rate(10_000, 20_000)
 
 
 @final

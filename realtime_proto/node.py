@@ -307,6 +307,10 @@ class Node:
             self._respond_json(transport, status, body)
         elif path == "/health" and method == "GET":
             self._respond_json(transport, 200, self._health())
+        elif path == "/ready" and method == "GET":
+            ready = self.hub.statistics().broker_connected and not self._shutting_down
+            self._respond_json(transport, 200 if ready else 503, self._health() | {
+                "ready": ready, "draining": self._shutting_down})
         elif path == "/metrics" and method == "GET":
             self._respond(transport, 200, render_metrics(self.statistics()),
                           [("content-type", "text/plain; version=0.0.4")])

@@ -7,20 +7,32 @@ from dataclasses import fields
 from pathlib import Path
 
 from realtime_asyncio.cli import _HELP
-from realtime_asyncio.edge import Settings
+from realtime_asyncio.edge import BOUNDS, CHOICES, Settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
+#: defaults that are not one value
+_DEFAULTS = {"api_key": "generated, printed once", "trusted_proxy": "none",
+             "broker_bundle_bytes": "`7000` on PostgreSQL, `32768` on the others"}
+
+
+def values(name: str) -> str:
+    """The range or the choices of an option, as the CLI checks them."""
+    if name in BOUNDS:
+        return str(BOUNDS[name])
+    return ", ".join(CHOICES.get(name, ()))
+
 
 def table() -> str:
-    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows = ["| option | default | values | meaning |", "|---|---|---|---|"]
     for item in fields(Settings):
         if item.init:
-            default = "generated, printed once" if item.name == "api_key" else item.default
-            rows.append(f"| `{item.name.replace('_', '-')}` | `{default}` | {_HELP[item.name]} |")
+            default = _DEFAULTS.get(item.name, f"`{item.default}`")
+            rows.append(f"| `{item.name.replace('_', '-')}` | {default} | {values(item.name)} "
+                        f"| {_HELP[item.name]} |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
     text = DOC.read_text()
-    DOC.write_text(re.sub(r"\| option \| default \| meaning \|\n(\|.*\|\n)+", table() + "\n", text))
+    DOC.write_text(re.sub(r"\| option \| default \|.*\|\n(\|.*\|\n)+", table() + "\n", text))

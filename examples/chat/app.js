@@ -54,8 +54,8 @@ const STATE_LABELS = {
   failed: 'Connection failed',
 };
 
-/** @type {{name: string|null, client: RealtimeClient|null, rooms: Map<string, any>, current: any, presence: any}} */
-const app = { name: null, client: null, rooms: new Map(), current: null, presence: null };
+/** @type {{name: string|null, key: string|null, client: RealtimeClient|null, rooms: Map<string, any>, current: any, presence: any}} */
+const app = { name: null, key: null, client: null, rooms: new Map(), current: null, presence: null };
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -541,7 +541,7 @@ function renderSeen() {
   el.messages.append(
     h(
       'div',
-      { class: `seen${last.own ? ' own' : ''}` },
+      { class: `seen${last.own ? ' own' : ''}${last.system ? ' system' : ''}` },
       svgIcon('M2 12.5l4.5 4.5L15 8.5M9 15l2 2 10-10'),
       h('span', { text: `Seen by ${listNames(readers)}` }),
     ),
@@ -572,6 +572,21 @@ function toggleDrawer(which) {
 // ---------------------------------------------------------------------------
 // start and stop
 
+/** A random key kept by this browser: the same person in two tabs is one user. */
+function browserKey() {
+  try {
+    let key = localStorage.getItem('chat.key');
+    if (!key) {
+      key = randomId();
+      localStorage.setItem('chat.key', key);
+    }
+    return key;
+  } catch {
+    app.key ??= randomId(); // private mode: this page only
+    return app.key;
+  }
+}
+
 function start(name) {
   app.name = name;
   try {
@@ -585,13 +600,24 @@ function start(name) {
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  // The token is read again on every reconnect; here it is just the name.
+  // The token is read again on every reconnect; here it is the name and this
+  // browser's key, which the server uses to keep a name to one person at a time.
   const client = new RealtimeClient(location.origin, {
-    auth: { token: () => app.name },
+    auth: { token: () => JSON.stringify({ name: app.name, key: browserKey() }) },
     ...(transports.length ? { transports } : {}),
   });
   app.client = client;
   window.realtime = client; // handy in the devtools console
+  client.on('state', (state, previous, info) => {
+    // Refused: someone else is online with this name (it is free again once they leave).
+    if (app.client !== client || !(info?.code === 4001 || info?.status === 401)) return;
+    setTimeout(() => {
+      // after the client has armed its retry, which stop() cancels
+      if (app.client !== client) return;
+      stop();
+      el.loginError.textContent = `The name “${name}” is in use by someone online. Pick another one.`;
+    }, 0);
+  });
   client.on('state', renderConnection);
   client.on('state', (state) => {
     if (state === 'connected' && app.current) sendRead(app.current);

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,10 @@ import websockets
 from realtime_asyncio.cli import resolve_settings
 from realtime_asyncio.edge import build_node_config
 from realtime_proto.errors import ConfigError
+from realtime_proto.jwt import decode_hs256, encode_hs256
 
 REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -176,3 +181,130 @@ def test_serve_prints_a_generated_key_then_sigterm_closes_clients_with_1001() ->
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=20)  # also closes the pipes
+
+
+def test_version_is_the_same_in_the_command_the_metadata_and_the_js_package() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    installed = importlib.metadata.version("realtime-proto")
+    js = json.loads((ROOT / "clients" / "js" / "package.json").read_text())["version"]
+    assert result.stdout.strip() == f"realtime {installed}"
+    assert installed == js
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--port", "99999", "port must be between 0 and 65535, not 99999"),
+    ("--port", "-1", "port must be between 0 and 65535, not -1"),
+    ("--max-subscriptions", "0", "max_subscriptions must be at least 1"),
+    ("--heartbeat-interval", "-3", "heartbeat_interval must be more than 0"),
+    ("--poll-timeout", "inf", "poll_timeout must be more than 0"),
+    ("--api-rate", "nan", "api_rate must be at least 0"),
+    ("--auth-webhook-cache", "-1", "auth_webhook_cache must be at least 0"),
+    ("--log-format", "xml", "log_format must be one of text, json"),
+    ("--log-level", "loud", "log_level must be one of debug, info, warning, error"),
+])
+def test_out_of_range_flags_are_argparse_errors(flag: str, value: str, message: str) -> None:
+    result = run_cli("serve", f"{flag}={value}")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"realtime: error: argument {flag}: {message}")
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"REALTIME_PORT": "70000"}, "port must be between 0 and 65535"),
+    ({"REALTIME_MESSAGE_BURST": "0.5"}, "message_burst must be at least 1"),
+])
+def test_out_of_range_values_from_the_environment_are_config_errors(
+        environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_settings({}, environ, None)
+
+
+def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("not used")
+    missing = tmp_path / "missing.pem"
+    result = run_cli("serve", "--port", "0", "--tls-cert", str(missing), "--tls-key", str(key))
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"realtime: error: --tls-cert: cannot read {missing}"
+
+
+def test_token_help_explains_every_option_and_its_default() -> None:
+    result = run_cli("token", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--secret SECRET the HS256 secret" in text and "$REALTIME_JWT_SECRET" in text
+    assert "--ttl TTL seconds until it expires (default: 3600)" in text
+
+
+def test_a_token_lives_at_least_a_second() -> None:
+    result = run_cli("token", "--secret", "s", "--sub", "ann", "--ttl", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "realtime: error: argument --ttl: ttl must be at least 1, not 0"
+
+
+def test_token_takes_its_secret_from_the_environment() -> None:
+    result = run_cli("token", "--sub", "ann", env={"REALTIME_JWT_SECRET": "s3cret"})
+    assert result.returncode == 0
+    claims = decode_hs256(result.stdout.strip(), "s3cret", now_unix=time.time())
+    assert claims["sub"] == "ann"
+
+
+def test_serve_help_shows_the_defaults() -> None:
+    text = " ".join(run_cli("serve", "--help").stdout.split())
+    for expected in ("--port INT port to listen on (default: 6001)",
+                     "--log-format STR text (one line per record) or json",
+                     "(default: text)", "(default: 25.0)", "(default: $REALTIME_CONFIG)"):
+        assert expected in text
+
+
+def test_json_logs_are_one_object_per_line_with_the_connection_and_user() -> None:
+    port, closed = free_port(), free_port()  # nothing listens on `closed`: the webhook fails
+    process = subprocess.Popen(
+        [*REALTIME, "serve", "--port", str(port), "--log-format", "json", "--jwt-secret", "S",
+         "--auth-webhook", f"http://127.0.0.1:{closed}/auth", "--auth-webhook-timeout", "5"],
+        text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, process)
+        token = encode_hs256({"sub": "alice", "exp": int(time.time()) + 600}, "S")
+
+        async def client() -> str:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
+                established = json.loads(await ws.recv())
+                await ws.send(json.dumps({"type": "subscribe", "channel": "private-room.1"}))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                assert reply["type"] == "error" and reply["data"]["code"] == 4500, reply
+                return str(established["data"]["connection_id"])
+        connection_id = asyncio.run(client())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert process.stderr is not None
+        lines = process.stderr.read().splitlines()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=20)
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert len(records) >= 2
+    node_ids = {record["node_id"] for record in records}
+    assert len(node_ids) == 1
+    for record in records:
+        assert datetime.fromisoformat(record["time"]).utcoffset() is not None
+        assert record["time"].endswith("Z")
+        assert record["level"] in ("debug", "info", "warning", "error")
+    assert any("serving on" in record["message"] for record in records)
+    failed = [record for record in records if record.get("user_id") == "alice"]
+    assert len(failed) == 1 and failed[0]["level"] == "error"
+    assert failed[0]["connection_id"] == connection_id
+    assert failed[0]["channel"] == "private-room.1"
+    assert "Traceback" in failed[0]["exception"]
+
+
+def test_the_configuration_doc_has_the_generated_table() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "configuration_doc", ROOT / "scripts" / "configuration_doc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.table() in (ROOT / "docs" / "configuration.md").read_text(), (
+        "run scripts/configuration_doc.py")

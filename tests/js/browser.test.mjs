@@ -2,13 +2,14 @@
 // on every transport, and the example chat with two users.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
 
 import { RealtimeClient } from '../../clients/js/realtime.js';
-import { ROOT, signJwt, startChatServer, startRealtimeServer, waitEvent, waitState } from './helpers.mjs';
+import { signJwt, startChatServer, startRealtimeServer, waitEvent, waitState } from './helpers.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const TRANSPORTS = ['websocket', 'sse', 'polling'];
@@ -213,6 +214,18 @@ describe('the example chat', () => {
       await server.publish('private-room.general', 'message.sent', { user: 'server', text: 'Deploy finished: v1.4.2 is live.' });
       await alice.waitForSelector('.message.system .text >> text=Deploy finished', { timeout: WAIT });
       await bob.waitForSelector('.message.system .text >> text=Deploy finished', { timeout: WAIT });
+      // bob read it: the receipt sits centred under the (centred) system message
+      await alice.waitForSelector('.seen.system >> text=Seen by bob', { timeout: WAIT });
+      const [systemMiddle, seenMiddle] = await alice.evaluate(() => {
+        const middle = (...nodes) => {
+          const boxes = nodes.map((node) => node.getBoundingClientRect());
+          return (Math.min(...boxes.map((b) => b.left)) + Math.max(...boxes.map((b) => b.right))) / 2;
+        };
+        const systems = document.querySelectorAll('.message.system');
+        // what is drawn: the receipt's icon and text, not its box
+        return [middle(systems[systems.length - 1]), middle(...document.querySelector('.seen').children)];
+      });
+      assert.ok(Math.abs(systemMiddle - seenMiddle) < 24, `receipt at ${seenMiddle}, message at ${systemMiddle}`);
 
       // A third user from Node, typing, for a lively screenshot.
       carol = new RealtimeClient(server.wsUrl, { WebSocket, auth: { token: 'carol' } });
@@ -232,8 +245,9 @@ describe('the example chat', () => {
       carolRoom.send('typing', { typing: true });
       await alice.waitForFunction(() => document.querySelector('#typing').textContent.includes('carol is typing'), null, { timeout: WAIT });
 
-      const shot = path.join(ROOT, 'docs', 'chat.png');
-      fs.mkdirSync(path.dirname(shot), { recursive: true });
+      // Under a fresh temporary directory: `make screenshot` sets CHAT_SCREENSHOT to
+      // docs/chat.png, the README's picture; a test run leaves the checkout alone.
+      const shot = process.env.CHAT_SCREENSHOT || path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'realtime-chat-')), 'chat.png');
       await alice.screenshot({ path: shot });
       assert.ok(fs.statSync(shot).size > 10000);
 
@@ -248,6 +262,39 @@ describe('the example chat', () => {
 
       assert.deepEqual(aliceErrors, []);
       assert.deepEqual(bobErrors, []);
+    } finally {
+      await ctxA.close();
+      await ctxB.close();
+    }
+  });
+
+  test('a name that is online is refused to someone else, and free once they leave', async () => {
+    const ctxA = await browser.newContext();
+    const ctxB = await browser.newContext(); // another browser: another key
+    try {
+      const { page: first, errors } = await join(ctxA, 'gina');
+      const second = await ctxB.newPage();
+      await second.goto(`${server.httpUrl}/#general`);
+      await second.fill('#name-input', 'gina');
+      await second.click('#login-form button[type=submit]');
+      await second.waitForFunction(() => document.querySelector('#login-error').textContent.includes('in use'), null, { timeout: WAIT });
+      assert.equal(await second.isVisible('#app'), false);
+      assert.equal(await second.inputValue('#name-input'), 'gina');
+
+      await first.close({ runBeforeUnload: true });
+      const deadline = Date.now() + WAIT; // until the server has seen gina leave
+      for (;;) {
+        await second.click('#login-form button[type=submit]');
+        const state = await second.waitForFunction(
+          () => (document.querySelector('#login-error').textContent ? 'refused' : document.querySelector('#connection').dataset.state === 'connected' && 'in'),
+          null,
+          { timeout: WAIT },
+        );
+        if ((await state.jsonValue()) === 'in') break;
+        assert.ok(Date.now() < deadline, 'gina was still online');
+      }
+      assert.equal(await second.textContent('#me-name'), 'gina');
+      assert.deepEqual(errors, []);
     } finally {
       await ctxA.close();
       await ctxB.close();

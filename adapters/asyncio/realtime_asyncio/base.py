@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, TypeVar, assert_never
 
 from realtime_brokers import BrokerStatistics
@@ -77,6 +77,25 @@ Answer = Callable[[object, BaseException | None], NodeEvent]
 class ServerNotStarted(RuntimeError):
     """The application API was used while the server is not running (before it started,
     or after it stopped): nothing was sent."""
+@dataclass(frozen=True, slots=True)
+class _AuthorizationAnswer:
+    """The `Answer` to an `Authorize` action, and what a log line about it names."""
+
+    request_id: str
+    connection: ConnectionInfo
+    channel: str
+
+    def __call__(self, result: object, error: BaseException | None) -> NodeEvent:
+        return authorization_answer(self.request_id, result, error)
+
+
+def _log_context(answer: Answer) -> dict[str, str | None] | None:
+    """The `extra=` of a log line about a callback: the connection and user it concerns."""
+    if not isinstance(answer, _AuthorizationAnswer):
+        return None
+    connection = answer.connection
+    return {"connection_id": connection.id, "user_id": connection.user_id,
+            "channel": answer.channel}
 
 
 class BrokerCommands(Protocol):
@@ -307,10 +326,9 @@ class ServerBase:
                 assert self.history is not None
                 self.history.carry_out(action)
             case Authorize():
-                request_id = action.request_id
                 self.run_callback(
                     action.callback, (action.connection, action.channel),
-                    lambda result, error: authorization_answer(request_id, result, error))
+                    _AuthorizationAnswer(action.request_id, action.connection, action.channel))
             case Authenticate():
                 request_id = action.request_id
                 self.run_callback(
@@ -326,7 +344,7 @@ class ServerBase:
         try:
             result = fn(*args)
         except Exception as error:
-            log.exception("callback %r failed", fn)
+            log.exception("callback %r failed", fn, extra=_log_context(answer))
             self.handle(answer(None, error))
             return None
         if inspect.isawaitable(result):
@@ -340,7 +358,7 @@ class ServerBase:
         try:
             value = await awaitable
         except Exception as error:
-            log.exception("callback %r failed", fn)
+            log.exception("callback %r failed", fn, extra=_log_context(answer))
             self.handle(answer(None, error))
         else:
             self.handle(answer(value, None))

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from realtime_proto import __version__
 from realtime_proto.errors import ConfigError
 
-from .edge import Settings
+from .edge import Bounds, Settings, new_node_id
 
-__all__ = ["main", "resolve_settings"]
+__all__ = ["JsonFormatter", "main", "resolve_settings"]
 
 _HELP = {
     "host": "address to listen on",
@@ -30,6 +34,9 @@ _HELP = {
     "jwt_issuer": "the `iss` tokens must have (default: not checked)",
     "static_dir": "directory served at / (the example chat, your own pages)",
     "log_level": "debug, info, warning or error",
+    "log_format": "text (one line per record) or json (one JSON object per line: time, "
+                  "level, logger, message, node_id, and connection_id and user_id where "
+                  "they apply)",
     "node_id": "this node's id in a cluster (default: host-pid-random)",
     "tls_cert": "PEM certificate chain: serve https:// and wss://",
     "tls_key": "PEM private key for --tls-cert",
@@ -116,8 +123,27 @@ def _convert(name: str, value: Any, kind: type, source: str) -> Any:
     raise ConfigError(f"{source}: {name} must be {kind.__name__}, not {value!r}")
 
 
+def _flag_type(name: str, kind: type) -> Callable[[str], Any]:
+    """Convert and check one flag's value, so that argparse refuses it (exit 2)."""
+    def convert(text: str) -> Any:
+        try:
+            return Settings.check(name, _convert(name, text, kind, "command line"))
+        except (ConfigError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix("command line: ")) from None
+    convert.__name__ = kind.__name__  # what argparse names in its own messages
+    return convert
+
+
+def _with_default(name: str) -> str:
+    default = next(f.default for f in fields(Settings) if f.name == name)
+    if default is None or default in ("", ()):  # the help says what happens without it
+        return _HELP[name]
+    return f"{_HELP[name]} (default: {default})"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="realtime", description="realtime_proto server")
+    parser.add_argument("--version", action="version", version=f"realtime {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve", help="run a server",
@@ -125,19 +151,42 @@ def _parser() -> argparse.ArgumentParser:
                     "variable REALTIME_<NAME> (e.g. REALTIME_PORT) or in the TOML file of "
                     "--config; flags win over the environment, which wins over the file.")
     serve.error = parser.error  # type: ignore[method-assign]
-    serve.add_argument("--config", help="TOML file with any of the options below")
+    serve.add_argument("--config", help="TOML file with any of the options below "
+                                        "(default: $REALTIME_CONFIG)")
     for name, kind in _option_types().items():
         serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                            action="append" if kind is tuple else "store",
+                           type=None if kind is tuple else _flag_type(name, kind),
                            metavar="ITEM" if kind is tuple else kind.__name__.upper(),
-                           help=_HELP[name])
-    token = commands.add_parser("token", help="print an HS256 connection token (for testing)")
+                           help=_with_default(name))
+    token = commands.add_parser(
+        "token", help="print an HS256 connection token (for testing)",
+        description="Print an HS256 connection token signed with the server's --jwt-secret.")
     token.error = parser.error  # type: ignore[method-assign]
-    token.add_argument("--secret", required=True)
-    token.add_argument("--sub", required=True, help="user id")
-    token.add_argument("--channels", default="", help="comma-separated channel patterns")
-    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    secret = os.environ.get("REALTIME_JWT_SECRET")
+    token.add_argument("--secret", required=secret is None, default=secret,
+                       help="the HS256 secret the server checks tokens with (its "
+                            "--jwt-secret; default: $REALTIME_JWT_SECRET)")
+    token.add_argument("--sub", required=True, help="the user id (the `sub` claim)")
+    token.add_argument("--channels", default="",
+                       help="comma-separated channel patterns the user may join "
+                            "(default: none, only public channels)")
+    token.add_argument("--ttl", type=_ttl, default=3600,
+                       help="seconds until it expires (default: %(default)s)")
     return parser
+
+
+_TTL = Bounds(1)
+
+
+def _ttl(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ttl must be int, not {text!r}") from None
+    if not _TTL.admit(value):
+        raise argparse.ArgumentTypeError(f"ttl must be {_TTL}, not {value}")
+    return value
 
 
 def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
@@ -198,9 +247,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = resolve_settings(flags, os.environ, args.config)
     except ConfigError as error:
         _fail(str(error))
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.node_id = settings.node_id or new_node_id()
+    _configure_logging(settings, settings.node_id)
     _serve(settings)
+
+
+#: what a record may carry (`extra=`) that a JSON line includes
+_CONTEXT = ("connection_id", "user_id", "channel")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record and line: `time` (ISO 8601, UTC), `level`, `logger`,
+    `message`, `node_id`, the record's `connection_id`, `user_id` and `channel` when
+    given, and `exception` (the traceback, one string) when there is one."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage(), "node_id": self.node_id}
+        for key in _CONTEXT:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def _configure_logging(settings: Settings, node_id: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter(node_id))
+        logging.captureWarnings(True)  # warnings too, as JSON lines
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
 _RUNTIMES = {"asyncio": "realtime_asyncio", "trio": "realtime_trio",
@@ -211,11 +298,8 @@ def _serve(settings: Settings) -> None:
     from realtime_brokers import BrokerError
 
     runtime = settings.runtime
-    module_name = _RUNTIMES.get(runtime)
-    if module_name is None:
-        _fail(f"unknown runtime {runtime!r}; use asyncio, trio or gevent", status=2)
     try:
-        Server: Any = importlib.import_module(module_name).RealtimeServer
+        Server: Any = importlib.import_module(_RUNTIMES[runtime]).RealtimeServer
     except ImportError as error:
         _fail(f"the {runtime} runtime is not installed: {error}")
     try:

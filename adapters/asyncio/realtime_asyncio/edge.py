@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import mimetypes
 import os
 import secrets
@@ -27,6 +28,7 @@ from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate
 
 __all__ = [
+    "Bounds",
     "Settings",
     "broker_report",
     "build_node_config",
@@ -44,6 +46,53 @@ T = TypeVar("T")
 _MAX_STATIC_BYTES = 8 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The finite values a numeric option may take."""
+
+    low: float
+    high: float = math.inf
+    #: the low end itself is excluded (a duration must be more than 0 seconds)
+    above: bool = False
+
+    def admit(self, value: float) -> bool:
+        """Whether `value` is in range."""
+        return (math.isfinite(value) and value <= self.high
+                and (value > self.low if self.above else value >= self.low))
+
+    def __str__(self) -> str:
+        if self.high != math.inf:
+            return f"between {self.low:g} and {self.high:g}"
+        return f"more than {self.low:g}" if self.above else f"at least {self.low:g}"
+
+
+_SECONDS = Bounds(0, above=True)
+_COUNT = Bounds(1)
+_RATE = Bounds(0)  # 0: no limit
+
+#: the range of every numeric option
+BOUNDS: dict[str, Bounds] = {
+    "port": Bounds(0, 65535),  # 0: any free port
+    **dict.fromkeys(["heartbeat_interval", "idle_timeout", "authorization_timeout",
+                     "presence_heartbeat_interval", "presence_ttl", "poll_timeout",
+                     "poll_session_timeout", "sse_heartbeat_interval",
+                     "auth_webhook_timeout"], _SECONDS),
+    "auth_webhook_cache": Bounds(0),  # 0: ask every time
+    **dict.fromkeys(["max_message_bytes", "max_subscriptions", "max_output_bytes",
+                     "max_poll_backlog", "max_body_bytes", "message_burst", "subscribe_burst",
+                     "connection_burst", "api_burst"], _COUNT),
+    **dict.fromkeys(["message_rate", "subscribe_rate", "connection_rate", "api_rate"], _RATE),
+    "broker_bundle_bytes": Bounds(0),  # 0: no bundling
+}
+
+#: the values of every option that is one of a few words
+CHOICES: dict[str, tuple[str, ...]] = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("text", "json"),
+    "runtime": ("asyncio", "trio", "gevent"),
+}
+
+
 @dataclass(kw_only=True)
 class Settings:
     """Every option of `realtime serve` and of the embedding API, with its default."""
@@ -58,6 +107,7 @@ class Settings:
     jwt_issuer: str | None = None
     static_dir: str | None = None
     log_level: str = "info"
+    log_format: str = "text"
     node_id: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -84,8 +134,8 @@ class Settings:
     connection_burst: float = 100.0
     #: reverse proxies (addresses, CIDR ranges) whose Forwarded / X-Forwarded-For name the client
     trusted_proxy: tuple[str, ...] = ()
-    api_rate: float = 500.0
-    api_burst: float = 1000.0
+    api_rate: float = 10_000.0
+    api_burst: float = 20_000.0
     history: str = ""
     history_store: str = "auto"
     #: None: by broker (`bundle_bytes`)
@@ -98,12 +148,32 @@ class Settings:
     api_key_generated: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        for name in self.names():
+            self.check(name, getattr(self, name))
         if self.api_key is None:
             self.api_key = secrets.token_urlsafe(24)
             self.api_key_generated = True
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{flag}: cannot read {path}")
         store_url(self.history_store, self.broker)  # a bad value fails here, not at start
+
+    @staticmethod
+    def check(name: str, value: T) -> T:
+        """`value` if it is in the option's range or among its choices.
+
+        Raises:
+            ValueError: it is not.
+        """
+        bounds, choices = BOUNDS.get(name), CHOICES.get(name)
+        if (bounds is not None and isinstance(value, int | float)
+                and not isinstance(value, bool) and not bounds.admit(value)):
+            raise ValueError(f"{name} must be {bounds}, not {value!r}")
+        if choices is not None and value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
 
     @classmethod
     def names(cls) -> list[str]:

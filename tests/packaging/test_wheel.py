@@ -1,0 +1,104 @@
+"""The distributions as a user gets them: built from this tree, the wheel installed in a
+fresh venv with an extra, its `realtime` command serving a subscriber and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from realtime_proto import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(600)]
+
+
+def run(*command: str | Path, cwd: Path) -> str:
+    result = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_wheel_installs_and_serves(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    run(sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", dist, ROOT, cwd=tmp_path)
+    [wheel] = dist.glob("*.whl")
+    [sdist] = dist.glob("*.tar.gz")
+    assert wheel.name == f"realtime_proto-{__version__}-py3-none-any.whl"
+    names = zipfile.ZipFile(wheel).namelist()
+    assert f"realtime_proto-{__version__}.dist-info/licenses/LICENSE" in names
+    for packaged in ("realtime_proto/node.py", "realtime_asyncio/static/realtime.js",
+                     "realtime_asyncio/static/admin.html", "realtime_trio/server.py",
+                     "realtime_gevent/server.py", "realtime_brokers/redis_driver.py"):
+        assert packaged in names
+    with tarfile.open(sdist) as archive:
+        top = f"realtime_proto-{__version__}"
+        assert {f"{top}/LICENSE", f"{top}/CHANGELOG.md"} <= set(archive.getnames())
+
+    venv = tmp_path / "v"
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", f"{wheel}[redis]",
+        cwd=tmp_path)
+    where = run(venv / "bin" / "python", "-c", "import realtime_asyncio, redis; "
+                "print(realtime_asyncio.__file__)", cwd=tmp_path)
+    assert where.startswith(str(venv))  # the installed copy, not this tree
+    assert run(venv / "bin" / "realtime", "--version", cwd=tmp_path).strip() == (
+        f"realtime {__version__}")
+
+    port = free_port()
+    process = subprocess.Popen([venv / "bin" / "realtime", "serve", "--port", str(port),
+                                "--api-key", "k3y"], cwd=tmp_path, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(_talk_to(port, process))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+async def _talk_to(port: int, process: subprocess.Popen[str]) -> None:
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        deadline = time.monotonic() + 60
+        while True:  # until it listens (bounded)
+            assert process.poll() is None and time.monotonic() < deadline
+            try:
+                health = await http.get("/health")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+        assert health.json()["status"] == "ok"
+        assert (await http.get("/realtime.js")).status_code == 200  # packaged beside it
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            assert json.loads(await ws.recv())["event"] == "connection.established"
+            await ws.send(json.dumps({"type": "subscribe", "channel": "news"}))
+            assert json.loads(await ws.recv())["event"] == "subscription.succeeded"
+            published = await http.post("/api/publish", headers={"Authorization": "Bearer k3y"},
+                                         json={"channel": "news", "event": "headline",
+                                               "data": {"title": "wheel"}})
+            assert published.status_code == 200
+            async with asyncio.timeout(20):
+                message = json.loads(await ws.recv())
+            assert (message["event"], message["data"]) == ("headline", {"title": "wheel"})
