@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, kind in _option_types().items():
         serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                            action="append" if kind is tuple else "store",
-                           type=None if kind is tuple else _flag_type(name, kind),
+                           type=str if kind is tuple else _flag_type(name, kind),
                            metavar="ITEM" if kind is tuple else kind.__name__.upper(),
                            help=_with_default(name))
     token = commands.add_parser(
