@@ -72,6 +72,11 @@ _HELP = {
                      "Redis, PostgreSQL or NATS with JetStream, else local), local (each "
                      "node's memory), or a store URL (redis://…, postgresql://…, nats://…) "
                      "shared by every node",
+    "history_timeout": "seconds a shared history store may take to place a publish or answer "
+                       "a read: then the message goes out without an offset (and the "
+                       "channel's epoch ends), the subscription without history",
+    "history_max_pending": "publishes waiting for the shared history store at most; past "
+                           "it the oldest goes out without an offset",
     "broker_bundle_bytes": "largest broker message bundling publishes to one channel made "
                            "together (a burst, POST /api/batch); 0: one broker message per "
                            "publish (default: 7000 on PostgreSQL, 32768 on the others)",

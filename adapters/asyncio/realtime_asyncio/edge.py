@@ -76,11 +76,11 @@ BOUNDS: dict[str, Bounds] = {
     **dict.fromkeys(["heartbeat_interval", "idle_timeout", "authorization_timeout",
                      "presence_heartbeat_interval", "presence_ttl", "poll_timeout",
                      "poll_session_timeout", "sse_heartbeat_interval",
-                     "auth_webhook_timeout"], _SECONDS),
+                     "auth_webhook_timeout", "history_timeout"], _SECONDS),
     "auth_webhook_cache": Bounds(0),  # 0: ask every time
     **dict.fromkeys(["max_message_bytes", "max_subscriptions", "max_output_bytes",
                      "max_poll_backlog", "max_body_bytes", "message_burst", "subscribe_burst",
-                     "connection_burst", "api_burst"], _COUNT),
+                     "connection_burst", "api_burst", "history_max_pending"], _COUNT),
     **dict.fromkeys(["message_rate", "subscribe_rate", "connection_rate", "api_rate"], _RATE),
     "broker_bundle_bytes": Bounds(0),  # 0: no bundling
 }
@@ -138,6 +138,8 @@ class Settings:
     api_burst: float = 20_000.0
     history: str = ""
     history_store: str = "auto"
+    history_timeout: float = 2.0
+    history_max_pending: int = 10_000
     #: None: by broker (`bundle_bytes`)
     broker_bundle_bytes: int | None = None
     slow_consumers: str = ""
@@ -221,6 +223,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
                     presence_ttl=settings.presence_ttl, limits=limits,
+                    history_timeout=settings.history_timeout,
+                    history_max_pending=settings.history_max_pending,
                     broker_bundle_bytes=bundle_bytes(settings))
     return NodeConfig(hub=hub, api_key=settings.api_key,
                       poll_timeout=settings.poll_timeout,
