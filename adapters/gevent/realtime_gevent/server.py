@@ -66,6 +66,18 @@ class _Socket:
         #: the loop timer that ends a close which did not drain within the grace period
         self.abort: Any = None
 
+    def send_all(self, data: bytes) -> None:
+        """Send all of `data`, blocking cooperatively (in a writer greenlet)."""
+        if self.secure:
+            self.sock.sendall(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                gevent.socket.wait_write(self.sock.fileno())
+
 
 class RealtimeServer(ServerBase):
     """A realtime server inside a gevent program.
@@ -265,12 +277,12 @@ class RealtimeServer(ServerBase):
         socket's last bytes are out."""
         if sock.unsent:
             unsent, sock.unsent = sock.unsent, b""
-            _send_all(sock, unsent)
+            sock.send_all(unsent)
         while True:
             closing = sock.closing
             chunks = self.node.data_to_send(sock.id)
             if chunks:
-                _send_all(sock, b"".join(chunks))
+                sock.send_all(b"".join(chunks))
             if closing or not chunks:
                 return closing
 
@@ -365,19 +377,6 @@ class RealtimeServer(ServerBase):
     def _on_timer(self) -> None:
         self._timer_at = None
         self.tick()
-
-
-def _send_all(sock: _Socket, data: bytes) -> None:
-    """Send all of `data`, blocking cooperatively."""
-    if sock.secure:
-        sock.sock.sendall(data)
-        return
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.sock.send(view):]
-        except BlockingIOError:
-            gevent.socket.wait_write(sock.sock.fileno())
 
 
 def _start_os_thread(target: Callable[[], None]) -> None:
