@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/memprofile.py [--n 10000] [--top 20]            # the core, no sockets
     .venv/bin/python bench/memprofile.py --sockets [--n 5000] [--top 20]   # + asyncio, uvloop
+    .venv/bin/python bench/memprofile.py --sockets --runtime trio [--rss-only]  # or gevent
 
 Default (core): one process builds N idle subscribed connections through the real Node,
 sans-IO, the way the benchmark's clients make them (a real WebSocket upgrade, then a
 masked `subscribe` frame; the answers are pulled as an adapter would), with the server's
 own configuration (`realtime serve`, rate limits off as in the benchmark). `--sockets`
-runs `RealtimeServer` in this process instead and connects the load generator's clients
-over loopback (forked first, on the other core), so the adapter and uvloop are counted.
+runs `RealtimeServer` of a runtime (`--runtime`: asyncio on uvloop, trio or gevent) on a
+thread of this process instead and connects the load generator's clients over loopback
+(forked first, on the other core), so the adapter and its event loop are counted.
 
 Three views, each in bytes per connection:
 
@@ -28,12 +30,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import gc
 import os
 import sys
+import threading
+import time
 import tracemalloc
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any
@@ -50,7 +55,10 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--sockets", action="store_true", help="RealtimeServer over loopback")
-    ap.add_argument("--port", type=int, default=7290)
+    ap.add_argument("--runtime", choices=["asyncio", "trio", "gevent"], default="asyncio",
+                    help="the server's runtime (with --sockets)")
+    ap.add_argument("--rss-only", action="store_true",
+                    help="with --sockets: the RSS figure alone, no tracemalloc pass")
     ap.add_argument("--frames", type=int, default=8, help="traceback depth kept")
     args = ap.parse_args()
     if args.sockets:
@@ -129,76 +137,186 @@ def core(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- sockets
 
 
+#: the server's settings: rate limits off as in the benchmark, and no keepalive pings
+#: (tracemalloc slows the loop, and clients that miss a pong would be dropped halfway)
+SERVER_OPTIONS: dict[str, Any] = {
+    "host": "127.0.0.1", "port": 0, "api_key": "k", "log_level": "error",
+    "connection_rate": 0, "subscribe_rate": 0, "message_rate": 0, "api_rate": 0,
+    "heartbeat_interval": 3600.0}
+
+
+class Serving:
+    """A server of one runtime on a thread of this process, with its own loop; `call`
+    runs a function on that loop and returns its result."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime = runtime
+        self.server: Any = None
+        self._schedule: Any = None
+        self._stop: Any = None
+        self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, name=runtime, daemon=True)
+        self._thread.start()
+        self._started.result(60)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as error:  # for the caller
+                future.set_exception(error)
+
+        self._schedule(run)
+        return future.result(60)
+
+    def close(self) -> None:
+        self._schedule(self._stop)
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        try:
+            getattr(self, f"_run_{self.runtime}")()
+        except BaseException as error:
+            if not self._started.done():
+                self._started.set_exception(error)
+            raise
+
+    def _run_asyncio(self) -> None:
+        import uvloop
+
+        from realtime_asyncio.server import RealtimeServer
+
+        async def main() -> None:
+            self.server = server = RealtimeServer(**SERVER_OPTIONS)
+            await server.start()
+            stopping = asyncio.Event()
+            self._schedule = asyncio.get_running_loop().call_soon_threadsafe
+            self._stop = stopping.set
+            self._started.set_result(None)
+            await stopping.wait()
+            await server.aclose(timeout=1.0)
+
+        uvloop.run(main())
+
+    def _run_trio(self) -> None:
+        import trio
+
+        from realtime_trio import RealtimeServer
+
+        async def main() -> None:
+            self.server = server = RealtimeServer(**SERVER_OPTIONS)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve)
+                self._schedule = trio.lowlevel.current_trio_token().run_sync_soon
+                self._stop = server.stop
+                self._started.set_result(None)
+
+        trio.run(main)
+
+    def _run_gevent(self) -> None:
+        import gevent
+        import gevent.event
+
+        from realtime_gevent import RealtimeServer
+
+        self.server = server = RealtimeServer(**SERVER_OPTIONS)
+        server.start()
+        stopping = gevent.event.Event()
+        self._schedule = gevent.get_hub().loop.run_callback_threadsafe
+        self._stop = stopping.set
+        self._started.set_result(None)
+        stopping.wait()
+        server.stop(timeout=1.0)
+
+    def records(self) -> dict[Any, Any]:
+        """The adapter's record per socket (asyncio's protocol, trio's and gevent's
+        `_Socket`)."""
+        records: dict[Any, Any] = (self.server.clients if self.runtime == "asyncio"
+                                   else self.server.sockets)
+        return records
+
+    def roots(self, record: Any) -> list[Any]:
+        """What one connection's memory hangs from: the adapter's record (and asyncio's
+        transport), the Node's transport record, the Hub's connection."""
+        node = self.server.node
+        transport = node._transports[record.id]
+        extra = [record.transport] if self.runtime == "asyncio" else []
+        return [record, *extra, transport, node.hub._connections[transport.connection_id]]
+
+
 def sockets(args: argparse.Namespace) -> int:
     import loadgen
 
     os.sched_setaffinity(0, {0})
     gen = loadgen.LoadGen(max(1, -(-args.n // 5000)), 1)  # fork before anything else
     try:
-        import uvloop
-
-        uvloop.run(_sockets(gen, args))
+        serving = Serving(args.runtime)
+        try:
+            _sockets(serving, gen, args)
+        finally:
+            gen.close()
+            serving.close()
     finally:
-        gen.close()
         gen.shutdown()
     return 0
 
 
-async def _sockets(gen: Any, args: argparse.Namespace) -> None:
+def _sockets(serving: Serving, gen: Any, args: argparse.Namespace) -> None:
     import loadgen
 
-    from realtime_asyncio.server import RealtimeServer
-
-    # no keepalive pings while profiling: tracemalloc slows the loop, and clients that
-    # miss a pong would be dropped halfway (the benchmark's steps are far shorter)
-    server = RealtimeServer(host="127.0.0.1", port=args.port, api_key="k", log_level="error",
-                            connection_rate=0, subscribe_rate=0, message_rate=0, api_rate=0,
-                            heartbeat_interval=3600.0)
-    await server.start()
-    loop = asyncio.get_running_loop()
+    port = serving.call(lambda: serving.server.port)
 
     def connect(n: int) -> dict[str, Any]:
-        return gen.connect("127.0.0.1", args.port, n, "ours")  # type: ignore[no-any-return]
+        r: dict[str, Any] = gen.connect("127.0.0.1", port, n, "ours")
+        if r["failed"]:
+            print(f"  {r['failed']} connections failed: {r['errors']}")
+        return r
 
-    async def settle() -> None:
-        await asyncio.sleep(1.5)
-        gc.collect()
+    def settle() -> None:
+        time.sleep(1.5)
+        serving.call(gc.collect)
 
-    await loop.run_in_executor(None, connect, 100)  # warm-up: pools, caches, code paths
-    await loop.run_in_executor(None, gen.close)
-    await settle()
+    connect(100)  # warm-up: pools, caches, code paths
+    gen.close()
+    settle()
     # RSS with tracemalloc off (as the benchmark measures), then N more connections traced
     rss0 = loadgen.rss_kib(os.getpid())
-    r = await loop.run_in_executor(None, connect, args.n)
-    await settle()
+    r = connect(args.n)
+    settle()
     rss1 = loadgen.rss_kib(os.getpid())
     n = r["ok"]
-    print(f"{n} idle subscribed WebSocket connections over loopback (RealtimeServer, uvloop)\n")
+    loop = "uvloop" if args.runtime == "asyncio" else args.runtime
+    print(f"{n} idle subscribed WebSocket connections over loopback (RealtimeServer, {loop})"
+          f"\n")
     print(f"RSS growth: {(rss1 - rss0) / n:6.2f} KiB per connection (tracemalloc off)\n")
+    if args.rss_only:
+        return
     tracemalloc.start(args.frames)
     before = tracemalloc.take_snapshot()
-    known = set(server.clients)
-    r = await loop.run_in_executor(None, connect, args.n)
-    await settle()
+    known = set(serving.call(lambda: list(serving.records())))
+    r = connect(args.n)
+    settle()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     print(f"{r['ok']} more, traced:")
     report_tracemalloc(before, after, r["ok"], args.top)
-    node = server.node
-    new = [c for tid, c in server.clients.items() if tid not in known][-200:]
-    roots = []
-    for client in new:
-        transport = node._transports[client.id]
-        roots.append([client, client.transport, transport,
-                      node.hub._connections[transport.connection_id]])
-    report_owned(roots, stop=[server, node, node.hub, loop])
-    report_maps({"RealtimeServer.clients": server.clients,
-                 "Node._transports": node._transports, "Node._routes": node._routes,
-                 "Hub._connections": node.hub._connections,
-                 "Hub._subscribers['bench']": node.hub._subscribers["bench"]},
-                len(server.clients))
-    server.stop()
-    await server.aclose()
+
+    def inspect() -> None:
+        server = serving.server
+        node = server.node
+        records = serving.records()
+        new = [record for tid, record in records.items() if tid not in known][-200:]
+        report_owned([serving.roots(record) for record in new], stop=[server, node, node.hub])
+        report_maps({f"RealtimeServer.{'clients' if args.runtime == 'asyncio' else 'sockets'}":
+                     records,
+                     "Node._transports": node._transports, "Node._routes": node._routes,
+                     "Hub._connections": node.hub._connections,
+                     "Hub._subscribers['bench']": node.hub._subscribers["bench"]},
+                    len(records))
+
+    serving.call(inspect)
 
 
 # --------------------------------------------------------------------------- reports

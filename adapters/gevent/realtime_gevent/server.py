@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -39,33 +40,43 @@ _READ_BYTES = 65536
 
 
 class _Socket:
-    """One client socket: its greenlets, its writer's state and its closing state."""
+    """One client socket: how it is read and written, and its writer's state.
 
-    __slots__ = ("abort", "closing", "handler", "held", "id", "send_nowait", "sock",
-                 "unsent", "wake")
+    A plain socket is a non-blocking `_socket.socket` read by a libev watcher's callback
+    in the hub: no greenlet while idle. A TLS socket is a `gevent.ssl` socket read by a
+    greenlet. A writer greenlet exists only while a send would block, or while the
+    socket closes."""
+
+    __slots__ = ("abort", "closing", "held", "id", "reader", "secure", "sock", "unsent",
+                 "writer")
 
     def __init__(self, sock: Any, transport_id: TransportId, *, secure: bool) -> None:
         self.sock = sock
-        #: a send that raises instead of waiting (None: TLS, which the writer sends)
-        self.send_nowait: Callable[[bytes], int] | None = (
-            None if secure else functools.partial(sock.send, flags=0, timeout=0.0))
+        self.secure = secure
         self.id = transport_id
-        self.wake = gevent.event.Event()
-        #: the writer greenlet has the socket: a send would block, or the socket is closing
+        #: the plain socket's read watcher, until its EOF
+        self.reader: Any = None
+        #: the writer greenlet, while it has the socket
+        self.writer: Any = None
+        #: a writer has the socket: a send would block, or the socket is closing
         self.held = False
         #: what a direct send left, for the writer
         self.unsent = b""
         self.closing = False
-        #: the greenlet that reads (and owns the socket); killing it closes the socket
-        self.handler: Any = gevent.getcurrent()
-        #: kills `handler` if a close does not drain within the grace period
+        #: the loop timer that ends a close which did not drain within the grace period
         self.abort: Any = None
 
-    def hand_over(self, unsent: bytes) -> None:
-        """Give the socket to its writer greenlet, with what a direct send left."""
-        self.unsent = unsent
-        self.held = True
-        self.wake.set()
+    def send_all(self, data: bytes) -> None:
+        """Send all of `data`, blocking cooperatively (in a writer greenlet)."""
+        if self.secure:
+            self.sock.sendall(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                gevent.socket.wait_write(self.sock.fileno())
 
 
 class RealtimeServer(ServerBase):
@@ -166,8 +177,10 @@ class RealtimeServer(ServerBase):
         if self.sockets:
             self._drained.clear()
             self._drained.wait(timeout)
-        handlers = [sock.handler for sock in self.sockets.values()]
-        gevent.killall(handlers, timeout=1)
+        gevent.killall([sock.writer for sock in self.sockets.values() if sock.writer],
+                       timeout=1)  # each closes its socket
+        for sock in list(self.sockets.values()):
+            self._finish(sock)
         self._callbacks.kill(timeout=1)
         if self._timer is not None:
             self._timer.close()
@@ -185,73 +198,114 @@ class RealtimeServer(ServerBase):
     # -- sockets -------------------------------------------------------------------------
 
     def _serve_socket(self, client: Any, address: Any) -> None:
-        """One socket's greenlet: read until EOF, while a second greenlet writes."""
+        """Set up an accepted socket, in the greenlet the server spawned for it. A plain
+        one gets a read watcher and the greenlet ends; a TLS one is read here."""
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else None
         secure = self._ssl_context is not None
-        if secure:  # the handshake happens in `_read`, where its failure is an EOF
-            client = self._ssl_context.wrap_socket(client, server_side=True,
-                                                   do_handshake_on_connect=False)
-        sock = _Socket(client, self.node.open_connection(now=self.now(), peer=peer,
-                                                         secure=secure), secure=secure)
+        transport_id = self.node.open_connection(now=self.now(), peer=peer, secure=secure)
+        if not secure:  # our own socket object: the server closes `client` on return
+            raw = _socket.socket(fileno=client.detach())
+            raw.setblocking(False)
+            sock = _Socket(raw, transport_id, secure=False)
+            self.sockets[sock.id] = sock
+            sock.reader = self.hub.loop.io(raw.fileno(), 1)
+            sock.reader.start(self._receive, sock)
+            return
+        # the handshake happens in `_read`, where its failure is an EOF
+        sock = _Socket(self._ssl_context.wrap_socket(client, server_side=True,
+                                                     do_handshake_on_connect=False),
+                       transport_id, secure=True)
         self.sockets[sock.id] = sock
-        writer = gevent.spawn(self._write, sock)
-        try:
-            self._read(sock)
-            writer.join()
-        except gevent.GreenletExit:
-            pass
-        finally:
-            del self.sockets[sock.id]
-            writer.kill(block=False)
-            if sock.abort is not None:
-                sock.abort.kill(block=False)
-            self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
-            self.pump()
-            client.close()
-            if self._stopping and not self.sockets:
-                self._drained.set()
+        self._read(sock)
 
     def _read(self, sock: _Socket) -> None:
+        """Read a TLS socket until EOF, or until `_finish` closes it."""
         try:
-            if self._ssl_context is not None:
-                sock.sock.do_handshake()
+            sock.sock.do_handshake()
             while data := sock.sock.recv(_READ_BYTES):
                 self.node.receive_data(sock.id, data, now=self.now())
                 self.pump()
-        except OSError:  # reset, or a TLS failure (ssl.SSLError is an OSError)
+        except OSError:  # reset, closed, or a TLS failure (ssl.SSLError is an OSError)
             pass
-        self.node.receive_eof(sock.id, now=self.now())
+        self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
         self.pump()
 
-    def _write(self, sock: _Socket) -> None:
-        """Write while the socket is handed over (TLS, a send that would block, a close),
-        then hand it back to `write`; close it after the last pull."""
+    def _receive(self, sock: _Socket) -> None:
+        """A plain socket is readable (a hub callback): read once, without blocking."""
         try:
-            while True:
-                sock.wake.wait()
-                sock.wake.clear()
-                if self._drain(sock):
-                    break
-                sock.held = False
+            data = sock.sock.recv(_READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:  # reset
+            data = b""
+        if data:
+            self.node.receive_data(sock.id, data, now=self.now())
+        else:  # the Node closes the socket now: nothing more to read
+            sock.reader.close()
+            sock.reader = None
+            self.node.receive_eof(sock.id, now=self.now())
+        self.pump()
+
+    def _hand_over(self, sock: _Socket, unsent: bytes) -> None:
+        """Give the socket to a new writer greenlet, with what a direct send left."""
+        sock.unsent = unsent
+        sock.held = True
+        sock.writer = gevent.spawn(self._write, sock)
+
+    def _write(self, sock: _Socket) -> None:
+        """Write until the Node has nothing more, then hand the socket back to `write`; or,
+        once it is closing (or the socket failed, or the close took too long), close it
+        after the last pull."""
+        done = True
+        try:
+            done = self._drain(sock)
         except OSError:
             pass
-        sock.handler.kill(block=False)
+        finally:
+            sock.writer = None
+            if done:
+                self._finish(sock)
+            else:
+                sock.held = False
 
     def _drain(self, sock: _Socket) -> bool:
         """Send what a direct send left, then pull and send until the Node has nothing
-        more, one `sendall` per pull: nothing is pulled while a send is in progress (the
+        more, one send per pull: nothing is pulled while a send is in progress (the
         Node's buffer, and its slow-consumer rule, hold the rest). True once a closing
         socket's last bytes are out."""
         if sock.unsent:
             unsent, sock.unsent = sock.unsent, b""
-            sock.sock.sendall(unsent)
+            sock.send_all(unsent)
         while True:
             closing = sock.closing
             chunks = self.node.data_to_send(sock.id)
             if chunks:
-                sock.sock.sendall(b"".join(chunks))
+                sock.send_all(b"".join(chunks))
             if closing or not chunks:
                 return closing
+
+    def _abort(self, sock: _Socket) -> None:
+        """A close did not drain within the grace period (a hub callback)."""
+        writer = sock.writer
+        if writer is not None:
+            writer.kill(block=False)  # it closes the socket, unless it never started
+        if writer is None or writer.dead:
+            self._finish(sock)
+
+    def _finish(self, sock: _Socket) -> None:
+        """Forget a socket and close it (a TLS socket's reading greenlet then ends)."""
+        if self.sockets.pop(sock.id, None) is None:
+            return
+        for watcher in (sock.reader, sock.abort):
+            if watcher is not None:
+                watcher.close()
+        sock.reader = sock.abort = None
+        self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
+        self.pump()
+        sock.sock.close()
+        if self._stopping and not self.sockets:
+            self._drained.set()
 
     # -- the hooks of ServerBase ---------------------------------------------------------
 
@@ -276,15 +330,15 @@ class RealtimeServer(ServerBase):
         self.hub.loop.run_callback(self.flush_writes)
 
     def write(self, transport_id: TransportId) -> None:
-        """Send at once what the socket takes (no greenlet switch per socket); its writer
+        """Send at once what the socket takes (no greenlet switch per socket); a writer
         greenlet sends the rest, and everything over TLS."""
         sock = self.sockets.get(transport_id)
         if sock is None or sock.held:
             return
-        if sock.send_nowait is None:
-            sock.hand_over(b"")
-        elif unsent := self.send_nowait(transport_id, sock.send_nowait):
-            sock.hand_over(unsent)
+        if sock.secure:
+            self._hand_over(sock, b"")
+        elif unsent := self.send_nowait(transport_id, sock.sock.send):
+            self._hand_over(sock, unsent)
 
     def close_transport(self, transport_id: TransportId) -> bool:
         sock = self.sockets.get(transport_id)
@@ -292,9 +346,10 @@ class RealtimeServer(ServerBase):
             return False
         if not sock.closing:
             sock.closing = True
-            sock.abort = gevent.spawn_later(_CLOSE_GRACE, sock.handler.kill, block=False)
+            sock.abort = self.hub.loop.timer(_CLOSE_GRACE)
+            sock.abort.start(self._abort, sock)
             if not sock.held:
-                sock.hand_over(b"")
+                self._hand_over(sock, b"")
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],

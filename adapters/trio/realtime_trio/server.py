@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import selectors
 import signal
 import socket
 import ssl
@@ -30,33 +32,30 @@ _READ_BYTES = 65536
 
 
 class _Socket:
-    """One client socket: its stream, its writer's state and its closing state."""
+    """One client socket: how it is read and written, and its writer's state.
 
-    __slots__ = ("closing", "held", "id", "raw", "scope", "stream", "unsent", "wake",
-                 "write_scope")
+    A plain socket is a non-blocking `socket.socket` that the server's one selector
+    watches: no task while idle. A TLS socket is an `SSLStream` with a task that reads it.
+    A writer task exists only while a send would block, or while the socket closes."""
 
-    def __init__(self, stream: trio.abc.Stream, raw: socket.socket | None,
-                 transport_id: TransportId) -> None:
-        self.stream = stream
-        #: the plain socket under `stream`, for sends that do not block (None: TLS)
-        self.raw = raw
+    __slots__ = ("closing", "held", "id", "raw", "scope", "stream", "unsent", "write_scope")
+
+    def __init__(self, transport_id: TransportId, raw: socket.socket | None,
+                 stream: trio.abc.Stream | None) -> None:
         self.id = transport_id
-        self.wake = trio.Event()
-        #: the writer task has the socket: a send would block, or the socket is closing
+        #: the plain socket, read through the selector (None: read through `stream`)
+        self.raw = raw
+        #: TLS (or the plain socket where no selector can be awaited), read by a task
+        self.stream = stream
+        #: a writer task has the socket: a send would block, or the socket is closing
         self.held = False
         #: what a direct send left, for the writer
         self.unsent = b""
         self.closing = False
-        #: bounds the writer once the Node has asked for a close
-        self.write_scope = trio.CancelScope()
-        #: the nursery of the reader and the writer
-        self.scope = trio.CancelScope()
-
-    def hand_over(self, unsent: bytes) -> None:
-        """Give the socket to its writer task, with what a direct send left."""
-        self.unsent = unsent
-        self.held = True
-        self.wake.set()
+        #: the running writer's scope (its deadline bounds a close)
+        self.write_scope: trio.CancelScope | None = None
+        #: the reading task's scope, for a socket read through `stream`
+        self.scope: trio.CancelScope | None = None
 
 
 class RealtimeServer(ServerBase):
@@ -79,6 +78,8 @@ class RealtimeServer(ServerBase):
         self.close_timeout = _CLOSE_GRACE
         self._listeners: list[trio.SocketListener] = []
         self._ssl_context: ssl.SSLContext | None = None
+        #: watches every plain socket for the one reader task (None: not awaitable here)
+        self._selector: selectors.BaseSelector | None = None
         self._nursery: trio.Nursery | None = None
         self._timer_scope: trio.CancelScope | None = None
         self._flush_wanted = trio.Event()
@@ -178,13 +179,23 @@ class RealtimeServer(ServerBase):
         """Accept, time and serve sockets, shielded from the caller's cancellation so
         that clients can be told goodbye; bounded by the grace period once stopping."""
         with self._shield:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._run_timer)
-                nursery.start_soon(self._run_flusher)
-                nursery.start_soon(self._accept)
-                await self._drained.wait()
-                nursery.cancel_scope.cancel()
+            self._selector = _awaitable_selector()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._run_timer)
+                    nursery.start_soon(self._run_flusher)
+                    if self._selector is not None:
+                        nursery.start_soon(self._run_reader, self._selector)
+                    nursery.start_soon(self._accept)
+                    await self._drained.wait()
+                    nursery.cancel_scope.cancel()
+            finally:  # past the grace period: what is still open is closed as it is
+                self.running = False
+                for sock in list(self.sockets.values()):
+                    self._finish(sock)
+                if self._selector is not None:
+                    self._selector.close()
 
     def _begin_shutdown(self) -> None:
         if self._shutting_down:
@@ -213,40 +224,41 @@ class RealtimeServer(ServerBase):
     # -- sockets -------------------------------------------------------------------------
 
     async def _serve_socket(self, tcp: trio.SocketStream) -> None:
+        """Set up an accepted socket (trio's stream has set TCP_NODELAY). A plain one is
+        handed to the selector and this task ends; a TLS one is read here."""
         try:
             host, port = tcp.socket.getpeername()[:2]
             peer: str | None = f"{host}:{port}"
         except OSError:
             peer = None
-        stream: trio.abc.Stream
-        raw: socket.socket | None = None
+        secure = self._ssl_context is not None
+        transport_id = self.node.open_connection(now=self.now(), peer=peer, secure=secure)
+        if self._ssl_context is None and self._selector is not None:
+            raw = socket.socket(fileno=tcp.socket.detach())
+            raw.setblocking(False)
+            sock = _Socket(transport_id, raw, None)
+            self.sockets[sock.id] = sock
+            self._selector.register(raw, selectors.EVENT_READ, sock)
+            return
+        stream: trio.abc.Stream = tcp
         if self._ssl_context is not None:
             stream = trio.SSLStream(tcp, self._ssl_context, server_side=True,
                                     https_compatible=True)
-        else:  # the stream over a socket object we hold too: `write` sends on it directly
-            raw = socket.socket(fileno=tcp.socket.detach())
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
-        sock = _Socket(stream, raw, self.node.open_connection(
-            now=self.now(), peer=peer, secure=self._ssl_context is not None))
+        sock = _Socket(transport_id, None, stream)
         self.sockets[sock.id] = sock
         try:
-            with sock.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write, sock)
-                    await self._read(sock)
+            with trio.CancelScope() as sock.scope:
+                await self._read(sock, stream)
+                await trio.sleep_forever()  # until the writer has closed the socket
         except Exception:
             log.exception("serving socket %s failed", sock.id)
         finally:
-            del self.sockets[sock.id]
-            self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
-            self.pump()
+            self._finish(sock)
             await trio.aclose_forcefully(stream)
-            if self._shutting_down and not self.sockets:
-                self._drained.set()
 
-    async def _read(self, sock: _Socket) -> None:
+    async def _read(self, sock: _Socket, stream: trio.abc.Stream) -> None:
         try:
-            while data := await sock.stream.receive_some(_READ_BYTES):
+            while data := await stream.receive_some(_READ_BYTES):
                 # bytes() is free for the bytes a socket returns (SSLStream: a bytearray)
                 self.node.receive_data(sock.id, bytes(data), now=self.now())
                 self.pump()
@@ -255,36 +267,103 @@ class RealtimeServer(ServerBase):
         self.node.receive_eof(sock.id, now=self.now())
         self.pump()
 
+    async def _run_reader(self, selector: selectors.BaseSelector) -> None:
+        """The one task that reads every plain socket: it waits until the selector has
+        readable sockets, then reads each once, without blocking."""
+        fd = selector.fileno()  # type: ignore[attr-defined]  # epoll, kqueue, devpoll
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for key, _ in selector.select(0):
+                self._receive(key.data)
+
+    def _receive(self, sock: _Socket) -> None:
+        raw = sock.raw
+        assert raw is not None and self._selector is not None
+        try:
+            data = raw.recv(_READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:  # reset
+            data = b""
+        if data:
+            self.node.receive_data(sock.id, data, now=self.now())
+        else:  # the Node closes the socket now: nothing more to read
+            self._selector.unregister(raw)
+            self.node.receive_eof(sock.id, now=self.now())
+        self.pump()
+
+    def _hand_over(self, sock: _Socket, unsent: bytes) -> None:
+        """Give the socket to a new writer task, with what a direct send left."""
+        assert self._nursery is not None
+        sock.unsent = unsent
+        sock.held = True
+        self._nursery.start_soon(self._write, sock)
+
     async def _write(self, sock: _Socket) -> None:
-        """Write while the socket is handed over (TLS, a send that would block, a close),
-        then hand it back to `write`; close it after the last pull."""
-        with sock.write_scope:
-            try:
-                while True:
-                    await sock.wake.wait()
-                    sock.wake = trio.Event()
-                    if await self._drain(sock):
-                        break
-                    sock.held = False
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        sock.scope.cancel()
+        """Write until the Node has nothing more, then hand the socket back to `write`; or,
+        once it is closing (or the socket failed), close it after the last pull."""
+        done = True
+        try:
+            with trio.CancelScope() as sock.write_scope:
+                if sock.closing:
+                    sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
+                done = await self._drain(sock)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            sock.write_scope = None
+            if not done:
+                sock.held = False
+            elif sock.scope is not None:
+                sock.scope.cancel()  # its reading task closes it
+            else:
+                self._finish(sock)
 
     async def _drain(self, sock: _Socket) -> bool:
         """Send what a direct send left, then pull and send until the Node has nothing
-        more, one `send_all` per pull: nothing is pulled while a send is in progress (the
+        more, one send per pull: nothing is pulled while a send is in progress (the
         Node's buffer, and its slow-consumer rule, hold the rest). True once a closing
         socket's last bytes are out."""
         if sock.unsent:
             unsent, sock.unsent = sock.unsent, b""
-            await sock.stream.send_all(unsent)
+            await self._send_all(sock, unsent)
         while True:
             closing = sock.closing
             chunks = self.node.data_to_send(sock.id)
             if chunks:
-                await sock.stream.send_all(b"".join(chunks))
+                await self._send_all(sock, b"".join(chunks))
             if closing or not chunks:
                 return closing
+
+    @staticmethod
+    async def _send_all(sock: _Socket, data: bytes) -> None:
+        if sock.stream is not None:
+            await sock.stream.send_all(data)
+            return
+        raw = sock.raw
+        assert raw is not None
+        view = memoryview(data)
+        while view:
+            await trio.lowlevel.wait_writable(raw)
+            with contextlib.suppress(BlockingIOError):
+                view = view[raw.send(view):]
+
+    def _finish(self, sock: _Socket) -> None:
+        """Forget a socket and close it (a TLS stream: its task closes it after this)."""
+        if self.sockets.pop(sock.id, None) is None:
+            return
+        if sock.write_scope is not None:
+            sock.write_scope.cancel()
+        self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
+        self.pump()
+        if sock.raw is not None:
+            assert self._selector is not None
+            with contextlib.suppress(KeyError):  # not if its EOF was read
+                self._selector.unregister(sock.raw)
+            trio.lowlevel.notify_closing(sock.raw)
+            sock.raw.close()
+        if self._shutting_down and not self.sockets:
+            self._drained.set()
 
     # -- the hooks of ServerBase ---------------------------------------------------------
 
@@ -298,15 +377,15 @@ class RealtimeServer(ServerBase):
         self._flush_wanted.set()
 
     def write(self, transport_id: TransportId) -> None:
-        """Send at once what the socket takes (no task switch per socket); its writer task
+        """Send at once what the socket takes (no task switch per socket); a writer task
         sends the rest, and everything over TLS."""
         sock = self.sockets.get(transport_id)
         if sock is None or sock.held:
             return
         if sock.raw is None:
-            sock.hand_over(b"")
+            self._hand_over(sock, b"")
         elif unsent := self.send_nowait(transport_id, sock.raw.send):
-            sock.hand_over(unsent)
+            self._hand_over(sock, unsent)
 
     def close_transport(self, transport_id: TransportId) -> bool:
         sock = self.sockets.get(transport_id)
@@ -314,9 +393,10 @@ class RealtimeServer(ServerBase):
             return False
         if not sock.closing:
             sock.closing = True
-            sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
+            if sock.write_scope is not None:
+                sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
             if not sock.held:
-                sock.hand_over(b"")
+                self._hand_over(sock, b"")
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -362,3 +442,13 @@ class RealtimeServer(ServerBase):
                 await trio.sleep_forever()
             self._timer_scope = None
             self.tick()
+
+
+def _awaitable_selector() -> selectors.BaseSelector | None:
+    """The platform's selector if it has a file descriptor trio can wait on (epoll,
+    kqueue); else None, and plain sockets are read by a task each, as TLS ones are."""
+    selector = selectors.DefaultSelector()
+    if hasattr(selector, "fileno"):
+        return selector
+    selector.close()
+    return None
