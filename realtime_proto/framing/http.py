@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import final
@@ -31,6 +32,15 @@ _DELIMITING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 _NO_CONTENT = frozenset({204, 304})
 _JSON = "application/json"
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
+# What h11 lets through but RFC 9112 forbids or leaves ambiguous, found in the raw head:
+# a control character (RFC 9110 §5.5), a bare LF (§2.2), obs-fold (§5.2).
+_BAD_HEAD_BYTES = re.compile(rb"(?P<ctl>[\x00-\x08\x0b\x0c\x0e-\x1f\x7f])"
+                             rb"|(?P<lf>(?<!\r)\n)|(?P<fold>\n[ \t])")
+_BAD_HEAD_REASONS = {"ctl": "control character in the request head",
+                     "lf": "bare LF in the request head",
+                     "fold": "obs-fold header continuation"}
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding[ \t]*:([^\r\n]*)", re.IGNORECASE)
 
 
 class HttpState(enum.Enum):
@@ -243,6 +253,8 @@ class HttpFraming:
                 # reported: only its status (400, 431, 501) is.
                 status = exc.error_status_hint
                 message = "request head too large" if status == 431 else "malformed request"
+                if status == 501:  # h11 reads no transfer coding but chunked alone
+                    status, message = _unsupported_coding(bytes(self._raw or b""))
                 self._fail(status, ErrorCode.MALFORMED_MESSAGE, message)
                 return
             match event:
@@ -266,6 +278,9 @@ class HttpFraming:
         self._body = bytearray()
         if head_length > self._max_head:
             self._fail(431, ErrorCode.MALFORMED_MESSAGE, "request head too large")
+            return
+        if (problem := _head_problem(self._raw_head, request)) is not None:
+            self._fail(400, ErrorCode.MALFORMED_MESSAGE, problem)
             return
         for name, value in request.headers:
             if name == b"content-length" and int(value) > self._max_body:
@@ -371,6 +386,39 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+def _head_problem(raw_head: bytes, request: h11.Request) -> str | None:
+    """Why a head h11 parsed is still refused (400 and close), or None.
+
+    h11 tolerates these; RFC 9112 lets a server refuse them, and refusing them leaves
+    no room for a proxy in front to read the message differently (request smuggling).
+    """
+    if (bad := _BAD_HEAD_BYTES.search(raw_head)) is not None:
+        return _BAD_HEAD_REASONS[bad.lastgroup or "ctl"]
+    lengths = _CONTENT_LENGTH.findall(raw_head)
+    if len(lengths) > 1 or b"," in b"".join(lengths):  # h11 merges equal copies
+        return "more than one Content-Length"
+    if any(name == b"transfer-encoding" for name, _ in request.headers):
+        if lengths:
+            return "both Transfer-Encoding and Content-Length"  # RFC 9112 §6.1
+        if request.http_version == b"1.0":
+            return "Transfer-Encoding in an HTTP/1.0 request"  # RFC 9112 §6.1
+    return None
+
+
+def _unsupported_coding(raw: bytes) -> tuple[int, str]:
+    """The answer to a Transfer-Encoding h11 refused: 400 unless chunked is the final coding.
+
+    Without chunked last the body has no end a server can find (RFC 9112 §6.3), so the
+    framing is broken: 400. With chunked last, an earlier coding (gzip) is one this
+    server does not implement: 501.
+    """
+    codings = [coding.strip().lower() for value in _TRANSFER_ENCODING.findall(raw)
+               for coding in value.split(b",")]
+    if codings and codings[-1] == b"chunked":
+        return 501, "unsupported transfer coding"
+    return 400, "Transfer-Encoding does not end with chunked"
 
 
 def _split_target(target: str) -> tuple[str, dict[str, str]]:
