@@ -55,6 +55,9 @@ __all__ = ["Node"]
 _Framing = HttpFraming | WebSocketFraming | SseFraming
 _WEBSOCKET = FramingKind.WEBSOCKET
 _JSON = "application/json"
+#: the one method of each fixed endpoint: any other is answered 405 with Allow (RFC 9110 §15.5.6)
+_ALLOWED_METHODS = {"/ws": "GET", "/sse": "GET", "/poll": "GET", "/health": "GET",
+                    "/metrics": "GET", "/send": "POST", "/close": "POST"}
 
 
 @dataclass(slots=True, eq=False)
@@ -322,6 +325,10 @@ class Node:
             # HttpFraming leaves the body out of a HEAD answer and keeps its length
             self._respond(transport, 200, static.body,
                           [("content-type", static.content_type), ("cache-control", "no-cache")])
+        elif (allowed := _ALLOWED_METHODS.get(path)) is not None:
+            self._respond(transport, 405, encode_json(error_body(
+                405, f"{path} takes {allowed} only")), [
+                ("content-type", _JSON), ("allow", allowed), *self._cors])
         else:
             self._respond_json(transport, 404, error_body(404, f"nothing at {path}"))
 

@@ -3,13 +3,19 @@ handshake, then a lean frame reader of our own carries the connection."""
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import enum
+import json
 import re
+from base64 import b64decode
+from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any, final
 
+import h11
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Event, RejectConnection, Request
+from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
 from realtime_proto.errors import ErrorCode
@@ -38,6 +44,36 @@ _ABNORMAL_CLOSURE = 1006
 _INVALID_PAYLOAD = 1007
 # wsproto's names of the opcodes, in the violation reasons peers saw before this reader
 _MESSAGE_NAMES = {TEXT: "<Opcode.TEXT: 1>", BINARY: "<Opcode.BINARY: 2>"}
+
+
+def _refusal(head: bytes) -> tuple[int, str, list[tuple[str, str]]] | None:
+    """What RFC 6455 §4.2.1 makes a server refuse and wsproto lets through (or answers
+    with a less precise status): the answer's status, reason and headers, or None."""
+    http = h11.Connection(h11.SERVER)
+    try:
+        http.receive_data(head)
+        request = http.next_event()
+    except h11.RemoteProtocolError:
+        return 400, "malformed handshake", []
+    if not isinstance(request, h11.Request):
+        return 400, "incomplete handshake", []
+    if request.method != b"GET":
+        return 405, "a WebSocket handshake is a GET", [("allow", "GET")]
+    if request.http_version != b"1.1":
+        return 400, "a WebSocket handshake needs HTTP/1.1", []
+    fields: dict[bytes, list[bytes]] = {}
+    for name, value in request.headers:
+        fields.setdefault(name, []).append(value)
+    if fields.get(b"sec-websocket-version") != [b"13"]:
+        return 426, "Sec-WebSocket-Version must be 13", [("sec-websocket-version", "13")]
+    keys = fields.get(b"sec-websocket-key", [])
+    try:
+        valid_key = len(keys) == 1 and len(b64decode(keys[0], validate=True)) == 16
+    except binascii.Error:
+        valid_key = False
+    if not valid_key:
+        return 400, "Sec-WebSocket-Key must be 16 bytes in base64", []
+    return None
 
 
 class _Message:
@@ -151,15 +187,18 @@ class WebSocketFraming:
         self._now = now
         match = _HEAD_END.search(handshake)
         end = match.end() if match else len(handshake)
+        if (refusal := _refusal(handshake[:end])) is not None:
+            self._reject(*refusal)
+            return False
         ws = WSConnection(ConnectionType.SERVER)  # dropped once answered
         try:
             ws.receive_data(handshake[:end])
             requested = any(isinstance(event, Request) for event in ws.events())
         except RemoteProtocolError as exc:
-            self._reject(ws, exc.event_hint, str(exc))
+            self._reject(400, str(exc))
             return False
         if not requested:
-            self._reject(ws, None, "incomplete handshake")
+            self._reject(400, "incomplete handshake")
             return False
         # No extensions: permessage-deflate keeps per-connection state (RFC 7692),
         # which would make frame_message() bytes connection-specific.
@@ -371,12 +410,15 @@ class WebSocketFraming:
         else:
             self._events.append(event)
 
-    def _reject(self, ws: WSConnection, hint: Event | None, reason: str) -> None:
-        status, headers = 400, []
-        if isinstance(hint, RejectConnection):  # 426 carries Sec-WebSocket-Version (§4.4)
-            status, headers = hint.status_code, list(hint.headers)
-        headers.append((b"connection", b"close"))
-        self._send(ws.send(RejectConnection(status_code=status, headers=headers)))
+    def _reject(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Answer the handshake with an error (and a JSON body, as the HTTP front door does)."""
+        body = json.dumps({"error": {"code": int(ErrorCode.MALFORMED_MESSAGE), "message": reason}},
+                          separators=(",", ":")).encode()
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+                 *(f"{name}: {value}" for name, value in headers),
+                 "content-type: application/json", f"content-length: {len(body)}",
+                 "connection: close", "", ""]
+        self._send("\r\n".join(lines).encode("latin-1") + body)
         self._event(Violation(code=status, reason=reason))
         self._finish()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 
@@ -274,20 +275,29 @@ def test_permessage_deflate_is_not_offered_back() -> None:
 
 
 BASE = b"GET /ws HTTP/1.1\r\nhost: x\r\n"
-UPGRADE = b"upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZQ==\r\n"
+UPGRADE = (b"upgrade: websocket\r\nconnection: Upgrade\r\n"
+           b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+V13 = b"sec-websocket-version: 13\r\n"
 
 
 @pytest.mark.parametrize(
     ("head", "status"),
     [
-        (BASE + b"\r\n", 400),
-        (BASE + UPGRADE + b"\r\n", 400),  # no version
+        (BASE + V13 + b"\r\n", 400),
+        (BASE + UPGRADE + b"\r\n", 426),  # no version (RFC 6455 §4.2.2)
         (BASE + UPGRADE + b"sec-websocket-version: 8\r\n\r\n", 426),
-        (b"POST /ws HTTP/1.1\r\nhost: x\r\n" + UPGRADE + b"sec-websocket-version: 13\r\n\r\n", 400),
+        (b"POST /ws HTTP/1.1\r\nhost: x\r\n" + UPGRADE + V13 + b"\r\n", 405),
+        (b"GET /ws HTTP/1.0\r\nhost: x\r\n" + UPGRADE + V13 + b"\r\n", 400),
+        (BASE + UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"dGhlIHNhbXBsZQ==") + V13
+         + b"\r\n", 400),  # a key of 10 bytes
+        (BASE + UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"not base64 at all!!!!!==") + V13
+         + b"\r\n", 400),
+        (BASE + UPGRADE + UPGRADE[-45:] + V13 + b"\r\n", 400),  # two keys
         (b"GARBAGE\r\n\r\n", 400),
         (BASE + UPGRADE, 400),  # incomplete head
     ],
-    ids=["plain GET", "no version", "old version", "POST", "garbage", "incomplete"],
+    ids=["plain GET", "no version", "old version", "POST", "HTTP/1.0", "short key",
+         "key not base64", "two keys", "garbage", "incomplete"],
 )
 def test_rejected_handshakes(head: bytes, status: int) -> None:
     framing = WebSocketFraming()
@@ -299,6 +309,9 @@ def test_rejected_handshakes(head: bytes, status: int) -> None:
     assert b"connection: close" in out.lower()
     if status == 426:
         assert b"sec-websocket-version: 13" in out.lower()
+    if status == 405:
+        assert b"allow: GET" in out
+    assert json.loads(out.partition(b"\r\n\r\n")[2])["error"]["code"] == 4000
     assert framing.closed
     framing.receive_data(b"ignored", now=0.0)
     assert framing.events() == []
