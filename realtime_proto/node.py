@@ -249,6 +249,7 @@ class Node:
                             self.hub.handle(MessageReceived(connection_id=transport.connection_id,
                                                             data=event.data), now=now)
                     case PeerClosed() | Violation():
+                        self._run_hub()  # the answers to the messages before it
                         self._finish(transport, now)
                         return
             self._run_hub()
@@ -277,6 +278,10 @@ class Node:
             session = self._routes.get(transport.holding)
             if isinstance(session, PollSession):
                 session.release_hold(now, self.config.poll_session_timeout)
+        if transport.framing.kind is _WEBSOCKET and transport.backlog.bytes:
+            # answers to what came before a protocol violation, ahead of the Close
+            for frame in transport.backlog.drain():
+                transport.framing.send_encoded(frame)  # type: ignore[union-attr]
         self._final_output[transport.id] = transport.framing.data_to_send()
         self._actions.append(CloseTransport(transport.id))
 

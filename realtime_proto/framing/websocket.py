@@ -120,8 +120,8 @@ class WebSocketFraming:
     Receive methods never raise because of what the peer sent.
     """
 
-    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events",
-                 "_max_message", "_message", "_now", "_out", "_skip", "_state")
+    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events", "_failing",
+                 "_max_message", "_message", "_now", "_out", "_probe", "_skip", "_state")
 
     kind: FramingKind = FramingKind.WEBSOCKET
 
@@ -148,6 +148,11 @@ class WebSocketFraming:
         #: payload bytes still to come of a frame that is read and dropped
         self._skip = 0
         self._message: _Message | None = None
+        #: how much of a text frame's partial payload is checked, and the decoder past it
+        self._probe: tuple[int, codecs.IncrementalDecoder] | None = None
+        #: our Close after a protocol violation, written after what the caller sends
+        #: in answer to the messages that came before the violation
+        self._failing: bytes | None = None
         self._now = 0.0
         self._close_deadline: float | None = None
         self._eof = False
@@ -259,12 +264,15 @@ class WebSocketFraming:
     def send_encoded(self, frame: bytes) -> None:
         """Queue a frame from frame_message(); dropped once closing has started.
 
+        After a protocol violation, frames sent before the next data_to_send() still go
+        out, ahead of the Close: the answers to the messages received before it.
+
         Raises:
             RuntimeError: called before accept().
         """
         if self._state is _CONNECTING:
             raise RuntimeError("send_encoded() before accept()")
-        if self._state is _OPEN:
+        if self._state is _OPEN or self._failing is not None:
             self._send(frame)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -282,6 +290,9 @@ class WebSocketFraming:
 
     def data_to_send(self) -> list[bytes]:
         """Drain the bytes to write to the socket."""
+        if self._failing is not None:
+            self._send(self._failing)
+            self._failing = None
         out = self._out
         if out is None:
             return []
@@ -327,7 +338,10 @@ class WebSocketFraming:
                 pos, self._skip = start, length  # read and dropped, never buffered
                 continue
             if end - start < length:
+                if not control and (opcode == TEXT or self._message_is_text()):
+                    self._check_text(data, start, end, key)
                 break
+            self._probe = None
             pos = start + length
             payload = unmask(data[start:pos], key)
             if control:
@@ -335,6 +349,32 @@ class WebSocketFraming:
             else:
                 self._data(opcode, fin, payload)
         return pos
+
+    def _message_is_text(self) -> bool:
+        return self._message is not None and self._message.decoder is not None
+
+    def _check_text(self, data: bytes | bytearray, start: int, end: int, key: bytes) -> None:
+        """Check the UTF-8 of a text frame's payload so far, so bad text fails before the
+        frame is whole (§8.1); each byte is checked once however the frame arrives.
+
+        Raises:
+            FrameError: invalid UTF-8 (1007).
+        """
+        if self._probe is None:
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            if self._message is not None and self._message.decoder is not None:
+                decoder.setstate(self._message.decoder.getstate())  # a fragment's tail
+            checked = 0
+        else:
+            checked, decoder = self._probe
+        if end - start <= checked:
+            return
+        shift = checked % 4
+        try:
+            decoder.decode(unmask(data[start + checked:end], key[shift:] + key[:shift]))
+        except UnicodeDecodeError:
+            raise FrameError("invalid UTF-8 in a text message", _INVALID_PAYLOAD) from None
+        self._probe = (end - start, decoder)
 
     def _admit(self, opcode: int, length: int) -> bool:
         """Check a data frame's place in its message and its size; False drops it.
@@ -390,11 +430,15 @@ class WebSocketFraming:
         # a Pong: unsolicited ones are allowed and mean nothing (§5.5.3)
 
     def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (§7.1.7): our Close if none is out yet, then closed."""
-        if self._state is _OPEN:
-            self._send(close_frame(code, reason))
+        """Fail the connection (§7.1.7): our Close if none is out yet, then closed.
+
+        The messages before the violation are already in events(); the Close waits for
+        the next data_to_send(), so what the caller sends in answer goes out first.
+        """
+        failing = close_frame(code, reason) if self._state is _OPEN else None
         self._event(Violation(code=code, reason=reason))
         self._finish()
+        self._failing = failing
 
     # -- output ----------------------------------------------------------------------------
 
@@ -426,5 +470,6 @@ class WebSocketFraming:
         self._state = _CLOSED
         self._close_deadline = None
         self._message = None
+        self._probe = None
         self._buffer = None
         self._skip = 0

@@ -122,6 +122,21 @@ def test_protocol_violations_close_with_the_rfc_code(data: bytes, code: int,
     with_bystander(runtime, scenario)
 
 
+def test_messages_before_a_violation_are_handled_before_the_close(runtime: str) -> None:
+    """A subscribe and a bad frame in one write: the subscription is answered, then 1002."""
+    async def scenario(server: Any, good: WsClient) -> None:
+        reader, writer = await raw_ws(server.port)
+        writer.write(frame(json.dumps({"type": "subscribe", "channel": "news"}).encode())
+                     + frame(b"x", opcode=3))
+        opcode, payload = await asyncio.wait_for(server_frame(reader), 10)  # established
+        assert json.loads(payload)["event"] == "connection.established"
+        opcode, payload = await asyncio.wait_for(server_frame(reader), 10)
+        assert opcode == 1 and json.loads(payload)["event"] == "subscription.succeeded"
+        assert await close_code(reader) == 1002
+        writer.close()
+    with_bystander(runtime, scenario)
+
+
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
     (b"NONSENSE\r\n\r\n", 400),

@@ -401,3 +401,79 @@ def test_frame_message_equals_wsproto_and_a_client_reads_it(size: int) -> None:
 def test_satisfies_the_framing_protocol() -> None:
     framing: Framing = make()  # checked by mypy
     assert framing.kind is FramingKind.WEBSOCKET
+
+
+# -- a violation after good messages, and text checked as it streams in (issue 15) -------
+
+VIOLATIONS = [
+    (masked(0x1, b"two", rsv=0x20), 1002),  # Autobahn 3.2: a reserved bit
+    (masked(0x7, b"two"), 1002),  # 4.1.3: a reserved opcode
+    (masked(0x0, b"two"), 1002),  # 5.x: a continuation with nothing to continue
+    (masked(0x1, b"tw\xffo"), 1007),  # 6.x: invalid UTF-8
+    (masked(0x8, struct.pack("!H", 999)), 1002),  # 7.x: a close code a peer may not send
+]
+
+
+@pytest.mark.parametrize(("bad", "code"), VIOLATIONS,
+                         ids=["rsv", "opcode", "continuation", "utf-8", "close code"])
+def test_messages_before_a_violation_are_answered_before_the_close(bad: bytes,
+                                                                   code: int) -> None:
+    """Autobahn 3.2, 4.1.3, 5.15…: the echo of what came first, then the Close."""
+    framing = make()
+    framing.receive_data(masked(0x1, b"one") + masked(0x2, b"bin") + bad
+                         + masked(0x1, b"never"), now=1.0)
+    events = framing.events()
+    assert events[:2] == [MessageIn(data="one"), MessageIn(data=b"bin")]
+    [violation] = events[2:]
+    assert isinstance(violation, Violation) and violation.code == code
+    assert framing.closed
+    echo = frame_message(b"one")
+    framing.send_encoded(echo)  # the application's answer
+    out = b"".join(framing.data_to_send())
+    assert out.startswith(echo)
+    assert out[len(echo)] == 0x88 and out[len(echo) + 2:len(echo) + 4] == struct.pack("!H", code)
+    framing.send_encoded(frame_message(b"too late"))
+    assert framing.data_to_send() == []
+
+
+def frame_head(opcode: int, length: int, *, fin: bool = True) -> tuple[bytes, bytes]:
+    """The header of a masked client frame of `length` < 126, and its key."""
+    key = b"\x0a\x0b\x0c\x0d"
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | length)) + key, key
+
+
+def mask_from(payload: bytes, key: bytes, offset: int) -> bytes:
+    return bytes(b ^ key[(offset + i) % 4] for i, b in enumerate(payload))
+
+
+def test_invalid_utf8_fails_before_the_frame_is_whole() -> None:
+    """Autobahn 6.4.3/6.4.4: the Close comes at the first bad byte, not at the frame's end."""
+    framing = make()
+    head, key = frame_head(0x1, 40)
+    good, bad = "κόσμε".encode(), b"\xed\xa0\x80"  # a UTF-16 surrogate is not UTF-8
+    framing.receive_data(head + mask_from(good[:3], key, 0), now=1.0)  # mid-character
+    framing.receive_data(mask_from(good[3:], key, 3), now=1.0)
+    assert framing.events() == [] and not framing.closed
+    framing.receive_data(mask_from(bad, key, len(good)), now=1.0)
+    assert framing.events() == [Violation(code=1007, reason="invalid UTF-8 in a text message")]
+    assert b"".join(framing.data_to_send())[2:4] == struct.pack("!H", 1007)
+
+
+def test_invalid_utf8_across_fragments_fails_fast() -> None:
+    """A character cut between fragments is fine; a bad byte in a partial continuation fails."""
+    framing = make()
+    framing.receive_data(masked(0x1, "aκ".encode()[:2], fin=False), now=1.0)  # ends in \xce
+    head, key = frame_head(0x0, 30)
+    framing.receive_data(head + mask_from(b"\xba", key, 0), now=1.0)  # completes κ
+    assert framing.events() == [] and not framing.closed
+    framing.receive_data(mask_from(b"\xce\x41", key, 1), now=1.0)  # \xce then no continuation
+    assert framing.events() == [Violation(code=1007, reason="invalid UTF-8 in a text message")]
+
+
+def test_text_fed_byte_by_byte_is_whole_and_right() -> None:
+    text = "añ€😀 " * 5
+    frames = (masked(0x1, text[:7].encode(), fin=False) + masked(0x0, text[7:].encode()))
+    framing = make()
+    for byte in frames:
+        framing.receive_data(bytes((byte,)), now=1.0)
+    assert framing.events() == [MessageIn(data=text)]
