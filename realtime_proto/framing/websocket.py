@@ -360,6 +360,7 @@ class WebSocketFraming:
         Raises:
             FrameError: invalid UTF-8 (1007).
         """
+        decoder: codecs.IncrementalDecoder
         if self._probe is None:
             decoder = codecs.getincrementaldecoder("utf-8")()
             if self._message is not None and self._message.decoder is not None:
