@@ -435,11 +435,18 @@ class Node:
                 now: float) -> None:
         connection_id = ConnectionId(self._new_id())
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
+        # WebSocket keepalive is the protocol's Ping, unless the client asks for the JSON
+        # ping the Hub sends (browsers cannot see a Ping: the JS client asks)
+        json_ping = kind == "websocket" and request.query.get("heartbeat") == "json"
         opened = ConnectionOpened(connection_id=connection_id, user=user, transport=kind,
-                                  peer=transport.peer, expects_pong=kind == "websocket")
+                                  peer=transport.peer, expects_pong=json_ping)
         if kind == "websocket":
             handshake = transport.framing.take_over()  # type: ignore[union-attr]
-            framing = WebSocketFraming(max_message_bytes=self.config.hub.limits.max_message_bytes)
+            hub = self.config.hub
+            framing = WebSocketFraming(
+                max_message_bytes=hub.limits.max_message_bytes,
+                heartbeat=None if json_ping else hub.heartbeat_interval,
+                idle_timeout=hub.effective_idle_timeout)
             transport.framing = framing
             if not framing.accept(handshake, now=now):
                 return

@@ -29,6 +29,7 @@ from realtime_proto.framing.websocket_frames import (
     FrameError,
     close_frame,
     frame_message,
+    ping_frame,
     pong_frame,
     read_close,
     read_header,
@@ -115,30 +116,46 @@ class WebSocketFraming:
     read here (RFC 6455 §5: masking, fragments, control frames between them, the close
     handshake, UTF-8 of text, `max_message_bytes`). Pings are answered, the peer's Close
     is echoed, and a message over `max_message_bytes` fails the connection with 4009
-    before any of it is buffered. An idle connection holds this object alone: its
-    buffers exist only while a frame or a fragmented message is partly received.
-    Receive methods never raise because of what the peer sent.
+    before any of it is buffered. With a `heartbeat`, a silent peer is sent a Ping and,
+    silent until `idle_timeout`, fails with 4020. An idle connection holds this object
+    alone: its buffers exist only while a frame or a fragmented message is partly
+    received. Receive methods never raise because of what the peer sent.
     """
 
     __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events", "_failing",
-                 "_max_message", "_message", "_now", "_out", "_probe", "_skip", "_state")
+                 "_heartbeat", "_idle_timeout", "_max_message", "_message", "_now", "_out",
+                 "_pinged", "_probe", "_seen", "_skip", "_state")
 
     kind: FramingKind = FramingKind.WEBSOCKET
 
-    def __init__(self, *, max_message_bytes: int = 64 * 1024, close_timeout: float = 5.0) -> None:
+    def __init__(self, *, max_message_bytes: int = 64 * 1024, close_timeout: float = 5.0,
+                 heartbeat: float | None = None, idle_timeout: float | None = None) -> None:
         """Create a framing waiting for accept().
 
         Args:
             max_message_bytes: the largest whole message accepted from the peer.
             close_timeout: seconds to wait for the peer's Close after ours.
+            heartbeat: seconds of silence from the peer after which a Ping is sent
+                (any frame, the Pong included, counts as activity); None sends none.
+            idle_timeout: seconds of silence after which the connection fails with 4020
+                (only with a heartbeat; default 2 x heartbeat + 10).
 
         Raises:
-            ValueError: a limit is not positive.
+            ValueError: a limit is not positive, or idle_timeout is not over heartbeat.
         """
         if max_message_bytes <= 0 or close_timeout <= 0:
             raise ValueError("WebSocketFraming limits must be positive")
+        if heartbeat is not None:
+            idle_timeout = 2 * heartbeat + 10.0 if idle_timeout is None else idle_timeout
+            if heartbeat <= 0 or idle_timeout <= heartbeat:
+                raise ValueError("heartbeat must be positive and below idle_timeout")
         self._max_message = max_message_bytes
         self._close_timeout = close_timeout
+        self._heartbeat = heartbeat
+        self._idle_timeout = idle_timeout
+        #: when the peer was last heard, and whether it was pinged since
+        self._seen = 0.0
+        self._pinged = False
         self._state = _CONNECTING
         # None stands for empty: an idle connection keeps no empty lists
         self._events: list[FramingEvent] | None = None
@@ -209,6 +226,7 @@ class WebSocketFraming:
         # which would make frame_message() bytes connection-specific.
         self._send(ws.send(AcceptConnection()))
         self._state = _OPEN
+        self._seen = now
         if end < len(handshake):
             self.receive_data(handshake[end:], now=now)
         return True
@@ -226,6 +244,8 @@ class WebSocketFraming:
         self._now = now
         if self._state is _CLOSED or not data:
             return
+        self._seen = now
+        self._pinged = False
         buffer = self._buffer
         if buffer is not None:
             buffer += data
@@ -301,13 +321,24 @@ class WebSocketFraming:
 
     def next_deadline(self) -> float | None:
         """When tick() must be called next, or None."""
-        return self._close_deadline
+        if self._heartbeat is None or self._state is not _OPEN:
+            return self._close_deadline
+        assert self._idle_timeout is not None
+        return self._seen + (self._idle_timeout if self._pinged else self._heartbeat)
 
     def tick(self, *, now: float) -> None:
-        """Give up on the peer's Close once close_timeout has passed."""
+        """Ping a silent peer, fail one silent past idle_timeout (4020), and give up on
+        the peer's Close once close_timeout has passed."""
         self._now = now
         if self._close_deadline is not None and now >= self._close_deadline:
             self._finish()
+        elif self._heartbeat is not None and self._state is _OPEN:
+            assert self._idle_timeout is not None
+            if now - self._seen >= self._idle_timeout:
+                self._fail(int(ErrorCode.IDLE_TIMEOUT), "idle timeout")
+            elif now - self._seen >= self._heartbeat and not self._pinged:
+                self._pinged = True
+                self._send(ping_frame())
 
     # -- the frame reader (RFC 6455 §5) ---------------------------------------------------
 

@@ -477,3 +477,51 @@ def test_text_fed_byte_by_byte_is_whole_and_right() -> None:
     for byte in frames:
         framing.receive_data(bytes((byte,)), now=1.0)
     assert framing.events() == [MessageIn(data=text)]
+
+
+# -- keepalive: the protocol's Ping ------------------------------------------------------
+
+
+def keepalive() -> WebSocketFraming:
+    framing = WebSocketFraming(heartbeat=10.0, idle_timeout=25.0)
+    assert framing.accept(handshake(), now=100.0)
+    framing.data_to_send()
+    return framing
+
+
+def test_a_silent_peer_is_pinged_then_closed_with_4020() -> None:
+    framing = keepalive()
+    assert framing.next_deadline() == 110.0
+    framing.tick(now=109.0)
+    assert framing.data_to_send() == []
+    framing.tick(now=110.0)
+    assert framing.data_to_send() == [b"\x89\x00"]  # one Ping
+    assert framing.next_deadline() == 125.0
+    framing.tick(now=120.0)
+    assert framing.data_to_send() == []  # not twice
+    framing.tick(now=125.0)
+    assert framing.events() == [Violation(code=4020, reason="idle timeout")]
+    assert b"".join(framing.data_to_send())[2:4] == struct.pack("!H", 4020)
+    assert framing.closed
+
+
+def test_a_pong_or_any_frame_counts_as_activity() -> None:
+    framing = keepalive()
+    framing.tick(now=110.0)
+    framing.data_to_send()
+    framing.receive_data(masked(0xA, b""), now=111.0)  # the Pong
+    assert framing.next_deadline() == 121.0
+    framing.tick(now=130.0)  # silent again: pinged again, not closed
+    assert framing.data_to_send() == [b"\x89\x00"] and not framing.closed
+    framing.receive_data(masked(0x1, b"hi"), now=131.0)
+    assert framing.events() == [MessageIn(data="hi")]
+    assert framing.next_deadline() == 141.0
+
+
+def test_no_heartbeat_no_ping_and_bad_settings() -> None:
+    framing = make()
+    assert framing.next_deadline() is None
+    framing.tick(now=1000.0)
+    assert framing.data_to_send() == [] and not framing.closed
+    with pytest.raises(ValueError):
+        WebSocketFraming(heartbeat=10.0, idle_timeout=5.0)
