@@ -122,9 +122,9 @@ class WebSocketFraming:
     received. Receive methods never raise because of what the peer sent.
     """
 
-    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events", "_failing",
-                 "_heartbeat", "_idle_timeout", "_max_message", "_message", "_now", "_out",
-                 "_pinged", "_probe", "_seen", "_skip", "_state")
+    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events",
+                 "_heartbeat", "_idle_timeout", "_last_close", "_max_message", "_message",
+                 "_now", "_out", "_pinged", "_probe", "_seen", "_skip", "_state")
 
     kind: FramingKind = FramingKind.WEBSOCKET
 
@@ -167,9 +167,10 @@ class WebSocketFraming:
         self._message: _Message | None = None
         #: how much of a text frame's partial payload is checked, and the decoder past it
         self._probe: tuple[int, codecs.IncrementalDecoder] | None = None
-        #: our Close after a protocol violation, written after what the caller sends
-        #: in answer to the messages that came before the violation
-        self._failing: bytes | None = None
+        #: our Close when the peer's Close or a violation ended the connection: written at
+        #: the next data_to_send(), after what the caller sends in answer to the
+        #: messages that came before it
+        self._last_close: bytes | None = None
         self._now = 0.0
         self._close_deadline: float | None = None
         self._eof = False
@@ -284,15 +285,16 @@ class WebSocketFraming:
     def send_encoded(self, frame: bytes) -> None:
         """Queue a frame from frame_message(); dropped once closing has started.
 
-        After a protocol violation, frames sent before the next data_to_send() still go
-        out, ahead of the Close: the answers to the messages received before it.
+        When the peer's Close or a protocol violation ends the connection, frames sent
+        before the next data_to_send() still go out, ahead of our Close: the answers to
+        the messages received before it.
 
         Raises:
             RuntimeError: called before accept().
         """
         if self._state is _CONNECTING:
             raise RuntimeError("send_encoded() before accept()")
-        if self._state is _OPEN or self._failing is not None:
+        if self._state is _OPEN or self._last_close is not None:
             self._send(frame)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -310,9 +312,9 @@ class WebSocketFraming:
 
     def data_to_send(self) -> list[bytes]:
         """Drain the bytes to write to the socket."""
-        if self._failing is not None:
-            self._send(self._failing)
-            self._failing = None
+        if self._last_close is not None:
+            self._send(self._last_close)
+            self._last_close = None
         out = self._out
         if out is None:
             return []
@@ -454,11 +456,11 @@ class WebSocketFraming:
                 self._send(pong_frame(payload))
         elif opcode == CLOSE:
             code, reason = read_close(payload)
-            if self._state is _OPEN:
-                # The peer started closing: echo its code (RFC 6455 §5.5.1).
-                self._send(close_frame(code, reason))
+            # The peer started closing: echo its code (RFC 6455 §5.5.1).
+            echo = close_frame(code, reason) if self._state is _OPEN else None
             self._event(PeerClosed(code=code, reason=reason))  # or the answer to our Close
             self._finish()
+            self._last_close = echo
         # a Pong: unsolicited ones are allowed and mean nothing (§5.5.3)
 
     def _fail(self, code: int, reason: str) -> None:
@@ -470,7 +472,7 @@ class WebSocketFraming:
         failing = close_frame(code, reason) if self._state is _OPEN else None
         self._event(Violation(code=code, reason=reason))
         self._finish()
-        self._failing = failing
+        self._last_close = failing
 
     # -- output ----------------------------------------------------------------------------
 

@@ -525,3 +525,11 @@ def test_no_heartbeat_no_ping_and_bad_settings() -> None:
     assert framing.data_to_send() == [] and not framing.closed
     with pytest.raises(ValueError):
         WebSocketFraming(heartbeat=10.0, idle_timeout=5.0)
+
+
+def test_answers_to_messages_before_the_peers_close_precede_its_echo() -> None:
+    framing = make()
+    framing.receive_data(masked(0x1, b"last") + masked(0x8, struct.pack("!H", 1000)), now=1.0)
+    assert framing.events() == [MessageIn(data="last"), PeerClosed(code=1000, reason="")]
+    framing.send_encoded(frame_message(b"last"))
+    assert b"".join(framing.data_to_send()) == frame_message(b"last") + close_frame(1000)
