@@ -65,6 +65,9 @@ def _refusal(head: bytes) -> tuple[int, str, list[tuple[str, str]]] | None:
     fields: dict[bytes, list[bytes]] = {}
     for name, value in request.headers:
         fields.setdefault(name, []).append(value)
+    if not (_has_token(fields, b"upgrade", b"websocket")
+            and _has_token(fields, b"connection", b"upgrade")):
+        return 400, "not a WebSocket upgrade", []
     if fields.get(b"sec-websocket-version") != [b"13"]:
         return 426, "Sec-WebSocket-Version must be 13", [("sec-websocket-version", "13")]
     keys = fields.get(b"sec-websocket-key", [])
@@ -75,6 +78,12 @@ def _refusal(head: bytes) -> tuple[int, str, list[tuple[str, str]]] | None:
     if not valid_key:
         return 400, "Sec-WebSocket-Key must be 16 bytes in base64", []
     return None
+
+
+def _has_token(fields: dict[bytes, list[bytes]], name: bytes, token: bytes) -> bool:
+    """Whether a comma-separated header field lists `token` (case-insensitive)."""
+    return any(part.strip().lower() == token
+               for value in fields.get(name, ()) for part in value.split(b","))
 
 
 class _Message:

@@ -284,6 +284,8 @@ V13 = b"sec-websocket-version: 13\r\n"
     ("head", "status"),
     [
         (BASE + V13 + b"\r\n", 400),
+        (BASE + b"\r\n", 400),  # not even a version: still not an upgrade
+        (BASE + UPGRADE.replace(b"Upgrade\r", b"keep-alive\r") + V13 + b"\r\n", 400),
         (BASE + UPGRADE + b"\r\n", 426),  # no version (RFC 6455 §4.2.2)
         (BASE + UPGRADE + b"sec-websocket-version: 8\r\n\r\n", 426),
         (b"POST /ws HTTP/1.1\r\nhost: x\r\n" + UPGRADE + V13 + b"\r\n", 405),
@@ -296,8 +298,8 @@ V13 = b"sec-websocket-version: 13\r\n"
         (b"GARBAGE\r\n\r\n", 400),
         (BASE + UPGRADE, 400),  # incomplete head
     ],
-    ids=["plain GET", "no version", "old version", "POST", "HTTP/1.0", "short key",
-         "key not base64", "two keys", "garbage", "incomplete"],
+    ids=["plain GET", "bare GET", "no connection upgrade", "no version", "old version", "POST",
+         "HTTP/1.0", "short key", "key not base64", "two keys", "garbage", "incomplete"],
 )
 def test_rejected_handshakes(head: bytes, status: int) -> None:
     framing = WebSocketFraming()
