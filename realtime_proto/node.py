@@ -56,6 +56,9 @@ __all__ = ["Node"]
 _Framing = HttpFraming | WebSocketFraming | SseFraming
 _WEBSOCKET = FramingKind.WEBSOCKET
 _JSON = "application/json"
+#: the one method of each fixed endpoint: any other is answered 405 with Allow (RFC 9110 §15.5.6)
+_ALLOWED_METHODS = {"/ws": "GET", "/sse": "GET", "/poll": "GET", "/health": "GET",
+                    "/metrics": "GET", "/send": "POST", "/close": "POST"}
 
 
 @dataclass(slots=True, eq=False)
@@ -247,6 +250,7 @@ class Node:
                             self.hub.handle(MessageReceived(connection_id=transport.connection_id,
                                                             data=event.data), now=now)
                     case PeerClosed() | Violation():
+                        self._run_hub()  # the answers to the messages before it
                         self._finish(transport, now)
                         return
             self._run_hub()
@@ -275,6 +279,10 @@ class Node:
             session = self._routes.get(transport.holding)
             if isinstance(session, PollSession):
                 session.release_hold(now, self.config.poll_session_timeout)
+        if transport.framing.kind is _WEBSOCKET and transport.backlog.bytes:
+            # answers to what came before a protocol violation, ahead of the Close
+            for frame in transport.backlog.drain():
+                transport.framing.send_encoded(frame)  # type: ignore[union-attr]
         self._final_output[transport.id] = transport.framing.data_to_send()
         self._actions.append(CloseTransport(transport.id))
 
@@ -327,6 +335,10 @@ class Node:
             # HttpFraming leaves the body out of a HEAD answer and keeps its length
             self._respond(transport, 200, static.body,
                           [("content-type", static.content_type), ("cache-control", "no-cache")])
+        elif (allowed := _ALLOWED_METHODS.get(path)) is not None:
+            self._respond(transport, 405, encode_json(error_body(
+                405, f"{path} takes {allowed} only")), [
+                ("content-type", _JSON), ("allow", allowed), *self._cors])
         else:
             self._respond_json(transport, 404, error_body(404, f"nothing at {path}"))
 
@@ -433,12 +445,19 @@ class Node:
                 now: float) -> None:
         connection_id = ConnectionId(self._new_id())
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
+        # WebSocket keepalive is the protocol's Ping, unless the client asks for the JSON
+        # ping the Hub sends (browsers cannot see a Ping: the JS client asks)
+        json_ping = kind == "websocket" and request.query.get("heartbeat") == "json"
         opened = ConnectionOpened(connection_id=connection_id, user=user, transport=kind,
                                   peer=self._peer(transport, request),
-                                  expects_pong=kind == "websocket")
+                                  expects_pong=json_ping)
         if kind == "websocket":
             handshake = transport.framing.take_over()  # type: ignore[union-attr]
-            framing = WebSocketFraming(max_message_bytes=self.config.hub.limits.max_message_bytes)
+            hub = self.config.hub
+            framing = WebSocketFraming(
+                max_message_bytes=hub.limits.max_message_bytes,
+                heartbeat=None if json_ping else hub.heartbeat_interval,
+                idle_timeout=hub.effective_idle_timeout)
             transport.framing = framing
             if not framing.accept(handshake, now=now):
                 return

@@ -243,7 +243,9 @@ class WebSocketTransport {
       return;
     }
     const c = this.client;
-    const url = buildUrl(c._urls.ws, '/ws', { token: this.token }, c._urls.params);
+    // heartbeat=json: the server's keepalive as JSON pings, which the dead-connection
+    // check sees (a browser answers protocol Pings without telling the page)
+    const url = buildUrl(c._urls.ws, '/ws', { token: this.token, heartbeat: 'json' }, c._urls.params);
     let ws;
     try {
       ws = new WS(url);

@@ -3,13 +3,19 @@ handshake, then a lean frame reader of our own carries the connection."""
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import enum
+import json
 import re
+from base64 import b64decode
+from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any, final
 
+import h11
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Event, RejectConnection, Request
+from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
 from realtime_proto.errors import ErrorCode
@@ -23,6 +29,7 @@ from realtime_proto.framing.websocket_frames import (
     FrameError,
     close_frame,
     frame_message,
+    ping_frame,
     pong_frame,
     read_close,
     read_header,
@@ -38,6 +45,45 @@ _ABNORMAL_CLOSURE = 1006
 _INVALID_PAYLOAD = 1007
 # wsproto's names of the opcodes, in the violation reasons peers saw before this reader
 _MESSAGE_NAMES = {TEXT: "<Opcode.TEXT: 1>", BINARY: "<Opcode.BINARY: 2>"}
+
+
+def _refusal(head: bytes) -> tuple[int, str, list[tuple[str, str]]] | None:
+    """What RFC 6455 §4.2.1 makes a server refuse and wsproto lets through (or answers
+    with a less precise status): the answer's status, reason and headers, or None."""
+    http = h11.Connection(h11.SERVER)
+    try:
+        http.receive_data(head)
+        request = http.next_event()
+    except h11.RemoteProtocolError:
+        return 400, "malformed handshake", []
+    if not isinstance(request, h11.Request):
+        return 400, "incomplete handshake", []
+    if request.method != b"GET":
+        return 405, "a WebSocket handshake is a GET", [("allow", "GET")]
+    if request.http_version != b"1.1":
+        return 400, "a WebSocket handshake needs HTTP/1.1", []
+    fields: dict[bytes, list[bytes]] = {}
+    for name, value in request.headers:
+        fields.setdefault(name, []).append(value)
+    if not (_has_token(fields, b"upgrade", b"websocket")
+            and _has_token(fields, b"connection", b"upgrade")):
+        return 400, "not a WebSocket upgrade", []
+    if fields.get(b"sec-websocket-version") != [b"13"]:
+        return 426, "Sec-WebSocket-Version must be 13", [("sec-websocket-version", "13")]
+    keys = fields.get(b"sec-websocket-key", [])
+    try:
+        valid_key = len(keys) == 1 and len(b64decode(keys[0], validate=True)) == 16
+    except binascii.Error:
+        valid_key = False
+    if not valid_key:
+        return 400, "Sec-WebSocket-Key must be 16 bytes in base64", []
+    return None
+
+
+def _has_token(fields: dict[bytes, list[bytes]], name: bytes, token: bytes) -> bool:
+    """Whether a comma-separated header field lists `token` (case-insensitive)."""
+    return any(part.strip().lower() == token
+               for value in fields.get(name, ()) for part in value.split(b","))
 
 
 class _Message:
@@ -79,30 +125,46 @@ class WebSocketFraming:
     read here (RFC 6455 §5: masking, fragments, control frames between them, the close
     handshake, UTF-8 of text, `max_message_bytes`). Pings are answered, the peer's Close
     is echoed, and a message over `max_message_bytes` fails the connection with 4009
-    before any of it is buffered. An idle connection holds this object alone: its
-    buffers exist only while a frame or a fragmented message is partly received.
-    Receive methods never raise because of what the peer sent.
+    before any of it is buffered. With a `heartbeat`, a silent peer is sent a Ping and,
+    silent until `idle_timeout`, fails with 4020. An idle connection holds this object
+    alone: its buffers exist only while a frame or a fragmented message is partly
+    received. Receive methods never raise because of what the peer sent.
     """
 
     __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events",
-                 "_max_message", "_message", "_now", "_out", "_skip", "_state")
+                 "_heartbeat", "_idle_timeout", "_last_close", "_max_message", "_message",
+                 "_now", "_out", "_pinged", "_probe", "_seen", "_skip", "_state")
 
     kind: FramingKind = FramingKind.WEBSOCKET
 
-    def __init__(self, *, max_message_bytes: int = 64 * 1024, close_timeout: float = 5.0) -> None:
+    def __init__(self, *, max_message_bytes: int = 64 * 1024, close_timeout: float = 5.0,
+                 heartbeat: float | None = None, idle_timeout: float | None = None) -> None:
         """Create a framing waiting for accept().
 
         Args:
             max_message_bytes: the largest whole message accepted from the peer.
             close_timeout: seconds to wait for the peer's Close after ours.
+            heartbeat: seconds of silence from the peer after which a Ping is sent
+                (any frame, the Pong included, counts as activity); None sends none.
+            idle_timeout: seconds of silence after which the connection fails with 4020
+                (only with a heartbeat; default 2 x heartbeat + 10).
 
         Raises:
-            ValueError: a limit is not positive.
+            ValueError: a limit is not positive, or idle_timeout is not over heartbeat.
         """
         if max_message_bytes <= 0 or close_timeout <= 0:
             raise ValueError("WebSocketFraming limits must be positive")
+        if heartbeat is not None:
+            idle_timeout = 2 * heartbeat + 10.0 if idle_timeout is None else idle_timeout
+            if heartbeat <= 0 or idle_timeout <= heartbeat:
+                raise ValueError("heartbeat must be positive and below idle_timeout")
         self._max_message = max_message_bytes
         self._close_timeout = close_timeout
+        self._heartbeat = heartbeat
+        self._idle_timeout = idle_timeout
+        #: when the peer was last heard, and whether it was pinged since
+        self._seen = 0.0
+        self._pinged = False
         self._state = _CONNECTING
         # None stands for empty: an idle connection keeps no empty lists
         self._events: list[FramingEvent] | None = None
@@ -112,6 +174,12 @@ class WebSocketFraming:
         #: payload bytes still to come of a frame that is read and dropped
         self._skip = 0
         self._message: _Message | None = None
+        #: how much of a text frame's partial payload is checked, and the decoder past it
+        self._probe: tuple[int, codecs.IncrementalDecoder] | None = None
+        #: our Close when the peer's Close or a violation ended the connection: written at
+        #: the next data_to_send(), after what the caller sends in answer to the
+        #: messages that came before it
+        self._last_close: bytes | None = None
         self._now = 0.0
         self._close_deadline: float | None = None
         self._eof = False
@@ -151,20 +219,24 @@ class WebSocketFraming:
         self._now = now
         match = _HEAD_END.search(handshake)
         end = match.end() if match else len(handshake)
+        if (refusal := _refusal(handshake[:end])) is not None:
+            self._reject(*refusal)
+            return False
         ws = WSConnection(ConnectionType.SERVER)  # dropped once answered
         try:
             ws.receive_data(handshake[:end])
             requested = any(isinstance(event, Request) for event in ws.events())
         except RemoteProtocolError as exc:
-            self._reject(ws, exc.event_hint, str(exc))
+            self._reject(400, str(exc))
             return False
         if not requested:
-            self._reject(ws, None, "incomplete handshake")
+            self._reject(400, "incomplete handshake")
             return False
         # No extensions: permessage-deflate keeps per-connection state (RFC 7692),
         # which would make frame_message() bytes connection-specific.
         self._send(ws.send(AcceptConnection()))
         self._state = _OPEN
+        self._seen = now
         if end < len(handshake):
             self.receive_data(handshake[end:], now=now)
         return True
@@ -182,6 +254,8 @@ class WebSocketFraming:
         self._now = now
         if self._state is _CLOSED or not data:
             return
+        self._seen = now
+        self._pinged = False
         buffer = self._buffer
         if buffer is not None:
             buffer += data
@@ -220,12 +294,16 @@ class WebSocketFraming:
     def send_encoded(self, frame: bytes) -> None:
         """Queue a frame from frame_message(); dropped once closing has started.
 
+        When the peer's Close or a protocol violation ends the connection, frames sent
+        before the next data_to_send() still go out, ahead of our Close: the answers to
+        the messages received before it.
+
         Raises:
             RuntimeError: called before accept().
         """
         if self._state is _CONNECTING:
             raise RuntimeError("send_encoded() before accept()")
-        if self._state is _OPEN:
+        if self._state is _OPEN or self._last_close is not None:
             self._send(frame)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -243,6 +321,9 @@ class WebSocketFraming:
 
     def data_to_send(self) -> list[bytes]:
         """Drain the bytes to write to the socket."""
+        if self._last_close is not None:
+            self._send(self._last_close)
+            self._last_close = None
         out = self._out
         if out is None:
             return []
@@ -251,13 +332,24 @@ class WebSocketFraming:
 
     def next_deadline(self) -> float | None:
         """When tick() must be called next, or None."""
-        return self._close_deadline
+        if self._heartbeat is None or self._state is not _OPEN:
+            return self._close_deadline
+        assert self._idle_timeout is not None
+        return self._seen + (self._idle_timeout if self._pinged else self._heartbeat)
 
     def tick(self, *, now: float) -> None:
-        """Give up on the peer's Close once close_timeout has passed."""
+        """Ping a silent peer, fail one silent past idle_timeout (4020), and give up on
+        the peer's Close once close_timeout has passed."""
         self._now = now
         if self._close_deadline is not None and now >= self._close_deadline:
             self._finish()
+        elif self._heartbeat is not None and self._state is _OPEN:
+            assert self._idle_timeout is not None
+            if now - self._seen >= self._idle_timeout:
+                self._fail(int(ErrorCode.IDLE_TIMEOUT), "idle timeout")
+            elif now - self._seen >= self._heartbeat and not self._pinged:
+                self._pinged = True
+                self._send(ping_frame())
 
     # -- the frame reader (RFC 6455 §5) ---------------------------------------------------
 
@@ -288,7 +380,10 @@ class WebSocketFraming:
                 pos, self._skip = start, length  # read and dropped, never buffered
                 continue
             if end - start < length:
+                if not control and (opcode == TEXT or self._message_is_text()):
+                    self._check_text(data, start, end, key)
                 break
+            self._probe = None
             pos = start + length
             payload = unmask(data[start:pos], key)
             if control:
@@ -296,6 +391,33 @@ class WebSocketFraming:
             else:
                 self._data(opcode, fin, payload)
         return pos
+
+    def _message_is_text(self) -> bool:
+        return self._message is not None and self._message.decoder is not None
+
+    def _check_text(self, data: bytes | bytearray, start: int, end: int, key: bytes) -> None:
+        """Check the UTF-8 of a text frame's payload so far, so bad text fails before the
+        frame is whole (§8.1); each byte is checked once however the frame arrives.
+
+        Raises:
+            FrameError: invalid UTF-8 (1007).
+        """
+        decoder: codecs.IncrementalDecoder
+        if self._probe is None:
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            if self._message is not None and self._message.decoder is not None:
+                decoder.setstate(self._message.decoder.getstate())  # a fragment's tail
+            checked = 0
+        else:
+            checked, decoder = self._probe
+        if end - start <= checked:
+            return
+        shift = checked % 4
+        try:
+            decoder.decode(unmask(data[start + checked:end], key[shift:] + key[:shift]))
+        except UnicodeDecodeError:
+            raise FrameError("invalid UTF-8 in a text message", _INVALID_PAYLOAD) from None
+        self._probe = (end - start, decoder)
 
     def _admit(self, opcode: int, length: int) -> bool:
         """Check a data frame's place in its message and its size; False drops it.
@@ -343,19 +465,23 @@ class WebSocketFraming:
                 self._send(pong_frame(payload))
         elif opcode == CLOSE:
             code, reason = read_close(payload)
-            if self._state is _OPEN:
-                # The peer started closing: echo its code (RFC 6455 §5.5.1).
-                self._send(close_frame(code, reason))
+            # The peer started closing: echo its code (RFC 6455 §5.5.1).
+            echo = close_frame(code, reason) if self._state is _OPEN else None
             self._event(PeerClosed(code=code, reason=reason))  # or the answer to our Close
             self._finish()
+            self._last_close = echo
         # a Pong: unsolicited ones are allowed and mean nothing (§5.5.3)
 
     def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (§7.1.7): our Close if none is out yet, then closed."""
-        if self._state is _OPEN:
-            self._send(close_frame(code, reason))
+        """Fail the connection (§7.1.7): our Close if none is out yet, then closed.
+
+        The messages before the violation are already in events(); the Close waits for
+        the next data_to_send(), so what the caller sends in answer goes out first.
+        """
+        failing = close_frame(code, reason) if self._state is _OPEN else None
         self._event(Violation(code=code, reason=reason))
         self._finish()
+        self._last_close = failing
 
     # -- output ----------------------------------------------------------------------------
 
@@ -371,12 +497,15 @@ class WebSocketFraming:
         else:
             self._events.append(event)
 
-    def _reject(self, ws: WSConnection, hint: Event | None, reason: str) -> None:
-        status, headers = 400, []
-        if isinstance(hint, RejectConnection):  # 426 carries Sec-WebSocket-Version (§4.4)
-            status, headers = hint.status_code, list(hint.headers)
-        headers.append((b"connection", b"close"))
-        self._send(ws.send(RejectConnection(status_code=status, headers=headers)))
+    def _reject(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Answer the handshake with an error (and a JSON body, as the HTTP front door does)."""
+        body = json.dumps({"error": {"code": int(ErrorCode.MALFORMED_MESSAGE), "message": reason}},
+                          separators=(",", ":")).encode()
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+                 *(f"{name}: {value}" for name, value in headers),
+                 "content-type: application/json", f"content-length: {len(body)}",
+                 "connection: close", "", ""]
+        self._send("\r\n".join(lines).encode("latin-1") + body)
         self._event(Violation(code=status, reason=reason))
         self._finish()
 
@@ -384,5 +513,6 @@ class WebSocketFraming:
         self._state = _CLOSED
         self._close_deadline = None
         self._message = None
+        self._probe = None
         self._buffer = None
         self._skip = 0

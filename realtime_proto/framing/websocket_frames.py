@@ -15,6 +15,7 @@ __all__ = [
     "FrameHeader",
     "close_frame",
     "frame_message",
+    "ping_frame",
     "pong_frame",
     "read_close",
     "read_header",
@@ -53,25 +54,28 @@ class FrameError(Exception):
         self.code = code
 
 
-def frame_message(payload: bytes) -> bytes:
-    """Frame one unmasked, final text frame (RFC 6455 §5.2) for any number of connections.
+def frame_message(payload: bytes, *, binary: bool = False) -> bytes:
+    """Frame one unmasked, final text (or binary) frame (RFC 6455 §5.2) for any number of
+    connections.
 
     A server's frames are never masked (§5.1) and no extension is negotiated, so the
     bytes do not depend on the connection: encode once, append to every one.
 
     Args:
-        payload: UTF-8 text (not checked).
+        payload: UTF-8 text (not checked), or any bytes with `binary`.
+        binary: a binary frame instead of a text frame.
 
     Returns:
         The frame header followed by the payload.
     """
+    first = 0x82 if binary else 0x81
     length = len(payload)
     if length <= 125:
-        header = bytes((0x81, length))
+        header = bytes((first, length))
     elif length <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, length)
+        header = struct.pack("!BBH", first, 126, length)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
+        header = struct.pack("!BBQ", first, 127, length)
     return header + payload
 
 
@@ -99,6 +103,11 @@ def close_frame(code: int, reason: str = "") -> bytes:
 def pong_frame(payload: bytes) -> bytes:
     """The answer to a Ping (§5.5.3): a Pong with the same payload (at most 125 bytes)."""
     return bytes((0x80 | PONG, len(payload))) + payload
+
+
+def ping_frame(payload: bytes = b"") -> bytes:
+    """A server's Ping (§5.5.2), which the peer must answer with a Pong (at most 125 bytes)."""
+    return bytes((0x80 | PING, len(payload))) + payload
 
 
 def read_header(data: bytes | bytearray, pos: int) -> FrameHeader | None:

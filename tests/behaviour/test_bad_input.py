@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from .clients import WsClient, connect
-from .serving import serving
+from .serving import API_KEY, serving
 
 HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -122,6 +122,21 @@ def test_protocol_violations_close_with_the_rfc_code(data: bytes, code: int,
     with_bystander(runtime, scenario)
 
 
+def test_messages_before_a_violation_are_handled_before_the_close(runtime: str) -> None:
+    """A subscribe and a bad frame in one write: the subscription is answered, then 1002."""
+    async def scenario(server: Any, good: WsClient) -> None:
+        reader, writer = await raw_ws(server.port)
+        writer.write(frame(json.dumps({"type": "subscribe", "channel": "news"}).encode())
+                     + frame(b"x", opcode=3))
+        opcode, payload = await asyncio.wait_for(server_frame(reader), 10)  # established
+        assert json.loads(payload)["event"] == "connection.established"
+        opcode, payload = await asyncio.wait_for(server_frame(reader), 10)
+        assert opcode == 1 and json.loads(payload)["event"] == "subscription.succeeded"
+        assert await close_code(reader) == 1002
+        writer.close()
+    with_bystander(runtime, scenario)
+
+
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
     (b"NONSENSE\r\n\r\n", 400),
@@ -133,6 +148,107 @@ def test_bad_http_requests_get_4xx(request_bytes: bytes, status: int, runtime: s
         writer.write(request_bytes)
         line = await asyncio.wait_for(reader.readline(), 10)
         assert line.split()[1] == str(status).encode()
+        writer.close()
+    with_bystander(runtime, scenario)
+
+
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server writes until it closes the connection (bounded in time)."""
+    async with asyncio.timeout(10):
+        return await reader.read(-1)
+
+
+PIPELINED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+SHORT_KEY = UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"dGhlIHNhbXBsZQ==")  # 10 bytes
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+     b"Content-Length: 5\r\n\r\n0\r\n\r\n", 400),
+    (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+     b"Content-Length: 2\r\n\r\n{}", 400),
+    (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+     b"Content-Length: 3\r\n\r\n{}", 400),
+    (b"GET /health HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    (b"GET /health HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", 400),
+    (b"GET /health HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX\x01A: b\r\n\r\n", 400),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x1bb\r\n\r\n", 400),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400),
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\n" + SHORT_KEY +
+     b"Sec-WebSocket-Version: 13\r\n\r\n", 400),  # a key of 10 bytes
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\n" + UPGRADE.replace(b"dGhl", b"!!!!") +
+     b"Sec-WebSocket-Version: 13\r\n\r\n", 400),  # a key that is not base64
+    (b"GET /ws HTTP/1.0\r\nHost: x\r\n" + UPGRADE + b"Sec-WebSocket-Version: 13\r\n\r\n", 400),
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n", 426),
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"Sec-WebSocket-Version: 8\r\n\r\n", 426),
+], ids=["transfer-encoding and content-length", "final coding not chunked",
+        "duplicate content-length", "conflicting content-length", "space before colon",
+        "bare CR", "bare LF", "control in a name", "NUL in a value", "control in a value",
+        "obs-fold", "websocket key too short", "websocket key not base64",
+        "websocket over HTTP/1.0", "websocket version missing", "websocket version 8"])
+def test_ambiguous_requests_get_one_4xx_and_close(head: bytes, status: int,
+                                                   runtime: str) -> None:
+    """RFC 9112 and RFC 6455 §4.2: one clear 4xx, then the connection closes, so the
+    request pipelined behind it is never answered."""
+    async def scenario(server: Any, good: WsClient) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head + PIPELINED)
+        answer = await read_to_eof(reader)
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:60]
+        assert answer.count(b"HTTP/1.1 ") == 1  # the pipelined GET /health got nothing
+        body = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert body["error"]["code"] == 4000
+        if status == 426:
+            assert b"sec-websocket-version: 13\r\n" in answer.lower()
+        writer.close()
+    with_bystander(runtime, scenario)
+
+
+def test_post_on_ws_is_405_with_allow(runtime: str) -> None:
+    async def scenario(server: Any, good: WsClient) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+        answer = await read_to_eof(reader)
+        assert answer.startswith(b"HTTP/1.1 405 ")
+        assert b"\r\nallow: GET\r\n" in answer.lower().replace(b"get", b"GET")
+        writer.close()
+    with_bystander(runtime, scenario)
+
+
+def test_absolute_form_target_is_routed_by_path(runtime: str) -> None:
+    """RFC 9112 §3.2.2: a server accepts absolute-form; the path picks the endpoint."""
+    async def scenario(server: Any, good: WsClient) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET http://elsewhere.example/health HTTP/1.1\r\nHost: elsewhere.example"
+                     b"\r\nConnection: close\r\n\r\n")
+        answer = await read_to_eof(reader)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["status"] == "ok"
+        writer.close()
+    with_bystander(runtime, scenario)
+
+
+def test_expect_100_continue_on_publish(runtime: str) -> None:
+    """The client waits for 100 Continue before the body, then gets the real answer."""
+    async def scenario(server: Any, good: WsClient) -> None:
+        body = json.dumps({"channel": "news", "event": "still-here", "data": -1}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Authorization: Bearer %b\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                     % (API_KEY.encode(), len(body)))
+        async with asyncio.timeout(10):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        answer = await read_to_eof(reader)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:60]
+        assert (await good.next("still-here"))["data"] == -1
         writer.close()
     with_bystander(runtime, scenario)
 

@@ -242,6 +242,64 @@ CASES = [
         [(413, 4009)],
         closed=True,
     ),
+    # RFC 9112 conformance (issue 15): ambiguous framing is refused with 400 and
+    # closes, so a request pipelined behind it is never answered.
+    *(
+        Case(
+            name,
+            head + b"\r\n" + peer.request("GET", "/never"),
+            [Violation(code=status, reason=reason)],
+            [(status, 4000)],
+            closed=True,
+        )
+        for name, head, status, reason in [
+            ("transfer-encoding and content-length",
+             b"POST /send HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+             b"content-length: 5\r\n\r\n0\r\n", 400,
+             "both Transfer-Encoding and Content-Length"),
+            ("final transfer coding not chunked",
+             b"POST /send HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, gzip\r\n", 400,
+             "Transfer-Encoding does not end with chunked"),
+            ("transfer coding not implemented",
+             b"POST /send HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n", 501,
+             "unsupported transfer coding"),
+            ("transfer-encoding in http/1.0",
+             b"POST /send HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n", 400,
+             "Transfer-Encoding in an HTTP/1.0 request"),
+            ("duplicate content-length",
+             b"POST /send HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n"
+             b"content-length: 1\r\n\r\na", 400, "more than one Content-Length"),
+            ("content-length list",
+             b"POST /send HTTP/1.1\r\nhost: x\r\ncontent-length: 1, 1\r\n\r\na", 400,
+             "more than one Content-Length"),
+            ("conflicting content-length",
+             b"POST /send HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n"
+             b"content-length: 2\r\n\r\nab", 400, "malformed request"),
+            ("whitespace before the colon",
+             b"GET / HTTP/1.1\r\nhost : x\r\n", 400, "malformed request"),
+            ("bare CR in the head",
+             b"GET / HTTP/1.1\r\nhost: x\rx-a: b\r\n", 400, "malformed request"),
+            ("bare LF in the head",
+             b"GET / HTTP/1.1\nhost: x\r\n", 400, "bare LF in the request head"),
+            ("control character in a header name",
+             b"GET / HTTP/1.1\r\nhost: x\r\nx\x01a: b\r\n", 400, "malformed request"),
+            ("NUL in a header value",
+             b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\x00b\r\n", 400, "malformed request"),
+            ("control character in a header value",
+             b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\x07b\r\n", 400,
+             "control character in the request head"),
+            ("obs-fold continuation line",
+             b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\r\n b\r\n", 400,
+             "obs-fold header continuation"),
+        ]
+    ),
+    Case(
+        "absolute-form target is routed by its path (RFC 9112 §3.2.2)",
+        b"GET http://example.com/health?x=1 HTTP/1.1\r\nhost: example.com\r\n\r\n",
+        [request("GET", "/health", target="http://example.com/health?x=1",
+                 query={"x": "1"}, headers={"host": "example.com"})],
+        [(200, None)],
+    ),
     Case(
         "chunked body over max_body_bytes is refused while reading",
         peer.request("POST", "/send", CHUNKED, b"x" * (MAX_BODY + 1)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 
@@ -274,20 +275,31 @@ def test_permessage_deflate_is_not_offered_back() -> None:
 
 
 BASE = b"GET /ws HTTP/1.1\r\nhost: x\r\n"
-UPGRADE = b"upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZQ==\r\n"
+UPGRADE = (b"upgrade: websocket\r\nconnection: Upgrade\r\n"
+           b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+V13 = b"sec-websocket-version: 13\r\n"
 
 
 @pytest.mark.parametrize(
     ("head", "status"),
     [
-        (BASE + b"\r\n", 400),
-        (BASE + UPGRADE + b"\r\n", 400),  # no version
+        (BASE + V13 + b"\r\n", 400),
+        (BASE + b"\r\n", 400),  # not even a version: still not an upgrade
+        (BASE + UPGRADE.replace(b"Upgrade\r", b"keep-alive\r") + V13 + b"\r\n", 400),
+        (BASE + UPGRADE + b"\r\n", 426),  # no version (RFC 6455 §4.2.2)
         (BASE + UPGRADE + b"sec-websocket-version: 8\r\n\r\n", 426),
-        (b"POST /ws HTTP/1.1\r\nhost: x\r\n" + UPGRADE + b"sec-websocket-version: 13\r\n\r\n", 400),
+        (b"POST /ws HTTP/1.1\r\nhost: x\r\n" + UPGRADE + V13 + b"\r\n", 405),
+        (b"GET /ws HTTP/1.0\r\nhost: x\r\n" + UPGRADE + V13 + b"\r\n", 400),
+        (BASE + UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"dGhlIHNhbXBsZQ==") + V13
+         + b"\r\n", 400),  # a key of 10 bytes
+        (BASE + UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"not base64 at all!!!!!==") + V13
+         + b"\r\n", 400),
+        (BASE + UPGRADE + UPGRADE[-45:] + V13 + b"\r\n", 400),  # two keys
         (b"GARBAGE\r\n\r\n", 400),
         (BASE + UPGRADE, 400),  # incomplete head
     ],
-    ids=["plain GET", "no version", "old version", "POST", "garbage", "incomplete"],
+    ids=["plain GET", "bare GET", "no connection upgrade", "no version", "old version", "POST",
+         "HTTP/1.0", "short key", "key not base64", "two keys", "garbage", "incomplete"],
 )
 def test_rejected_handshakes(head: bytes, status: int) -> None:
     framing = WebSocketFraming()
@@ -299,6 +311,9 @@ def test_rejected_handshakes(head: bytes, status: int) -> None:
     assert b"connection: close" in out.lower()
     if status == 426:
         assert b"sec-websocket-version: 13" in out.lower()
+    if status == 405:
+        assert b"allow: GET" in out
+    assert json.loads(out.partition(b"\r\n\r\n")[2])["error"]["code"] == 4000
     assert framing.closed
     framing.receive_data(b"ignored", now=0.0)
     assert framing.events() == []
@@ -388,3 +403,135 @@ def test_frame_message_equals_wsproto_and_a_client_reads_it(size: int) -> None:
 def test_satisfies_the_framing_protocol() -> None:
     framing: Framing = make()  # checked by mypy
     assert framing.kind is FramingKind.WEBSOCKET
+
+
+# -- a violation after good messages, and text checked as it streams in (issue 15) -------
+
+VIOLATIONS = [
+    (masked(0x1, b"two", rsv=0x20), 1002),  # Autobahn 3.2: a reserved bit
+    (masked(0x7, b"two"), 1002),  # 4.1.3: a reserved opcode
+    (masked(0x0, b"two"), 1002),  # 5.x: a continuation with nothing to continue
+    (masked(0x1, b"tw\xffo"), 1007),  # 6.x: invalid UTF-8
+    (masked(0x8, struct.pack("!H", 999)), 1002),  # 7.x: a close code a peer may not send
+]
+
+
+@pytest.mark.parametrize(("bad", "code"), VIOLATIONS,
+                         ids=["rsv", "opcode", "continuation", "utf-8", "close code"])
+def test_messages_before_a_violation_are_answered_before_the_close(bad: bytes,
+                                                                   code: int) -> None:
+    """Autobahn 3.2, 4.1.3, 5.15…: the echo of what came first, then the Close."""
+    framing = make()
+    framing.receive_data(masked(0x1, b"one") + masked(0x2, b"bin") + bad
+                         + masked(0x1, b"never"), now=1.0)
+    events = framing.events()
+    assert events[:2] == [MessageIn(data="one"), MessageIn(data=b"bin")]
+    [violation] = events[2:]
+    assert isinstance(violation, Violation) and violation.code == code
+    assert framing.closed
+    echo = frame_message(b"one")
+    framing.send_encoded(echo)  # the application's answer
+    out = b"".join(framing.data_to_send())
+    assert out.startswith(echo)
+    assert out[len(echo)] == 0x88 and out[len(echo) + 2:len(echo) + 4] == struct.pack("!H", code)
+    framing.send_encoded(frame_message(b"too late"))
+    assert framing.data_to_send() == []
+
+
+def frame_head(opcode: int, length: int, *, fin: bool = True) -> tuple[bytes, bytes]:
+    """The header of a masked client frame of `length` < 126, and its key."""
+    key = b"\x0a\x0b\x0c\x0d"
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | length)) + key, key
+
+
+def mask_from(payload: bytes, key: bytes, offset: int) -> bytes:
+    return bytes(b ^ key[(offset + i) % 4] for i, b in enumerate(payload))
+
+
+def test_invalid_utf8_fails_before_the_frame_is_whole() -> None:
+    """Autobahn 6.4.3/6.4.4: the Close comes at the first bad byte, not at the frame's end."""
+    framing = make()
+    head, key = frame_head(0x1, 40)
+    good, bad = "κόσμε".encode(), b"\xed\xa0\x80"  # a UTF-16 surrogate is not UTF-8
+    framing.receive_data(head + mask_from(good[:3], key, 0), now=1.0)  # mid-character
+    framing.receive_data(mask_from(good[3:], key, 3), now=1.0)
+    assert framing.events() == [] and not framing.closed
+    framing.receive_data(mask_from(bad, key, len(good)), now=1.0)
+    assert framing.events() == [Violation(code=1007, reason="invalid UTF-8 in a text message")]
+    assert b"".join(framing.data_to_send())[2:4] == struct.pack("!H", 1007)
+
+
+def test_invalid_utf8_across_fragments_fails_fast() -> None:
+    """A character cut between fragments is fine; a bad byte in a partial continuation fails."""
+    framing = make()
+    framing.receive_data(masked(0x1, "aκ".encode()[:2], fin=False), now=1.0)  # ends in \xce
+    head, key = frame_head(0x0, 30)
+    framing.receive_data(head + mask_from(b"\xba", key, 0), now=1.0)  # completes κ
+    assert framing.events() == [] and not framing.closed
+    framing.receive_data(mask_from(b"\xce\x41", key, 1), now=1.0)  # \xce then no continuation
+    assert framing.events() == [Violation(code=1007, reason="invalid UTF-8 in a text message")]
+
+
+def test_text_fed_byte_by_byte_is_whole_and_right() -> None:
+    text = "añ€😀 " * 5
+    frames = (masked(0x1, text[:7].encode(), fin=False) + masked(0x0, text[7:].encode()))
+    framing = make()
+    for byte in frames:
+        framing.receive_data(bytes((byte,)), now=1.0)
+    assert framing.events() == [MessageIn(data=text)]
+
+
+# -- keepalive: the protocol's Ping ------------------------------------------------------
+
+
+def keepalive() -> WebSocketFraming:
+    framing = WebSocketFraming(heartbeat=10.0, idle_timeout=25.0)
+    assert framing.accept(handshake(), now=100.0)
+    framing.data_to_send()
+    return framing
+
+
+def test_a_silent_peer_is_pinged_then_closed_with_4020() -> None:
+    framing = keepalive()
+    assert framing.next_deadline() == 110.0
+    framing.tick(now=109.0)
+    assert framing.data_to_send() == []
+    framing.tick(now=110.0)
+    assert framing.data_to_send() == [b"\x89\x00"]  # one Ping
+    assert framing.next_deadline() == 125.0
+    framing.tick(now=120.0)
+    assert framing.data_to_send() == []  # not twice
+    framing.tick(now=125.0)
+    assert framing.events() == [Violation(code=4020, reason="idle timeout")]
+    assert b"".join(framing.data_to_send())[2:4] == struct.pack("!H", 4020)
+    assert framing.closed
+
+
+def test_a_pong_or_any_frame_counts_as_activity() -> None:
+    framing = keepalive()
+    framing.tick(now=110.0)
+    framing.data_to_send()
+    framing.receive_data(masked(0xA, b""), now=111.0)  # the Pong
+    assert framing.next_deadline() == 121.0
+    framing.tick(now=130.0)  # silent again: pinged again, not closed
+    assert framing.data_to_send() == [b"\x89\x00"] and not framing.closed
+    framing.receive_data(masked(0x1, b"hi"), now=131.0)
+    assert framing.events() == [MessageIn(data="hi")]
+    assert framing.next_deadline() == 141.0
+
+
+def test_no_heartbeat_no_ping_and_bad_settings() -> None:
+    framing = make()
+    assert framing.next_deadline() is None
+    framing.tick(now=1000.0)
+    assert framing.data_to_send() == [] and not framing.closed
+    with pytest.raises(ValueError):
+        WebSocketFraming(heartbeat=10.0, idle_timeout=5.0)
+
+
+def test_answers_to_messages_before_the_peers_close_precede_its_echo() -> None:
+    framing = make()
+    framing.receive_data(masked(0x1, b"last") + masked(0x8, struct.pack("!H", 1000)), now=1.0)
+    assert framing.events() == [MessageIn(data="last"), PeerClosed(code=1000, reason="")]
+    framing.send_encoded(frame_message(b"last"))
+    assert b"".join(framing.data_to_send()) == frame_message(b"last") + close_frame(1000)
