@@ -160,6 +160,9 @@ class NodeConfig:
     #: reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client (for the
     #: per-address connection limit, authentication and logs); none by default
     trusted_proxies: tuple[Network, ...] = ()
+    #: this process's index among the workers of `realtime serve --workers`, else None
+    #: (a `worker` field in /health and label in /metrics)
+    worker: int | None = None
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

@@ -59,6 +59,8 @@ def render_metrics(stats: NodeStatistics) -> bytes:
     """The /metrics page for one node."""
     hub = stats.hub
     base = f'node="{_label(stats.node_id)}",runtime="{_label(stats.runtime)}"'
+    if stats.worker is not None:
+        base += f',worker="{stats.worker}"'
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str,

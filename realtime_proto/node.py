@@ -232,7 +232,7 @@ class Node:
             backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
                       if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out, hub=self.hub.statistics())
+            bytes_out=self._bytes_out, hub=self.hub.statistics(), worker=self.config.worker)
 
     # -- framing events ------------------------------------------------------------------
 
@@ -365,10 +365,14 @@ class Node:
 
     def _health(self) -> JsonValue:
         stats = self.hub.statistics()
-        return {"status": "ok" if stats.broker_connected else "degraded",
-                "node_id": self.hub.node_id, "runtime": self.config.runtime,
-                "broker": "connected" if stats.broker_connected else "disconnected",
-                "connections": sum(stats.connections.values())}
+        health: dict[str, JsonValue] = {
+            "status": "ok" if stats.broker_connected else "degraded",
+            "node_id": self.hub.node_id, "runtime": self.config.runtime,
+            "broker": "connected" if stats.broker_connected else "disconnected",
+            "connections": sum(stats.connections.values())}
+        if self.config.worker is not None:
+            health["worker"] = self.config.worker
+        return health
 
     # -- authentication and the three transports ------------------------------------------
 

@@ -65,3 +65,5 @@ class NodeStatistics:
     bytes_in: int
     bytes_out: int
     hub: HubStatistics
+    #: the worker index under `realtime serve --workers`, else None
+    worker: int | None = None

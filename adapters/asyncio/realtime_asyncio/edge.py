@@ -26,6 +26,8 @@ from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate
 
+from .workers import worker_count
+
 __all__ = [
     "Settings",
     "broker_report",
@@ -94,8 +96,12 @@ class Settings:
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
     auth_webhook_cache: float = 30.0
+    #: worker processes sharing the port (`auto`: one per core); `realtime serve` only
+    workers: str = "1"
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
+    #: this process's index among `--workers` (set by their supervisor), else None
+    worker: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -104,6 +110,7 @@ class Settings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         store_url(self.history_store, self.broker)  # a bad value fails here, not at start
+        worker_count(self.workers)
 
     @classmethod
     def names(cls) -> list[str]:
@@ -159,7 +166,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       cors_origin=settings.cors_origin, runtime=runtime,
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       trusted_proxies=parse_networks(settings.trusted_proxy),
-                      static_files=load_static_files(settings.static_dir))
+                      static_files=load_static_files(settings.static_dir),
+                      worker=settings.worker)
 
 
 def jwt_config(settings: Settings) -> JwtConfig | None:
