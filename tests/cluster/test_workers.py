@@ -40,7 +40,8 @@ class Workers:
                    "--workers", str(count), "--port", str(self.port), "--broker", broker,
                    "--node-id", "wk", "--api-key", API_KEY, "--jwt-secret", SECRET,
                    "--presence-ttl", str(TTL), "--presence-heartbeat-interval", "1",
-                   "--connection-rate", "0", "--api-rate", "0", "--message-rate", "0"]
+                   "--connection-rate", "0", "--api-rate", "0", "--message-rate", "0",
+                   "--poll-timeout", "2"]
         self._log_file = log.open("w")
         self.process = subprocess.Popen(command, stdout=self._log_file,
                                         stderr=subprocess.STDOUT)
@@ -233,3 +234,41 @@ def test_workers_option_from_flags_environment_and_file(tmp_path: Path) -> None:
     for bad in ("0", "-1", "many"):
         with pytest.raises(ConfigError, match="--workers must be a positive integer or auto"):
             resolve_settings({"workers": bad}, {}, None)
+
+
+def test_long_polling_needs_no_stickiness_across_workers(tmp_path: Path) -> None:
+    require("redis")
+
+    async def scenario(server: Workers) -> None:
+        unpooled = httpx.Limits(max_keepalive_connections=0)  # each request: any worker
+        async with httpx.AsyncClient(timeout=30, limits=unpooled) as http:
+            opened = (await http.get(f"{server.base}/poll",
+                                     params={"token": token("poller")})).json()
+            poll_id, cursor = opened["connection_id"], opened["cursor"]
+            subscribed = await http.post(f"{server.base}/send", params={"connection_id": poll_id},
+                                         json={"type": "subscribe", "channel": "private-feed"})
+            assert subscribed.status_code == 202, subscribed.text
+            numbers: list[int] = []
+
+            async def poll() -> list[dict[str, Any]]:
+                nonlocal cursor
+                response = await http.get(f"{server.base}/poll", params={
+                    "connection_id": poll_id, "cursor": str(cursor)})
+                assert response.status_code == 200, response.text
+                cursor = response.json()["cursor"]
+                return list(response.json()["messages"])
+
+            async with asyncio.timeout(30):  # until the publishing worker reaches the poller's
+                while not [m for m in await poll() if m.get("event") == "probe"]:
+                    await api(http, server, "POST", "publish",
+                              {"channel": "private-feed", "event": "probe"})
+            async with asyncio.timeout(30):
+                for n in range(20):
+                    await api(http, server, "POST", "publish",
+                              {"channel": "private-feed", "event": "n", "data": n})
+                    while len(numbers) <= n:
+                        numbers += [m["data"] for m in await poll() if m.get("event") == "n"]
+            assert numbers == list(range(20))
+
+    with workers(broker_url("redis"), tmp_path / "serve.log") as server:
+        asyncio.run(scenario(server))
