@@ -272,3 +272,10 @@ def test_long_polling_needs_no_stickiness_across_workers(tmp_path: Path) -> None
 
     with workers(broker_url("redis"), tmp_path / "serve.log") as server:
         asyncio.run(scenario(server))
+
+
+def test_an_embedded_server_refuses_workers() -> None:
+    from realtime_asyncio import RealtimeServer
+
+    with pytest.raises(ValueError, match="workers is an option of `realtime serve`"):
+        RealtimeServer(workers="2")
