@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 class Workers:
     """One `realtime serve --workers N` parent process on a free port."""
 
-    def __init__(self, broker: str, count: int, log: Path) -> None:
+    def __init__(self, broker: str, count: int, log: Path, *extra: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.count = count
@@ -41,7 +42,7 @@ class Workers:
                    "--node-id", "wk", "--api-key", API_KEY, "--jwt-secret", SECRET,
                    "--presence-ttl", str(TTL), "--presence-heartbeat-interval", "1",
                    "--connection-rate", "0", "--api-rate", "0", "--message-rate", "0",
-                   "--poll-timeout", "2"]
+                   "--poll-timeout", "2", *extra]
         self._log_file = log.open("w")
         self.process = subprocess.Popen(command, stdout=self._log_file,
                                         stderr=subprocess.STDOUT)
@@ -86,8 +87,8 @@ class Workers:
 
 
 @contextlib.contextmanager
-def workers(broker: str, log: Path, count: int = 2) -> Iterator[Workers]:
-    server = Workers(broker, count, log)
+def workers(broker: str, log: Path, *extra: str, count: int = 2) -> Iterator[Workers]:
+    server = Workers(broker, count, log, *extra)
     try:
         server.wait_every_worker()
         yield server
@@ -279,3 +280,34 @@ def test_an_embedded_server_refuses_workers() -> None:
 
     with pytest.raises(ValueError, match="workers is an option of `realtime serve`"):
         RealtimeServer(workers="2")
+
+
+def test_a_client_recovers_history_on_whichever_worker_it_reconnects_to(tmp_path: Path) -> None:
+    require("redis")
+    channel = f"room.{uuid.uuid4().hex[:8]}"
+
+    async def scenario(server: Workers) -> None:
+        async with httpx.AsyncClient() as http:
+            async with connect("websocket", server.port) as first:
+                await first.send({"type": "subscribe", "channel": channel})
+                position = (await first.next("subscription.succeeded"))["data"]
+                await heard_by_all(http, server, [first], "publish",
+                                   {"channel": channel, "event": "probe"}, "probe")
+                with contextlib.suppress(TimeoutError):  # a probe still on its way
+                    while True:
+                        await first.next(timeout=0.5)
+                last = max(m["offset"] for m in first.seen if m.get("event") == "probe")
+            await api(http, server, "POST", "batch", {"messages": [
+                {"channel": channel, "event": "n", "data": n} for n in range(5)]})
+            for _ in range(6):  # each reconnection lands on either worker
+                async with connect("websocket", server.port) as again:
+                    await again.send({"type": "subscribe", "channel": channel, "data": {
+                        "recover": {"epoch": position["epoch"], "offset": last}}})
+                    answer = (await again.next("subscription.succeeded"))["data"]
+                    assert (answer["recovered"], answer["replayed"]) == (True, 5), answer
+                    missed = [await again.next("n") for _ in range(5)]
+                    assert [m["data"] for m in missed] == list(range(5))
+
+    with workers(broker_url("redis"), tmp_path / "serve.log",
+                 "--history", "room.*=100:300") as server:
+        asyncio.run(scenario(server))
