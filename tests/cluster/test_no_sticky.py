@@ -38,7 +38,7 @@ class RoundRobin:
         assert response.status_code == 202, response.text
 
 
-@pytest.fixture(params=["redis", "nats"])
+@pytest.fixture(params=["redis", "nats", "amqp", "postgresql"])
 def nodes(request: pytest.FixtureRequest) -> Any:
     require(request.param)
     started = start_nodes(broker_url(request.param), 2, "--poll-timeout", "5")
