@@ -164,7 +164,7 @@ class NodeConfig:
     #: (a `worker` field in /health and label in /metrics)
     worker: int | None = None
     #: seconds a request forwarded to the node holding its connection waits for the answer
-    #: (a forwarded poll: on top of poll_timeout); then 404 with 4022
+    #: (a poll that node holds: on top of poll_timeout); then 404 with 4022
     forward_timeout: float = 5.0
 
     def __post_init__(self) -> None:

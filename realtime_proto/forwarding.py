@@ -12,6 +12,8 @@ body as it is (as bundles are laid out):
 
 - request: `{"q": request id, "r": asking node's route, "m": method, "p": path, "a": query}`
 - reply: `{"a": request id, "s": status, "h": [[header, value], ...]}`
+- held: `{"k": request id}` (and no body): the owner holds a forwarded poll until a message
+  comes or its `poll_timeout`, so the asking node waits that long, not just for a reply
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import NamedTuple
 from .jsoncodec import dumps
 
 __all__ = [
+    "ForwardedHeld",
     "ForwardedReply",
     "ForwardedRequest",
     "decode_forwarded",
+    "encode_held",
     "encode_reply",
     "encode_request",
     "is_node_topic",
@@ -54,6 +58,12 @@ class ForwardedReply(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+
+class ForwardedHeld(NamedTuple):
+    """The owner holds a forwarded poll: its reply may take up to `poll_timeout`."""
+
+    request_id: str
 
 
 def node_topic(route: str) -> str:
@@ -87,13 +97,20 @@ def encode_reply(request_id: str, status: int, headers: Sequence[tuple[str, str]
     return header + b"\n" + body
 
 
-def decode_forwarded(data: bytes) -> ForwardedRequest | ForwardedReply | None:
+def encode_held(request_id: str) -> bytes:
+    """A `ForwardedHeld` as one broker message."""
+    return dumps({"k": request_id}) + b"\n"
+
+
+def decode_forwarded(data: bytes) -> ForwardedRequest | ForwardedReply | ForwardedHeld | None:
     """A broker message of a node topic; None when malformed (another node's bug)."""
     head, newline, body = data.partition(b"\n")
     try:
         header = json.loads(head)
         if not newline or not isinstance(header, dict):
             return None
+        if "k" in header:
+            return ForwardedHeld(str(header["k"]))
         if "q" in header:
             query = header["a"]
             if not isinstance(query, dict):

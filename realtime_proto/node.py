@@ -513,6 +513,10 @@ class Node:
         else:
             session.hold(transport.id, now + self.config.poll_timeout)
             transport.holding = session.id
+            if transport.reply_to is not None:  # tell the asking node to wait for it
+                route, request_id = transport.reply_to
+                self._actions.append(BrokerPublish(forwarding.node_topic(route),
+                                                   forwarding.encode_held(request_id)))
 
     def _answer_poll(self, transport: _Transport, session: PollSession, now: float,
                      empty: bool = False) -> None:
@@ -585,9 +589,7 @@ class Node:
         if owner is None or owner == self.route or transport.reply_to is not None:
             return False
         request_id = self._new_id()
-        wait = self.config.forward_timeout + (
-            self.config.poll_timeout if request.path == "/poll" else 0.0)
-        self._forwards[request_id] = (transport.id, now + wait)
+        self._forwards[request_id] = (transport.id, now + self.config.forward_timeout)
         self._forward_counts["sent"] += 1
         self._actions.append(BrokerPublish(forwarding.node_topic(owner), forwarding.encode_request(
             request_id, self.route, request.method, request.path, request.query, request.body)))
@@ -597,6 +599,12 @@ class Node:
         """A request forwarded to us (serve it as if its client were here), or the reply
         to one we forwarded (answer our client with it)."""
         message = forwarding.decode_forwarded(data)
+        if isinstance(message, forwarding.ForwardedHeld):  # the owner is there: wait longer
+            waiting = self._forwards.get(message.request_id)
+            if waiting is not None:
+                self._forwards[message.request_id] = (
+                    waiting[0], now + self.config.poll_timeout + self.config.forward_timeout)
+            return
         if isinstance(message, forwarding.ForwardedReply):
             transport_id, _ = self._forwards.pop(message.request_id, (None, 0.0))
             transport = self._transports.get(transport_id) if transport_id else None

@@ -10,9 +10,11 @@ from realtime_proto import HubConfig
 from realtime_proto.actions import BrokerPublish, BrokerSubscribe
 from realtime_proto.events import EnvelopeReceived, TransportId
 from realtime_proto.forwarding import (
+    ForwardedHeld,
     ForwardedReply,
     ForwardedRequest,
     decode_forwarded,
+    encode_held,
     encode_reply,
     encode_request,
     node_topic,
@@ -78,7 +80,7 @@ def test_a_poll_held_for_another_node_is_answered_when_its_message_comes() -> No
     opened = json.loads(http(a, "GET", "/poll").body)
     connection_id, cursor = opened["connection_id"], opened["cursor"]
     transport, peer = request(b, "GET", f"/poll?connection_id={connection_id}&cursor={cursor}")
-    assert carry(a, b) == 1  # the request reached a, which holds it
+    assert carry(a, b) == 2  # the request reached a, which holds it and says so
     assert answer(b, transport, peer) is None
     a.node.hub.send(connection_id, "ding", {"n": 1}, now=a.clock.now)
     a.pump()
@@ -129,18 +131,31 @@ def test_a_request_for_a_node_that_never_answers_gets_404_after_the_timeout() ->
     poll, poll_peer = request(b, "GET", f"/poll?connection_id={connection_id}&cursor=1")
     b.advance(4)
     assert answer(b, send, send_peer) is None  # nothing carried: a never heard them
-    b.advance(2)
-    refused = answer(b, send, send_peer)
-    assert refused is not None and refused.status == 404
-    assert json.loads(refused.body)["error"]["code"] == 4022
-    b.advance(8)  # a forwarded poll waits poll_timeout longer
     assert answer(b, poll, poll_peer) is None
     b.advance(2)
-    late = answer(b, poll, poll_peer)
-    assert late is not None and late.status == 404
+    for transport, peer in ((send, send_peer), (poll, poll_peer)):
+        refused = answer(b, transport, peer)
+        assert refused is not None and refused.status == 404
+        assert json.loads(refused.body)["error"]["code"] == 4022
     assert b.node.statistics().forwarded["expired"] == 2
     carry(a, b)  # late: a answers both, and b drops the replies
     assert b.node.statistics().forwarded.get("answered", 0) == 0
+
+
+def test_a_poll_the_owner_holds_is_waited_for_until_the_owner_answers_it() -> None:
+    a, b = pair(poll_timeout=10, poll_session_timeout=20, forward_timeout=5)
+    opened = json.loads(http(a, "GET", "/poll").body)
+    connection_id, cursor = opened["connection_id"], opened["cursor"]
+    poll, poll_peer = request(b, "GET", f"/poll?connection_id={connection_id}&cursor={cursor}")
+    carry(a, b)  # held by a, which told b
+    b.advance(9)  # past forward_timeout: still waiting, a holds it
+    assert answer(b, poll, poll_peer) is None
+    a.advance(11)  # a's poll_timeout: answered empty
+    carry(a, b)
+    response = answer(b, poll, poll_peer)
+    assert response is not None and response.status == 200
+    assert json.loads(response.body)["messages"] == []
+    assert b.node.statistics().forwarded.get("expired", 0) == 0
 
 
 def test_an_id_of_our_own_route_or_a_malformed_message_is_not_forwarded() -> None:
@@ -163,5 +178,6 @@ def test_messages_round_trip() -> None:
     reply = encode_reply("r1", 202, [("content-type", "application/json")], b"{}")
     assert decode_forwarded(reply) == ForwardedReply(
         "r1", 202, [("content-type", "application/json")], b"{}")
+    assert decode_forwarded(encode_held("r2")) == ForwardedHeld("r2")
     assert decode_forwarded(b"[]\n") is None
     assert decode_forwarded(b'{"q":1}') is None
