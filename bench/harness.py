@@ -65,6 +65,17 @@ def foreign_cpu_ticks(exclude: set[int]) -> dict[int, int]:
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (Linux's /proc children lists)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{pids[i]}/task/{pids[i]}/children").read_text()
+            pids += [int(child) for child in children.split()]
+        i += 1
+    return pids
+
+
 class Server:
     """One server process, pinned to the server core, logging to bench/results/logs."""
 
@@ -76,7 +87,8 @@ class Server:
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop(), after the process
         env = dict(os.environ, **system.env)
         env.pop("PYTHONPATH", None)
-        argv = ["taskset", "-c", str(cfg.server_core), *system.command(self.port)]
+        argv = ["taskset", "-c", system.cores or str(cfg.server_core),
+                *system.command(self.port)]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      stdin=subprocess.DEVNULL, cwd=str(BENCH))
         self.pid = self.proc.pid
@@ -101,7 +113,8 @@ class Server:
             return ""
 
     def rss_kib(self) -> int:
-        return loadgen.rss_kib(self.pid)
+        """The RSS of the server and of its child processes (`--workers`)."""
+        return sum(loadgen.rss_kib(pid) for pid in process_tree(self.pid))
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -46,6 +46,7 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
     notes: str = ""
     group: str = "peer"  # "ours", "peer", "runtime" (scenario 5) or "probe" (not a peer)
+    cores: str = ""  # taskset's CPU list for the server; "": the config's server core
 
 
 def _pip_version(dist: str, python: str = BENCH_PY) -> str:

@@ -160,6 +160,12 @@ class NodeConfig:
     #: reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client (for the
     #: per-address connection limit, authentication and logs); none by default
     trusted_proxies: tuple[Network, ...] = ()
+    #: this process's index among the workers of `realtime serve --workers`, else None
+    #: (a `worker` field in /health and label in /metrics)
+    worker: int | None = None
+    #: seconds a request forwarded to the node holding its connection waits for the answer
+    #: (a poll that node holds: on top of poll_timeout); then 404 with 4022
+    forward_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

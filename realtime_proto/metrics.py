@@ -59,6 +59,8 @@ def render_metrics(stats: NodeStatistics) -> bytes:
     """The /metrics page for one node."""
     hub = stats.hub
     base = f'node="{_label(stats.node_id)}",runtime="{_label(stats.runtime)}"'
+    if stats.worker is not None:
+        base += f',worker="{stats.worker}"'
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str,
@@ -96,6 +98,11 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [(f'connection="{_label(c)}"', n) for c, n in sorted(stats.backlogs.items())[:100]])
     metric("http_responses_total", "counter", "HTTP responses by status.",
            [(f'status="{k}"', v) for k, v in sorted(stats.http_responses.items())])
+    metric("forwarded_requests_total", "counter",
+           "Long-poll, send and close requests for another node's connection: sent there, "
+           "answered, expired (404); and served here for another node.",
+           [(f'outcome="{k}"', stats.forwarded.get(k, 0))
+            for k in ("sent", "answered", "expired", "served")])
     metric("broker_connected", "gauge", "1 while the broker connection is up.",
            [("", int(hub.broker_connected))])
     metric("broker_topics", "gauge", "Broker topics this node subscribes to.",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import longpoll
+from . import forwarding, longpoll
 from .actions import (
     Authenticate,
     AuthenticationRequest,
@@ -32,6 +33,7 @@ from .events import (
     ConnectionClosed,
     ConnectionId,
     ConnectionOpened,
+    EnvelopeReceived,
     HistoryLoaded,
     MessageReceived,
     NodeEvent,
@@ -73,6 +75,9 @@ class _Transport:
     backlog: Backlog = field(default_factory=Backlog)
     #: the long-poll connection whose poll this socket holds
     holding: ConnectionId | None = None
+    #: (route, request id) of the node that forwarded this request: no socket here, the
+    #: answer goes back over the broker
+    reply_to: tuple[str, str] | None = None
 
 
 class Node:
@@ -116,6 +121,12 @@ class Node:
         #: the same for every answer: built once, shared by every connection
         self._cors = (("access-control-allow-origin", origin),) if origin else ()
         self._now = epoch.monotonic_at
+        #: this node's route key: the prefix of its connection ids, and its broker topic
+        self.route = new_id()[:8]
+        #: forwarded requests waiting for the owner's reply: request id -> (socket, deadline)
+        self._forwards: dict[str, tuple[TransportId, float]] = {}
+        self._forward_counts: Counter[str] = Counter()
+        self._actions.append(BrokerSubscribe(forwarding.node_topic(self.route)))
         self._run_hub()
 
     # -- the adapter's verbs -------------------------------------------------------------
@@ -158,6 +169,8 @@ class Node:
             self._authenticated(event, now)
         elif isinstance(event, HistoryLoaded) and event.request_id in self._reads_asked:
             self._reads_answered(event)
+        elif type(event) is EnvelopeReceived and forwarding.is_node_topic(event.topic):
+            self._forward_received(event.data, now)
         else:
             self.hub.handle(event, now=now)
         self._finish_call()
@@ -176,6 +189,7 @@ class Node:
             for buckets in (self._connect_buckets, self._api_buckets):
                 if buckets is not None:
                     buckets.sweep(now)
+            self._expire_forwards(now)
         self.hub.tick(now=now)
         self._finish_call()
 
@@ -235,7 +249,8 @@ class Node:
             backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
                       if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out, hub=self.hub.statistics())
+            bytes_out=self._bytes_out, hub=self.hub.statistics(), worker=self.config.worker,
+            forwarded=dict(self._forward_counts))
 
     # -- framing events ------------------------------------------------------------------
 
@@ -344,6 +359,9 @@ class Node:
 
     def _respond(self, transport: _Transport, status: int, body: bytes,
                  headers: list[tuple[str, str]]) -> None:
+        if transport.reply_to is not None:
+            self._reply(transport, status, body, headers)
+            return
         self._responses[status] += 1
         # once shutting down, every answer is the connection's last (Connection: close)
         transport.framing.respond(status, headers, body, now=self._now,  # type: ignore[union-attr]
@@ -381,10 +399,14 @@ class Node:
 
     def _health(self) -> JsonValue:
         stats = self.hub.statistics()
-        return {"status": "ok" if stats.broker_connected else "degraded",
-                "node_id": self.hub.node_id, "runtime": self.config.runtime,
-                "broker": "connected" if stats.broker_connected else "disconnected",
-                "connections": sum(stats.connections.values())}
+        health: dict[str, JsonValue] = {
+            "status": "ok" if stats.broker_connected else "degraded",
+            "node_id": self.hub.node_id, "runtime": self.config.runtime,
+            "broker": "connected" if stats.broker_connected else "disconnected",
+            "connections": sum(stats.connections.values())}
+        if self.config.worker is not None:
+            health["worker"] = self.config.worker
+        return health
 
     # -- authentication and the three transports ------------------------------------------
 
@@ -443,7 +465,7 @@ class Node:
 
     def _accept(self, transport: _Transport, request: RequestReceived, user: User | None,
                 now: float) -> None:
-        connection_id = ConnectionId(self._new_id())
+        connection_id = ConnectionId(f"{self.route}.{self._new_id()}")
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
         # WebSocket keepalive is the protocol's Ping, unless the client asks for the JSON
         # ping the Hub sends (browsers cannot see a Ping: the JS client asks)
@@ -494,6 +516,8 @@ class Node:
     def _poll(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         session = self._routes.get(ConnectionId(request.query["connection_id"]))
         if not isinstance(session, PollSession):
+            if self._forward(transport, request, now):
+                return
             self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                                            "unknown or expired connection"))
             return
@@ -512,6 +536,10 @@ class Node:
         else:
             session.hold(transport.id, now + self.config.poll_timeout)
             transport.holding = session.id
+            if transport.reply_to is not None:  # tell the asking node to wait for it
+                route, request_id = transport.reply_to
+                self._actions.append(BrokerPublish(forwarding.node_topic(route),
+                                                   forwarding.encode_held(request_id)))
 
     def _answer_poll(self, transport: _Transport, session: PollSession, now: float,
                      empty: bool = False) -> None:
@@ -519,7 +547,8 @@ class Node:
         session.release_hold(now, self.config.poll_session_timeout)
         transport.holding = None
         self._respond(transport, 200, body, [("content-type", _JSON), *self._cors])
-        self._dirty[transport.id] = transport
+        if transport.reply_to is None:
+            self._dirty[transport.id] = transport
         if session.closed and not empty:
             self._routes.pop(session.id, None)
 
@@ -536,6 +565,8 @@ class Node:
     def _send(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
+        if route is None and self._forward(transport, request, now):
+            return
         if route is None or (isinstance(route, PollSession) and route.closed):
             self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                                            "unknown or expired connection"))
@@ -559,8 +590,9 @@ class Node:
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
         if route is None:
-            self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
-                                                           "unknown or expired connection"))
+            if not self._forward(transport, request, now):
+                self._respond_json(transport, 404, error_body(
+                    ErrorCode.UNKNOWN_CONNECTION, "unknown or expired connection"))
             return
         self.hub.disconnect(connection_id, 1000, "closed by the client")
         self._run_hub()
@@ -570,6 +602,83 @@ class Node:
             if held is not None:
                 self._answer_poll(held, route, now)
         self._respond_json(transport, 200, {"closed": True})
+
+    # -- no sticky sessions: requests for another node's connection (forwarding.py) --------
+
+    def _forward(self, transport: _Transport, request: RequestReceived, now: float) -> bool:
+        """Send a request for a connection of another node to that node, and keep the
+        client waiting for its answer; False when the connection would be ours."""
+        owner = forwarding.owner_route(request.query.get("connection_id", ""))
+        if owner is None or owner == self.route or transport.reply_to is not None:
+            return False
+        request_id = self._new_id()
+        self._forwards[request_id] = (transport.id, now + self.config.forward_timeout)
+        self._forward_counts["sent"] += 1
+        self._actions.append(BrokerPublish(forwarding.node_topic(owner), forwarding.encode_request(
+            request_id, self.route, request.method, request.path, request.query, request.body)))
+        return True
+
+    def _forward_received(self, data: bytes, now: float) -> None:
+        """A request forwarded to us (serve it as if its client were here), or the reply
+        to one we forwarded (answer our client with it)."""
+        message = forwarding.decode_forwarded(data)
+        if isinstance(message, forwarding.ForwardedHeld):  # the owner is there: wait longer
+            waiting = self._forwards.get(message.request_id)
+            if waiting is not None:
+                self._forwards[message.request_id] = (
+                    waiting[0], now + self.config.poll_timeout + self.config.forward_timeout)
+            return
+        if isinstance(message, forwarding.ForwardedReply):
+            transport_id, _ = self._forwards.pop(message.request_id, (None, 0.0))
+            transport = self._transports.get(transport_id) if transport_id else None
+            if transport is not None:  # else the client went away, or it was answered 404
+                self._forward_counts["answered"] += 1
+                self._respond(transport, message.status, message.body, message.headers)
+                self._collect(transport, now)
+            return
+        if message is None:
+            return
+        self._forward_counts["served"] += 1
+        # a socket-less transport: its answer is published (`_reply`), it never times out
+        framing = HttpFraming(max_head_bytes=1, max_body_bytes=0, now=now,
+                              request_timeout=math.inf)
+        transport = _Transport(TransportId(self._new_id()), framing, None, False,
+                               reply_to=(message.reply_route, message.request_id))
+        self._transports[transport.id] = transport
+        request = RequestReceived(method=message.method, target=message.path,
+                                  path=message.path, query=message.query, headers={},
+                                  body=message.body, raw_head=b"")
+        handler = {"/poll": self._poll, "/send": self._send,
+                   "/close": self._close_request}.get(message.path)
+        if handler is None or (message.path == "/poll" and "connection_id" not in message.query):
+            self._respond_json(transport, 404, error_body(404, f"nothing at {message.path}"))
+        else:
+            handler(transport, request, now)
+
+    def _reply(self, transport: _Transport, status: int, body: bytes,
+               headers: list[tuple[str, str]]) -> None:
+        """Answer a forwarded request: publish the response to the node that asked."""
+        assert transport.reply_to is not None
+        route, request_id = transport.reply_to
+        self._transports.pop(transport.id, None)
+        self._actions.append(BrokerPublish(forwarding.node_topic(route),
+                                           forwarding.encode_reply(request_id, status, headers,
+                                                                   body)))
+
+    def _expire_forwards(self, now: float) -> None:
+        """Answer 404 (4022) to the clients whose connection's node did not answer in time
+        (it is gone, or the broker lost the request or its reply)."""
+        expired = [request_id for request_id, (_, deadline) in self._forwards.items()
+                   if deadline <= now]
+        for request_id in expired:
+            transport_id, _ = self._forwards.pop(request_id)
+            transport = self._transports.get(transport_id)
+            if transport is not None:
+                self._forward_counts["expired"] += 1
+                self._respond_json(transport, 404, error_body(
+                    ErrorCode.UNKNOWN_CONNECTION,
+                    "unknown or expired connection (its node did not answer)"))
+                self._collect(transport, now)
 
     # -- Hub actions ---------------------------------------------------------------------
 

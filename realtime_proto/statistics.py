@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import final
 
 from .events import BrokerReported
@@ -65,3 +65,7 @@ class NodeStatistics:
     bytes_in: int
     bytes_out: int
     hub: HubStatistics
+    #: the worker index under `realtime serve --workers`, else None
+    worker: int | None = None
+    #: requests for another node's connection: sent, answered, expired; and served here
+    forwarded: dict[str, int] = field(default_factory=dict)

@@ -22,12 +22,13 @@ class Harness:
     def __init__(self, **overrides: Any) -> None:
         self.clock = FakeClock()
         hub = overrides.pop("hub", HubConfig(node_id="n1"))
+        ids = overrides.pop("ids", "id")
         hub = replace(hub, jwt=JwtConfig(secret=SECRET))
         config = NodeConfig(hub=hub, api_key=API_KEY,
                             static_files={"/index.html": StaticFile(
                                 content_type="text/html", body=b"<h1>hi</h1>")},
                             **overrides)
-        self.node = Node(config, new_id=counter_ids("id"), epoch=Epoch(self.clock.now, 0))
+        self.node = Node(config, new_id=counter_ids(ids), epoch=Epoch(self.clock.now, 0))
         self.output: dict[TransportId, bytearray] = {}
         self.closed: set[TransportId] = set()
         self.broker: list[Any] = []

@@ -63,6 +63,7 @@ from .edge import (
     new_node_id,
     random_id,
 )
+from .workers import worker_count
 
 __all__ = ["Answer", "BrokerCommands", "ServerBase", "ServerNotStarted"]
 
@@ -130,6 +131,9 @@ class ServerBase:
 
     def __init__(self, settings: Settings | None = None, **options: Any) -> None:
         self.settings = settings or Settings(**options)
+        if worker_count(self.settings.workers) != 1:  # the supervisor gives each "1"
+            raise ValueError("workers is an option of `realtime serve` (it forks the "
+                             "processes); an embedded server is one process")
         self.node_id = self.settings.node_id or new_node_id()
         self.node = Node(build_node_config(self.settings, self.node_id, runtime=self.runtime),
                          new_id=random_id, epoch=new_epoch())

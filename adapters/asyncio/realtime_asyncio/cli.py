@@ -86,6 +86,8 @@ _HELP = {
     "auth_webhook_cache": "seconds an auth webhook answer is reused for the same user and channel",
     "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
                       "(default: disconnect with 4021)",
+    "workers": "worker processes sharing the port, joined through the broker (auto: one "
+               "per core; Linux, asyncio, not memory://)",
 }
 
 
@@ -120,6 +122,8 @@ def _convert(name: str, value: Any, kind: type, source: str) -> Any:
         raise ConfigError(f"{source}: {name} must be a list of strings, not {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # `workers = 2` in TOML
     if isinstance(value, str):
         try:
             return kind(value)
@@ -254,6 +258,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(error))
     settings.node_id = settings.node_id or new_node_id()
     _configure_logging(settings, settings.node_id)
+    _serve_workers(settings)
+
+
+def _serve_workers(settings: Settings) -> None:
+    """`--workers N`: one process serves, or a supervisor forks N (`workers.py`)."""
+    from .workers import Supervisor, worker_count, workers_refused
+
+    count = worker_count(settings.workers)
+    if count == 1:
+        _serve(settings)
+        return
+    refused = workers_refused(settings, count)
+    if refused is not None:
+        _fail(refused, status=2)
+    if settings.api_key_generated:
+        print(f"realtime: generated API key (use --api-key to choose one): "
+              f"{settings.api_key}", flush=True)
+    try:
+        status = Supervisor(settings, count, _serve_worker).run()
+    except OSError as error:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}")
+    raise SystemExit(status)
+
+
+def _serve_worker(settings: Settings) -> None:
+    """One worker of `--workers`: its log lines name its own node id."""
+    _configure_logging(settings, settings.node_id or "")
     _serve(settings)
 
 
@@ -292,7 +323,7 @@ def _configure_logging(settings: Settings, node_id: str) -> None:
         logging.captureWarnings(True)  # warnings too, as JSON lines
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 _RUNTIMES = {"asyncio": "realtime_asyncio", "trio": "realtime_trio",

@@ -27,6 +27,8 @@ from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
 from realtime_proto.ratelimit import Rate
 
+from .workers import worker_count
+
 __all__ = [
     "Bounds",
     "Settings",
@@ -146,8 +148,12 @@ class Settings:
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
     auth_webhook_cache: float = 30.0
+    #: worker processes sharing the port (`auto`: one per core); `realtime serve` only
+    workers: str = "1"
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
+    #: this process's index among `--workers` (set by their supervisor), else None
+    worker: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         for name in self.names():
@@ -161,6 +167,7 @@ class Settings:
             if path and not os.access(path, os.R_OK):
                 raise ValueError(f"{flag}: cannot read {path}")
         store_url(self.history_store, self.broker)  # a bad value fails here, not at start
+        worker_count(self.workers)
 
     @staticmethod
     def check(name: str, value: T) -> T:
@@ -233,7 +240,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       cors_origin=settings.cors_origin, runtime=runtime,
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       trusted_proxies=parse_networks(settings.trusted_proxy),
-                      static_files=load_static_files(settings.static_dir))
+                      static_files=load_static_files(settings.static_dir),
+                      worker=settings.worker)
 
 
 def jwt_config(settings: Settings) -> JwtConfig | None:

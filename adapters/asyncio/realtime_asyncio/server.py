@@ -188,6 +188,7 @@ class RealtimeServer(ServerBase):
             server = await self._loop.create_server(
                 lambda: _Client(self), self.settings.host,
                 self.settings.port, ssl=ssl_context, reuse_address=True, backlog=4096,
+                reuse_port=self.settings.worker is not None,  # --workers share the port
                 ssl_handshake_timeout=10.0 if ssl_context else None)
         except BaseException:
             await self.broker.aclose()  # leave nothing subscribed behind
