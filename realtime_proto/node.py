@@ -363,10 +363,14 @@ class Node:
                 "errors": {str(code): count for code, count in hub.errors.items()}}
 
     def _health(self) -> JsonValue:
+        """`GET /health`: degraded while the broker is disconnected or the shared history
+        store is unreachable (as the adapter last reported it)."""
         stats = self.hub.statistics()
-        return {"status": "ok" if stats.broker_connected else "degraded",
+        history = stats.broker_driver.history_available
+        return {"status": "ok" if stats.broker_connected and history else "degraded",
                 "node_id": self.hub.node_id, "runtime": self.config.runtime,
                 "broker": "connected" if stats.broker_connected else "disconnected",
+                "history": "available" if history else "unavailable",
                 "connections": sum(stats.connections.values())}
 
     # -- authentication and the three transports ------------------------------------------

@@ -145,6 +145,11 @@ class PostgresStore:
                 await conn.execute(_SAVE_READ, action.channel, action.user_id,
                                    json.dumps(action.position), float(action.ttl))
 
+    async def ping(self) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT 1")
+
     async def aclose(self) -> None:
         if self._pool is not None:
             await self._pool.close()
