@@ -92,7 +92,6 @@ class OwnServer:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def _start(self) -> None:
-        log = open(self._dir / f"{self.kind}.log", "ab")  # noqa: SIM115 (the child keeps it)
         if self.kind == "redis":
             command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                        "--save", "", "--appendonly", "no", "--dir", str(self._dir)]
@@ -105,7 +104,7 @@ class OwnServer:
                          "-c fsync=off -c synchronous_commit=off")
             _wait_listening(self.port, None, "postgresql")
             return
-        with log:
+        with (self._dir / f"{self.kind}.log").open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=log,
                                              stdin=subprocess.DEVNULL)
         _wait_listening(self.port, self._process, self.kind)
