@@ -133,7 +133,7 @@ class JetStreamStore:
     async def start(self) -> None:
         self._client = await nats.connect(
             servers=[self._url], name="realtime-history", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5, pending_size=0,  # no buffering while reconnecting
             error_cb=self._on_error, disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected)
         self._context = self._client.jetstream()
@@ -175,7 +175,8 @@ class JetStreamStore:
     async def _connected(self, call: Awaitable[_T]) -> _T:
         """`call`'s result, or ConnectionError as soon as the connection is lost (nats-py
         would hold a request until its timeout, reconnecting meanwhile)."""
-        if self._lost.is_set():
+        assert self._client is not None
+        if self._lost.is_set() or not self._client.is_connected:
             if inspect.iscoroutine(call):
                 call.close()
             raise ConnectionError(self._lost_reason())
