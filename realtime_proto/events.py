@@ -202,6 +202,8 @@ class BrokerReported:
     reconnects: int = 0
     #: seconds from publish to the broker taking the message
     publish_latency: HistogramSnapshot | None = None
+    #: connected, but nothing queued has gone through for a second
+    stalled: bool = False
     #: False while the shared history store is unreachable (appends fail at once)
     history_available: bool = True
     #: history appends and read positions waiting for the store

@@ -134,6 +134,9 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", driver.dropped)])
     metric("broker_reconnects_total", "counter", "Reconnections to the broker.",
            [("", driver.reconnects)])
+    metric("broker_stalled", "gauge",
+           "1 while connected but nothing queued has gone through the broker for a second.",
+           [("", int(driver.stalled))])
     metric("history_store_available", "gauge",
            "1 while the shared history store answers (appends fail at once otherwise).",
            [("", int(driver.history_available))])

@@ -1,5 +1,5 @@
-"""`/health` and `/metrics` say degraded while the broker or the shared history store is
-out, from the events the adapter feeds (`BrokerLost`, `BrokerReported`)."""
+"""`/health` and `/metrics` say degraded while the broker is out or stalled or the shared
+history store is out, from the events the adapter feeds (`BrokerLost`, `BrokerReported`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def test_health_is_degraded_while_the_broker_or_the_history_store_is_out() -> No
     h.node.handle(BrokerLost(reason="reset"), now=h.clock.now)
     assert (health(h)["status"], health(h)["broker"]) == ("degraded", "disconnected")
     h.node.handle(BrokerRestored(), now=h.clock.now)
+    h.node.handle(BrokerReported(stalled=True), now=h.clock.now)
+    assert (health(h)["status"], health(h)["broker"]) == ("degraded", "stalled")
+    assert 'realtime_broker_stalled{node="n1",runtime="unknown"} 1' in http(
+        h, "GET", "/metrics").body.decode()
     h.node.handle(BrokerReported(history_available=False, history_queued=7,
                                  history_overflowed=3), now=h.clock.now)
     assert (health(h)["status"], health(h)["history"]) == ("degraded", "unavailable")

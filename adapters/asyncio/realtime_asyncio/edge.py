@@ -234,8 +234,8 @@ def broker_report(statistics: BrokerStatistics,
                           dropped=statistics.dropped, queued=statistics.queued,
                           reconnects=statistics.reconnects,
                           publish_latency=statistics.publish_latency,
-                          history_available=history.available, history_queued=history.queued,
-                          history_overflowed=history.overflowed)
+                          stalled=statistics.stalled, history_available=history.available,
+                          history_queued=history.queued, history_overflowed=history.overflowed)
 
 
 def new_epoch() -> Epoch:
