@@ -29,6 +29,7 @@ import httpx
 import pytest
 import websockets
 
+from ..brokers.proxy import TcpProxy
 from ..cluster.nodes import API_KEY, SECRET, free_port
 from .servers import OwnServer, own_server
 
@@ -38,6 +39,10 @@ CHANNEL = "room.faults"
 #: publishes per second, and for how long before, during and after the outage (seconds)
 RATE = 200
 BEFORE, OUTAGE, AFTER = 1.5, 2.5, 3.0
+#: seconds node B stays away after the restart, in the `b-late` case
+LATE = 2.0
+#: seconds without a message after which the subscribers have heard all they will
+QUIET = 3.0
 #: driver options that find a dead connection and reconnect quickly
 FAST = "probe_interval=0.5&probe_timeout=1&reconnect_min_interval=0.05&reconnect_max_interval=0.5"
 #: bounds: /health answer time, node A's memory growth during the outage, log lines per node
@@ -158,20 +163,45 @@ async def publish(http: httpx.AsyncClient, node: Node, count: int, start: float,
         assert answer.status_code == 200, answer.text
 
 
-async def outage(server: OwnServer, start: float) -> tuple[float, float]:
-    """Kill the server after BEFORE seconds, restart it OUTAGE seconds later: when."""
+async def settled(count: int, local: Subscriber, remote: Subscriber) -> None:
+    """Wait until both subscribers have every message accounted for, or nothing more
+    arrived for QUIET seconds (at most 15 s in all)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(15):
+            heard, quiet_since = -1, time.monotonic()
+            while (len(remote.numbers) + remote.lost < count or len(local.numbers) < count):
+                now_heard = len(local.numbers) + len(remote.numbers) + len(remote.reports)
+                if now_heard != heard:
+                    heard, quiet_since = now_heard, time.monotonic()
+                elif time.monotonic() - quiet_since > QUIET:
+                    return
+                await asyncio.sleep(0.05)
+
+
+async def outage(server: OwnServer, start: float,
+                 late: TcpProxy | None) -> tuple[float, float]:
+    """Kill the server after BEFORE seconds, restart it OUTAGE seconds later (and let
+    node B through `late` LATE seconds after that): when."""
     await asyncio.sleep(max(0.0, start + BEFORE - time.monotonic()))
     killed = time.monotonic() - start
+    if late is not None:
+        late.refuse()
     await asyncio.to_thread(server.crash)
     await asyncio.sleep(OUTAGE)
     await asyncio.to_thread(server.restart)
-    return killed, time.monotonic() - start
+    restarted = time.monotonic() - start
+    if late is not None:
+        await asyncio.sleep(LATE)
+        late.allow()
+    return killed, restarted
 
 
-async def scenario(server: OwnServer, broker: str, tmp_path: Path) -> None:
+async def scenario(server: OwnServer, broker: str, tmp_path: Path, b_late: bool) -> None:
     count = int(RATE * (BEFORE + OUTAGE + AFTER))
+    late = await TcpProxy("127.0.0.1", server.port).start() if b_late else None
     a = Node("a", broker, tmp_path / "a.log")
-    b = Node("b", broker, tmp_path / "b.log")
+    b = Node("b", broker.replace(f":{server.port}", f":{late.port}") if late else broker,
+             tmp_path / "b.log")
     async with httpx.AsyncClient() as http:
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -188,20 +218,18 @@ async def scenario(server: OwnServer, broker: str, tmp_path: Path) -> None:
             await asyncio.sleep(0.5)  # B's broker subscription is made after its answer
             start = time.monotonic()
             tasks.append(asyncio.create_task(watch(http, a, watched, start)))
-            fault = asyncio.create_task(outage(server, start))
+            fault = asyncio.create_task(outage(server, start, late))
             await publish(http, a, count, start, sent)
             killed, restarted = await fault
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    while (len(remote.numbers) + remote.lost < count
-                           or len(local.numbers) < count):
-                        await asyncio.sleep(0.05)
+            await settled(count, local, remote)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             a.stop()
             b.stop()
+            if late is not None:
+                await late.aclose()
     summary = (f"killed at {killed:.1f} s, restarted at {restarted:.1f} s; A got "
                f"{len(local.numbers)}, B got {len(remote.numbers)} and {remote.lost} reported "
                f"lost of {count}; reports {remote.reports[:3]}")
@@ -246,12 +274,16 @@ def check(count: int, local: Subscriber, remote: Subscriber, watched: Watch, kil
     return problems
 
 
+@pytest.mark.parametrize("b_late", [False, True], ids=["together", "b-late"])
 @pytest.mark.parametrize("kind", ["redis", "nats", "postgresql"])
-def test_broker_killed_and_restarted_under_load(kind: str, tmp_path: Path) -> None:
+def test_broker_killed_and_restarted_under_load(kind: str, b_late: bool,
+                                                tmp_path: Path) -> None:
+    """`b-late`: node B reaches the server LATE seconds after node A, so A's publishes
+    queued during the outage go out while B is away: B must hear of the gap."""
     server = own_server(kind)
     try:
         prefix = "prefix=rtf" if kind == "nats" else "prefix=rtf:"
         broker = f"{server.url}?{prefix}&{FAST}"
-        asyncio.run(scenario(server, broker, tmp_path))
+        asyncio.run(scenario(server, broker, tmp_path, b_late))
     finally:
         server.stop()
