@@ -101,7 +101,7 @@ class OwnServer:
         else:
             self._pg_ctl("start", "-w", "-l", str(self._dir / "postgresql.log"), "-o",
                          f"-p {self.port} -k {self._dir} -c listen_addresses=127.0.0.1 "
-                         "-c fsync=off -c synchronous_commit=off")
+                         "-c fsync=off")
             _wait_listening(self.port, None, "postgresql")
             return
         with (self._dir / f"{self.kind}.log").open("ab") as log:

@@ -92,6 +92,7 @@ class HistoryService:
                 await self._store.aclose()
             raise BrokerUnavailable(f"cannot use the history store: {error!r}") from error
         self._worker = asyncio.create_task(self._append_forever(), name="history-appends")
+        self._worker.add_done_callback(_report_crash)
 
     def carry_out(self, action: HistoryAppend | HistoryRead | SaveReadPosition) -> None:
         """Queue an action (from the loop's thread)."""
@@ -230,6 +231,12 @@ class HistoryService:
         else:
             self._other_failures.succeeded()
         self._answer(answer)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """Log a worker that ended with an exception: a bug, so with its traceback."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("history store: the append worker failed", exc_info=task.exception())
 
 
 def _now_ms() -> int:
