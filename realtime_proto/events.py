@@ -202,6 +202,14 @@ class BrokerReported:
     reconnects: int = 0
     #: seconds from publish to the broker taking the message
     publish_latency: HistogramSnapshot | None = None
+    #: connected, but nothing queued has gone through for a second
+    stalled: bool = False
+    #: False while the shared history store is unreachable (appends fail at once)
+    history_available: bool = True
+    #: history appends and read positions waiting for the store
+    history_queued: int = 0
+    #: history appends failed unsent because that queue was full
+    history_overflowed: int = 0
 
 
 HubEvent = (

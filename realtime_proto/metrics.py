@@ -141,6 +141,17 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", driver.dropped)])
     metric("broker_reconnects_total", "counter", "Reconnections to the broker.",
            [("", driver.reconnects)])
+    metric("broker_stalled", "gauge",
+           "1 while connected but nothing queued has gone through the broker for a second.",
+           [("", int(driver.stalled))])
+    metric("history_store_available", "gauge",
+           "1 while the shared history store answers (appends fail at once otherwise).",
+           [("", int(driver.history_available))])
+    metric("history_queued", "gauge", "History appends and read positions waiting for the store.",
+           [("", driver.history_queued)])
+    metric("history_overflowed_total", "counter",
+           "History appends failed unsent because the store's queue was full.",
+           [("", driver.history_overflowed)])
     metric("broker_envelopes_lost_total", "counter",
            "Envelopes from other nodes that never arrived (sequence gaps).",
            [("", hub.envelopes_lost)])

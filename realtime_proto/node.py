@@ -398,11 +398,18 @@ class Node:
                 "errors": {str(code): count for code, count in hub.errors.items()}}
 
     def _health(self) -> JsonValue:
+        """`GET /health`: degraded while the broker is disconnected or stalled, or the
+        shared history store is unreachable (the last two as the adapter last reported)."""
         stats = self.hub.statistics()
+        driver = stats.broker_driver
+        broker = ("disconnected" if not stats.broker_connected
+                  else "stalled" if driver.stalled else "connected")
+        history = driver.history_available
         health: dict[str, JsonValue] = {
-            "status": "ok" if stats.broker_connected else "degraded",
+            "status": "ok" if broker == "connected" and history else "degraded",
             "node_id": self.hub.node_id, "runtime": self.config.runtime,
-            "broker": "connected" if stats.broker_connected else "disconnected",
+            "broker": broker,
+            "history": "available" if history else "unavailable",
             "connections": sum(stats.connections.values())}
         if self.config.worker is not None:
             health["worker"] = self.config.worker

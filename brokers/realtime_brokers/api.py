@@ -68,6 +68,9 @@ class BrokerStatistics:
     publish_latency: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
     """Seconds from `publish_nowait` to the broker taking the message (written, or
     confirmed by brokers that confirm)."""
+    stalled: bool = False
+    """Connected, with commands waiting, but none has gone through for a second: the
+    broker is not answering (the probe declares the connection lost a little later)."""
 
 
 @final

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from realtime_brokers import BrokerClient, BrokerListener, BrokerStatistics, open_broker
-from realtime_brokers.history import HistoryService, open_history_store
+from realtime_brokers.history import HistoryService, HistoryStatistics, open_history_store
 from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryAppended, HistoryLoaded
 
@@ -181,6 +181,13 @@ class BrokerBridge:
     def statistics(self) -> BrokerStatistics:
         """The client's counters (read across threads: a consistent-enough snapshot)."""
         return self._client.statistics()
+
+    def history_statistics(self) -> HistoryStatistics:
+        """The history service's state (across threads, as `statistics`)."""
+        history = self._history
+        if history is None:
+            return HistoryStatistics(available=True, queued=0, overflowed=0)
+        return history.history_statistics()
 
     def _command(self, command: Callable[[], None]) -> None:
         if not self._closed:

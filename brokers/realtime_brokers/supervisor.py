@@ -44,6 +44,8 @@ _POISON_LIMIT = 5
 """A command under which this many connections in a row failed is dropped."""
 _FLUSH_EVERY = 256
 """Buffered publishes are confirmed with a flush at least this often."""
+_STALLED_AFTER = 1.0
+"""Seconds without progress while commands wait, after which `statistics` says stalled."""
 
 
 class _State(enum.Enum):
@@ -111,6 +113,7 @@ class SupervisedClient:
         self._rejected = 0
         self._reconnects = 0
         self._last_error: str | None = None
+        self._progress_at = 0.0  # monotonic seconds the queue last moved (or woke up)
 
     # -- the BrokerClient API -------------------------------------------------------------
 
@@ -176,8 +179,9 @@ class SupervisedClient:
     def statistics(self) -> BrokerStatistics:
         """The client's counters now."""
         session = self._session
+        connected = self._state is _State.RUNNING and session is not None and session.active
         return BrokerStatistics(
-            connected=self._state is _State.RUNNING and session is not None and session.active,
+            connected=connected,
             published=self._published,
             received=self._received,
             dropped=self._queue.dropped + self._rejected,
@@ -186,6 +190,8 @@ class SupervisedClient:
             subscriptions=len(self._queue.wanted),
             last_error=self._last_error,
             publish_latency=self._publish_latency.snapshot(),
+            stalled=connected and self._busy()
+            and time.monotonic() - self._progress_at > _STALLED_AFTER,
         )
 
     # -- connections ----------------------------------------------------------------------
@@ -316,6 +322,7 @@ class SupervisedClient:
     async def _serve_commands(self, session: _Session) -> None:
         conn = session.conn
         assert conn is not None
+        self._progress_at = time.monotonic()
         while True:
             probe = self._probe_out
             if probe is not None:
@@ -332,6 +339,7 @@ class SupervisedClient:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                self._progress_at = time.monotonic()
 
     async def _execute(self, conn: Connection, command: Command) -> None:
         if command.op is Op.SUBSCRIBE:
@@ -354,12 +362,13 @@ class SupervisedClient:
             self._published += 1
             self._publish_latency.observe(time.monotonic() - command.queued_at)
         self._queue.sent(command)
+        self._progress_at = time.monotonic()
 
     async def _flush(self, conn: Connection) -> None:
         rejected = await conn.flush()
         self._published += len(self._unconfirmed) - rejected
         self._rejected += rejected
-        now = time.monotonic()
+        now = self._progress_at = time.monotonic()
         for command in self._unconfirmed:
             self._publish_latency.observe(now - command.queued_at)
         self._unconfirmed.clear()

@@ -114,3 +114,30 @@ def test_probe_detects_a_connection_that_stays_open_but_stops_delivering(
                 assert a.messages == [("silent", b"heard again")]
 
     run(scenario())
+
+
+def test_statistics_say_stalled_while_publishes_stop_going_through(target: Target) -> None:
+    if target.kind == "memory":
+        pytest.skip("a memory bus takes every publish at once")
+    # The probe is kept out of the way: stalled is what /health shows before it fires.
+    options = dataclasses.replace(FAST, probe_interval=30.0, probe_timeout=30.0)
+
+    async def scenario() -> None:
+        a = Recorder()
+        async with target.faults() as (faults, port):
+            alice = target.client(a, "node-a", port=port, options=options)
+            async with opened(alice):
+                await subscribed(alice, a, "stall")
+                alice.publish_nowait("stall", b"before")
+                await a.wait_messages(1)
+                assert not alice.statistics().stalled
+                published = alice.statistics().published
+                faults.swallow()
+                for i in range(300):
+                    alice.publish_nowait("stall", b"%d" % i)
+                await eventually(lambda: alice.statistics().stalled, timeout=5)
+                stats = alice.statistics()
+                assert stats.connected and stats.published <= published + 1  # "before", late
+                assert a.lost == []
+
+    run(scenario())

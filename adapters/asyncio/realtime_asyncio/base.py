@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, TypeVar, assert_never
 
 from realtime_brokers import BrokerStatistics
+from realtime_brokers.history import HistoryStatistics
 from realtime_proto import ChannelRule, Node
 from realtime_proto.actions import (
     Authenticate,
@@ -112,6 +113,7 @@ class HistoryCommands(Protocol):
     """The shared history store as the pump uses it (a `HistoryService` or a bridge)."""
 
     def carry_out(self, action: HistoryAppend | HistoryRead | SaveReadPosition) -> None: ...
+    def history_statistics(self) -> HistoryStatistics: ...
 
 
 class ServerBase:
@@ -481,7 +483,8 @@ class ServerBase:
     def tick(self) -> None:
         """What the timer does when it fires (and the broker's counters for /metrics)."""
         if self.broker is not None:
-            self.node.handle(broker_report(self.broker.statistics()), now=self.now())
+            history = self.history.history_statistics() if self.history is not None else None
+            self.node.handle(broker_report(self.broker.statistics(), history), now=self.now())
         self.node.tick(now=self.now())
         self.pump()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from realtime_brokers import BrokerStatistics
-from realtime_brokers.history import store_url
+from realtime_brokers.history import HistoryStatistics, store_url
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
 from realtime_proto.config import RateLimits
@@ -311,12 +311,17 @@ def parse_history(text: str) -> tuple[HistoryRule, ...]:
     return parse_rules(text, _history)
 
 
-def broker_report(statistics: BrokerStatistics) -> BrokerReported:
-    """The driver's counters as the event that carries them into /metrics."""
+def broker_report(statistics: BrokerStatistics,
+                  history: HistoryStatistics | None = None) -> BrokerReported:
+    """The driver's (and the history service's) counters as the event that carries them
+    into /metrics and /health."""
+    history = history or HistoryStatistics(available=True, queued=0, overflowed=0)
     return BrokerReported(published=statistics.published, received=statistics.received,
                           dropped=statistics.dropped, queued=statistics.queued,
                           reconnects=statistics.reconnects,
-                          publish_latency=statistics.publish_latency)
+                          publish_latency=statistics.publish_latency,
+                          stalled=statistics.stalled, history_available=history.available,
+                          history_queued=history.queued, history_overflowed=history.overflowed)
 
 
 def new_epoch() -> Epoch:

@@ -12,7 +12,8 @@ only then:
 
 A store answers the core's `HistoryAppend` and `HistoryRead` actions; `HistoryService`
 carries them out on an asyncio loop: appends in the order they came (in batches), reads
-side by side, each within a timeout. See ``docs/brokers.md``.
+side by side, each within a timeout, and everything failed at once while the store is
+unreachable. See ``docs/brokers.md``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from realtime_proto.events import HistoryLoaded
 
 from ..api import BrokerError, BrokerOptions
 from ..urls import split_options
-from .service import HistoryService
+from .service import HistoryService, HistoryStatistics
 
-__all__ = ["SCHEMES", "HistoryService", "HistoryStore", "open_history_store", "store_url"]
+__all__ = ["SCHEMES", "HistoryService", "HistoryStatistics", "HistoryStore", "open_history_store",
+           "store_url"]
 
 SCHEMES: dict[str, str] = {
     "redis": "redis_store",
@@ -57,6 +59,9 @@ class HistoryStore(Protocol):
 
     async def save_reads(self, batch: list[SaveReadPosition]) -> None:
         """Keep read positions, in order (an integer one never moves backwards)."""
+
+    async def ping(self) -> None:
+        """Return once the store answers; raise if it cannot be reached."""
 
     async def aclose(self) -> None:
         """Disconnect."""

@@ -36,6 +36,9 @@ class _ProcessStore:
         for action in batch:
             store.save_read(action)
 
+    async def ping(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         pass
 

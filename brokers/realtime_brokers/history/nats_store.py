@@ -40,14 +40,17 @@ refused as it should be; it needs JetStream with direct get (nats-server 2.9+).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import inspect
 import json
 import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import nats
@@ -61,12 +64,14 @@ from realtime_proto.actions import HistoryAppend, HistoryRead, SaveReadPosition
 from realtime_proto.events import HistoryLoaded
 
 from ..api import BrokerError
+from ..logs import describe
 from ..naming import subject_prefix
 from ..urls import take_query
 
 __all__ = ["create_store"]
 
 log = logging.getLogger("realtime_brokers")
+_T = TypeVar("_T")
 
 _EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 _EPOCH, _OFFSET, _AT, _SIZE = "Rt-Epoch", "Rt-Offset", "Rt-At", "Rt-Size"
@@ -117,6 +122,8 @@ class JetStreamStore:
         self._context: JetStreamContext | None = None
         self._tails: dict[str, _Tail] = {}
         self._warned = False
+        self._lost: asyncio.Event = asyncio.Event()  # set while disconnected
+        self._error: Exception | None = None
 
     @property
     def _js(self) -> JetStreamContext:
@@ -124,8 +131,11 @@ class JetStreamStore:
         return self._context
 
     async def start(self) -> None:
-        self._client = await nats.connect(servers=[self._url], name="realtime-history",
-                                          max_reconnect_attempts=-1)
+        self._client = await nats.connect(
+            servers=[self._url], name="realtime-history", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, pending_size=0,  # no buffering while reconnecting
+            error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected)
         self._context = self._client.jetstream()
         try:
             await self._ensure(self._history, "h", self._size)
@@ -151,10 +161,54 @@ class JetStreamStore:
                                   f"{held.config.subjects}") from error
             await self._js.update_stream(config)
 
+    # -- the connection: nats-py reconnects by itself; calls fail at once meanwhile ------
+
+    async def _on_error(self, error: Exception) -> None:
+        self._error = error  # the service logs what fails (nats-py would log a traceback)
+
+    async def _on_disconnected(self) -> None:
+        self._lost.set()
+
+    async def _on_reconnected(self) -> None:
+        self._lost.clear()
+
+    async def _connected(self, call: Awaitable[_T]) -> _T:
+        """`call`'s result, or ConnectionError as soon as the connection is lost (nats-py
+        would hold a request until its timeout, reconnecting meanwhile)."""
+        assert self._client is not None
+        if self._lost.is_set() or not self._client.is_connected:
+            if inspect.iscoroutine(call):
+                call.close()
+            raise ConnectionError(self._lost_reason())
+        task = asyncio.ensure_future(call)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait([task, lost], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise ConnectionError(self._lost_reason())
+        return task.result()
+
+    def _lost_reason(self) -> str:
+        error = self._error
+        return f"NATS disconnected ({describe(error)})" if error else "NATS disconnected"
+
+    async def ping(self) -> None:
+        assert self._client is not None
+        await self._connected(self._client.flush(timeout=1))
+
     def _subject(self, kind: str, channel: str) -> str:
         return f"{self._prefix}.{kind}.{_token(channel)}"
 
     async def append(self, batch: list[HistoryAppend], now_ms: int) -> list[tuple[str, int]]:
+        return await self._connected(self._append_batch(batch, now_ms))
+
+    async def _append_batch(self, batch: list[HistoryAppend],
+                            now_ms: int) -> list[tuple[str, int]]:
         positions: list[tuple[str, int]] = [("", 0)] * len(batch)
         chains: dict[str, list[int]] = {}
         for index, action in enumerate(batch):
@@ -225,6 +279,9 @@ class JetStreamStore:
         return _tail_of(await self._last(self._history, subject))
 
     async def read(self, action: HistoryRead, now_ms: int) -> HistoryLoaded:
+        return await self._connected(self._read(action, now_ms))
+
+    async def _read(self, action: HistoryRead, now_ms: int) -> HistoryLoaded:
         subject = self._subject("h", action.channel)
         last, (_, readers) = await asyncio.gather(
             self._last(self._history, subject), self._readers(self._subject("r", action.channel)))
@@ -305,6 +362,9 @@ class JetStreamStore:
         return msg.seq or 0, {user: (position, at) for user, (position, at) in held.items()}
 
     async def save_reads(self, batch: list[SaveReadPosition]) -> None:
+        await self._connected(self._save_reads(batch))
+
+    async def _save_reads(self, batch: list[SaveReadPosition]) -> None:
         moves: dict[str, list[SaveReadPosition]] = {}
         for action in batch:
             moves.setdefault(action.channel, []).append(action)

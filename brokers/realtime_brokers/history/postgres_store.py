@@ -2,8 +2,10 @@
 
 ``realtime_history_streams`` holds a channel's epoch and latest offset; appending bumps it
 under the row's lock, so the offsets of a channel are gap-free across every node. The
-entries are rows of ``realtime_history``; the append trims the channel's rows by count
-and age in the same statement. Appends of one batch run in one transaction, in order.
+entries are rows of ``realtime_history``. A batch of appends is one statement (one round
+trip, whatever its size): it bumps each channel's offset by its number of messages,
+numbers them in batch order, inserts those within the channel's size, and trims the
+channel's older rows by count and age.
 Users' read positions are rows of ``realtime_read_positions`` (JSON values; an integer
 one is only replaced by a greater one while it is younger than the rule's ttl).
 """
@@ -58,19 +60,29 @@ WHERE channel = $1 AND at >= now() - make_interval(secs => $2)
 """
 
 _APPEND = """
-WITH stream AS (
-    INSERT INTO realtime_history_streams AS s (channel, epoch, top) VALUES ($1, $2, 1)
-    ON CONFLICT (channel) DO UPDATE SET top = s.top + 1
-    RETURNING epoch, top
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS b(channel, payload, n)
+), channels AS (
+    SELECT * FROM unnest($3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::float8[])
+        AS c(channel, epoch, count, size, ttl)
+), stream AS (
+    INSERT INTO realtime_history_streams AS s (channel, epoch, top)
+    SELECT channel, epoch, count FROM channels
+    ON CONFLICT (channel) DO UPDATE SET top = s.top + EXCLUDED.top
+    RETURNING s.channel, s.epoch, s.top
+), placed AS (
+    SELECT b.n, s.epoch, s.channel, b.payload, s.top - c.size AS below,
+           s.top - c.count + row_number() OVER (PARTITION BY b.channel ORDER BY b.n) AS "offset"
+    FROM batch b JOIN stream s USING (channel) JOIN channels c USING (channel)
 ), kept AS (
     INSERT INTO realtime_history (channel, "offset", payload)
-    SELECT $1, top, $3 FROM stream
+    SELECT channel, "offset", payload FROM placed WHERE "offset" > below
 ), trimmed AS (
-    DELETE FROM realtime_history h USING stream
-    WHERE h.channel = $1
-      AND (h."offset" <= stream.top - $4 OR h.at < now() - make_interval(secs => $5))
+    DELETE FROM realtime_history h USING stream s JOIN channels c USING (channel)
+    WHERE h.channel = s.channel
+      AND (h."offset" <= s.top - c.size OR h.at < now() - make_interval(secs => c.ttl))
 )
-SELECT epoch, top FROM stream
+SELECT epoch, "offset" FROM placed ORDER BY n
 """
 
 _ENSURE = """
@@ -99,7 +111,9 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=4)
+        # no connection floor: asyncpg would restore it with a traceback a second in an
+        # outage; the next call connects, and fails at once while the server is down
+        self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=4)
         async with self._pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock(73707)")  # one node creates them
             try:
@@ -109,13 +123,17 @@ class PostgresStore:
 
     async def append(self, batch: list[HistoryAppend], now_ms: int) -> list[tuple[str, int]]:
         assert self._pool is not None
-        positions = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            for action in batch:
-                row = await conn.fetchrow(_APPEND, action.channel, secrets.token_hex(8),
-                                          action.payload, action.size, float(action.ttl))
-                positions.append((row["epoch"], int(row["top"])))
-        return positions
+        channels: dict[str, list[HistoryAppend]] = {}
+        for action in sorted(batch, key=lambda action: action.channel):  # locks in one order
+            channels.setdefault(action.channel, []).append(action)
+        rules = [actions[-1] for actions in channels.values()]  # the latest rule trims
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                _APPEND, [a.channel for a in batch], [a.payload for a in batch],
+                list(channels), [secrets.token_hex(8) for _ in channels],
+                [len(actions) for actions in channels.values()], [a.size for a in rules],
+                [float(a.ttl) for a in rules])
+        return [(row["epoch"], int(row["offset"])) for row in rows]
 
     async def read(self, action: HistoryRead, now_ms: int) -> HistoryLoaded:
         assert self._pool is not None
@@ -144,6 +162,11 @@ class PostgresStore:
             for action in batch:
                 await conn.execute(_SAVE_READ, action.channel, action.user_id,
                                    json.dumps(action.position), float(action.ttl))
+
+    async def ping(self) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT 1")
 
     async def aclose(self) -> None:
         if self._pool is not None:

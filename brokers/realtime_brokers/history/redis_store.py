@@ -128,6 +128,10 @@ class RedisStore:
                     int(action.ttl * 1000)])
             await pipe.execute()
 
+    async def ping(self) -> None:
+        assert self._redis is not None
+        await self._redis.ping()
+
     async def aclose(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
