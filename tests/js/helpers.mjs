@@ -291,17 +291,12 @@ export class TcpProxy {
     return this;
   }
 
-  /** The host application's root (the same as httpUrl without a prefix). */
-  get origin() {
+  get httpUrl() {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  get httpUrl() {
-    return `${this.origin}${this.prefix}`;
-  }
-
   get wsUrl() {
-    return `ws://127.0.0.1:${this.port}${this.prefix}`;
+    return `ws://127.0.0.1:${this.port}`;
   }
 
   _onConnection(client) {
