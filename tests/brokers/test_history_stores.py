@@ -275,3 +275,21 @@ def test_the_auto_store_of_a_nats_broker_is_jetstream_with_its_prefix() -> None:
         open_history_store("nats://127.0.0.1:4222?prefix=rtx&exchange=y")
     with pytest.raises(ValueError, match="plain tokens"):
         open_history_store("nats://127.0.0.1:4222?prefix=rt.*")
+
+
+def test_an_append_that_asks_for_a_new_epoch_starts_the_stream_over(url: str) -> None:
+    """What a node asks after a publish it could not place: no recovery may span it."""
+    async def scenario() -> None:
+        room = channel()
+        async with nodes(url) as (a, b):
+            old = await read(a, room)
+            await a.append(appends(room, [b"one", b"two"]), now_ms())
+            fresh = HistoryAppend(request_id=uuid.uuid4().hex, channel=room, payload=b"three",
+                                  size=100, ttl=60.0, new_epoch=True)
+            [(epoch, offset)] = await b.append([fresh], now_ms())
+            assert epoch != old.epoch and offset == 1
+            assert await a.append(appends(room, [b"four"]), now_ms()) == [(epoch, 2)]
+            again = await read(a, room, since=0)
+            assert (again.epoch, again.entries) == (epoch, ((1, b"three"), (2, b"four")))
+
+    run(scenario())

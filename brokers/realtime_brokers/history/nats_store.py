@@ -13,6 +13,8 @@ epoch, its offset, its time (``now_ms``) and the size of the channel's history r
 * **Epochs.** A subject with no message (never written, or all of it expired) starts a new
   epoch. A read of such a channel publishes an offset-0 marker in a new epoch, the same
   way, so the epoch it answers is the one the next append keeps.
+* **A new epoch on request.** An append that asks for one (an earlier publish could not be
+  placed) purges the subject first, so it starts a new epoch at offset 1.
 * **Trimming.** The stream keeps at most ``size`` messages per subject for at most ``ttl``
   seconds (URL options, default 1000 and one day: set them to at least the largest
   history rule; a rule above them is warned about once). Every 16th append of a channel
@@ -226,7 +228,12 @@ class JetStreamStore:
     async def _append(self, action: HistoryAppend, now_ms: int) -> tuple[str, int]:
         self._check_limits(action)
         subject = self._subject("h", action.channel)
-        tail = self._tails.get(subject) or await self._tail(subject)
+        if action.new_epoch:  # an earlier publish could not be placed: start over
+            await self._js.purge_stream(self._history, subject=subject)
+            self._tails.pop(subject, None)
+            tail = _Tail()
+        else:
+            tail = self._tails.get(subject) or await self._tail(subject)
         while (placed := await self._place(subject, tail, tail.offset + 1, action.payload,
                                            action.size, now_ms)) is None:
             tail = await self._tail(subject)

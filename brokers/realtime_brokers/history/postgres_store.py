@@ -85,6 +85,16 @@ WITH batch AS (
 SELECT epoch, "offset" FROM placed ORDER BY n
 """
 
+#: an append that asks for a new epoch (an earlier publish could not be placed) starts the
+#: channel's stream over before its batch
+_RESTART = """
+WITH restarted AS (
+    UPDATE realtime_history_streams s SET epoch = c.epoch, top = 0
+    FROM unnest($1::text[], $2::text[]) AS c(channel, epoch) WHERE s.channel = c.channel
+)
+DELETE FROM realtime_history WHERE channel = ANY($1::text[])
+"""
+
 _ENSURE = """
 INSERT INTO realtime_history_streams (channel, epoch, top) VALUES ($1, $2, 0)
 ON CONFLICT (channel) DO NOTHING
@@ -127,12 +137,21 @@ class PostgresStore:
         for action in sorted(batch, key=lambda action: action.channel):  # locks in one order
             channels.setdefault(action.channel, []).append(action)
         rules = [actions[-1] for actions in channels.values()]  # the latest rule trims
+        restart = [channel for channel, actions in channels.items()
+                   if any(a.new_epoch for a in actions)]
+        arguments = (
+            [a.channel for a in batch], [a.payload for a in batch], list(channels),
+            [secrets.token_hex(8) for _ in channels],
+            [len(actions) for actions in channels.values()], [a.size for a in rules],
+            [float(a.ttl) for a in rules])
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                _APPEND, [a.channel for a in batch], [a.payload for a in batch],
-                list(channels), [secrets.token_hex(8) for _ in channels],
-                [len(actions) for actions in channels.values()], [a.size for a in rules],
-                [float(a.ttl) for a in rules])
+            if not restart:  # the common case: one statement, one round trip
+                rows = await conn.fetch(_APPEND, *arguments)
+            else:
+                async with conn.transaction():
+                    await conn.execute(_RESTART, restart,
+                                       [secrets.token_hex(8) for _ in restart])
+                    rows = await conn.fetch(_APPEND, *arguments)
         return [(row["epoch"], int(row["offset"])) for row in rows]
 
     async def read(self, action: HistoryRead, now_ms: int) -> HistoryLoaded:

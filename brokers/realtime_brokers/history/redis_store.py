@@ -4,7 +4,8 @@ Keys are ``{prefix}h:{CHANNEL}:s`` and ``…:m``, and ``…:r`` for the users' r
 (JSON values); the braces make the keys of a channel land on one slot of a Redis
 Cluster. Appending is one Lua script (atomic: the offset and
 the entry come together); entries have the IDs ``OFFSET-1``, so reading after an offset is
-one exclusive ``XRANGE``. Both keys expire `ttl` after the latest append: an idle
+one exclusive ``XRANGE``. An append that asks for a new epoch (an earlier publish could not
+be placed) deletes both keys first. Both keys expire `ttl` after the latest append: an idle
 channel's stream ends, and the next one has a new epoch. Entries older than the channel's
 age limit are dropped when read.
 """
@@ -26,6 +27,10 @@ __all__ = ["create_store"]
 
 _APPEND = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if ARGV[6] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[4]
   redis.call('HSET', KEYS[2], 'epoch', epoch)
@@ -97,7 +102,7 @@ class RedisStore:
             for action in batch:
                 await self._append(keys=self._keys(action.channel)[:2], client=pipe, args=[
                     action.payload, action.size, int(action.ttl * 1000), secrets.token_hex(8),
-                    now_ms])
+                    now_ms, "1" if action.new_epoch else "0"])
             replies = await pipe.execute()
         return [(epoch.decode(), int(offset)) for epoch, offset in replies]
 
