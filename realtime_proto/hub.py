@@ -683,9 +683,7 @@ class Hub:
         self._actions.extend(heard.actions)
         self._announce(heard.left, "user.left", now)
         skip, payloads = heard.skip, received.payloads
-        if heard.gap and (not self._streams.shared or not received.positions
-                          or self._streams.rule(topic[2:]) is None):
-            # (a shared stream's offsets show its own gaps, with their range: `_ready`)
+        if heard.gap and not self._offsets_show(topic, received, skip):
             self._lost(topic, heard.gap)
         if skip >= len(payloads):
             return
@@ -709,6 +707,15 @@ class Hub:
                 self._announce(left, "user.left", now)
                 for lost_topic, count in caught_up:
                     self._lost(lost_topic, count)
+
+    def _offsets_show(self, topic: str, received: Received, skip: int) -> bool:
+        """Whether a shared stream's offsets will show the gap before this message (with
+        its range, `_ready`): its channel's live order is in the message's epoch."""
+        positions = received.positions
+        if not positions or not topic.startswith("c:"):
+            return False
+        position = positions[min(skip, len(positions) - 1)]
+        return position is not None and self._streams.ordered(topic[2:], position[0])
 
     def _receives(self, topic: str) -> bool:
         """Whether this node is subscribed to a channel or user topic."""

@@ -208,6 +208,12 @@ class Streams:
         sequence.held[offset] = (payload, exclude)
         return _release(sequence, give_up=False)
 
+    def ordered(self, channel: str, epoch: str) -> bool:
+        """Whether a shared channel's live messages of `epoch` are put in offset order here
+        (so a gap among them shows)."""
+        sequence = self._sequences.get(channel)
+        return sequence is not None and sequence.epoch == epoch
+
     def overdue(self, now: float) -> list[tuple[str, Ready | Gap]]:
         """Messages that waited their time for a gap that did not fill, in order, each gap
         given up on before them."""

@@ -42,7 +42,8 @@ def _publish(cluster: Cluster, node: str, number: int) -> None:
     cluster.transports[node].run()
 
 
-@pytest.mark.parametrize("config", [CONFIG, LOCAL_HISTORY], ids=["plain", "local-history"])
+@pytest.mark.parametrize("config", [CONFIG, LOCAL_HISTORY, SHARED_HISTORY],
+                         ids=["plain", "local-history", "shared-history"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_broker_restart_loses_nothing_silently_whatever_the_reconnect_order(
         seed: int, config: HubConfig) -> None:
@@ -57,11 +58,14 @@ def test_a_broker_restart_loses_nothing_silently_whatever_the_reconnect_order(
     restart_at = rng.randint(0, total - 1)
     order = ["n1", "n2", "n3"]
     rng.shuffle(order)
+    store_down = config.shared_history and rng.random() < 0.5  # the store fails too
     for number in range(total):
         if number == restart_at:
             cluster.restart_broker()
+            cluster.store.down = store_down
         if number >= restart_at and order and rng.random() < 0.3:
             cluster.heal(order.pop(0))  # one node back, the others still away
+            cluster.store.down = False
         _publish(cluster, "n1", number)
         cluster.run_for(rng.uniform(0, 0.03))
     for node in order:
@@ -69,7 +73,7 @@ def test_a_broker_restart_loses_nothing_silently_whatever_the_reconnect_order(
     if rng.random() < 0.5:
         _publish(cluster, "n1", total)  # a later message shows the gap; else the sync does
         total += 1
-    cluster.run_for(0.5)
+    cluster.run_for(2 * config.sweep_interval + 0.5)  # (a gap in a shared stream is waited for)
     for node, conn in watchers.items():
         got = cluster.transports[node].take(conn)
         numbers = _numbers(got)
