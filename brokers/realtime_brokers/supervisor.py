@@ -113,7 +113,7 @@ class SupervisedClient:
         self._rejected = 0
         self._reconnects = 0
         self._last_error: str | None = None
-        self._progress_at = 0.0  # monotonic seconds the queue last moved (or woke up)
+        self._progress_at = time.monotonic()  # when the queue last moved (or woke up)
 
     # -- the BrokerClient API -------------------------------------------------------------
 
@@ -126,6 +126,7 @@ class SupervisedClient:
         """
         if self._state is not _State.NEW:
             raise BrokerError(f"{self._kind} broker client was already started")
+        self._progress_at = time.monotonic()  # (what waited before the start is no stall)
         self._state = _State.RUNNING
         try:
             session = await self._open_session()

@@ -55,7 +55,8 @@ def test_websocket_sse_poll_and_api_through_uvicorn() -> None:
         async with uvicorn_serving() as (port, realtime), httpx.AsyncClient() as http:
             base = f"http://127.0.0.1:{port}"
             assert (await http.get(f"{base}/hello")).text == "my own route"
-            assert (await http.get(f"{base}/realtime/health")).json()["status"] == "ok"
+            health = (await http.get(f"{base}/realtime/health")).json()
+            assert health["status"] == "ok", health
             async with websockets.connect(f"ws://127.0.0.1:{port}/realtime/ws") as ws:
                 assert json.loads(await ws.recv())["event"] == "connection.established"
                 await ws.send(json.dumps({"type": "subscribe", "channel": "news"}))
