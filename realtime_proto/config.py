@@ -11,6 +11,7 @@ from .errors import ConfigError
 from .forwarded import Network
 from .history import HistoryRule
 from .jwt import JwtConfig
+from .pusher.apps import PusherApp
 from .ratelimit import Rate
 
 __all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
@@ -160,6 +161,8 @@ class NodeConfig:
     #: reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client (for the
     #: per-address connection limit, authentication and logs); none by default
     trusted_proxies: tuple[Network, ...] = ()
+    #: Pusher applications served at `/app/{key}` and `/apps/{id}/` (none: not served)
+    pusher_apps: tuple[PusherApp, ...] = ()
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

@@ -278,6 +278,11 @@ class Hub:
         """Close a connection from the application's side."""
         self._drop(self._get(connection_id), code, reason)
 
+    def grant(self, connection_id: ConnectionId, channel: str, member: Member | None) -> None:
+        """Let a connection join a private or presence channel its signature authorized
+        (a Pusher client's; the Node checked it), as `member` on a presence channel."""
+        self._get(connection_id).grant(channel, member)
+
     def connection(self, connection_id: ConnectionId) -> ConnectionInfo | None:
         """A snapshot of a local connection, or None."""
         conn = self._connections.get(connection_id)
@@ -451,6 +456,10 @@ class Hub:
         if not channel_kind(channel).needs_authorization:
             self._join(conn, channel, None, now, request)
             return
+        if channel in conn.grants:  # a Pusher client's signature
+            member = conn.grants[channel]
+            self._join(conn, channel, member.info if member else None, now, request)
+            return
         if conn.user is None:
             raise MessageError(ErrorCode.UNAUTHENTICATED, f"{channel} needs an authenticated user")
         if any(pattern_matches(pattern, channel) for pattern in conn.user.channels):
@@ -592,9 +601,10 @@ class Hub:
         for position, payload, event_id in sorted(buffered, key=_offset_order):
             if position is None or top is None or position > top:
                 self._deliver((conn.id,), payload, event_id, channel=channel)
-        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None \
+        identity = conn.member_id(channel)
+        if channel_kind(channel) is ChannelKind.PRESENCE and identity is not None \
                 and not joined:
-            member = Member(user_id=conn.user.id, info=dict(info or {}))
+            member = Member(user_id=identity, info=dict(info or {}))
             first, actions = self._cluster.join(channel, conn.id, member)
             self._actions.extend(actions)
             if first:
@@ -624,11 +634,12 @@ class Hub:
             del self._subscribers[channel]
             self._streams.forget(channel)
             self._actions.append(self._cluster.unsubscribe(channel_topic(channel)))
-        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
+        if channel_kind(channel) is ChannelKind.PRESENCE and conn.member_id(channel) is not None:
             member, actions = self._cluster.leave(channel, conn.id)
             self._actions.extend(actions)
             if member is not None:
                 self._announce([(channel, member)], "user.left", now)
+        conn.revoke(channel)
 
     def _client_event(self, conn: Connection, message: Message, now: float) -> None:
         if not message.channel or not message.event:
@@ -640,7 +651,7 @@ class Hub:
                                "client events are allowed on private and presence channels only")
         if channel not in conn.channels:
             raise MessageError(ErrorCode.FORBIDDEN, f"not subscribed to {channel}")
-        user_id = conn.user.id if conn.user else None
+        user_id = conn.member_id(channel)
         data = message.data
         ephemeral = message.event in (TYPING_EVENT, READ_EVENT)
         if message.event == TYPING_EVENT and user_id is not None and (

@@ -69,7 +69,7 @@ def render_metrics(stats: NodeStatistics) -> bytes:
             joined = ",".join(filter(None, [base, labels]))
             lines.append(f"realtime_{name}{{{joined}}} {value}")
 
-    transports = ("websocket", "sse", "polling", "memory")
+    transports = ("websocket", "pusher", "sse", "polling", "memory")
     metric("connections", "gauge", "Open client connections by transport.",
            [(f'transport="{t}"', hub.connections.get(t, 0)) for t in transports])
     metric("subscriptions", "gauge", "Channel subscriptions on this node.",

@@ -48,6 +48,9 @@ from .jwt import user_from_claims, verify_token
 from .longpoll import PollSession
 from .message import JsonValue, Message, MessageType, encode_json
 from .metrics import render_metrics
+from .pusher import codec as pusher_codec
+from .pusher.api import handle_pusher_api
+from .pusher.apps import PusherApp
 from .ratelimit import TokenBuckets
 from .statistics import NodeStatistics
 
@@ -70,6 +73,8 @@ class _Transport:
     backlog: Backlog = field(default_factory=Backlog)
     #: the long-poll connection whose poll this socket holds
     holding: ConnectionId | None = None
+    #: the app of a WebSocket that speaks the Pusher protocol (None: the native one)
+    pusher: PusherApp | None = None
 
 
 class Node:
@@ -243,7 +248,9 @@ class Node:
                     case RequestReceived():
                         self._request(transport, event, now)
                     case MessageIn():
-                        if transport.connection_id is not None:
+                        if transport.pusher is not None:
+                            self._pusher_in(transport, event.data, now)
+                        elif transport.connection_id is not None:
                             self.hub.handle(MessageReceived(connection_id=transport.connection_id,
                                                             data=event.data), now=now)
                     case PeerClosed() | Violation():
@@ -287,6 +294,18 @@ class Node:
                 *self._cors, ("access-control-allow-methods", "GET, POST, OPTIONS"),
                 ("access-control-allow-headers", "authorization, content-type"),
                 ("access-control-max-age", "600")])
+        elif path.startswith("/apps/") and self.config.pusher_apps:
+            if self._refused(transport, self._api_buckets, request.query.get("auth_key", ""),
+                             now):
+                return
+            status, body = handle_pusher_api(
+                self.hub, self.config.pusher_apps, method, path, request.query, request.body,
+                now=now, unix_now=self._epoch.unix_ms_at(now) / 1000,
+                max_body_bytes=self.config.hub.limits.max_body_bytes)
+            self._run_hub()
+            self._respond_json(transport, status, body)
+        elif path.startswith("/app/") and method == "GET" and self.config.pusher_apps:
+            self._pusher_connect(transport, request, now)
         elif path.startswith("/api/"):
             if self._refused(transport, self._api_buckets,
                              bearer_token(request.headers) or "", now):
@@ -468,6 +487,63 @@ class Node:
         if kind == "polling":
             self._answer_poll(transport, self._routes[connection_id], now)  # type: ignore[arg-type]
 
+    # -- the Pusher protocol ----------------------------------------------------------------
+
+    def _pusher_connect(self, transport: _Transport, request: RequestReceived,
+                        now: float) -> None:
+        """`GET /app/{key}`: a WebSocket that speaks the Pusher protocol, on the Hub like
+        any other connection; an unknown key or protocol version is refused with the
+        close code that stops pusher-js from retrying (4001, 4007)."""
+        peer = self._peer(transport, request)
+        if self._refused(transport, self._connect_buckets, (peer or "").rpartition(":")[0], now):
+            return
+        key = request.path.removeprefix("/app/")
+        app = next((a for a in self.config.pusher_apps if a.key == key), None)
+        handshake = transport.framing.take_over()  # type: ignore[union-attr]
+        framing = WebSocketFraming(max_message_bytes=self.config.hub.limits.max_message_bytes)
+        transport.framing = framing
+        if not framing.accept(handshake, now=now):
+            return
+        if app is None or request.query.get("protocol") not in pusher_codec.PROTOCOL_VERSIONS:
+            code, reason = ((pusher_codec.PusherClose.APP_NOT_FOUND, f"no app with key {key}")
+                            if app is None else
+                            (pusher_codec.PusherClose.UNSUPPORTED_PROTOCOL,
+                             "unsupported protocol version (7 is supported)"))
+            framing.send_encoded(frame_message(pusher_codec.error_frame(code, reason)))
+            framing.close(code, reason)
+            return
+        connection_id = ConnectionId(pusher_codec.socket_id_for(self._new_id()))
+        transport.connection_id = connection_id
+        transport.pusher = app
+        self._routes[connection_id] = transport
+        self.hub.handle(ConnectionOpened(connection_id=connection_id, user=None,
+                                         transport="pusher", peer=peer, expects_pong=True),
+                        now=now)
+        self._run_hub()
+
+    def _pusher_in(self, transport: _Transport, data: str | bytes, now: float) -> None:
+        """A frame from a Pusher client: to the Hub as a native message, or answered."""
+        connection_id, app = transport.connection_id, transport.pusher
+        if connection_id is None or app is None:
+            return
+        inbound = pusher_codec.decode(app, connection_id, data,
+                                      max_bytes=self.config.hub.limits.max_message_bytes)
+        if inbound.reply is not None:
+            transport.backlog.push(frame_message(inbound.reply))
+            self._fanned[transport.id] = None
+            return
+        if inbound.grant is not None:
+            self.hub.grant(connection_id, *inbound.grant)
+        if inbound.message is not None:
+            self.hub.handle(MessageReceived(connection_id=connection_id, data=inbound.message),
+                            now=now)
+
+    def _pusher_frame(self, payload: bytes) -> bytes:
+        """The WebSocket frame of a native payload in the Pusher protocol (empty: none)."""
+        self._encodings["pusher"] += 1
+        encoded = pusher_codec.encode(payload)
+        return frame_message(encoded) if encoded is not None else b""
+
     def _poll(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         session = self._routes.get(ConnectionId(request.query["connection_id"]))
         if not isinstance(session, PollSession):
@@ -513,7 +589,8 @@ class Node:
     def _send(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
-        if route is None or (isinstance(route, PollSession) and route.closed):
+        if route is None or (isinstance(route, PollSession) and route.closed) or (
+                isinstance(route, _Transport) and route.pusher is not None):
             self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                                            "unknown or expired connection"))
             return
@@ -535,7 +612,7 @@ class Node:
         """`POST /close`: an SSE or long-poll client leaves now rather than by timeout."""
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
-        if route is None:
+        if route is None or (isinstance(route, _Transport) and route.pusher is not None):
             self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                                            "unknown or expired connection"))
             return
@@ -563,7 +640,7 @@ class Node:
 
     def _deliver(self, action: Deliver) -> None:
         """Frame once per framing kind, then one backlog append per subscriber."""
-        ws_frame = sse_chunk = None
+        ws_frame = sse_chunk = pusher_frame = None
         fanned = self._fanned
         routes = self._routes
         limits = self.config.hub.limits
@@ -580,10 +657,17 @@ class Node:
                     self._polls_to_answer[connection_id] = route
                 continue  # a PollSession, or gone
             if route.framing.kind is _WEBSOCKET:
-                if ws_frame is None:
-                    ws_frame = frame_message(action.payload)
-                    self._encodings["websocket"] += 1
-                frame = ws_frame
+                if route.pusher is not None:
+                    if pusher_frame is None:
+                        pusher_frame = self._pusher_frame(action.payload)
+                    if not pusher_frame:
+                        continue  # nothing the Pusher protocol says
+                    frame = pusher_frame
+                else:
+                    if ws_frame is None:
+                        ws_frame = frame_message(action.payload)
+                        self._encodings["websocket"] += 1
+                    frame = ws_frame
             else:
                 if sse_chunk is None:
                     sse_chunk = encode_event(action.event_id, action.payload)
@@ -614,7 +698,9 @@ class Node:
         """`messages.dropped` per channel, ahead of what survived the drops."""
         gaps, transport.backlog.gaps = transport.backlog.gaps or {}, None
         websocket = transport.framing.kind is FramingKind.WEBSOCKET
-        return [frame_message(notice) if websocket else encode_event(None, notice)
+        pusher = transport.pusher is not None
+        return [self._pusher_frame(notice) if pusher else frame_message(notice) if websocket
+                else encode_event(None, notice)
                 for notice in (self._dropped_notice(c, n) for c, n in gaps.items())]
 
     def _overflow_poll(self, session: PollSession, policy: SlowConsumerPolicy,
@@ -645,7 +731,8 @@ class Node:
         route.connection_id = None
         route.framing.data_to_send()
         route.backlog.drain()
-        route.framing.close(ErrorCode.SLOW_CONSUMER, "slow consumer")
+        route.framing.close(pusher_codec.close_code(ErrorCode.SLOW_CONSUMER)
+                            if route.pusher else ErrorCode.SLOW_CONSUMER, "slow consumer")
         self._finish(route, self._now)
 
     def _disconnect(self, action: Disconnect) -> None:
@@ -662,7 +749,8 @@ class Node:
             route.framing.send_encoded(frame)  # type: ignore[union-attr]
         if route.framing.kind is FramingKind.SSE:
             route.framing.send_encoded(encode_event(None, self._closed_message(action)))  # type: ignore[union-attr]
-        route.framing.close(action.code, action.reason)
+        route.framing.close(pusher_codec.close_code(action.code) if route.pusher else action.code,
+                            action.reason)
         self._collect(route, self._now)
 
     def _closed_message(self, action: Disconnect) -> bytes:

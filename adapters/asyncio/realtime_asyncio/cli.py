@@ -74,6 +74,8 @@ _HELP = {
     "auth_webhook_cache": "seconds an auth webhook answer is reused for the same user and channel",
     "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
                       "(default: disconnect with 4021)",
+    "pusher_app": "serve the Pusher Channels protocol for an app: ID:KEY:SECRET (repeatable; "
+                  "pusher-js connects to /app/KEY, the Pusher SDKs call /apps/ID/…)",
 }
 
 

@@ -24,6 +24,7 @@ from realtime_proto.events import BrokerReported
 from realtime_proto.forwarded import parse_networks
 from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
+from realtime_proto.pusher.apps import parse_apps
 from realtime_proto.ratelimit import Rate
 
 __all__ = [
@@ -94,6 +95,8 @@ class Settings:
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
     auth_webhook_cache: float = 30.0
+    #: Pusher apps as ID:KEY:SECRET (repeatable); kept out of the repr: secrets
+    pusher_app: tuple[str, ...] = field(default=(), repr=False)
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -159,7 +162,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       cors_origin=settings.cors_origin, runtime=runtime,
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       trusted_proxies=parse_networks(settings.trusted_proxy),
-                      static_files=load_static_files(settings.static_dir))
+                      static_files=load_static_files(settings.static_dir),
+                      pusher_apps=parse_apps(settings.pusher_app))
 
 
 def jwt_config(settings: Settings) -> JwtConfig | None:
