@@ -1,0 +1,284 @@
+// The Pusher Channels protocol against the real server, with the real, unmodified
+// pusher-js (8.x, its Node build and its own WebSocket client) and the official Python
+// server SDK (`pusher` on PyPI) for the backend calls. The channel auth endpoint is
+// written here, signing with the app secret as a backend does.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import http from 'node:http';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+
+import Pusher from 'pusher-js';
+import WebSocket from 'ws';
+
+import { RealtimeClient } from '../../clients/js/realtime.js';
+import { freePort, pythonBin, startRealtimeServer, until, waitEvent, withTimeout } from './helpers.mjs';
+
+const APP_ID = '4242';
+const KEY = 'app-key';
+const SECRET = 'app-secret';
+const APP = `${APP_ID}:${KEY}:${SECRET}`;
+const run = promisify(execFile);
+
+let uniq = 0;
+const unique = (prefix) => `${prefix}${Date.now().toString(36)}${++uniq}`;
+
+/** Run the official Python SDK against a server; what `code` prints, as JSON. */
+async function sdk(port, code) {
+  const script = [
+    'import json, pusher',
+    `client = pusher.Pusher(app_id='${APP_ID}', key='${KEY}', secret='${SECRET}', host='127.0.0.1', port=${port}, ssl=False)`,
+    code,
+  ].join('\n');
+  const { stdout } = await run(pythonBin(), ['-c', script], { timeout: 20000 });
+  return stdout.trim() ? JSON.parse(stdout) : null;
+}
+
+const trigger = (port, channel, event, data, extra = '') =>
+  sdk(port, `print(json.dumps(client.trigger(${JSON.stringify(channel)}, ${JSON.stringify(event)}, ${JSON.stringify(JSON.stringify(data))}${extra})))`);
+
+/** The app backend's channel auth endpoint: `user` (a param pusher-js sends) is the
+ * presence member; `private-denied…` is refused, `private-forged…` signed with a wrong
+ * secret (so the server refuses it). */
+async function startAuthEndpoint() {
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      const form = new URLSearchParams(body);
+      const socketId = form.get('socket_id');
+      const channel = form.get('channel_name');
+      if (channel.startsWith('private-denied')) {
+        res.writeHead(403).end('{"error":"no"}');
+        return;
+      }
+      const answer = {};
+      let text = `${socketId}:${channel}`;
+      if (channel.startsWith('presence-')) {
+        const user = form.get('user');
+        answer.channel_data = JSON.stringify({ user_id: user, user_info: { name: user.toUpperCase() } });
+        text += `:${answer.channel_data}`;
+      }
+      const secret = channel.startsWith('private-forged') ? 'wrong-secret' : SECRET;
+      answer.auth = `${KEY}:${crypto.createHmac('sha256', secret).update(text).digest('hex')}`;
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(answer));
+    });
+  });
+  const port = await freePort();
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${port}/pusher/auth`, close: () => new Promise((r) => server.close(r)) };
+}
+
+const pushers = new Set();
+
+function makePusher(port, { user = 'anon', key = KEY } = {}) {
+  const pusher = new Pusher(key, {
+    cluster: 'local', // required even with wsHost
+    wsHost: '127.0.0.1',
+    wsPort: port,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    channelAuthorization: { endpoint: auth.url, transport: 'ajax', params: { user } },
+  });
+  pushers.add(pusher);
+  return pusher;
+}
+
+/** Resolve with the args of the first `event` on a pusher-js emitter (channel, connection). */
+function once(emitter, event, { timeout = 8000, filter = () => true } = {}) {
+  let handler;
+  const promise = new Promise((resolve) => {
+    handler = (...args) => {
+      if (filter(...args)) resolve(args);
+    };
+    emitter.bind(event, handler);
+  });
+  return withTimeout(promise, timeout, `pusher-js "${event}"`).finally(() => emitter.unbind(event, handler));
+}
+
+async function connected(pusher) {
+  if (pusher.connection.state !== 'connected') await once(pusher.connection, 'connected');
+  return pusher;
+}
+
+async function subscribed(pusher, name) {
+  const channel = pusher.subscribe(name);
+  const outcome = await Promise.race([
+    once(channel, 'pusher:subscription_succeeded').then((args) => ['ok', ...args]),
+    once(channel, 'pusher:subscription_error').then((args) => ['error', ...args]),
+  ]);
+  return { channel, outcome };
+}
+
+let auth;
+let server;
+
+before(async () => {
+  auth = await startAuthEndpoint();
+  server = await startRealtimeServer({ extraArgs: ['--pusher-app', APP] });
+});
+
+after(async () => {
+  for (const pusher of pushers) pusher.disconnect();
+  await server?.kill('SIGTERM');
+  await auth?.close();
+});
+
+describe('pusher-js on one node', () => {
+  test('connects with a digits.digits socket_id; a wrong key is refused for good (4001)', async () => {
+    const pusher = await connected(makePusher(server.port));
+    assert.match(pusher.connection.socket_id, /^\d+\.\d+$/);
+    const refused = makePusher(server.port, { key: 'no-such-key' });
+    const stopped = once(refused.connection, 'state_change', {
+      filter: (change) => change.current === 'disconnected' || change.current === 'failed',
+    });
+    const [error] = await once(refused.connection, 'error');
+    assert.equal(error.error.data.code, 4001); // the pusher:error frame ahead of the close
+    // 4000-4099 stop pusher-js: it gives up instead of reconnecting
+    await stopped;
+    refused.disconnect();
+  });
+
+  test('a public channel gets what the Python SDK triggers, and the socket_id it excludes', async () => {
+    const name = unique('orders-');
+    const one = await connected(makePusher(server.port));
+    const two = await connected(makePusher(server.port));
+    const { channel: ch1 } = await subscribed(one, name);
+    const { channel: ch2 } = await subscribed(two, name);
+    const got1 = [];
+    ch1.bind('created', (data) => got1.push(data));
+    const received = once(ch2, 'created');
+    await trigger(server.port, name, 'created', { id: 1, text: 'é' }, `, socket_id='${one.connection.socket_id}'`);
+    assert.deepEqual((await received)[0], { id: 1, text: 'é' });
+    const second = once(ch1, 'second');
+    await trigger(server.port, name, 'second', { id: 2 });
+    assert.deepEqual((await second)[0], { id: 2 });
+    assert.deepEqual(got1, []); // excluded from the first, which was sent before the second
+  });
+
+  test('private channels: signed by the backend, refusals reach the channel', async () => {
+    const pusher = await connected(makePusher(server.port));
+    const ok = await subscribed(pusher, unique('private-ok-'));
+    assert.equal(ok.outcome[0], 'ok');
+    const denied = await subscribed(pusher, unique('private-denied-'));
+    assert.equal(denied.outcome[0], 'error');
+    assert.equal(denied.outcome[1].status, 403); // refused by the backend
+    const forged = await subscribed(pusher, unique('private-forged-'));
+    assert.equal(forged.outcome[0], 'error');
+    assert.equal(forged.outcome[1].type, 'AuthError'); // refused by the server
+    assert.equal(forged.outcome[1].status, 401);
+    assert.equal(pusher.connection.state, 'connected');
+  });
+
+  test('presence: members, member_added and member_removed once per user, client events', async () => {
+    const name = unique('presence-room-');
+    const ann1 = await connected(makePusher(server.port, { user: 'ann' }));
+    const ann2 = await connected(makePusher(server.port, { user: 'ann' }));
+    const bob = await connected(makePusher(server.port, { user: 'bob' }));
+    const { channel: a1 } = await subscribed(ann1, name);
+    const added = [];
+    a1.bind('pusher:member_added', (member) => added.push(member.id));
+    const { channel: a2, outcome } = await subscribed(ann2, name);
+    assert.equal(outcome[1].count, 1); // ann once, with two connections
+    const bobAdded = once(a1, 'pusher:member_added');
+    const { channel: b, outcome: bobOutcome } = await subscribed(bob, name);
+    assert.equal(bobOutcome[1].count, 2);
+    assert.deepEqual(bobOutcome[1].members, { ann: { name: 'ANN' }, bob: { name: 'BOB' } });
+    await bobAdded;
+    assert.deepEqual(added, ['bob']); // ann's second connection added no one
+
+    // client events: to the others, with the sender's user_id, never echoed
+    const echoed = [];
+    b.bind('client-typing', (data) => echoed.push(data));
+    const whispers = [once(a1, 'client-typing'), once(a2, 'client-typing')];
+    assert.equal(b.trigger('client-typing', { on: true }), true);
+    for (const [data, metadata] of await Promise.all(whispers)) {
+      assert.deepEqual(data, { on: true });
+      assert.equal(metadata.user_id, 'bob');
+    }
+    const marker = once(b, 'marker');
+    await trigger(server.port, name, 'marker', {});
+    await marker;
+    assert.deepEqual(echoed, []);
+
+    // ann leaves one connection: still present; then the other: removed once
+    const removed = [];
+    b.bind('pusher:member_removed', (member) => removed.push(member.id));
+    ann2.disconnect();
+    await until(async () => {
+      const info = await sdk(server.port, `print(json.dumps(client.channel_info('${name}', ['subscription_count'])))`);
+      return info.subscription_count === 2;
+    }, { timeout: 8000, what: "ann's second connection to be gone" });
+    const marker2 = once(b, 'marker');
+    await trigger(server.port, name, 'marker', {});
+    await marker2;
+    assert.deepEqual(removed, []);
+    const gone = once(b, 'pusher:member_removed');
+    ann1.disconnect();
+    assert.equal((await gone)[0].id, 'ann');
+    assert.equal(b.members.count, 1);
+  });
+
+  test('a native client and a pusher-js client on one channel both get a broadcast', async () => {
+    const name = unique('news-');
+    const pusher = await connected(makePusher(server.port));
+    const { channel } = await subscribed(pusher, name);
+    const native = new RealtimeClient(server.wsUrl, { WebSocket, transports: ['websocket'] });
+    try {
+      const nch = native.subscribe(name);
+      await waitEvent(nch, 'subscription.succeeded', { timeout: 8000 });
+      const viaPusher = once(channel, 'headline');
+      const viaNative = waitEvent(nch, 'headline', { timeout: 8000 });
+      await server.publish(name, 'headline', { title: 'both' });
+      assert.deepEqual((await viaPusher)[0], { title: 'both' });
+      assert.deepEqual((await viaNative)[0], { title: 'both' });
+    } finally {
+      native.disconnect();
+    }
+  });
+});
+
+describe('pusher-js across two nodes on Redis', () => {
+  let nodeA;
+  let nodeB;
+
+  before(async () => {
+    const args = ['--pusher-app', APP, '--broker', 'redis://127.0.0.1:6379'];
+    nodeA = await startRealtimeServer({ extraArgs: args });
+    nodeB = await startRealtimeServer({ extraArgs: args });
+  });
+
+  after(async () => {
+    await nodeA?.kill('SIGTERM');
+    await nodeB?.kill('SIGTERM');
+  });
+
+  test('a subscriber on node B gets what the SDK triggers on node A; presence spans both', async () => {
+    const name = unique('orders-');
+    const onB = await connected(makePusher(nodeB.port));
+    const { channel } = await subscribed(onB, name);
+    const got = [];
+    channel.bind('created', (data) => got.push(data));
+    // node B's broker subscription may still be on its way: trigger until it arrives
+    await until(async () => {
+      await trigger(nodeA.port, name, 'created', { n: 1 });
+      return got.length > 0;
+    }, { timeout: 15000, interval: 300, what: 'the event across nodes' });
+    assert.deepEqual(got[0], { n: 1 });
+
+    const room = unique('presence-room-');
+    const bob = await connected(makePusher(nodeB.port, { user: 'bob' }));
+    const { channel: b } = await subscribed(bob, room);
+    const annJoined = once(b, 'pusher:member_added', { timeout: 15000 });
+    const ann = await connected(makePusher(nodeA.port, { user: 'ann' }));
+    await subscribed(ann, room);
+    assert.equal((await annJoined)[0].id, 'ann');
+    const users = await sdk(nodeA.port, `print(json.dumps(client.users_info('${room}')))`);
+    assert.deepEqual(users.users.map((u) => u.id).sort(), ['ann', 'bob']);
+    const annLeft = once(b, 'pusher:member_removed', { timeout: 15000 });
+    ann.disconnect();
+    assert.equal((await annLeft)[0].id, 'ann');
+  });
+});
