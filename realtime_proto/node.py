@@ -526,7 +526,7 @@ class Node:
         connection_id, app = transport.connection_id, transport.pusher
         if connection_id is None or app is None:
             return
-        inbound = pusher_codec.decode(app, connection_id, data,
+        inbound = pusher_codec.decode_frame(app, connection_id, data,
                                       max_bytes=self.config.hub.limits.max_message_bytes)
         if inbound.reply is not None:
             transport.backlog.push(frame_message(inbound.reply))
@@ -541,7 +541,7 @@ class Node:
     def _pusher_frame(self, payload: bytes) -> bytes:
         """The WebSocket frame of a native payload in the Pusher protocol (empty: none)."""
         self._encodings["pusher"] += 1
-        encoded = pusher_codec.encode(payload)
+        encoded = pusher_codec.encode_payload(payload)
         return frame_message(encoded) if encoded is not None else b""
 
     def _poll(self, transport: _Transport, request: RequestReceived, now: float) -> None:

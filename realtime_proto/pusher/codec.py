@@ -1,8 +1,8 @@
 """Pusher frames to the Hub's messages and back (protocol version 7).
 
-A Pusher connection is a Hub connection like any other: `decode` turns what pusher-js
+A Pusher connection is a Hub connection like any other: `decode_frame` turns what pusher-js
 sends into the native messages the Hub handles (plus the channel a signature authorized),
-`encode` turns a native payload the Hub delivers into the Pusher frame, once per
+`encode_payload` turns a native payload the Hub delivers into the Pusher frame, once per
 delivery, whoever receives it. Every `data` a Pusher frame carries is a JSON string.
 """
 
@@ -19,7 +19,7 @@ from ..presence import Member
 from .apps import PusherApp
 
 __all__ = ["CHANNEL_NAME", "PROTOCOL_VERSIONS", "Inbound", "PusherClose", "close_code",
-           "decode", "encode", "error_frame", "socket_id_for"]
+           "decode_frame", "encode_payload", "error_frame", "socket_id_for"]
 
 #: the protocol versions this server speaks (pusher-js 8 sends 7)
 PROTOCOL_VERSIONS = frozenset({"7"})
@@ -98,7 +98,7 @@ def _frame(event: str, data: JsonValue, channel: str | None = None,
 # -- client to server ---------------------------------------------------------------------
 
 
-def decode(app: PusherApp, socket_id: str, raw: str | bytes, *, max_bytes: int) -> Inbound:
+def decode_frame(app: PusherApp, socket_id: str, raw: str | bytes, *, max_bytes: int) -> Inbound:
     """One frame from a Pusher client; never raises."""
     try:
         value = decode_json(raw, max_bytes=max_bytes)
@@ -192,7 +192,7 @@ _SUBSCRIPTION_ERRORS = {
 }
 
 
-def encode(payload: bytes) -> bytes | None:
+def encode_payload(payload: bytes) -> bytes | None:
     """The Pusher frame of a native payload the Hub delivers; None when the Pusher
     protocol has nothing to say (an unsubscription's acknowledgement, the plain
     `subscription.succeeded` ahead of a presence channel's member list)."""

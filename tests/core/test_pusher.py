@@ -107,12 +107,12 @@ def test_channel_data_is_verified_byte_for_byte_as_received() -> None:
     app = PusherApp("1", "key", "secret")
     spaced = '{"user_id": "ann", "user_info": {"name": "Ann"}}'  # the Python SDK's json
     auth = "key:" + sign("secret", f"1.2:presence-room:{spaced}")
-    accepted = codec.decode(app, "1.2", json.dumps({"event": "pusher:subscribe", "data": {
+    accepted = codec.decode_frame(app, "1.2", json.dumps({"event": "pusher:subscribe", "data": {
         "channel": "presence-room", "auth": auth, "channel_data": spaced}}), max_bytes=10_000)
     assert accepted.grant is not None and accepted.grant[1] is not None
     assert accepted.grant[1].user_id == "ann"
     compact = json.dumps(json.loads(spaced), separators=(",", ":"))  # same JSON, other bytes
-    refused = codec.decode(app, "1.2", json.dumps({"event": "pusher:subscribe", "data": {
+    refused = codec.decode_frame(app, "1.2", json.dumps({"event": "pusher:subscribe", "data": {
         "channel": "presence-room", "auth": auth, "channel_data": compact}}), max_bytes=10_000)
     assert refused.message is None and refused.reply is not None
     assert json.loads(refused.reply)["event"] == "pusher:subscription_error"
@@ -123,7 +123,7 @@ def test_channel_data_is_verified_byte_for_byte_as_received() -> None:
     '{"event": "client-x", "channel": "public", "data": {}}',
     '{"event": "pusher:signin_typo", "data": {}}'])
 def test_bad_frames_are_answered_with_a_pusher_error(frame: str) -> None:
-    inbound = codec.decode(APPS[0], "1.2", frame, max_bytes=10_000)
+    inbound = codec.decode_frame(APPS[0], "1.2", frame, max_bytes=10_000)
     assert inbound.message is None and inbound.reply is not None
     assert json.loads(inbound.reply)["event"] == "pusher:error"
 
