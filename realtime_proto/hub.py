@@ -42,7 +42,7 @@ from .events import (
 )
 from .history import HistoryRule, StreamSlice, stamp
 from .jwt import verify_token
-from .message import JsonValue, Message, MessageType, decode_json, encode_message
+from .message import JsonValue, Message, MessageType, decode_json, encode_json, encode_message
 from .metrics import Histogram
 from .presence import Member
 from .ratelimit import TokenBucket
@@ -283,6 +283,33 @@ class Hub:
         (a Pusher client's; the Node checked it), as `member` on a presence channel."""
         self._get(connection_id).grant(channel, member)
 
+    def sign_in(self, connection_id: ConnectionId, user: User, *, now: float) -> None:
+        """Give a connection its user after it opened (a Pusher client's `pusher:signin`,
+        which the Node checked): `send_to_user` and `terminate_user` reach it from then on.
+
+        Raises:
+            MessageError: 4003 when it has another user already.
+        """
+        self._advance(now)
+        conn = self._get(connection_id)
+        if conn.user is not None:
+            if conn.user.id == user.id:
+                return
+            raise MessageError(ErrorCode.FORBIDDEN, "signed in as another user already")
+        conn.user = user
+        self._add_user(conn, user.id, now)
+
+    def terminate_user(self, user_id: str, code: int, reason: str, *, now: float) -> int:
+        """Close every connection of a user, on every node; how many were on this one."""
+        self._advance(now)
+        local = sorted(self._users.get(user_id, ()))
+        for connection_id in local:
+            self._drop(self._connections[connection_id], code, reason)
+        self._actions.append(self._cluster.envelope(
+            user_topic(user_id), EnvelopeKind.USER,
+            _TERMINATE + encode_json({"code": code, "reason": reason}) + b"}"))
+        return len(local)
+
     def connection(self, connection_id: ConnectionId) -> ConnectionInfo | None:
         """A snapshot of a local connection, or None."""
         conn = self._connections.get(connection_id)
@@ -358,15 +385,18 @@ class Hub:
                            if rates.subscriptions else None)
         self._connections[conn.id] = conn
         if conn.user is not None:
-            local = self._users.setdefault(conn.user.id, set())
-            if not local:
-                self._actions.append(self._cluster.subscribe(user_topic(conn.user.id), now))
-            local.add(conn.id)
+            self._add_user(conn, conn.user.id, now)
         self._reply(conn, "connection.established", {
             "connection_id": conn.id,
             "user_id": conn.user.id if conn.user else None,
             "heartbeat": self.config.heartbeat_interval,
         }, now)
+
+    def _add_user(self, conn: Connection, user_id: str, now: float) -> None:
+        local = self._users.setdefault(user_id, set())
+        if not local:
+            self._actions.append(self._cluster.subscribe(user_topic(user_id), now))
+        local.add(conn.id)
 
     def _remove(self, conn: Connection) -> None:
         del self._connections[conn.id]
@@ -710,6 +740,12 @@ class Hub:
         elif kind is EnvelopeKind.USER:
             targets = self._users.get(topic[2:], ())
             for payload in payloads[skip:]:
+                if payload.startswith(_TERMINATE):  # another node's `terminate_user`
+                    code, reason = _terminate_close(payload)
+                    for connection_id in sorted(targets):
+                        self._drop(self._connections[connection_id], code, reason)
+                    targets = ()
+                    continue
                 self._deliver(targets, payload)
         else:
             for payload in payloads[skip:]:
@@ -859,6 +895,20 @@ class Hub:
                 _, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                                    event=event, data=member.to_dict())
                 self._deliver(self._subscribers[channel], payload, exclude=exclude)
+
+
+#: how a user topic carries `terminate_user` to the other nodes: never a message's start
+_TERMINATE = b'{"terminate":'
+
+
+def _terminate_close(payload: bytes) -> tuple[int, str]:
+    """The close code and reason of a `terminate_user` from another node (4009 when they
+    cannot be read)."""
+    try:
+        close = decode_json(payload)["terminate"]
+        return int(close["code"]), str(close["reason"])
+    except (MessageError, KeyError, TypeError, ValueError):
+        return 4009, "terminated"
 
 
 def _offset_order(item: tuple[int | None, bytes, str | None]) -> float:

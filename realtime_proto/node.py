@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import longpoll
 from .actions import (
@@ -75,6 +75,8 @@ class _Transport:
     holding: ConnectionId | None = None
     #: the app of a WebSocket that speaks the Pusher protocol (None: the native one)
     pusher: PusherApp | None = None
+    #: the user a Pusher client signed in as (`pusher:signin`)
+    pusher_user: str | None = None
 
 
 class Node:
@@ -295,15 +297,9 @@ class Node:
                 ("access-control-allow-headers", "authorization, content-type"),
                 ("access-control-max-age", "600")])
         elif path.startswith("/apps/") and self.config.pusher_apps:
-            if self._refused(transport, self._api_buckets, request.query.get("auth_key", ""),
-                             now):
-                return
-            status, body = handle_pusher_api(
-                self.hub, self.config.pusher_apps, method, path, request.query, request.body,
-                now=now, unix_now=self._epoch.unix_ms_at(now) / 1000,
-                max_body_bytes=self.config.hub.limits.max_body_bytes)
-            self._run_hub()
-            self._respond_json(transport, status, body)
+            self._pusher_api(transport, request, now)
+        elif path.startswith("/users/") and method == "POST" and self.config.pusher_apps:
+            self._pusher_api(transport, request, now)  # the Python SDK's terminate_connections
         elif path.startswith("/app/") and method == "GET" and self.config.pusher_apps:
             self._pusher_connect(transport, request, now)
         elif path.startswith("/api/"):
@@ -521,6 +517,17 @@ class Node:
                         now=now)
         self._run_hub()
 
+    def _pusher_api(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        """The Pusher HTTP API (`/apps/{id}/…`), rate-limited per `auth_key`."""
+        if self._refused(transport, self._api_buckets, request.query.get("auth_key", ""), now):
+            return
+        status, body = handle_pusher_api(
+            self.hub, self.config.pusher_apps, request.method, request.path, request.query,
+            request.body, now=now, unix_now=self._epoch.unix_ms_at(now) / 1000,
+            max_body_bytes=self.config.hub.limits.max_body_bytes)
+        self._run_hub()
+        self._respond_json(transport, status, body)
+
     def _pusher_in(self, transport: _Transport, data: str | bytes, now: float) -> None:
         """A frame from a Pusher client: to the Hub as a native message, or answered."""
         connection_id, app = transport.connection_id, transport.pusher
@@ -528,8 +535,21 @@ class Node:
             return
         inbound = pusher_codec.decode_frame(app, connection_id, data,
                                       max_bytes=self.config.hub.limits.max_message_bytes)
-        if inbound.reply is not None:
-            transport.backlog.push(frame_message(inbound.reply))
+        reply = inbound.reply
+        if inbound.user is not None:
+            try:
+                self.hub.sign_in(connection_id, replace(
+                    inbound.user, id=app.hub_user(inbound.user.id)), now=now)
+                transport.pusher_user = inbound.user.id
+            except MessageError as error:
+                reply = pusher_codec.error_frame(error.code, error.message)
+        elif inbound.user_channel is not None:
+            channel = pusher_codec.USER_CHANNEL_PREFIX + inbound.user_channel
+            reply = (pusher_codec.subscription_succeeded(channel)
+                     if inbound.user_channel == transport.pusher_user else
+                     pusher_codec.subscription_refused(channel, "not signed in as that user"))
+        if reply is not None:
+            transport.backlog.push(frame_message(reply))
             self._fanned[transport.id] = None
             return
         if inbound.grant is not None:
@@ -538,10 +558,10 @@ class Node:
             self.hub.handle(MessageReceived(connection_id=connection_id, data=inbound.message),
                             now=now)
 
-    def _pusher_frame(self, payload: bytes) -> bytes:
+    def _pusher_frame(self, payload: bytes, user_id: str | None = None) -> bytes:
         """The WebSocket frame of a native payload in the Pusher protocol (empty: none)."""
         self._encodings["pusher"] += 1
-        encoded = pusher_codec.encode_payload(payload)
+        encoded = pusher_codec.encode_payload(payload, user_id)
         return frame_message(encoded) if encoded is not None else b""
 
     def _poll(self, transport: _Transport, request: RequestReceived, now: float) -> None:
@@ -658,11 +678,14 @@ class Node:
                 continue  # a PollSession, or gone
             if route.framing.kind is _WEBSOCKET:
                 if route.pusher is not None:
-                    if pusher_frame is None:
-                        pusher_frame = self._pusher_frame(action.payload)
-                    if not pusher_frame:
+                    if action.channel is None:  # to a user or one connection: its own
+                        frame = self._pusher_frame(action.payload, route.pusher_user)
+                    elif pusher_frame is None:
+                        frame = pusher_frame = self._pusher_frame(action.payload)
+                    else:
+                        frame = pusher_frame
+                    if not frame:
                         continue  # nothing the Pusher protocol says
-                    frame = pusher_frame
                 else:
                     if ws_frame is None:
                         ws_frame = frame_message(action.payload)

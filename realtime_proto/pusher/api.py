@@ -13,7 +13,7 @@ from ..events import ConnectionId
 from ..hub import Hub
 from ..message import JsonValue, decode_json
 from .apps import SOCKET_ID, PusherApp
-from .codec import CHANNEL_NAME
+from .codec import CHANNEL_NAME, USER_CHANNEL_PREFIX, PusherClose
 
 __all__ = ["MAX_BATCH", "MAX_CHANNELS", "handle_pusher_api"]
 
@@ -23,6 +23,8 @@ MAX_BATCH = 10
 #: how far a request's `auth_timestamp` may be from the server's clock, in seconds
 MAX_CLOCK_SKEW = 600
 _MAX_EVENT_NAME = 200
+#: the close code of a terminated connection (pusher-js does not reconnect)
+TERMINATED = PusherClose.TERMINATED
 
 ApiResponse = tuple[int, JsonValue]
 
@@ -42,10 +44,14 @@ def handle_pusher_api(hub: Hub, apps: Sequence[PusherApp], method: str, path: st
     Errors are `{"error": message}` with 400 (bad request), 401 (signature, key or
     timestamp), 404 (no such app or call) or 413 (body too large).
     """
-    _, _, app_id, *parts = path.split("/")
-    app = next((a for a in apps if a.id == app_id), None)
+    if path.startswith("/users/"):  # where the Python SDK sends terminate_connections
+        parts = path.split("/")[1:]
+        app = next((a for a in apps if a.key == query.get("auth_key")), None)
+    else:
+        _, _, app_id, *parts = path.split("/")
+        app = next((a for a in apps if a.id == app_id), None)
     if app is None:
-        return 404, {"error": f"no app {app_id}"}
+        return 404, {"error": "no such app"}
     try:
         _check_signature(app, method, path, query, body, unix_now)
         match method, parts:
@@ -57,6 +63,10 @@ def handle_pusher_api(hub: Hub, apps: Sequence[PusherApp], method: str, path: st
                 return 200, _channels(hub, app, query)
             case "GET", ["channels", channel]:
                 return 200, _channel(hub, app, _name(channel), query)
+            case "POST", ["users", user_id, "terminate_connections"]:
+                hub.terminate_user(app.hub_user(user_id), TERMINATED,
+                                   "terminated by the application", now=now)
+                return 200, {}
             case "GET", ["channels", channel, "users"]:
                 if not channel.startswith("presence-"):
                     raise _BadRequest(400, "users are known for presence channels only")
@@ -99,7 +109,10 @@ def _object(body: bytes, max_bytes: int) -> dict[str, Any]:
     return value
 
 
-def _name(channel: object) -> str:
+def _name(channel: object, *, user_channel: bool = False) -> str:
+    if user_channel and isinstance(channel, str) and channel.startswith(USER_CHANNEL_PREFIX) \
+            and CHANNEL_NAME.fullmatch(channel.removeprefix(USER_CHANNEL_PREFIX)):
+        return channel
     if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
         raise _BadRequest(400, f"invalid channel name {channel!r}")
     return channel
@@ -135,7 +148,7 @@ def _event(fields: Mapping[str, Any], channels: object) -> _Event:
     if socket_id is not None and (not isinstance(socket_id, str)
                                   or not SOCKET_ID.fullmatch(socket_id)):
         raise _BadRequest(400, "'socket_id' must be digits.digits")
-    return ([_name(c) for c in channels], name, _value(fields.get("data")),
+    return ([_name(c, user_channel=True) for c in channels], name, _value(fields.get("data")),
             ConnectionId(socket_id) if socket_id else None)
 
 
@@ -155,7 +168,11 @@ def _info(hub: Hub, app: PusherApp, channel: str, attributes: object) -> dict[st
 def _publish(hub: Hub, app: PusherApp, event: _Event, now: float) -> None:
     channels, name, data, exclude = event
     for channel in channels:
-        hub.broadcast(app.hub_channel(channel), name, data, now=now, exclude=exclude)
+        if channel.startswith(USER_CHANNEL_PREFIX):  # the SDKs' sendToUser
+            user_id = channel.removeprefix(USER_CHANNEL_PREFIX)
+            hub.send_to_user(app.hub_user(user_id), name, data, now=now)
+        else:
+            hub.broadcast(app.hub_channel(channel), name, data, now=now, exclude=exclude)
 
 
 def _events(hub: Hub, app: PusherApp, fields: dict[str, Any], now: float) -> JsonValue:

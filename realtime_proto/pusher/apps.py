@@ -53,6 +53,10 @@ class PusherApp:
         """The Hub's name of one of this app's channels."""
         return f"{name}{self.namespace}" if self.namespace else name
 
+    def hub_user(self, user_id: str) -> str:
+        """The Hub's id of one of this app's users (namespaced like its channels)."""
+        return f"{user_id}{self.namespace}" if self.namespace else user_id
+
 
 def parse_app(text: str, *, namespaced: bool = False) -> PusherApp:
     """`ID:KEY:SECRET` (the `--pusher-app` option) as an app.

@@ -14,15 +14,19 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from ..errors import ErrorCode, MessageError
+from ..events import User
 from ..message import JsonValue, decode_json, encode_json
 from ..presence import Member
 from .apps import PusherApp
 
-__all__ = ["CHANNEL_NAME", "PROTOCOL_VERSIONS", "Inbound", "PusherClose", "close_code",
-           "decode_frame", "encode_payload", "error_frame", "socket_id_for"]
+__all__ = ["CHANNEL_NAME", "PROTOCOL_VERSIONS", "USER_CHANNEL_PREFIX", "Inbound", "PusherClose",
+           "close_code", "decode_frame", "encode_payload", "error_frame", "socket_id_for",
+           "subscription_refused", "subscription_succeeded"]
 
 #: the protocol versions this server speaks (pusher-js 8 sends 7)
 PROTOCOL_VERSIONS = frozenset({"7"})
+#: the channel pusher-js subscribes to once signed in: what is sent to the user
+USER_CHANNEL_PREFIX = "#server-to-user-"
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,200}")
 
 
@@ -32,6 +36,7 @@ class PusherClose:
 
     APP_NOT_FOUND = 4001
     UNSUPPORTED_PROTOCOL = 4007
+    TERMINATED = 4009
     OVER_CAPACITY = 4100
     RECONNECT = 4200
     PONG_NOT_RECEIVED = 4201
@@ -48,8 +53,13 @@ class Inbound:
     #: a channel (the Hub's name) the client's signature authorized, with the presence
     #: member its `channel_data` names
     grant: tuple[str, Member | None] | None = None
-    #: a frame to answer at once instead (an error)
+    #: a frame to answer (an error, or the answer to what the fields above ask)
     reply: bytes | None = None
+    #: the user a `pusher:signin` signature vouches for
+    user: User | None = None
+    #: the user id of a `#server-to-user-{id}` subscription (the Node checks it is the
+    #: connection's signed-in user)
+    user_channel: str | None = None
 
 
 def socket_id_for(connection_id: str) -> str:
@@ -69,7 +79,8 @@ def close_code(code: int) -> int:
     if code == ErrorCode.SLOW_CONSUMER:
         return PusherClose.OVER_CAPACITY
     if 4000 <= code < 4100 and code not in (PusherClose.APP_NOT_FOUND,
-                                            PusherClose.UNSUPPORTED_PROTOCOL, 4009):
+                                            PusherClose.UNSUPPORTED_PROTOCOL,
+                                            PusherClose.TERMINATED):
         return PusherClose.RECONNECT
     return code
 
@@ -113,13 +124,18 @@ def decode_frame(app: PusherApp, socket_id: str, raw: str | bytes, *, max_bytes:
         return Inbound({"type": "ping"})
     if event == "pusher:pong":
         return Inbound({"type": "pong"})
+    if isinstance(data, str) and event.startswith("pusher:"):
+        try:  # the protocol allows its own objects as JSON strings
+            data = json.loads(data)
+        except ValueError:
+            data = None
+    if event == "pusher:signin":
+        return _signin(app, socket_id, data)
     if event in ("pusher:subscribe", "pusher:unsubscribe"):
-        if isinstance(data, str):  # the protocol allows the object as a JSON string
-            try:
-                data = json.loads(data)
-            except ValueError:
-                data = None
         channel = data.get("channel") if isinstance(data, dict) else None
+        if isinstance(channel, str) and channel.startswith(USER_CHANNEL_PREFIX):
+            user_id = channel.removeprefix(USER_CHANNEL_PREFIX)
+            return Inbound(user_channel=user_id) if event == "pusher:subscribe" else Inbound()
         if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
             return Inbound(reply=error_frame(ErrorCode.INVALID_CHANNEL_NAME,
                                              f"{event} needs a valid 'channel' in its data"))
@@ -138,6 +154,40 @@ def decode_frame(app: PusherApp, socket_id: str, raw: str | bytes, *, max_bytes:
         return Inbound({"type": "event", "channel": app.hub_channel(channel), "event": event,
                         "data": data})
     return Inbound(reply=error_frame(ErrorCode.UNKNOWN_TYPE, f"unsupported event {event!r}"))
+
+
+def _signin(app: PusherApp, socket_id: str, data: object) -> Inbound:
+    """`pusher:signin`: `user_data` (JSON with a string `id`) signed by the backend over
+    `socket_id::user::user_data`."""
+    user_data = data.get("user_data") if isinstance(data, dict) else None
+    auth = data.get("auth") if isinstance(data, dict) else None
+    if not isinstance(user_data, str) or not isinstance(auth, str):
+        return Inbound(reply=error_frame(ErrorCode.MISSING_FIELD,
+                                         "pusher:signin needs 'user_data' and 'auth'"))
+    key, _, signature = auth.partition(":")
+    if key != app.key or not app.signature_ok(f"{socket_id}::user::{user_data}", signature):
+        return Inbound(reply=error_frame(ErrorCode.UNAUTHENTICATED, "invalid signin signature"))
+    try:
+        value = json.loads(user_data)
+    except ValueError:
+        value = None
+    user_id = value.get("id") if isinstance(value, dict) else None
+    if not isinstance(user_id, str) or not user_id:
+        return Inbound(reply=error_frame(ErrorCode.INVALID_FIELD,
+                                         "'user_data' needs a string 'id'"))
+    info = value.get("user_info") if isinstance(value, dict) else None
+    return Inbound(reply=_frame("pusher:signin_success", {"user_data": user_data}),
+                   user=User(id=user_id, info=info if isinstance(info, dict) else {}))
+
+
+def subscription_succeeded(channel: str) -> bytes:
+    """`pusher_internal:subscription_succeeded` of a channel that is not presence."""
+    return _frame("pusher_internal:subscription_succeeded", {}, channel)
+
+
+def subscription_refused(channel: str, message: str) -> bytes:
+    """A channel-level refusal (pusher-js hands it to the channel: Echo's `.error()`)."""
+    return _subscription_error(channel, "AuthError", message, 403)
 
 
 def _subscribe(app: PusherApp, socket_id: str, channel: str, data: dict[str, Any]) -> Inbound:
@@ -192,10 +242,15 @@ _SUBSCRIPTION_ERRORS = {
 }
 
 
-def encode_payload(payload: bytes) -> bytes | None:
+def encode_payload(payload: bytes, user_id: str | None = None) -> bytes | None:
     """The Pusher frame of a native payload the Hub delivers; None when the Pusher
     protocol has nothing to say (an unsubscription's acknowledgement, the plain
-    `subscription.succeeded` ahead of a presence channel's member list)."""
+    `subscription.succeeded` ahead of a presence channel's member list).
+
+    Args:
+        user_id: the signed-in user of the connection, for an event sent to the user
+            (no channel): it goes to `#server-to-user-{user_id}`.
+    """
     message = json.loads(payload)
     kind, event, data = message["type"], message.get("event"), message.get("data")
     channel = message.get("channel")
@@ -218,10 +273,10 @@ def encode_payload(payload: bytes) -> bytes | None:
             timeout = max(1, round(float(data["heartbeat"])))
             return _frame("pusher:connection_established",
                           {"socket_id": data["connection_id"], "activity_timeout": timeout})
-        return _frame(event, data)
+        return _frame(event, data, USER_CHANNEL_PREFIX + user_id if user_id else None)
     if event == "subscription.succeeded":
         return None if name.startswith("presence-") else \
-            _frame("pusher_internal:subscription_succeeded", {}, name)
+            subscription_succeeded(name)
     if event == "presence.sync":
         members = data["members"]
         return _frame("pusher_internal:subscription_succeeded", {"presence": {

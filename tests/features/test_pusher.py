@@ -245,3 +245,40 @@ def test_http_api_refuses_bad_signatures_and_old_timestamps() -> None:
             assert await asyncio.to_thread(client.channels_info) == {"channels": {}}
 
     asyncio.run(scenario())
+
+
+def test_signin_send_to_user_and_terminate_connections() -> None:
+    async def scenario() -> None:
+        async with pusher_server() as server, pusher_socket(server.port) as ann, \
+                pusher_socket(server.port) as ann2, pusher_socket(server.port) as bob:
+            client = sdk(server.port)
+            forged = await bob.subscribe("#server-to-user-ann")  # not signed in as ann
+            assert forged["event"] == "pusher:subscription_error"
+            for socket, user in ((ann, "ann"), (ann2, "ann"), (bob, "bob")):
+                await socket.send("pusher:signin", client.authenticate_user(
+                    socket.socket_id, {"id": user, "user_info": {"name": user}}))
+                success = await socket.next()
+                assert success["event"] == "pusher:signin_success"
+                assert json.loads(success["data"]["user_data"])["id"] == user
+            replayed = client.authenticate_user(ann.socket_id, {"id": "bob"})
+            await bob.send("pusher:signin", replayed)  # signed for another socket
+            assert (await bob.next())["event"] == "pusher:error"
+            channel = "#server-to-user-ann"
+            assert (await ann.subscribe(channel))["event"] == \
+                "pusher_internal:subscription_succeeded"
+            server.send_to_user("ann", "notice", {"text": "hi"})
+            for socket in (ann, ann2):
+                assert await socket.next("notice") == {"event": "notice", "channel": channel,
+                                                       "data": {"text": "hi"}}
+            # the Python SDK posts to /users/{id}/terminate_connections (no /apps/{id})
+            await asyncio.to_thread(client.terminate_user_connections, "ann")
+            for socket in (ann, ann2):
+                with pytest.raises(websockets.ConnectionClosed):
+                    async with asyncio.timeout(TIMEOUT):
+                        while True:
+                            await socket.ws.recv()
+                assert socket.ws.close_code == 4009
+            await bob.send("pusher:ping", {})
+            assert (await bob.next())["event"] == "pusher:pong"  # bob is still connected
+
+    asyncio.run(scenario())
