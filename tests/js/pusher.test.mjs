@@ -9,6 +9,7 @@ import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 
+import PusherServer from 'pusher';
 import Pusher from 'pusher-js';
 import WebSocket from 'ws';
 
@@ -38,16 +39,27 @@ async function sdk(port, code) {
 const trigger = (port, channel, event, data, extra = '') =>
   sdk(port, `print(json.dumps(client.trigger(${JSON.stringify(channel)}, ${JSON.stringify(event)}, ${JSON.stringify(JSON.stringify(data))}${extra})))`);
 
+/** The official Node server SDK (`pusher` on npm) pointed at a node. */
+const nodeSdk = (port) =>
+  new PusherServer({ appId: APP_ID, key: KEY, secret: SECRET, host: '127.0.0.1', port: String(port), useTLS: false });
+
 /** The app backend's channel auth endpoint: `user` (a param pusher-js sends) is the
  * presence member; `private-denied…` is refused, `private-forged…` signed with a wrong
  * secret (so the server refuses it). */
 async function startAuthEndpoint() {
+  const backend = nodeSdk(1); // only signs here
   const server = http.createServer((req, res) => {
     let body = '';
     req.on('data', (d) => (body += d));
     req.on('end', () => {
       const form = new URLSearchParams(body);
       const socketId = form.get('socket_id');
+      if (req.url.startsWith('/pusher/user-auth')) {
+        const user = form.get('user');
+        const answer = backend.authenticateUser(socketId, { id: user, user_info: { name: user } });
+        res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(answer));
+        return;
+      }
       const channel = form.get('channel_name');
       if (channel.startsWith('private-denied')) {
         res.writeHead(403).end('{"error":"no"}');
@@ -67,7 +79,11 @@ async function startAuthEndpoint() {
   });
   const port = await freePort();
   await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
-  return { url: `http://127.0.0.1:${port}/pusher/auth`, close: () => new Promise((r) => server.close(r)) };
+  return {
+    url: `http://127.0.0.1:${port}/pusher/auth`,
+    userUrl: `http://127.0.0.1:${port}/pusher/user-auth`,
+    close: () => new Promise((r) => server.close(r)),
+  };
 }
 
 const pushers = new Set();
@@ -81,6 +97,7 @@ function makePusher(port, { user = 'anon', key = KEY } = {}) {
     enabledTransports: ['ws'],
     disableStats: true,
     channelAuthorization: { endpoint: auth.url, transport: 'ajax', params: { user } },
+    userAuthentication: { endpoint: auth.userUrl, transport: 'ajax', params: { user } },
   });
   pushers.add(pusher);
   return pusher;
@@ -221,6 +238,34 @@ describe('pusher-js on one node', () => {
     assert.equal(b.members.count, 1);
   });
 
+  test('signin, sendToUser and terminateUserConnections with the Node SDK', async () => {
+    const user = unique('user');
+    const pusher = await connected(makePusher(server.port, { user }));
+    const other = await connected(makePusher(server.port, { user: unique('other') }));
+    const otherGot = [];
+    other.user.bind('notice', (data) => otherGot.push(data));
+    const signedIn = once(pusher.connection, 'message', {
+      filter: (message) => message.event === 'pusher:signin_success',
+    });
+    pusher.signin();
+    other.signin();
+    await signedIn;
+    const backend = nodeSdk(server.port);
+    // the user channel's subscription may still be on its way: send until it arrives
+    const got = [];
+    pusher.user.bind('notice', (data) => got.push(data));
+    await until(async () => {
+      await backend.sendToUser(user, 'notice', { text: 'hi' });
+      return got.length > 0;
+    }, { timeout: 8000, interval: 200, what: 'the event sent to the user' });
+    assert.deepEqual(got[0], { text: 'hi' });
+    const closed = once(pusher.connection, 'state_change', { filter: (c) => c.current === 'disconnected' });
+    await backend.terminateUserConnections(user);
+    await closed; // 4009: pusher-js does not reconnect
+    assert.equal(other.connection.state, 'connected');
+    assert.deepEqual(otherGot, []);
+  });
+
   test('a native client and a pusher-js client on one channel both get a broadcast', async () => {
     const name = unique('news-');
     const pusher = await connected(makePusher(server.port));
@@ -280,5 +325,18 @@ describe('pusher-js across two nodes on Redis', () => {
     const annLeft = once(b, 'pusher:member_removed', { timeout: 15000 });
     ann.disconnect();
     assert.equal((await annLeft)[0].id, 'ann');
+
+    // a user signed in on node B, terminated through node A
+    const user = unique('user');
+    const carol = await connected(makePusher(nodeB.port, { user }));
+    const signedIn = once(carol.connection, 'message', { filter: (m) => m.event === 'pusher:signin_success' });
+    carol.signin();
+    await signedIn;
+    const closed = once(carol.connection, 'state_change', {
+      timeout: 15000,
+      filter: (c) => c.current === 'disconnected',
+    });
+    await nodeSdk(nodeA.port).terminateUserConnections(user);
+    await closed;
   });
 });
