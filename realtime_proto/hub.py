@@ -619,6 +619,7 @@ class Hub:
                     success["missing"] = history.missing(epoch, since)
             elif request.history:
                 missed = history.last(request.history)
+                success["replayed"] = len(missed)
         elif request.recover is not None:
             success.update(recovered=False, replayed=0, missing=None)
             self._recoveries[False] += 1

@@ -561,8 +561,7 @@ class Node:
     def _pusher_frame(self, payload: bytes, user_id: str | None = None) -> bytes:
         """The WebSocket frame of a native payload in the Pusher protocol (empty: none)."""
         self._encodings["pusher"] += 1
-        encoded = pusher_codec.encode_payload(payload, user_id)
-        return frame_message(encoded) if encoded is not None else b""
+        return b"".join(frame_message(f) for f in pusher_codec.encode_payload(payload, user_id))
 
     def _poll(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         session = self._routes.get(ConnectionId(request.query["connection_id"]))

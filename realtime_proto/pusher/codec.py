@@ -15,16 +15,22 @@ from typing import Any, final
 
 from ..errors import ErrorCode, MessageError
 from ..events import User
+from ..history import HistoryRule
 from ..message import JsonValue, decode_json, encode_json
 from ..presence import Member
 from .apps import PusherApp
 
-__all__ = ["CHANNEL_NAME", "PROTOCOL_VERSIONS", "USER_CHANNEL_PREFIX", "Inbound", "PusherClose",
-           "close_code", "decode_frame", "encode_payload", "error_frame", "socket_id_for",
-           "subscription_refused", "subscription_succeeded"]
+__all__ = ["CACHE_PREFIXES", "CACHE_RULES", "CHANNEL_NAME", "PROTOCOL_VERSIONS",
+           "USER_CHANNEL_PREFIX", "Inbound", "PusherClose", "close_code", "decode_frame",
+           "encode_payload", "error_frame", "socket_id_for", "subscription_refused",
+           "subscription_succeeded"]
 
 #: the protocol versions this server speaks (pusher-js 8 sends 7)
 PROTOCOL_VERSIONS = frozenset({"7"})
+#: cache channels: the last event is delivered on subscribe (`pusher:cache_miss` when
+#: there is none); the Hub's history keeps it, for as long as Pusher does (30 minutes)
+CACHE_PREFIXES = ("cache-", "private-cache-", "presence-cache-")
+CACHE_RULES = tuple(HistoryRule(f"{prefix}*", 1, 1800.0) for prefix in CACHE_PREFIXES)
 #: the channel pusher-js subscribes to once signed in: what is sent to the user
 USER_CHANNEL_PREFIX = "#server-to-user-"
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,200}")
@@ -193,6 +199,8 @@ def subscription_refused(channel: str, message: str) -> bytes:
 def _subscribe(app: PusherApp, socket_id: str, channel: str, data: dict[str, Any]) -> Inbound:
     hub_channel = app.hub_channel(channel)
     message: dict[str, JsonValue] = {"type": "subscribe", "channel": hub_channel}
+    if channel.startswith(CACHE_PREFIXES):
+        message["data"] = {"history": 1}  # the last event, kept by `CACHE_RULES`
     presence = channel.startswith("presence-")
     if not presence and not channel.startswith("private-"):
         return Inbound(message)
@@ -242,19 +250,32 @@ _SUBSCRIPTION_ERRORS = {
 }
 
 
-def encode_payload(payload: bytes, user_id: str | None = None) -> bytes | None:
-    """The Pusher frame of a native payload the Hub delivers; None when the Pusher
+def encode_payload(payload: bytes, user_id: str | None = None) -> list[bytes]:
+    """The Pusher frames of a native payload the Hub delivers: none when the Pusher
     protocol has nothing to say (an unsubscription's acknowledgement, the plain
-    `subscription.succeeded` ahead of a presence channel's member list).
+    `subscription.succeeded` ahead of a presence channel's member list), two for a cache
+    channel's subscription without a cached event (`pusher:cache_miss` follows).
 
     Args:
         user_id: the signed-in user of the connection, for an event sent to the user
             (no channel): it goes to `#server-to-user-{user_id}`.
     """
     message = json.loads(payload)
-    kind, event, data = message["type"], message.get("event"), message.get("data")
     channel = message.get("channel")
     name = channel.partition(":")[0] if channel else None  # without an app's namespace
+    frame = _encode(message, name, user_id)
+    if frame is None:
+        return []
+    if name is not None and name.startswith(CACHE_PREFIXES) and message["type"] == "event" \
+            and message.get("event") == "subscription.succeeded" \
+            and not (message.get("data") or {}).get("replayed"):
+        return [frame, _frame("pusher:cache_miss", {}, name)]
+    return [frame]
+
+
+def _encode(message: Any, name: str | None, user_id: str | None) -> bytes | None:
+    """The one frame of a native message (decoded), or None."""
+    kind, event, data = message["type"], message.get("event"), message.get("data")
     if kind == "ping":
         return _frame("pusher:ping", {})
     if kind == "pong":

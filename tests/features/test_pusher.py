@@ -282,3 +282,26 @@ def test_signin_send_to_user_and_terminate_connections() -> None:
             assert (await bob.next())["event"] == "pusher:pong"  # bob is still connected
 
     asyncio.run(scenario())
+
+
+def test_cache_channels_deliver_the_last_event_or_a_cache_miss() -> None:
+    async def scenario() -> None:
+        async with pusher_server() as server, pusher_socket(server.port) as first, \
+                pusher_socket(server.port) as late:
+            client = sdk(server.port)
+            for channel, auth in (("cache-prices", {}), ("private-cache-prices", None)):
+                if auth is None:
+                    auth = client.authenticate(channel=channel, socket_id=first.socket_id)
+                reply = await first.subscribe(channel, **auth)
+                assert reply["event"] == "pusher_internal:subscription_succeeded"
+                assert (await first.next())["event"] == "pusher:cache_miss"
+                for price in (1, 2):
+                    await asyncio.to_thread(client.trigger, channel, "price", {"p": price})
+                    assert (await first.next("price"))["data"] == {"p": price}
+                if channel.startswith("private-"):
+                    auth = client.authenticate(channel=channel, socket_id=late.socket_id)
+                assert (await late.subscribe(channel, **auth))["channel"] == channel
+                assert await late.next() == {"event": "price", "channel": channel,
+                                             "data": {"p": 2}}  # the last one only
+
+    asyncio.run(scenario())

@@ -40,8 +40,17 @@ const trigger = (port, channel, event, data, extra = '') =>
   sdk(port, `print(json.dumps(client.trigger(${JSON.stringify(channel)}, ${JSON.stringify(event)}, ${JSON.stringify(JSON.stringify(data))}${extra})))`);
 
 /** The official Node server SDK (`pusher` on npm) pointed at a node. */
+const MASTER_KEY = crypto.randomBytes(32).toString('base64');
 const nodeSdk = (port) =>
-  new PusherServer({ appId: APP_ID, key: KEY, secret: SECRET, host: '127.0.0.1', port: String(port), useTLS: false });
+  new PusherServer({
+    appId: APP_ID,
+    key: KEY,
+    secret: SECRET,
+    host: '127.0.0.1',
+    port: String(port),
+    useTLS: false,
+    encryptionMasterKeyBase64: MASTER_KEY,
+  });
 
 /** The app backend's channel auth endpoint: `user` (a param pusher-js sends) is the
  * presence member; `private-denied…` is refused, `private-forged…` signed with a wrong
@@ -61,6 +70,11 @@ async function startAuthEndpoint() {
         return;
       }
       const channel = form.get('channel_name');
+      if (channel.startsWith('private-encrypted-')) {
+        const answer = backend.authorizeChannel(socketId, channel); // with its shared_secret
+        res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(answer));
+        return;
+      }
       if (channel.startsWith('private-denied')) {
         res.writeHead(403).end('{"error":"no"}');
         return;
@@ -238,6 +252,16 @@ describe('pusher-js on one node', () => {
     assert.equal(b.members.count, 1);
   });
 
+  test('an encrypted channel passes through: the SDK encrypts, pusher-js decrypts', async () => {
+    const name = unique('private-encrypted-');
+    const pusher = await connected(makePusher(server.port));
+    const { channel, outcome } = await subscribed(pusher, name);
+    assert.equal(outcome[0], 'ok');
+    const got = once(channel, 'secret');
+    await nodeSdk(server.port).trigger(name, 'secret', { text: 'only the ends read this' });
+    assert.deepEqual((await got)[0], { text: 'only the ends read this' });
+  });
+
   test('signin, sendToUser and terminateUserConnections with the Node SDK', async () => {
     const user = unique('user');
     const pusher = await connected(makePusher(server.port, { user }));
@@ -298,6 +322,16 @@ describe('pusher-js across two nodes on Redis', () => {
   after(async () => {
     await nodeA?.kill('SIGTERM');
     await nodeB?.kill('SIGTERM');
+  });
+
+  test('a cache channel keeps its last event for a subscriber on the other node', async () => {
+    const name = unique('cache-prices-');
+    await trigger(nodeA.port, name, 'price', { p: 1 });
+    await trigger(nodeA.port, name, 'price', { p: 2 });
+    const pusher = await connected(makePusher(nodeB.port));
+    const [data] = await once(pusher.subscribe(name), 'price');
+    assert.deepEqual(data, { p: 2 });
+    await once(pusher.subscribe(unique('cache-empty-')), 'pusher:cache_miss');
   });
 
   test('a subscriber on node B gets what the SDK triggers on node A; presence spans both', async () => {

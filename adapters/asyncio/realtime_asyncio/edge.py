@@ -25,6 +25,7 @@ from realtime_proto.forwarded import parse_networks
 from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
 from realtime_proto.pusher.apps import parse_apps
+from realtime_proto.pusher.codec import CACHE_RULES
 from realtime_proto.ratelimit import Rate
 
 __all__ = [
@@ -146,7 +147,10 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
 
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
-    hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history),
+    history = parse_history(settings.history)
+    if settings.pusher_app:
+        history += CACHE_RULES  # the last event of Pusher cache channels
+    hub = HubConfig(node_id=node_id, rates=rates, history=history,
                     shared_history=history_store(settings) is not None,
                     jwt=jwt_config(settings),
                     heartbeat_interval=settings.heartbeat_interval,
@@ -223,7 +227,7 @@ def history_store(settings: Settings) -> str | None:
     Raises:
         ValueError: the setting is neither ``local``, ``auto`` nor a store URL.
     """
-    if not settings.history:
+    if not settings.history and not settings.pusher_app:  # (Pusher cache channels keep one)
         return None
     return store_url(settings.history_store, settings.broker)
 
