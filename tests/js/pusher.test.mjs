@@ -9,6 +9,7 @@ import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 
+import Echo from 'laravel-echo';
 import PusherServer from 'pusher';
 import Pusher from 'pusher-js';
 import WebSocket from 'ws';
@@ -63,6 +64,8 @@ async function startAuthEndpoint() {
     req.on('end', () => {
       const form = new URLSearchParams(body);
       const socketId = form.get('socket_id');
+      // pusher-js sends `user` as a param; an Echo client names it in its endpoint's query
+      if (!form.get('user')) form.set('user', new URL(req.url, 'http://x').searchParams.get('user') ?? 'anon');
       if (req.url.startsWith('/pusher/user-auth')) {
         const user = form.get('user');
         const answer = backend.authenticateUser(socketId, { id: user, user_info: { name: user } });
@@ -307,6 +310,68 @@ describe('pusher-js on one node', () => {
       native.disconnect();
     }
   });
+});
+
+describe('Laravel Echo 2 on pusher-js', () => {
+  const echos = [];
+
+  function makeEcho(user, broadcaster = 'pusher') {
+    const echo = new Echo({
+      broadcaster,
+      Pusher,
+      key: KEY,
+      cluster: 'local',
+      wsHost: '127.0.0.1',
+      wsPort: server.port,
+      forceTLS: false,
+      enabledTransports: ['ws', 'wss'],
+      disableStats: true,
+      authEndpoint: `${auth.url}?user=${user}`,
+      withoutInterceptors: true,
+    });
+    echos.push(echo);
+    return echo;
+  }
+
+  after(() => {
+    for (const echo of echos) echo.disconnect();
+  });
+
+  const subscribedEcho = (channel) => withTimeout(new Promise((resolve) => channel.subscribed(resolve)), 8000, 'Echo subscribed');
+
+  for (const broadcaster of ['pusher', 'reverb']) {
+    test(`${broadcaster}: listen, private, presence here/joining/leaving, whisper, error`, async () => {
+      const ann = makeEcho('ann', broadcaster);
+      const bob = makeEcho('bob', broadcaster);
+      const news = unique('news-');
+      const publicChannel = ann.channel(news);
+      const shipped = new Promise((resolve) => publicChannel.listen('.order.shipped', resolve));
+      await subscribedEcho(publicChannel);
+      await trigger(server.port, news, 'order.shipped', { id: 3 });
+      assert.deepEqual(await withTimeout(shipped, 8000, 'listen'), { id: 3 });
+
+      const room = unique('presence-room-');
+      const here = new Promise((resolve) => ann.join(room).here(resolve));
+      assert.deepEqual((await withTimeout(here, 8000, 'here')).map((m) => m.name), ['ANN']);
+      const joining = new Promise((resolve) => ann.join(room).joining(resolve));
+      const bobRoom = bob.join(room);
+      const bobHere = new Promise((resolve) => bobRoom.here(resolve));
+      assert.equal((await withTimeout(joining, 8000, 'joining')).name, 'BOB');
+      assert.equal((await withTimeout(bobHere, 8000, 'bob here')).length, 2);
+      const whispered = new Promise((resolve) => ann.join(room).listenForWhisper('typing', resolve));
+      bobRoom.whisper('typing', { on: true });
+      assert.deepEqual(await withTimeout(whispered, 8000, 'whisper'), { on: true });
+      const leaving = new Promise((resolve) => ann.join(room).leaving(resolve));
+      bob.leave(room);
+      assert.equal((await withTimeout(leaving, 8000, 'leaving')).name, 'BOB');
+
+      const refused = new Promise((resolve) => ann.private(unique('forged-')).error(resolve));
+      const error = await withTimeout(refused, 8000, 'error()');
+      assert.equal(error.status, 401); // the server's channel-level subscription_error
+      const denied = new Promise((resolve) => ann.private(unique('denied-')).error(resolve));
+      assert.equal((await withTimeout(denied, 8000, 'error() from the backend')).status, 403);
+    });
+  }
 });
 
 describe('pusher-js across two nodes on Redis', () => {
