@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-from realtime_proto import ErrorCode
+from realtime_proto import ErrorCode, HubConfig
+from realtime_proto.config import RateLimits
 from realtime_proto.framing import MessageIn, PeerClosed
 from realtime_proto.pusher import codec
 from realtime_proto.pusher.apps import PusherApp, parse_app, parse_apps, sign
+from realtime_proto.ratelimit import Rate
 from realtime_proto.testing.peers import WebSocketPeer
 
 from .nodekit import Harness
@@ -151,3 +153,14 @@ def test_app_options_are_checked_and_the_secret_stays_out_of_sight() -> None:
         assert "very-secret" not in str(error.value)
     with pytest.raises(ValueError, match="same id or key"):
         parse_apps(("1:a:s", "1:b:s"))
+
+
+def test_client_events_over_the_rate_get_the_pusher_code() -> None:
+    h = Harness(pusher_apps=(ONE,), hub=HubConfig(node_id="n1", rates=RateLimits(
+        messages=Rate(0.001, 1))))  # the subscribe takes the one token
+    transport, peer, socket_id = pusher_connect(h)
+    channel = "private-room"
+    auth = "key-one:" + sign("secret-one", f"{socket_id}:{channel}")
+    send(h, transport, peer, "pusher:subscribe", {"channel": channel, "auth": auth})
+    [limited] = send(h, transport, peer, "client-typing", {}, channel)
+    assert limited["event"] == "pusher:error" and limited["data"]["code"] == 4301
