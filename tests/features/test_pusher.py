@@ -21,6 +21,8 @@ from ..behaviour.clients import connect
 from ..behaviour.serving import serving
 
 APP_ID, KEY, SECRET = "4242", "app-key", "app-secret"
+#: the protocol lives in the core: every runtime serves it (the selectors example too)
+RUNTIMES = ["asyncio", "trio", "gevent", "selectors"]
 TIMEOUT = 10.0
 
 
@@ -88,8 +90,8 @@ def sdk(port: int) -> pusher.Pusher:
 
 
 @contextlib.asynccontextmanager
-async def pusher_server(**settings: Any) -> AsyncIterator[Any]:
-    async with serving("asyncio", pusher_app=(f"{APP_ID}:{KEY}:{SECRET}",),
+async def pusher_server(runtime: str = "asyncio", **settings: Any) -> AsyncIterator[Any]:
+    async with serving(runtime, pusher_app=(f"{APP_ID}:{KEY}:{SECRET}",),
                        **settings) as server:
         yield server
 
@@ -117,9 +119,10 @@ def test_handshake_ping_and_refusals() -> None:
     asyncio.run(scenario())
 
 
-def test_trigger_batch_and_socket_id_exclusion_with_the_python_sdk() -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_trigger_batch_and_socket_id_exclusion_with_the_python_sdk(runtime: str) -> None:
     async def scenario() -> None:
-        async with pusher_server() as server, pusher_socket(server.port) as one, \
+        async with pusher_server(runtime) as server, pusher_socket(server.port) as one, \
                 pusher_socket(server.port) as two:
             client = sdk(server.port)
             for socket in (one, two):
@@ -163,9 +166,10 @@ def test_native_and_pusher_clients_share_a_channel() -> None:
     asyncio.run(scenario())
 
 
-def test_private_and_presence_auth_with_the_sdk_signature() -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_private_and_presence_auth_with_the_sdk_signature(runtime: str) -> None:
     async def scenario() -> None:
-        async with pusher_server() as server, pusher_socket(server.port) as ann, \
+        async with pusher_server(runtime) as server, pusher_socket(server.port) as ann, \
                 pusher_socket(server.port) as ann2, pusher_socket(server.port) as bob:
             client = sdk(server.port)
             bad = await ann.subscribe("private-room", auth=f"{KEY}:{'0' * 64}")
@@ -247,9 +251,10 @@ def test_http_api_refuses_bad_signatures_and_old_timestamps() -> None:
     asyncio.run(scenario())
 
 
-def test_signin_send_to_user_and_terminate_connections() -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_signin_send_to_user_and_terminate_connections(runtime: str) -> None:
     async def scenario() -> None:
-        async with pusher_server() as server, pusher_socket(server.port) as ann, \
+        async with pusher_server(runtime) as server, pusher_socket(server.port) as ann, \
                 pusher_socket(server.port) as ann2, pusher_socket(server.port) as bob:
             client = sdk(server.port)
             forged = await bob.subscribe("#server-to-user-ann")  # not signed in as ann

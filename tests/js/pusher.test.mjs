@@ -379,7 +379,9 @@ describe('pusher-js across two nodes on Redis', () => {
   let nodeB;
 
   before(async () => {
-    const args = ['--pusher-app', APP, '--broker', 'redis://127.0.0.1:6379'];
+    // a prefix of its own: other clusters on the same Redis stay apart
+    const broker = `redis://127.0.0.1:6379/0?prefix=${unique('rt-pusher-')}:`;
+    const args = ['--pusher-app', APP, '--broker', broker];
     nodeA = await startRealtimeServer({ extraArgs: args });
     nodeB = await startRealtimeServer({ extraArgs: args });
   });

@@ -1,0 +1,69 @@
+"""The Pusher protocol across two nodes on every broker: the official Python SDK calls
+node A, Pusher clients are on node B (and A)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import websockets
+
+from ..behaviour.serving import serving
+from ..features.test_pusher import APP_ID, KEY, SECRET, pusher_socket, sdk
+from .nodes import broker_url, require
+
+BROKERS = ["redis", "nats", "amqp", "postgresql"]
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+def test_triggers_presence_and_termination_cross_nodes(kind: str) -> None:
+    require(kind)
+    broker = broker_url(kind)
+
+    async def scenario() -> None:
+        app = (f"{APP_ID}:{KEY}:{SECRET}",)
+        async with serving("asyncio", broker=broker, pusher_app=app) as node_a, \
+                serving("asyncio", broker=broker, pusher_app=app) as node_b, \
+                pusher_socket(node_b.port) as bob, pusher_socket(node_a.port) as ann, \
+                pusher_socket(node_b.port) as carol:
+            client_a = sdk(node_a.port)
+            channel = f"orders-{time.monotonic_ns()}"
+            await bob.subscribe(channel)
+            # node B's broker subscription may still be on its way: trigger until it is
+            async with asyncio.timeout(15):
+                while True:
+                    await asyncio.to_thread(client_a.trigger, channel, "created", {"n": 1})
+                    # (a node that joined mid-stream may first report `messages.lost`)
+                    created = [f for f in await bob.quiet(0.3) if f["event"] == "created"]
+                    if created:
+                        break
+            assert created[0]["channel"] == channel
+
+            room = f"presence-room-{time.monotonic_ns()}"
+            for socket, user in ((bob, "bob"), (ann, "ann")):
+                auth = client_a.authenticate(channel=room, socket_id=socket.socket_id,
+                                             custom_data={"user_id": user})
+                assert (await socket.subscribe(room, **auth))["channel"] == room
+            added = await bob.next("pusher_internal:member_added")
+            assert added["data"]["user_id"] == "ann"
+            users = await asyncio.to_thread(client_a.users_info, room)
+            assert sorted(u["id"] for u in users["users"]) == ["ann", "bob"]
+
+            await carol.send("pusher:signin", client_a.authenticate_user(
+                carol.socket_id, {"id": "carol"}))
+            assert (await carol.next())["event"] == "pusher:signin_success"
+            async with asyncio.timeout(15):  # node B's user topic may be on its way too
+                while carol.ws.close_code is None:
+                    await asyncio.to_thread(client_a.terminate_user_connections, "carol")
+                    try:
+                        async with asyncio.timeout(0.5):
+                            await carol.ws.recv()
+                    except (TimeoutError, websockets.ConnectionClosed):
+                        pass
+            assert carol.ws.close_code == 4009
+            await ann.ws.close()
+            removed = await bob.next("pusher_internal:member_removed")
+            assert removed["data"]["user_id"] == "ann"
+
+    asyncio.run(scenario())
