@@ -148,6 +148,11 @@ def _event(fields: Mapping[str, Any], channels: object) -> _Event:
     if socket_id is not None and (not isinstance(socket_id, str)
                                   or not SOCKET_ID.fullmatch(socket_id)):
         raise _BadRequest(400, "'socket_id' must be digits.digits")
+    info = fields.get("info")
+    if info is not None and (not isinstance(info, str) or (
+            "user_count" in info.split(",")
+            and not all(isinstance(c, str) and c.startswith("presence-") for c in channels))):
+        raise _BadRequest(400, "'info' is a comma list; user_count needs presence channels")
     return ([_name(c, user_channel=True) for c in channels], name, _value(fields.get("data")),
             ConnectionId(socket_id) if socket_id else None)
 

@@ -310,3 +310,21 @@ def test_cache_channels_deliver_the_last_event_or_a_cache_miss() -> None:
                                              "data": {"p": 2}}  # the last one only
 
     asyncio.run(scenario())
+
+
+def test_an_event_with_a_bad_info_is_refused_before_it_is_sent() -> None:
+    async def scenario() -> None:
+        async with pusher_server() as server, pusher_socket(server.port) as socket:
+            client = sdk(server.port)
+            await socket.subscribe("orders")
+            with pytest.raises(pusher.errors.PusherBadRequest):
+                await asyncio.to_thread(client.trigger_batch, [
+                    {"channel": "orders", "name": "first", "data": "{}"},
+                    {"channel": "orders", "name": "second", "data": "{}", "info": "user_count"}])
+            reply = await asyncio.to_thread(client.trigger_batch, [
+                {"channel": "orders", "name": "third", "data": "{}",
+                 "info": "subscription_count"}])
+            assert reply == {"batch": [{"subscription_count": 1}]}
+            assert (await socket.next())["event"] == "third"  # nothing of the refused batch
+
+    asyncio.run(scenario())
