@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from realtime_proto import ErrorCode, HubConfig
 from realtime_proto.config import RateLimits
@@ -164,3 +166,20 @@ def test_client_events_over_the_rate_get_the_pusher_code() -> None:
     send(h, transport, peer, "pusher:subscribe", {"channel": channel, "auth": auth})
     [limited] = send(h, transport, peer, "client-typing", {}, channel)
     assert limited["event"] == "pusher:error" and limited["data"]["code"] == 4301
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+@given(event=st.sampled_from(["pusher:subscribe", "pusher:unsubscribe", "pusher:signin",
+                              "pusher:ping", "client-x", "other"]),
+       data=_JSON, channel=_JSON)
+@settings(max_examples=300, deadline=None)
+def test_any_frame_is_decoded_or_answered_without_raising(event: str, data: Any,
+                                                          channel: Any) -> None:
+    raw = json.dumps({"event": event, "data": data, "channel": channel})
+    inbound = codec.decode_frame(ONE, "1.2", raw, max_bytes=10_000)
+    assert (inbound.reply is not None) or (inbound.message is not None) \
+        or inbound.user_channel is not None or event == "pusher:unsubscribe"
