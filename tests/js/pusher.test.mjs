@@ -6,16 +6,18 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import http from 'node:http';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 
 import Echo from 'laravel-echo';
 import PusherServer from 'pusher';
 import Pusher from 'pusher-js';
+import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
 
 import { RealtimeClient } from '../../clients/js/realtime.js';
-import { freePort, pythonBin, startRealtimeServer, until, waitEvent, withTimeout } from './helpers.mjs';
+import { ROOT, freePort, pythonBin, startRealtimeServer, until, waitEvent, withTimeout } from './helpers.mjs';
 
 const APP_ID = '4242';
 const KEY = 'app-key';
@@ -69,13 +71,13 @@ async function startAuthEndpoint() {
       if (req.url.startsWith('/pusher/user-auth')) {
         const user = form.get('user');
         const answer = backend.authenticateUser(socketId, { id: user, user_info: { name: user } });
-        res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(answer));
+        res.writeHead(200, { 'Content-Type': 'application/json', 'Access-Control-Allow-Origin': '*' }).end(JSON.stringify(answer));
         return;
       }
       const channel = form.get('channel_name');
       if (channel.startsWith('private-encrypted-')) {
         const answer = backend.authorizeChannel(socketId, channel); // with its shared_secret
-        res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(answer));
+        res.writeHead(200, { 'Content-Type': 'application/json', 'Access-Control-Allow-Origin': '*' }).end(JSON.stringify(answer));
         return;
       }
       if (channel.startsWith('private-denied')) {
@@ -91,7 +93,7 @@ async function startAuthEndpoint() {
       }
       const secret = channel.startsWith('private-forged') ? 'wrong-secret' : SECRET;
       answer.auth = `${KEY}:${crypto.createHmac('sha256', secret).update(text).digest('hex')}`;
-      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(answer));
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Access-Control-Allow-Origin': '*' }).end(JSON.stringify(answer));
     });
   });
   const port = await freePort();
@@ -372,6 +374,65 @@ describe('Laravel Echo 2 on pusher-js', () => {
       assert.equal((await withTimeout(denied, 8000, 'error() from the backend')).status, 403);
     });
   }
+});
+
+describe('pusher-js in headless chromium (its browser build)', () => {
+  let browser;
+
+  before(async () => {
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+      timeout: 30000,
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+  });
+
+  test('connects, receives a trigger and sees a member join a presence channel', async () => {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on('pageerror', (err) => errors.push(String(err)));
+    await page.goto(`${server.httpUrl}/health`);
+    await page.addScriptTag({ path: path.join(ROOT, 'tests', 'js', 'node_modules', 'pusher-js', 'dist', 'web', 'pusher.min.js') });
+    const news = unique('news-');
+    const room = unique('presence-room-');
+    await page.evaluate(
+      ({ key, port, authUrl, news, room }) => {
+        window.got = [];
+        const pusher = new window.Pusher(key, {
+          cluster: 'local',
+          wsHost: '127.0.0.1',
+          wsPort: port,
+          forceTLS: false,
+          enabledTransports: ['ws', 'wss'],
+          disableStats: true,
+          channelAuthorization: { endpoint: authUrl, transport: 'ajax', params: { user: 'ann' } },
+        });
+        const ready = (channel) => new Promise((resolve) => channel.bind('pusher:subscription_succeeded', resolve));
+        const newsChannel = pusher.subscribe(news);
+        newsChannel.bind('headline', (data) => window.got.push(['headline', data]));
+        const roomChannel = pusher.subscribe(room);
+        roomChannel.bind('pusher:member_added', (member) => window.got.push(['added', member.id, member.info]));
+        window.ready = Promise.all([ready(newsChannel), ready(roomChannel)]);
+      },
+      { key: KEY, port: server.port, authUrl: auth.url, news, room },
+    );
+    await withTimeout(page.evaluate(() => window.ready), 10000, 'the browser subscriptions');
+    await trigger(server.port, news, 'headline', { title: 'in chromium' });
+    const bob = await connected(makePusher(server.port, { user: 'bob' }));
+    await subscribed(bob, room);
+    await page.waitForFunction(() => window.got.length >= 2, null, { timeout: 10000 });
+    assert.deepEqual(await page.evaluate(() => window.got), [
+      ['headline', { title: 'in chromium' }],
+      ['added', 'bob', { name: 'BOB' }],
+    ]);
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
 });
 
 describe('pusher-js across two nodes on Redis', () => {
