@@ -47,7 +47,12 @@ def test_triggers_presence_and_termination_cross_nodes(kind: str) -> None:
                 assert (await socket.subscribe(room, **auth))["channel"] == room
             added = await bob.next("pusher_internal:member_added")
             assert added["data"]["user_id"] == "ann"
-            users = await asyncio.to_thread(client_a.users_info, room)
+            async with asyncio.timeout(15):  # node B's news of bob may still be on its way
+                while True:
+                    users = await asyncio.to_thread(client_a.users_info, room)
+                    if len(users["users"]) == 2:
+                        break
+                    await asyncio.sleep(0.1)
             assert sorted(u["id"] for u in users["users"]) == ["ann", "bob"]
 
             await carol.send("pusher:signin", client_a.authenticate_user(

@@ -482,7 +482,11 @@ describe('pusher-js across two nodes on Redis', () => {
     const ann = await connected(makePusher(nodeA.port, { user: 'ann' }));
     await subscribed(ann, room);
     assert.equal((await annJoined)[0].id, 'ann');
-    const users = await sdk(nodeA.port, `print(json.dumps(client.users_info('${room}')))`);
+    let users;
+    await until(async () => {
+      users = await sdk(nodeA.port, `print(json.dumps(client.users_info('${room}')))`);
+      return users.users.length === 2; // node B's news of bob may still be on its way
+    }, { timeout: 15000, interval: 100, what: 'node A to know both members' });
     assert.deepEqual(users.users.map((u) => u.id).sort(), ['ann', 'bob']);
     const annLeft = once(b, 'pusher:member_removed', { timeout: 15000 });
     ann.disconnect();
