@@ -332,6 +332,10 @@ class Hub:
         """Channels with local subscribers, and how many."""
         return {name: len(subs) for name, subs in sorted(self._subscribers.items())}
 
+    def presence_channels(self) -> list[str]:
+        """The presence channels with members, over every node."""
+        return self._cluster.presence.channels()
+
     def members(self, channel: str) -> list[Member]:
         """The members of a presence channel, over every node."""
         return self._cluster.presence.members(channel)

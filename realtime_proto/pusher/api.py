@@ -209,14 +209,15 @@ def _batch(hub: Hub, app: PusherApp, fields: dict[str, Any], now: float) -> Json
 
 
 def _channels(hub: Hub, app: PusherApp, query: Mapping[str, str]) -> JsonValue:
-    """This node's occupied channels of the app (and its presence channels' user counts)."""
+    """The app's occupied channels: presence channels over every node, the others with
+    subscribers on this node."""
     prefix = query.get("filter_by_prefix", "")
     info = query.get("info")
     if info is not None and "user_count" in info.split(",") and \
             not prefix.startswith("presence-"):
         raise _BadRequest(400, "info=user_count needs filter_by_prefix=presence-")
     channels: dict[str, JsonValue] = {}
-    for hub_name in hub.channels():
+    for hub_name in sorted({*hub.channels(), *hub.presence_channels()}):
         name, _, namespace = hub_name.partition(":")
         if (f":{namespace}" if namespace else "") == app.namespace and name.startswith(prefix):
             channels[name] = _info(hub, app, name, info)

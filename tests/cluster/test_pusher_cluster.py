@@ -54,6 +54,18 @@ def test_triggers_presence_and_termination_cross_nodes(kind: str) -> None:
                         break
                     await asyncio.sleep(0.1)
             assert sorted(u["id"] for u in users["users"]) == ["ann", "bob"]
+            lonely = f"presence-lonely-{time.monotonic_ns()}"  # a member on node B only
+            auth = client_a.authenticate(channel=lonely, socket_id=bob.socket_id,
+                                         custom_data={"user_id": "bob"})
+            await bob.subscribe(lonely, **auth)
+            async with asyncio.timeout(15):
+                while True:
+                    listed = await asyncio.to_thread(client_a.channels_info, "presence-lonely",
+                                                     ["user_count"])
+                    if listed["channels"]:
+                        break
+                    await asyncio.sleep(0.1)
+            assert listed == {"channels": {lonely: {"user_count": 1}}}
 
             await carol.send("pusher:signin", client_a.authenticate_user(
                 carol.socket_id, {"id": "carol"}))
