@@ -13,6 +13,7 @@ from .history import HistoryRule
 from .jwt import JwtConfig
 from .pusher.apps import PusherApp
 from .ratelimit import Rate
+from .webhook import WebhookTarget
 
 __all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
 
@@ -98,6 +99,9 @@ class HubConfig:
     #: call (a burst, `POST /api/batch`); 0: one broker message per publish. Under
     #: PostgreSQL's NOTIFY limit (8000) by default.
     broker_bundle_bytes: int = 7000
+    #: report presence transitions made here and client events received here
+    #: (`MemberChanged`, `ClientEventSent`), for webhooks
+    report_events: bool = False
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -163,6 +167,8 @@ class NodeConfig:
     trusted_proxies: tuple[Network, ...] = ()
     #: Pusher applications served at `/app/{key}` and `/apps/{id}/` (none: not served)
     pusher_apps: tuple[PusherApp, ...] = ()
+    #: where Pusher webhooks go (None: nowhere); needs `hub.report_events`
+    pusher_webhook: WebhookTarget | None = None
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

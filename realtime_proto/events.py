@@ -29,6 +29,7 @@ __all__ = [
     "SentToUser",
     "TransportId",
     "User",
+    "WebhookPosted",
 ]
 
 #: A client connection as the Hub sees it (one per WebSocket, SSE stream or poll session).
@@ -204,6 +205,14 @@ class BrokerReported:
     publish_latency: HistogramSnapshot | None = None
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class WebhookPosted:
+    """A `PostWebhook` was carried out; `error` when it could not be delivered."""
+
+    error: BaseException | None = None
+
+
 HubEvent = (
     ConnectionOpened
     | MessageReceived
@@ -219,4 +228,4 @@ HubEvent = (
     | HistoryAppended
     | HistoryLoaded
 )
-NodeEvent = HubEvent | AuthenticationAnswered
+NodeEvent = HubEvent | AuthenticationAnswered | WebhookPosted

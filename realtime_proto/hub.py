@@ -9,10 +9,12 @@ from typing import Any
 from .actions import (
     Authorize,
     BrokerSubscribe,
+    ClientEventSent,
     ConnectionInfo,
     Deliver,
     Disconnect,
     HubAction,
+    MemberChanged,
     SaveReadPosition,
 )
 from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
@@ -644,6 +646,8 @@ class Hub:
             self._actions.extend(actions)
             if first:
                 self._announce([(channel, member)], "user.joined", now, exclude=conn.id)
+                if self.config.report_events:
+                    self._actions.append(MemberChanged(channel, member.user_id, joined=True))
             self._succeeded(conn, channel, now, only_sync=True)
 
     def _succeeded(self, conn: Connection, channel: str, now: float,
@@ -674,6 +678,8 @@ class Hub:
             self._actions.extend(actions)
             if member is not None:
                 self._announce([(channel, member)], "user.left", now)
+                if self.config.report_events:
+                    self._actions.append(MemberChanged(channel, member.user_id, joined=False))
         conn.revoke(channel)
 
     def _client_event(self, conn: Connection, message: Message, now: float) -> None:
@@ -703,6 +709,8 @@ class Hub:
                                                       position=position, ttl=rule.ttl))
         self.broadcast(channel, message.event, data, now=now, exclude=conn.id, user_id=user_id,
                        ephemeral=ephemeral)
+        if self.config.report_events:
+            self._actions.append(ClientEventSent(channel, message.event, data, user_id, conn.id))
 
     def reads(self, channel: str) -> dict[str, int | str]:
         """Each user's read position on a channel (from `read` events on any node)."""

@@ -86,6 +86,8 @@ def render_metrics(stats: NodeStatistics) -> bytes:
             for code in ErrorCode])
     metric("encodings_total", "counter", "Frames encoded for fan-out, by framing.",
            [(f'framing="{k}"', v) for k, v in sorted(stats.encodings.items())])
+    metric("pusher_webhooks_total", "counter", "Pusher webhook requests, by outcome.",
+           [(f'result="{k}"', v) for k, v in sorted(stats.webhooks.items())])
     metric("slow_consumers_total", "counter", "Connections dropped for not reading.",
            [("", stats.slow_consumers)])
     metric("dropped_messages_total", "counter",

@@ -14,12 +14,15 @@ from .actions import (
     BrokerPublish,
     BrokerSubscribe,
     BrokerUnsubscribe,
+    ClientEventSent,
     CloseTransport,
     Deliver,
     Disconnect,
     HistoryAppend,
     HistoryRead,
+    MemberChanged,
     NodeAction,
+    PostWebhook,
     SaveReadPosition,
     Transmit,
 )
@@ -37,6 +40,7 @@ from .events import (
     NodeEvent,
     TransportId,
     User,
+    WebhookPosted,
 )
 from .forwarded import client_peer
 from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violation
@@ -51,6 +55,7 @@ from .metrics import render_metrics
 from .pusher import codec as pusher_codec
 from .pusher.api import handle_pusher_api
 from .pusher.apps import PusherApp
+from .pusher.webhooks import pusher_webhook_request, webhook_event
 from .ratelimit import TokenBuckets
 from .statistics import NodeStatistics
 
@@ -113,6 +118,9 @@ class Node:
         self._policies: dict[str | None, SlowConsumerPolicy] = {}
         self._bytes_in = 0
         self._bytes_out = 0
+        #: Pusher webhook events waiting for the end of this call, by app; their outcomes
+        self._webhook_events: dict[PusherApp, list[JsonValue]] = {}
+        self._webhooks: Counter[str] = Counter()
         rates = config.hub.rates
         self._connect_buckets = TokenBuckets(rates.connections) if rates.connections else None
         self._api_buckets = TokenBuckets(rates.api_calls) if rates.api_calls else None
@@ -162,6 +170,8 @@ class Node:
             self._authenticated(event, now)
         elif isinstance(event, HistoryLoaded) and event.request_id in self._reads_asked:
             self._reads_answered(event)
+        elif isinstance(event, WebhookPosted):
+            self._webhooks["failed" if event.error is not None else "sent"] += 1
         else:
             self.hub.handle(event, now=now)
         self._finish_call()
@@ -239,7 +249,8 @@ class Node:
             backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
                       if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out, hub=self.hub.statistics())
+            bytes_out=self._bytes_out, hub=self.hub.statistics(),
+            webhooks=dict(self._webhooks))
 
     # -- framing events ------------------------------------------------------------------
 
@@ -653,6 +664,10 @@ class Node:
                     self._deliver(action)
                 case Disconnect():
                     self._disconnect(action)
+                case MemberChanged() | ClientEventSent():
+                    found = webhook_event(self.config.pusher_apps, action)
+                    if found is not None and self.config.pusher_webhook is not None:
+                        self._webhook_events.setdefault(found[0], []).append(found[1])
                 case (BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize()
                       | HistoryAppend() | HistoryRead() | SaveReadPosition()):
                     self._actions.append(action)
@@ -783,8 +798,16 @@ class Node:
         return [r for r in self._routes.values() if isinstance(r, PollSession)]
 
     def _finish_call(self) -> None:
-        """Answer the polls that got messages, then one Transmit for the sockets with output."""
+        """Answer the polls that got messages, then one Transmit for the sockets with output;
+        the Pusher webhook events of the call, one request per app."""
         self._run_hub()
+        if self._webhook_events and self.config.pusher_webhook is not None:
+            unix_ms = self._epoch.unix_ms_at(self._now)
+            target = self.config.pusher_webhook
+            for app, events in self._webhook_events.items():
+                self._actions.append(PostWebhook(target, pusher_webhook_request(
+                    target, app, events, unix_ms)))
+            self._webhook_events = {}
         polls, self._polls_to_answer = self._polls_to_answer, {}
         for session in polls.values():
             held = self._transports.get(session.held) if session.held else None

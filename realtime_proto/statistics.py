@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import final
 
 from .events import BrokerReported
@@ -65,3 +65,5 @@ class NodeStatistics:
     bytes_in: int
     bytes_out: int
     hub: HubStatistics
+    #: Pusher webhook requests by outcome ("sent", "failed")
+    webhooks: dict[str, int] = field(default_factory=dict)

@@ -328,3 +328,93 @@ def test_an_event_with_a_bad_info_is_refused_before_it_is_sent() -> None:
             assert (await socket.next())["event"] == "third"  # nothing of the refused batch
 
     asyncio.run(scenario())
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver(received: list[dict[str, Any]]) -> AsyncIterator[str]:
+    """A backend that checks each Pusher webhook with the Python SDK, then keeps it."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from .test_webhook import free_port
+
+    checker = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET)
+
+    async def hook(request: Request) -> Response:
+        body = (await request.body()).decode()
+        valid = checker.validate_webhook(request.headers["x-pusher-key"],
+                                         request.headers["x-pusher-signature"], body)
+        assert request.headers["content-type"] == "application/json"  # the Node SDK's need
+        received.append(valid if valid is not None else {"invalid": body})
+        return Response(status_code=200)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook,
+                                                                   methods=["POST"])]),
+                                           host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.ensure_future(server.serve())
+    async with asyncio.timeout(20):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def test_webhooks_in_pushers_format_once_per_transition() -> None:
+    async def scenario() -> None:
+        received: list[dict[str, Any]] = []
+
+        async def events(count: int) -> list[dict[str, Any]]:
+            async with asyncio.timeout(TIMEOUT):
+                while sum(len(r.get("events", [1])) for r in received) < count:
+                    await asyncio.sleep(0.02)
+            assert all("invalid" not in r for r in received), received
+            return [e for r in received for e in r["events"]]
+
+        async with webhook_receiver(received) as url, \
+                pusher_server(pusher_webhook=url) as server, \
+                pusher_socket(server.port) as ann, pusher_socket(server.port) as ann2, \
+                pusher_socket(server.port) as bob:
+            client = sdk(server.port)
+            for socket, user in ((ann, "ann"), (ann2, "ann"), (bob, "bob")):
+                auth = client.authenticate(channel="presence-room", socket_id=socket.socket_id,
+                                           custom_data={"user_id": user})
+                await socket.subscribe("presence-room", **auth)
+            await bob.send("client-typing", {"on": True}, "presence-room")
+            await ann.next("client-typing")
+            assert await events(3) == [
+                {"name": "member_added", "channel": "presence-room", "user_id": "ann"},
+                {"name": "member_added", "channel": "presence-room", "user_id": "bob"},
+                {"name": "client_event", "channel": "presence-room", "event": "client-typing",
+                 "data": '{"on":true}', "socket_id": bob.socket_id, "user_id": "bob"}]
+            await ann2.ws.close()  # ann is still there through her other connection
+            async with asyncio.timeout(TIMEOUT):
+                while (await asyncio.to_thread(client.channel_info, "presence-room", [
+                        "subscription_count"]))["subscription_count"] != 2:
+                    await asyncio.sleep(0.05)
+            await bob.send("client-marker", {}, "presence-room")  # posted after that close
+            assert [e["name"] for e in await events(4)] == [
+                "member_added", "member_added", "client_event", "client_event"]
+            await ann.ws.close()  # her last connection
+            assert (await events(5))[4:] == [
+                {"name": "member_removed", "channel": "presence-room", "user_id": "ann"}]
+            sent = re.compile(r'realtime_pusher_webhooks_total\{[^}]*result="sent"\} (\d+)')
+            async with asyncio.timeout(TIMEOUT):  # the last answer may still be on its way
+                while not (found := sent.search(await asyncio.to_thread(
+                        _get, f"http://127.0.0.1:{server.port}/metrics"))) \
+                        or int(found[1]) < len(received):
+                    await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+
+
+def _get(url: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())

@@ -76,6 +76,8 @@ _HELP = {
                       "(default: disconnect with 4021)",
     "pusher_app": "serve the Pusher Channels protocol for an app: ID:KEY:SECRET (repeatable; "
                   "pusher-js connects to /app/KEY, the Pusher SDKs call /apps/ID/…)",
+    "pusher_webhook": "URL the server POSTs Pusher webhooks to (member_added, member_removed, "
+                      "client_event), signed with the app's secret",
 }
 
 
@@ -170,7 +172,7 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         for name, value in values.items():
             merged[name] = _convert(name, value, types[name], source)
     for name in ("api_key", "jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer",
-                 "auth_webhook",
+                 "auth_webhook", "pusher_webhook",
                  "tls_cert", "tls_key", "static_dir", "cors_origin"):
         if merged.get(name) == "" and name != "cors_origin":
             merged[name] = None

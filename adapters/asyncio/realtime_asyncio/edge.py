@@ -27,6 +27,7 @@ from realtime_proto.jwt import JwtConfig
 from realtime_proto.pusher.apps import parse_apps
 from realtime_proto.pusher.codec import CACHE_RULES
 from realtime_proto.ratelimit import Rate
+from realtime_proto.webhook import WebhookTarget
 
 __all__ = [
     "Settings",
@@ -98,6 +99,7 @@ class Settings:
     auth_webhook_cache: float = 30.0
     #: Pusher apps as ID:KEY:SECRET (repeatable); kept out of the repr: secrets
     pusher_app: tuple[str, ...] = field(default=(), repr=False)
+    pusher_webhook: str | None = None
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -158,7 +160,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
                     presence_ttl=settings.presence_ttl, limits=limits,
-                    broker_bundle_bytes=bundle_bytes(settings))
+                    broker_bundle_bytes=bundle_bytes(settings),
+                    report_events=bool(settings.pusher_webhook and settings.pusher_app))
     return NodeConfig(hub=hub, api_key=settings.api_key,
                       poll_timeout=settings.poll_timeout,
                       poll_session_timeout=settings.poll_session_timeout,
@@ -167,7 +170,9 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       trusted_proxies=parse_networks(settings.trusted_proxy),
                       static_files=load_static_files(settings.static_dir),
-                      pusher_apps=parse_apps(settings.pusher_app))
+                      pusher_apps=parse_apps(settings.pusher_app),
+                      pusher_webhook=WebhookTarget.parse(settings.pusher_webhook)
+                      if settings.pusher_webhook else None)
 
 
 def jwt_config(settings: Settings) -> JwtConfig | None:
