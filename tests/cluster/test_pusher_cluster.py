@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 import websockets
 
 from ..behaviour.serving import serving
-from ..features.test_pusher import APP_ID, KEY, SECRET, pusher_socket, sdk
+from ..features.test_pusher import (
+    APP_ID,
+    KEY,
+    SECRET,
+    pusher_socket,
+    sdk,
+    webhook_receiver,
+)
 from .nodes import broker_url, require
 
 BROKERS = ["redis", "nats", "amqp", "postgresql"]
@@ -82,5 +90,38 @@ def test_triggers_presence_and_termination_cross_nodes(kind: str) -> None:
             await ann.ws.close()
             removed = await bob.next("pusher_internal:member_removed")
             assert removed["data"]["user_id"] == "ann"
+
+    asyncio.run(scenario())
+
+
+def test_member_added_webhook_once_across_nodes() -> None:
+    require("redis")
+    broker = broker_url("redis")
+
+    async def scenario() -> None:
+        received: list[dict[str, Any]] = []
+        app = (f"{APP_ID}:{KEY}:{SECRET}",)
+        async with webhook_receiver(received) as url, \
+                serving("asyncio", broker=broker, pusher_app=app, pusher_webhook=url) as a, \
+                serving("asyncio", broker=broker, pusher_app=app, pusher_webhook=url) as b, \
+                pusher_socket(a.port) as on_a, pusher_socket(b.port) as on_b:
+            client = sdk(a.port)
+            room = f"presence-room-{time.monotonic_ns()}"
+            auth = client.authenticate(channel=room, socket_id=on_a.socket_id,
+                                       custom_data={"user_id": "ann"})
+            await on_a.subscribe(room, **auth)
+            async with asyncio.timeout(15):  # until node B knows ann is there
+                while not (await asyncio.to_thread(sdk(b.port).users_info, room))["users"]:
+                    await asyncio.sleep(0.05)
+            auth = client.authenticate(channel=room, socket_id=on_b.socket_id,
+                                       custom_data={"user_id": "ann"})
+            await on_b.subscribe(room, **auth)  # ann again, on the other node: no webhook
+            await on_b.send("client-marker", {}, room)  # reported after that join
+            async with asyncio.timeout(15):
+                while sum(len(r.get("events", [1])) for r in received) < 2:
+                    await asyncio.sleep(0.05)
+            assert all("invalid" not in r for r in received), received
+            assert sorted(e["name"] for r in received for e in r["events"]) == [
+                "client_event", "member_added"]
 
     asyncio.run(scenario())

@@ -435,6 +435,50 @@ describe('pusher-js in headless chromium (its browser build)', () => {
   });
 });
 
+describe('Pusher webhooks, checked by the Node SDK', () => {
+  let hooked;
+  let receiver;
+  const hooks = [];
+
+  before(async () => {
+    receiver = http.createServer((req, res) => {
+      let rawBody = '';
+      req.on('data', (d) => (rawBody += d));
+      req.on('end', () => {
+        const webhook = nodeSdk(1).webhook({ headers: req.headers, rawBody });
+        hooks.push(webhook.isValid() ? webhook.getEvents() : 'invalid');
+        res.writeHead(200).end();
+      });
+    });
+    const port = await freePort();
+    await new Promise((resolve) => receiver.listen(port, '127.0.0.1', resolve));
+    hooked = await startRealtimeServer({
+      extraArgs: ['--pusher-app', APP, '--pusher-webhook', `http://127.0.0.1:${port}/hook`],
+    });
+  });
+
+  after(async () => {
+    await hooked?.kill('SIGTERM');
+    await new Promise((resolve) => receiver?.close(resolve));
+  });
+
+  test('member_added, client_event and member_removed from pusher-js clients', async () => {
+    const room = unique('presence-room-');
+    const ann = await connected(makePusher(hooked.port, { user: 'ann' }));
+    const bob = await connected(makePusher(hooked.port, { user: 'bob' }));
+    const { channel: a } = await subscribed(ann, room);
+    await subscribed(bob, room);
+    const whisper = once(a, 'client-typing');
+    bob.channel(room).trigger('client-typing', { on: true });
+    await whisper;
+    bob.disconnect();
+    const events = () => hooks.flatMap((h) => (h === 'invalid' ? ['invalid'] : h.map((e) => `${e.name}:${e.user_id}`)));
+    await until(async () => events().length >= 4, { timeout: 10000, what: 'four webhook events' });
+    // (each Node call's events go in a request of their own: they may arrive in any order)
+    assert.deepEqual(events().sort(), ['client_event:bob', 'member_added:ann', 'member_added:bob', 'member_removed:bob']);
+  });
+});
+
 describe('pusher-js across two nodes on Redis', () => {
   let nodeA;
   let nodeB;
