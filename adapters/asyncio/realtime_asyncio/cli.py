@@ -72,12 +72,12 @@ _HELP = {
                     "whether a connection may join a private or presence channel",
     "auth_webhook_timeout": "seconds the auth webhook may take (then: refused with 4500)",
     "auth_webhook_cache": "seconds an auth webhook answer is reused for the same user and channel",
-    "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
-                      "(default: disconnect with 4021)",
     "pusher_app": "serve the Pusher Channels protocol for an app: ID:KEY:SECRET (repeatable; "
                   "pusher-js connects to /app/KEY, the Pusher SDKs call /apps/ID/…)",
     "pusher_webhook": "URL the server POSTs Pusher webhooks to (member_added, member_removed, "
                       "client_event), signed with the app's secret",
+    "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
+                      "(default: disconnect with 4021)",
 }
 
 

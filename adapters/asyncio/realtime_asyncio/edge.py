@@ -94,12 +94,12 @@ class Settings:
     #: None: by broker (`bundle_bytes`)
     broker_bundle_bytes: int | None = None
     slow_consumers: str = ""
-    auth_webhook: str | None = None
-    auth_webhook_timeout: float = 3.0
-    auth_webhook_cache: float = 30.0
     #: Pusher apps as ID:KEY:SECRET (repeatable); kept out of the repr: secrets
     pusher_app: tuple[str, ...] = field(default=(), repr=False)
     pusher_webhook: str | None = None
+    auth_webhook: str | None = None
+    auth_webhook_timeout: float = 3.0
+    auth_webhook_cache: float = 30.0
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -155,24 +155,24 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
     hub = HubConfig(node_id=node_id, rates=rates, history=history,
                     shared_history=history_store(settings) is not None,
                     jwt=jwt_config(settings),
+                    report_events=bool(settings.pusher_webhook and settings.pusher_app),
                     heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
                     presence_ttl=settings.presence_ttl, limits=limits,
-                    broker_bundle_bytes=bundle_bytes(settings),
-                    report_events=bool(settings.pusher_webhook and settings.pusher_app))
+                    broker_bundle_bytes=bundle_bytes(settings))
     return NodeConfig(hub=hub, api_key=settings.api_key,
                       poll_timeout=settings.poll_timeout,
+                      pusher_apps=parse_apps(settings.pusher_app),
+                      pusher_webhook=WebhookTarget.parse(settings.pusher_webhook)
+                      if settings.pusher_webhook else None,
                       poll_session_timeout=settings.poll_session_timeout,
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
                       cors_origin=settings.cors_origin, runtime=runtime,
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       trusted_proxies=parse_networks(settings.trusted_proxy),
-                      static_files=load_static_files(settings.static_dir),
-                      pusher_apps=parse_apps(settings.pusher_app),
-                      pusher_webhook=WebhookTarget.parse(settings.pusher_webhook)
-                      if settings.pusher_webhook else None)
+                      static_files=load_static_files(settings.static_dir))
 
 
 def jwt_config(settings: Settings) -> JwtConfig | None:
