@@ -158,6 +158,10 @@ class NodeConfig:
     cors_origin: str | None = "*"
     #: path → file, served on GET
     static_files: Mapping[str, StaticFile] = field(default_factory=dict)
+    #: Pusher applications served at `/app/{key}` and `/apps/{id}/` (none: not served)
+    pusher_apps: tuple[PusherApp, ...] = ()
+    #: where Pusher webhooks go (None: nowhere); needs `hub.report_events`
+    pusher_webhook: WebhookTarget | None = None
     #: the runtime name reported in /metrics and /health
     runtime: str = "unknown"
     #: slow-consumer policies by channel pattern (the default is to disconnect)
@@ -165,10 +169,6 @@ class NodeConfig:
     #: reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client (for the
     #: per-address connection limit, authentication and logs); none by default
     trusted_proxies: tuple[Network, ...] = ()
-    #: Pusher applications served at `/app/{key}` and `/apps/{id}/` (none: not served)
-    pusher_apps: tuple[PusherApp, ...] = ()
-    #: where Pusher webhooks go (None: nowhere); needs `hub.report_events`
-    pusher_webhook: WebhookTarget | None = None
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

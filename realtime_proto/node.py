@@ -74,14 +74,14 @@ class _Transport:
     secure: bool
     #: the Hub connection this socket carries (WebSocket, SSE)
     connection_id: ConnectionId | None = None
-    #: message frames waiting since the adapter last pulled (bounded by the policies)
-    backlog: Backlog = field(default_factory=Backlog)
-    #: the long-poll connection whose poll this socket holds
-    holding: ConnectionId | None = None
     #: the app of a WebSocket that speaks the Pusher protocol (None: the native one)
     pusher: PusherApp | None = None
     #: the user a Pusher client signed in as (`pusher:signin`)
     pusher_user: str | None = None
+    #: message frames waiting since the adapter last pulled (bounded by the policies)
+    backlog: Backlog = field(default_factory=Backlog)
+    #: the long-poll connection whose poll this socket holds
+    holding: ConnectionId | None = None
 
 
 class Node:
@@ -166,12 +166,12 @@ class Node:
     def handle(self, event: NodeEvent, *, now: float) -> None:
         """Feed an application, broker or callback event."""
         self._now = now
-        if isinstance(event, AuthenticationAnswered):
+        if isinstance(event, WebhookPosted):
+            self._webhooks["failed" if event.error is not None else "sent"] += 1
+        elif isinstance(event, AuthenticationAnswered):
             self._authenticated(event, now)
         elif isinstance(event, HistoryLoaded) and event.request_id in self._reads_asked:
             self._reads_answered(event)
-        elif isinstance(event, WebhookPosted):
-            self._webhooks["failed" if event.error is not None else "sent"] += 1
         else:
             self.hub.handle(event, now=now)
         self._finish_call()
@@ -244,13 +244,13 @@ class Node:
             transports=len(self._transports), poll_sessions=len(self._polls()),
             held_polls=sum(1 for session in self._polls() if session.held is not None),
             encodings=dict(self._encodings), slow_consumers=self._slow_consumers,
+            webhooks=dict(self._webhooks),
             dropped_messages=self._dropped_messages + sum(
                 t.backlog.dropped for t in self._transports.values()),
             backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
                       if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out, hub=self.hub.statistics(),
-            webhooks=dict(self._webhooks))
+            bytes_out=self._bytes_out, hub=self.hub.statistics())
 
     # -- framing events ------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import final
 
 from .events import BrokerReported
@@ -56,6 +56,8 @@ class NodeStatistics:
     #: long-poll requests waiting for a message
     held_polls: int
     encodings: dict[str, int]
+    #: Pusher webhook requests by outcome ("sent", "failed")
+    webhooks: dict[str, int]
     slow_consumers: int
     #: messages dropped or conflated by the drop_oldest and latest policies
     dropped_messages: int
@@ -65,5 +67,3 @@ class NodeStatistics:
     bytes_in: int
     bytes_out: int
     hub: HubStatistics
-    #: Pusher webhook requests by outcome ("sent", "failed")
-    webhooks: dict[str, int] = field(default_factory=dict)
