@@ -539,6 +539,16 @@ class Node:
         self._run_hub()
         self._respond_json(transport, status, body)
 
+    def _refused_for_pusher(self, transport: _Transport, request: RequestReceived) -> bool:
+        """Answer 404 to a `/send` or `/close` naming a Pusher connection (its socket id is
+        no secret: the app backend and webhooks see it); whether it did."""
+        route = self._routes.get(ConnectionId(request.query.get("connection_id", "")))
+        if not isinstance(route, _Transport) or route.pusher is None:
+            return False
+        self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
+                                                       "unknown or expired connection"))
+        return True
+
     def _pusher_in(self, transport: _Transport, data: str | bytes, now: float) -> None:
         """A frame from a Pusher client: to the Hub as a native message, or answered."""
         connection_id, app = transport.connection_id, transport.pusher
@@ -617,10 +627,11 @@ class Node:
                 self._run_hub()
 
     def _send(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        if self._refused_for_pusher(transport, request):
+            return
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
-        if route is None or (isinstance(route, PollSession) and route.closed) or (
-                isinstance(route, _Transport) and route.pusher is not None):
+        if route is None or (isinstance(route, PollSession) and route.closed):
             self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                                            "unknown or expired connection"))
             return
@@ -640,9 +651,11 @@ class Node:
 
     def _close_request(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         """`POST /close`: an SSE or long-poll client leaves now rather than by timeout."""
+        if self._refused_for_pusher(transport, request):
+            return
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
-        if route is None or (isinstance(route, _Transport) and route.pusher is not None):
+        if route is None:
             self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                                            "unknown or expired connection"))
             return
