@@ -16,7 +16,7 @@ from realtime_proto.framing import MessageIn, PeerClosed
 from realtime_proto.pusher import codec
 from realtime_proto.pusher.apps import PusherApp, parse_app, parse_apps, sign
 from realtime_proto.ratelimit import Rate
-from realtime_proto.testing.peers import WebSocketPeer
+from realtime_proto.testing.peers import HttpPeer, WebSocketPeer
 
 from .nodekit import Harness
 
@@ -183,3 +183,28 @@ def test_any_frame_is_decoded_or_answered_without_raising(event: str, data: Any,
     inbound = codec.decode_frame(ONE, "1.2", raw, max_bytes=10_000)
     assert (inbound.reply is not None) or (inbound.message is not None) \
         or inbound.user_channel is not None or event == "pusher:unsubscribe"
+
+
+def test_the_http_api_is_signed_and_rate_limited_per_key() -> None:
+    h = Harness(pusher_apps=(ONE,), hub=HubConfig(node_id="n1", rates=RateLimits(
+        api_calls=Rate(0.001, 1))))
+    unix = h.node._epoch.unix_ms_at(h.clock.now) // 1000
+    query = f"auth_key=key-one&auth_timestamp={unix}&auth_version=1.0"
+    signature = sign("secret-one", f"GET\n/apps/1/channels\n{query}")
+
+    def get(target: str) -> Any:
+        peer = HttpPeer()
+        transport = h.open()
+        h.feed(transport, peer.request("GET", target, (), b""))
+        [response] = peer.receive(h.take(transport))
+        return response
+
+    assert get(f"/apps/1/channels?{query}&auth_signature={'0' * 64}").status == 401
+    assert get(f"/apps/1/channels?{query}&auth_signature={signature}").status == 429
+    other = Harness(pusher_apps=(ONE,))
+    peer = HttpPeer()
+    transport = other.open()
+    other.feed(transport, peer.request(
+        "GET", f"/apps/1/channels?{query}&auth_signature={signature}", (), b""))
+    [response] = peer.receive(other.take(transport))
+    assert response.status == 200 and json.loads(response.body) == {"channels": {}}

@@ -420,3 +420,29 @@ def _get(url: str) -> str:
     import urllib.request
     with urllib.request.urlopen(url, timeout=10) as response:
         return str(response.read().decode())
+
+
+def test_several_apps_are_isolated() -> None:
+    async def scenario() -> None:
+        apps = (f"{APP_ID}:{KEY}:{SECRET}", "77:other-key:other-secret")
+        async with serving("asyncio", pusher_app=apps) as server, \
+                pusher_socket(server.port) as mine, \
+                pusher_socket(server.port, "other-key") as theirs:
+            other = pusher.Pusher(app_id="77", key="other-key", secret="other-secret",
+                                  host="127.0.0.1", port=server.port, ssl=False)
+            for socket in (mine, theirs):
+                await socket.subscribe("news")
+            await asyncio.to_thread(other.trigger, "news", "theirs", {})
+            assert (await theirs.next())["event"] == "theirs"
+            await asyncio.to_thread(sdk(server.port).trigger, "news", "mine", {})
+            assert (await mine.next())["event"] == "mine"  # not "theirs" first
+            assert await theirs.quiet() == []
+            for client in (sdk(server.port), other):
+                assert await asyncio.to_thread(client.channels_info) == {
+                    "channels": {"news": {}}}
+            with pytest.raises(pusher.errors.PusherBadAuth):  # app 77's key, app 4242's id
+                await asyncio.to_thread(pusher.Pusher(
+                    app_id=APP_ID, key="other-key", secret="other-secret", host="127.0.0.1",
+                    port=server.port, ssl=False).trigger, "news", "x", {})
+
+    asyncio.run(scenario())
