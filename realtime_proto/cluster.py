@@ -35,7 +35,8 @@ from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
 from .jsoncodec import dumps, quote
 from .presence import Entry, Member, PresenceTable
 
-__all__ = ["CLUSTER_TOPIC", "ClusterState", "Heard", "channel_topic", "user_topic"]
+__all__ = ["CLUSTER_TOPIC", "Applied", "ClusterState", "Heard", "channel_topic",
+           "connection_owner", "user_topic"]
 
 #: the topic every node subscribes to for presence and liveness
 CLUSTER_TOPIC = "_cluster"
@@ -54,6 +55,26 @@ class Heard(NamedTuple):
     actions: list[BrokerPublish]
     #: presence entries of a previous run of its origin, dropped now
     left: Changes
+
+
+class Applied(NamedTuple):
+    """What a control envelope of another node changes here (`ClusterState.control`)."""
+
+    joined: Changes
+    left: Changes
+    #: the full state it asks for
+    replies: list[BrokerPublish]
+    #: (topic, count): messages of its origin that never arrived here
+    caught_up: list[tuple[str, int]]
+    #: commands from the application for this node's connections (`ClusterState.command`)
+    commands: list[dict[str, Any]]
+
+
+def connection_owner(connection_id: str) -> str | None:
+    """The node that made a connection id (`<random>.<node id>`), None if it is not of
+    that form."""
+    _, dot, node = connection_id.partition(".")
+    return node if dot and node else None
 
 
 def channel_topic(channel: str) -> str:
@@ -167,6 +188,10 @@ class ClusterState:
         return BrokerPublish(CLUSTER_TOPIC, encode(self._origin, self.incarnation, [
             self.envelope(CLUSTER_TOPIC, EnvelopeKind.CONTROL, payload)]))
 
+    def command(self, to: str | None, **fields: Any) -> BrokerPublish:
+        """An application command for the connections of node `to` (None: every node)."""
+        return self._control(t="cmd", to=to, **fields)
+
     def hello(self) -> list[BrokerPublish]:
         """Ask every node for its state (at start)."""
         return [self._control(t="sync?")]
@@ -253,22 +278,23 @@ class ClusterState:
         return Heard(skip, gap, actions, left)
 
     def control(self, origin: str, payload: bytes, now: float,
-                subscribed: Callable[[str], bool]
-                ) -> tuple[Changes, Changes, list[BrokerPublish], list[tuple[str, int]]]:
-        """Apply a control envelope of another node; (joined, left, replies, catch-ups).
+                subscribed: Callable[[str], bool]) -> Applied:
+        """Apply a control envelope of another node.
 
         The catch-ups are (topic, count) for the topics this node is `subscribed` to on
-        which a full state of the origin shows messages that never arrived.
+        which a full state of the origin shows messages that never arrived; the commands
+        are those addressed to this node or to every node, for the Hub to carry out.
         """
         joined: Changes = []
         left: Changes = []
         replies: list[BrokerPublish] = []
         caught_up: list[tuple[str, int]] = []
+        commands: list[dict[str, Any]] = []
         try:
             body = json.loads(payload)
             kind = body["t"]
         except (ValueError, TypeError, KeyError):
-            return joined, left, replies, caught_up
+            return Applied(joined, left, replies, caught_up, commands)
         try:
             if kind == "join":
                 member = Member(user_id=str(body["u"]), info=dict(body.get("i") or {}))
@@ -291,9 +317,11 @@ class ClusterState:
                     self._states[origin] = (now, latest)
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
+            elif kind == "cmd" and body.get("to") in (None, self.node_id):
+                commands.append(body)
         except (ValueError, TypeError, KeyError, AttributeError):
             pass  # a malformed control message from another node changes nothing
-        return joined, left, replies, caught_up
+        return Applied(joined, left, replies, caught_up, commands)
 
     def _catch_up(self, origin: str, latest: dict[str, Any],
                   subscribed: Callable[[str], bool]) -> list[tuple[str, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "DISCONNECTED",
     "ConfigError",
     "ErrorCode",
     "LocalProtocolError",
@@ -57,6 +58,13 @@ class ErrorCode(enum.IntEnum):
     def slug(self) -> str:
         """The lower-case name used in metrics and logs."""
         return self.name.lower()
+
+
+#: the close code of a connection the application closed (`disconnect_user`,
+#: `POST /api/users/{id}/disconnect`): clients do not reconnect after it. (As the code
+#: of an `error` message, 4010 is `NOT_SUBSCRIBED`; close frames and error messages are
+#: separate spaces.)
+DISCONNECTED = 4010
 
 
 class RealtimeError(Exception):

@@ -17,11 +17,11 @@ from .actions import (
 )
 from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
 from .channels import validate_channel_name as _valid
-from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, user_topic
+from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, connection_owner, user_topic
 from .config import Epoch, HubConfig
 from .connection import Connection, PendingAuthorization, SubscribeOptions
 from .envelope import EnvelopeKind, Outgoing, Received, decode
-from .errors import ErrorCode, LocalProtocolError, MessageError
+from .errors import DISCONNECTED, ErrorCode, LocalProtocolError, MessageError
 from .events import (
     AuthorizationAnswered,
     BrokerLost,
@@ -50,10 +50,15 @@ from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
 from .statistics import HubStatistics
 from .streams import Gap, Position, Ready, Streams
 
-__all__ = ["LOST_EVENT", "Hub"]
+__all__ = ["LOST_EVENT", "REVOKED_EVENT", "Hub"]
 
 #: the event that tells subscribers that messages of a channel (or to their user) were lost
 LOST_EVENT = "messages.lost"
+#: the event that tells a connection the application ended its subscription
+REVOKED_EVENT = "subscription.revoked"
+#: the longest close reason a WebSocket close frame carries (RFC 6455 §5.5: 125 bytes
+#: of payload, 2 of them the code)
+MAX_REASON_BYTES = 123
 
 
 class Hub:
@@ -266,17 +271,129 @@ class Hub:
 
     def send(self, connection_id: ConnectionId, event: str, data: JsonValue = None, *,
              now: float) -> str | None:
-        """Send an event to one connection of this node; the message id, None if unknown."""
+        """Send an event to one connection, on whichever node holds it; the message id, or
+        None when no connection can have that id (its node is this one or unknown).
+
+        A connection of another node gets it through that node (`is_local` tells which);
+        if it closed meanwhile, the event goes nowhere.
+        """
         self._advance(now)
-        if connection_id not in self._connections:
+        local = connection_id in self._connections
+        owner = None if local else self._owner(connection_id)
+        if not local and owner is None:
             return None
         message_id, payload = self._encode(MessageType.EVENT, now, event=event, data=data)
-        self._deliver((connection_id,), payload)
+        if local:
+            self._deliver((connection_id,), payload)
+        else:
+            self._actions.append(self._cluster.command(owner, op="send", n=connection_id,
+                                                       p=payload.decode()))
         return message_id
 
+    def is_local(self, connection_id: ConnectionId) -> bool:
+        """Whether a connection is open on this node."""
+        return connection_id in self._connections
+
     def disconnect(self, connection_id: ConnectionId, code: int = 1000, reason: str = "") -> None:
-        """Close a connection from the application's side."""
+        """Close a connection of this node from the application's side.
+
+        Raises:
+            LocalProtocolError: no such connection here.
+        """
         self._drop(self._get(connection_id), code, reason)
+
+    def disconnect_connection(self, connection_id: ConnectionId, code: int = DISCONNECTED,
+                              reason: str = "", *, now: float) -> bool:
+        """Close one connection on whichever node holds it (close `code`, default 4010:
+        clients do not reconnect); False when no connection can have that id.
+
+        Raises:
+            MessageError: the code or reason cannot go in a close frame (4005).
+        """
+        self._advance(now)
+        _close_frame(code, reason)
+        conn = self._connections.get(connection_id)
+        if conn is not None:
+            self._drop(conn, code, reason)
+            return True
+        owner = self._owner(connection_id)
+        if owner is None:
+            return False
+        self._actions.append(self._cluster.command(owner, op="disconnect", n=connection_id,
+                                                   code=code, r=reason))
+        return True
+
+    def disconnect_user(self, user_id: str, code: int = DISCONNECTED, reason: str = "", *,
+                        now: float) -> int:
+        """Close every connection of a user on every node; how many were on this one.
+
+        Raises:
+            MessageError: the code or reason cannot go in a close frame (4005).
+        """
+        self._advance(now)
+        _close_frame(code, reason)
+        self._actions.append(self._cluster.command(None, op="disconnect_user", u=user_id,
+                                                   code=code, r=reason))
+        return self._disconnect_user(user_id, code, reason)
+
+    def unsubscribe_user(self, user_id: str, channel: str, reason: str = "", *,
+                         now: float) -> int:
+        """End a user's subscriptions to a channel on every node (each connection gets
+        `subscription.revoked`); how many were on this one.
+
+        Raises:
+            MessageError: the channel name is invalid (4008).
+        """
+        self._advance(now)
+        _valid(channel)
+        self._actions.append(self._cluster.command(None, op="unsubscribe_user", u=user_id,
+                                                   c=channel, r=reason))
+        return self._unsubscribe_user(user_id, channel, reason, now)
+
+    def _owner(self, connection_id: ConnectionId) -> str | None:
+        """The other node, alive as far as this one knows, that made a connection id."""
+        owner = connection_owner(connection_id)
+        return owner if owner is not None and owner in self._cluster.heard else None
+
+    def _disconnect_user(self, user_id: str, code: int, reason: str) -> int:
+        chosen = sorted(self._users.get(user_id, ()))
+        for connection_id in chosen:
+            self._drop(self._connections[connection_id], code, reason)
+        return len(chosen)
+
+    def _unsubscribe_user(self, user_id: str, channel: str, reason: str, now: float) -> int:
+        count = 0
+        for connection_id in sorted(self._users.get(user_id, ())):
+            conn = self._connections[connection_id]
+            request_id = conn.pending.pop(channel, None)
+            if request_id is not None:  # its authorization is on its way: void it
+                self._pending.pop(request_id, None)
+            elif channel in conn.channels:
+                self._leave(conn, channel, now)
+            else:
+                continue
+            self._reply(conn, REVOKED_EVENT, {"reason": reason}, now, channel)
+            count += 1
+        return count
+
+    def _command(self, body: dict[str, Any], now: float) -> None:
+        """Carry out an application command another node forwarded (`ClusterState.command`)."""
+        try:
+            match body.get("op"):
+                case "send":
+                    connection_id = ConnectionId(str(body["n"]))
+                    if connection_id in self._connections:
+                        self._deliver((connection_id,), str(body["p"]).encode())
+                case "disconnect":
+                    conn = self._connections.get(ConnectionId(str(body["n"])))
+                    if conn is not None:
+                        self._drop(conn, int(body["code"]), str(body["r"]))
+                case "disconnect_user":
+                    self._disconnect_user(str(body["u"]), int(body["code"]), str(body["r"]))
+                case "unsubscribe_user":
+                    self._unsubscribe_user(str(body["u"]), str(body["c"]), str(body["r"]), now)
+        except (KeyError, TypeError, ValueError):
+            self._errors[ErrorCode.MALFORMED_MESSAGE] += 1  # another node's bug: counted
 
     def connection(self, connection_id: ConnectionId) -> ConnectionInfo | None:
         """A snapshot of a local connection, or None."""
@@ -702,13 +819,15 @@ class Hub:
                 self._deliver(targets, payload)
         else:
             for payload in payloads[skip:]:
-                joined, left, actions, caught_up = self._cluster.control(
-                    received.origin, payload, now, self._receives)
-                self._actions.extend(actions)
-                self._announce(joined, "user.joined", now)
-                self._announce(left, "user.left", now)
-                for lost_topic, count in caught_up:
+                applied = self._cluster.control(received.origin, payload, now,
+                                                self._receives)
+                self._actions.extend(applied.replies)
+                self._announce(applied.joined, "user.joined", now)
+                self._announce(applied.left, "user.left", now)
+                for lost_topic, count in applied.caught_up:
                     self._lost(lost_topic, count)
+                for command in applied.commands:
+                    self._command(command, now)
 
     def _receives(self, topic: str) -> bool:
         """Whether this node is subscribed to a channel or user topic."""
@@ -848,6 +967,19 @@ class Hub:
                 _, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                                    event=event, data=member.to_dict())
                 self._deliver(self._subscribers[channel], payload, exclude=exclude)
+
+
+def _close_frame(code: int, reason: str) -> None:
+    """Check that a close code and reason fit a WebSocket close frame.
+
+    Raises:
+        MessageError: 4005, naming what is wrong.
+    """
+    if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
+        raise MessageError(ErrorCode.INVALID_FIELD, "'code' must be 1000 or 3000-4999")
+    if not isinstance(reason, str) or len(reason.encode()) > MAX_REASON_BYTES:
+        raise MessageError(ErrorCode.INVALID_FIELD,
+                           f"'reason' must be a string of at most {MAX_REASON_BYTES} bytes")
 
 
 def _offset_order(item: tuple[int | None, bytes, str | None]) -> float:

@@ -427,7 +427,8 @@ class Node:
 
     def _accept(self, transport: _Transport, request: RequestReceived, user: User | None,
                 now: float) -> None:
-        connection_id = ConnectionId(self._new_id())
+        # the node's id in the connection's: any node knows where to send its commands
+        connection_id = ConnectionId(f"{self._new_id()}.{self.hub.node_id}")
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
         opened = ConnectionOpened(connection_id=connection_id, user=user, transport=kind,
                                   peer=self._peer(transport, request),

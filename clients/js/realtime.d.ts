@@ -8,6 +8,8 @@ export type ChannelState = 'pending' | 'subscribed' | 'failed' | 'unsubscribed';
 
 export declare const STATES: readonly ConnectionState[];
 export declare const TRANSPORTS: readonly TransportName[];
+/** The close code of a connection the application closed (`disconnect_user`): not retried. */
+export declare const DISCONNECTED_CODE: 4010;
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 

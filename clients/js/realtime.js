@@ -160,6 +160,9 @@ async function readHttpError(res) {
   return { status: res.status, code, message: e.message || res.statusText || `HTTP ${res.status}` };
 }
 
+// The close code of a connection the application closed (disconnect_user): not retried.
+export const DISCONNECTED_CODE = 4010;
+
 function isAuthFailure(info) {
   return !!info && (info.code === 4001 || info.status === 401);
 }
@@ -879,6 +882,16 @@ export class Channel extends Emitter {
       }
       return;
     }
+    if (event === 'subscription.revoked') {
+      // the application ended the subscription: not resubscribed on reconnect
+      this._clearRetry();
+      this.state = 'failed';
+      this.error = { code: 4003, message: (data && data.reason) || 'subscription revoked' };
+      this.client._dropQueued(this.name);
+      this._emit(event, data ?? {}, msg);
+      this._emit('*', event, data ?? {}, msg);
+      return;
+    }
     if (event !== 'subscription.succeeded' && !this._track(msg)) return; // delivered already
     let again = null;
     if (event === 'subscription.succeeded') {
@@ -1263,6 +1276,10 @@ export class RealtimeClient extends Emitter {
     this._connectionLost();
     if (isAuthFailure(info)) this._authFailures++;
     this._emit('disconnected', info);
+    if (info && info.code === DISCONNECTED_CODE) {
+      this._fail({ ...info, reason: info.reason || 'disconnected by the server' }); // no reconnect
+      return;
+    }
     this._scheduleReconnect(info);
   }
 

@@ -124,6 +124,33 @@ def test_a_refused_token_fails_without_retrying() -> None:
     asyncio.run(scenario())
 
 
+def test_disconnected_by_the_backend_fails_without_retrying_and_revoked_channels_end() -> None:
+    async def scenario() -> None:
+        node = server()
+        await node.start()
+        client = RealtimeClient(f"ws://127.0.0.1:{node.port}", token=token("mallory"),
+                                backoff_min=0.01, backoff_max=0.02)
+        await client.connect()
+        feed = client.subscribe("private-feed")
+        await asyncio.wait_for(feed.subscribed.wait(), 10)
+        errors: list[object] = []
+        feed.on("subscription.error", errors.append)
+        assert node.unsubscribe_user("mallory", "private-feed", "no access") == 1
+        async with asyncio.timeout(10):
+            await _until(lambda: errors)
+        assert "private-feed" not in client.channels
+        assert (feed.error.code, feed.error.message) == (4003, "no access")  # type: ignore[union-attr]
+        states: list[ClientState] = []
+        client.on("state", states.append)
+        assert node.disconnect_user("mallory", reason="banned") == 1
+        async with asyncio.timeout(10):
+            await _until(lambda: client.state is ClientState.FAILED)
+        assert client.attempts == 1 and states == [ClientState.FAILED]
+        await client.close()
+        await node.aclose()
+    asyncio.run(scenario())
+
+
 async def _until(check: object) -> None:
     while not check():  # type: ignore[operator]
         await asyncio.sleep(0.01)

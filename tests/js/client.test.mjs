@@ -331,6 +331,40 @@ describe('client against the real server', () => {
         assert.equal(calls, 2);
         assert.deepEqual(states, ['connecting', 'reconnecting', 'failed']);
       });
+
+      test('disconnected by the backend (4010): failed with the reason, no reconnect', async () => {
+        const user = unique('banned');
+        let tokens = 0;
+        const c = makeClient(server.wsUrl, transport, {
+          auth: { token: () => (tokens++, userToken(server, user)) },
+        });
+        const bystander = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'alice') } });
+        await Promise.all([connected(c), connected(bystander)]);
+        const states = [];
+        c.on('state', (s, _previous, info) => states.push([s, info && info.code, info && info.reason]));
+        const answer = await server.api('POST', `/api/users/${user}/disconnect`, { reason: 'banned' });
+        assert.deepEqual(answer, { local: 1 });
+        await waitState(c, 'failed', 8000);
+        assert.deepEqual(states, [['failed', 4010, 'banned']]);
+        assert.equal(tokens, 1); // no second attempt was started
+        assert.equal(bystander.state, 'connected');
+      });
+
+      test('subscription.revoked: the channel fails and is not resubscribed', async () => {
+        const user = unique('revoked');
+        const c = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, user) } });
+        await connected(c);
+        const name = unique('private-doc.');
+        const ch = await subscribed(c, name);
+        const revoked = waitEvent(ch, 'subscription.revoked');
+        await server.api('POST', `/api/users/${user}/unsubscribe`, { channel: name, reason: 'access removed' });
+        const [data] = await revoked;
+        assert.deepEqual(data, { reason: 'access removed' });
+        assert.equal(ch.state, 'failed');
+        assert.deepEqual(ch.error, { code: 4003, message: 'access removed' });
+        const info = await server.api('GET', `/api/channels/${encodeURIComponent(name)}`);
+        assert.equal(info.subscribers, 0);
+      });
     });
   }
 

@@ -34,6 +34,7 @@ from realtime_proto.actions import (
     Transmit,
 )
 from realtime_proto.callbacks import authentication_answer, authorization_answer
+from realtime_proto.errors import DISCONNECTED
 from realtime_proto.events import (
     BrokerLost,
     BrokerRestored,
@@ -168,9 +169,33 @@ class ServerBase:
         return self.on_server_thread(self._send_to_user, user_id, event, data)
 
     def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
-        """Send to one connection of this node; the message id, or None if unknown. Safe
-        from any thread, and raises as `broadcast` does."""
+        """Send to one connection, on whichever node holds it; the message id, or None when
+        no node can have it. Safe from any thread, and raises as `broadcast` does."""
         return self.on_server_thread(self._send, connection_id, event, data)
+
+    def disconnect_user(self, user_id: str, code: int = DISCONNECTED, reason: str = "") -> int:
+        """Close every connection of a user on every node (close `code`, default 4010:
+        the clients do not reconnect); how many were on this node. Safe from any thread;
+        raises as `broadcast` does, and `MessageError` (4005) for a code or reason that
+        cannot go in a close frame."""
+        count: int = self.on_server_thread(self._command, self.node.hub.disconnect_user,
+                                           user_id, code, reason)
+        return count
+
+    def disconnect(self, connection_id: str, code: int = DISCONNECTED, reason: str = "") -> bool:
+        """Close one connection on whichever node holds it; False when no node can have
+        it. Safe from any thread; raises as `disconnect_user` does."""
+        known: bool = self.on_server_thread(self._command, self.node.hub.disconnect_connection,
+                                            ConnectionId(connection_id), code, reason)
+        return known
+
+    def unsubscribe_user(self, user_id: str, channel: str, reason: str = "") -> int:
+        """End a user's subscriptions to a channel on every node (each connection gets
+        `subscription.revoked`); how many were on this node. Safe from any thread; raises
+        as `broadcast` does."""
+        count: int = self.on_server_thread(self._command, self.node.hub.unsubscribe_user,
+                                           user_id, channel, reason)
+        return count
 
     def members(self, channel: str) -> list[Member]:
         """Members of a presence channel across the cluster (from any thread)."""
@@ -252,6 +277,11 @@ class ServerBase:
         message_id = self.node.hub.send(ConnectionId(connection_id), event, data, now=self.now())
         self.pump()
         return message_id
+
+    def _command(self, verb: Callable[..., T], *args: Any) -> T:
+        result = verb(*args, now=self.now())
+        self.pump()
+        return result
 
     @property
     def running(self) -> bool:

@@ -196,18 +196,19 @@ class RealtimeClient:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self.protocol.state not in (ClientState.DISCONNECTED, ClientState.FAILED):
-            refused = False
+            refused, code = False, None
             with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
-                refused = await self._session()
+                refused, code = await self._session()
             self._drop_socket()
             self.connected.clear()
-            self.protocol.connection_lost(now=loop.time(), refused=refused)
+            self.protocol.connection_lost(now=loop.time(), refused=refused, code=code)
             self._set_state()
             if self.protocol.next_attempt_at is not None:
                 await asyncio.sleep(max(0.0, self.protocol.next_attempt_at - loop.time()))
 
-    async def _session(self) -> bool:
-        """One connection, until it ends; True if the server refused the token."""
+    async def _session(self) -> tuple[bool, int | None]:
+        """One connection, until it ends; whether the server refused the token, and the
+        close code it sent, if any."""
         loop = asyncio.get_running_loop()
         self.attempts += 1
         token = self._token() if callable(self._token) else self._token
@@ -227,23 +228,23 @@ class RealtimeClient:
                 data = await asyncio.wait_for(reader.read(65536), wait)
             except TimeoutError:
                 if self.protocol.is_dead(now=loop.time()):
-                    return False
+                    return False, None
                 continue
             if not data:
-                return False
+                return False, None
             ws.receive_data(data)
             for event in ws.events():
                 match event:
                     case RejectConnection(status_code=status):
-                        return bool(status == 401)
+                        return status == 401, None
                     case AcceptConnection():
                         pass
                     case TextMessage():
                         self._handle(self.protocol.receive(event.data, now=loop.time()))
                     case Ping():
                         writer.write(ws.send(event.response()))
-                    case CloseConnection():
-                        return False
+                    case CloseConnection(code=code):
+                        return False, code
             self.flush()
 
     def _handle(self, events: list[ClientEvent]) -> None:
