@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from .channels import AuthorizeCallback
 from .events import ConnectionId, TransportId
+
+if TYPE_CHECKING:
+    from .webhook import WebhookTarget
 
 __all__ = [
     "Authenticate",
@@ -24,6 +27,8 @@ __all__ = [
     "HistoryRead",
     "HubAction",
     "NodeAction",
+    "Notify",
+    "PostWebhook",
     "SaveReadPosition",
     "Transmit",
 ]
@@ -186,6 +191,25 @@ class CloseTransport:
     transport_id: TransportId
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Events for the backend's webhooks (`docs/webhooks.md`): JSON objects, in order."""
+
+    events: tuple[Mapping[str, Any], ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PostWebhook:
+    """POST these bytes (a whole HTTP/1.1 request) to the target, then feed the outcome
+    back with `WebhookPosted(request_id, …)`."""
+
+    request_id: str
+    target: WebhookTarget
+    request: bytes
+
+
 HubAction = (
     Deliver
     | Disconnect
@@ -196,6 +220,7 @@ HubAction = (
     | HistoryAppend
     | HistoryRead
     | SaveReadPosition
+    | Notify
 )
 NodeAction = (
     Transmit
@@ -208,4 +233,5 @@ NodeAction = (
     | HistoryAppend
     | HistoryRead
     | SaveReadPosition
+    | PostWebhook
 )

@@ -34,6 +34,7 @@ from .config import HubConfig
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
 from .jsoncodec import dumps, quote
 from .presence import Entry, Member, PresenceTable
+from .reporter import Reporter, Transition
 
 __all__ = ["CLUSTER_TOPIC", "Applied", "ClusterState", "Heard", "channel_topic",
            "connection_owner", "user_topic"]
@@ -132,6 +133,10 @@ class ClusterState:
         self._clock_ms = clock_ms
         self._bundle_bytes = config.broker_bundle_bytes
         self._origin = quote(self.node_id)  # as every envelope's header has it
+        #: what the cluster reported to the webhooks (None: no presence webhooks)
+        self.reporter = Reporter(config.webhook_settle) if config.presence_webhooks else None
+        if self.reporter is not None:
+            self.presence.changed = set()
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -207,7 +212,10 @@ class ClusterState:
                    for e in self.presence.entries_of(self.node_id)]
         latest = {topic: sequence for topic, sequence in self._sequences.items()
                   if topic != CLUSTER_TOPIC}
-        return self._control(t="state", e=entries, q=latest)
+        if self.reporter is None:
+            return self._control(t="state", e=entries, q=latest)
+        return self._control(t="state", e=entries, q=latest, rv=self.reporter.version,
+                             rb=sorted(self.reporter.reported))
 
     # -- our subscriptions ---------------------------------------------------------------
 
@@ -311,12 +319,18 @@ class ClusterState:
                                  member=Member(user_id=str(u), info=dict(i or {})))
                            for c, n, u, i in body["e"]]
                 joined, left = self.presence.replace_node(origin, entries)
+                if self.reporter is not None and "rv" in body:
+                    self.reporter.adopt([(str(c), str(u)) for c, u in body["rb"]],
+                                        int(body["rv"]))
                 latest = body.get("q") or {}
                 if isinstance(latest, dict):
                     caught_up = self._catch_up(origin, latest, subscribed)
                     self._states[origin] = (now, latest)
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
+            elif kind == "rep" and self.reporter is not None:
+                self.reporter.apply([((str(c), str(u)), bool(p)) for c, u, p in body["k"]],
+                                    int(body["v"]))
             elif kind == "cmd" and body.get("to") in (None, self.node_id):
                 commands.append(body)
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -333,6 +347,23 @@ class ClusterState:
                 if missed:
                     found.append((topic, missed))
         return found
+
+    def report(self, now: float) -> tuple[list[Transition], list[BrokerPublish]]:
+        """The presence transitions this node reports now (when it is the reporter: the
+        smallest id among the live nodes, itself only while its broker is connected),
+        and their announcement to the others (`realtime_proto.reporter`)."""
+        reporter, table = self.reporter, self.presence
+        if reporter is None or table.changed is None:
+            return [], []
+        changed, table.changed = table.changed, set()
+        alive = min(self.heard, default=None)
+        reporting = self.broker_connected and (alive is None or self.node_id < alive)
+        transitions = reporter.evaluate(changed, table.present, table.keys, now, reporting)
+        if not transitions:
+            return [], []
+        announced = self._control(t="rep", v=reporter.version,
+                                  k=[[c, u, p] for (c, u), p in transitions])
+        return transitions, [announced]
 
     def sweep(self, now: float) -> tuple[list[BrokerPublish], Changes]:
         """Heartbeat when due, and drop nodes silent for longer than the TTL."""

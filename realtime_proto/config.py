@@ -13,7 +13,8 @@ from .history import HistoryRule
 from .jwt import JwtConfig
 from .ratelimit import Rate
 
-__all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
+__all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile",
+           "WebhookConfig"]
 
 
 @final
@@ -97,6 +98,11 @@ class HubConfig:
     #: call (a burst, `POST /api/batch`); 0: one broker message per publish. Under
     #: PostgreSQL's NOTIFY limit (8000) by default.
     broker_bundle_bytes: int = 7000
+    #: report presence transitions (`channel.occupied`, `member.added`, …) as `Notify`
+    #: actions, once per cluster (`realtime_proto.reporter`); every node alike
+    presence_webhooks: bool = False
+    #: seconds a presence change must last before it is reported (shorter flaps are not)
+    webhook_settle: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -106,7 +112,8 @@ class HubConfig:
         if self.history_max_pending < 1:
             raise ConfigError("history_max_pending must be at least 1")
         for name in ("heartbeat_interval", "authorization_timeout", "sweep_interval",
-                     "presence_heartbeat_interval", "presence_ttl", "history_timeout"):
+                     "presence_heartbeat_interval", "presence_ttl", "history_timeout",
+                     "webhook_settle"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_ttl <= self.presence_heartbeat_interval:
@@ -129,6 +136,35 @@ class StaticFile:
 
     content_type: str
     body: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig:
+    """Where the events go and how they are delivered."""
+
+    #: http:// or https:// URLs; each gets every event
+    urls: tuple[str, ...]
+    #: the HMAC key of `X-Realtime-Signature` (None: requests are not signed)
+    secret: str | None = None
+    #: events in one POST at most
+    max_batch: int = 100
+    #: seconds the first event of a batch waits for others
+    max_delay: float = 0.005
+    #: events waiting per URL at most; past it the oldest are dropped (and counted)
+    max_queue: int = 10_000
+    #: the first retry's delay (seconds); doubles per failed attempt, up to `backoff_max`,
+    #: with jitter (each delay is 50-100 % of its ceiling)
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigError("webhooks need at least one URL")
+        if self.max_batch < 1 or self.max_queue < self.max_batch:
+            raise ConfigError("webhook max_batch must be at least 1 and max_queue at least that")
+        if self.max_delay < 0 or self.backoff_min <= 0 or self.backoff_max < self.backoff_min:
+            raise ConfigError("webhook delays must be positive, backoff_max >= backoff_min")
 
 
 @final
@@ -160,8 +196,12 @@ class NodeConfig:
     #: reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client (for the
     #: per-address connection limit, authentication and logs); none by default
     trusted_proxies: tuple[Network, ...] = ()
+    #: where presence events go (`docs/webhooks.md`); needs `hub.presence_webhooks`
+    webhooks: WebhookConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.webhooks is not None and not self.hub.presence_webhooks:
+            raise ConfigError("webhooks need hub.presence_webhooks")
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:
             raise ConfigError("poll_session_timeout must be longer than poll_timeout (> 0)")
         if self.sse_heartbeat_interval <= 0:

@@ -29,6 +29,7 @@ __all__ = [
     "SentToUser",
     "TransportId",
     "User",
+    "WebhookPosted",
 ]
 
 #: A client connection as the Hub sees it (one per WebSocket, SSE stream or poll session).
@@ -176,6 +177,17 @@ class AuthenticationAnswered:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookPosted:
+    """What became of a `PostWebhook`: the backend's raw HTTP response, or the error
+    (connection refused, timeout) that stopped it."""
+
+    request_id: str
+    response: bytes = b""
+    error: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerLost:
     """The broker connection went away."""
 
@@ -219,4 +231,4 @@ HubEvent = (
     | HistoryAppended
     | HistoryLoaded
 )
-NodeEvent = HubEvent | AuthenticationAnswered
+NodeEvent = HubEvent | AuthenticationAnswered | WebhookPosted

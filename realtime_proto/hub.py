@@ -13,6 +13,7 @@ from .actions import (
     Deliver,
     Disconnect,
     HubAction,
+    Notify,
     SaveReadPosition,
 )
 from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
@@ -46,6 +47,7 @@ from .message import JsonValue, Message, MessageType, decode_json, encode_messag
 from .metrics import Histogram
 from .presence import Member
 from .ratelimit import TokenBucket
+from .reporter import CHANNEL, Transition
 from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
 from .statistics import HubStatistics
 from .streams import Gap, Position, Ready, Streams
@@ -105,6 +107,7 @@ class Hub:
         self._history_failures = 0
         #: messages this node's subscribers were told they lost
         self._reported_lost = 0
+        self._webhook_events_made = 0
         self._actions.append(BrokerSubscribe(CLUSTER_TOPIC))
         self._actions.extend(self._cluster.hello())
 
@@ -165,6 +168,10 @@ class Hub:
         actions, left = self._cluster.sweep(now)
         self._actions.extend(actions)
         self._announce(left, "user.left", now)
+        transitions, announced = self._cluster.report(now)
+        if transitions:
+            self._actions.extend(announced)
+            self._actions.append(Notify(self._webhook_events(transitions, now)))
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do (monotonic seconds)."""
@@ -375,6 +382,28 @@ class Hub:
             self._reply(conn, REVOKED_EVENT, {"reason": reason}, now, channel)
             count += 1
         return count
+
+    def _webhook_events(self, transitions: list[Transition],
+                        now: float) -> tuple[dict[str, JsonValue], ...]:
+        """The webhook events of presence transitions this node reports."""
+        time_ms = self._unix_ms(now)
+        events = []
+        for (channel, user_id), present in transitions:
+            self._webhook_events_made += 1  # ids unique per node, run and event
+            event: dict[str, JsonValue] = {
+                "id": f"{self.node_id}:{self._cluster.incarnation}:{self._webhook_events_made}"}
+            if user_id == CHANNEL:
+                event["name"] = "channel.occupied" if present else "channel.vacated"
+                event["channel"] = channel
+            else:
+                event["name"] = "member.added" if present else "member.removed"
+                event.update(channel=channel, user_id=user_id)
+                member = self._cluster.presence.member(channel, user_id) if present else None
+                if member is not None:
+                    event["info"] = dict(member.info)
+            event["time_ms"] = time_ms
+            events.append(event)
+        return tuple(events)
 
     def _command(self, body: dict[str, Any], now: float) -> None:
         """Carry out an application command another node forwarded (`ClusterState.command`)."""

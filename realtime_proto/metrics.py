@@ -100,15 +100,17 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", int(hub.broker_connected))])
     metric("broker_topics", "gauge", "Broker topics this node subscribes to.",
            [("", hub.broker_topics)])
-    def histogram(name: str, text: str, snapshot: HistogramSnapshot) -> None:
+    def histogram(name: str, text: str, snapshot: HistogramSnapshot, labels: str = "") -> None:
         name = f"realtime_{name}"
-        lines.append(f"# HELP {name} {text}")
-        lines.append(f"# TYPE {name} histogram")
+        if f"# TYPE {name} histogram" not in lines:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} histogram")
+        at = ",".join(filter(None, [base, labels]))
         for bound, count in zip(snapshot.bounds, snapshot.cumulative, strict=True):
-            lines.append(f'{name}_bucket{{{base},le="{bound}"}} {count}')
-        lines.append(f'{name}_bucket{{{base},le="+Inf"}} {snapshot.count}')
-        lines.append(f"{name}_sum{{{base}}} {snapshot.total}")
-        lines.append(f"{name}_count{{{base}}} {snapshot.count}")
+            lines.append(f'{name}_bucket{{{at},le="{bound}"}} {count}')
+        lines.append(f'{name}_bucket{{{at},le="+Inf"}} {snapshot.count}')
+        lines.append(f"{name}_sum{{{at}}} {snapshot.total}")
+        lines.append(f"{name}_count{{{at}}} {snapshot.count}")
 
     histogram("broker_delivery_seconds", "Time from publish on another node to delivery here.",
               hub.broker_latency)
@@ -153,4 +155,20 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", hub.history_failures)])
     metric("cluster_nodes", "gauge", "Nodes this node hears, itself included.",
            [("", hub.nodes)])
+    hooks = stats.webhooks
+    for name, attribute, kind, text in (
+            ("webhook_events_sent_total", "sent", "counter",
+             "Webhook events the backend accepted (2xx)."),
+            ("webhook_retries_total", "retried", "counter",
+             "Webhook POSTs repeated after a failure (5xx, 408, 429, timeout, no answer)."),
+            ("webhook_events_dropped_total", "dropped", "counter",
+             "Webhook events dropped: the queue was full, or the backend refused them (4xx)."),
+            ("webhook_events_queued", "queued", "gauge", "Webhook events waiting.")):
+        if hooks:
+            metric(name, kind, text,
+                   [(f'url="{_label(h.url)}"', getattr(h, attribute)) for h in hooks])
+    for hook in hooks:
+        histogram("webhook_delivery_seconds",
+                  "Time from a presence transition's report to the backend's 2xx.",
+                  hook.latency, f'url="{_label(hook.url)}"')
     return ("\n".join(lines) + "\n").encode()

@@ -20,6 +20,8 @@ from .actions import (
     HistoryAppend,
     HistoryRead,
     NodeAction,
+    Notify,
+    PostWebhook,
     SaveReadPosition,
     Transmit,
 )
@@ -37,6 +39,7 @@ from .events import (
     NodeEvent,
     TransportId,
     User,
+    WebhookPosted,
 )
 from .forwarded import client_peer
 from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violation
@@ -48,6 +51,7 @@ from .jwt import user_from_claims, verify_token
 from .longpoll import PollSession
 from .message import JsonValue, Message, MessageType, encode_json
 from .metrics import render_metrics
+from .notify import WebhookQueue, response_status
 from .ratelimit import TokenBuckets
 from .statistics import NodeStatistics
 
@@ -81,9 +85,13 @@ class Node:
     and close the socket. Not thread-safe: one loop drives it.
     """
 
-    def __init__(self, config: NodeConfig, *, new_id: Callable[[], str], epoch: Epoch) -> None:
+    def __init__(self, config: NodeConfig, *, new_id: Callable[[], str], epoch: Epoch,
+                 jitter: Callable[[], float] = lambda: 0.5) -> None:
         self.config = config
         self.hub = Hub(config.hub, new_id=new_id, epoch=epoch)
+        #: one queue per webhook URL (`jitter`, a float in [0, 1), spreads their retries)
+        self._webhooks = [WebhookQueue(url, config.webhooks, jitter)
+                          for url in config.webhooks.urls] if config.webhooks else []
         self._new_id = new_id
         self._epoch = epoch
         self._transports: dict[TransportId, _Transport] = {}
@@ -153,6 +161,10 @@ class Node:
         self._now = now
         if isinstance(event, AuthenticationAnswered):
             self._authenticated(event, now)
+        elif isinstance(event, WebhookPosted):
+            status = response_status(event.response) if event.error is None else None
+            for queue in self._webhooks:
+                queue.answered(event.request_id, status, now)
         elif isinstance(event, HistoryLoaded) and event.request_id in self._reads_asked:
             self._reads_answered(event)
         else:
@@ -178,7 +190,12 @@ class Node:
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do (monotonic seconds)."""
-        return self.hub.next_deadline()
+        deadline = self.hub.next_deadline()
+        for queue in self._webhooks:
+            due = queue.next_deadline()
+            if due is not None and due < deadline:
+                deadline = due
+        return deadline
 
     def actions(self) -> list[NodeAction]:
         """Drain the actions produced so far, including those of calls made on `hub`."""
@@ -232,7 +249,8 @@ class Node:
             backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
                       if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out, hub=self.hub.statistics())
+            bytes_out=self._bytes_out, hub=self.hub.statistics(),
+            webhooks=tuple(queue.statistics() for queue in self._webhooks))
 
     # -- framing events ------------------------------------------------------------------
 
@@ -561,6 +579,13 @@ class Node:
                 case (BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize()
                       | HistoryAppend() | HistoryRead() | SaveReadPosition()):
                     self._actions.append(action)
+                case Notify():
+                    for queue in self._webhooks:
+                        queue.add(action.events, self._now)
+        for queue in self._webhooks:
+            if (post := queue.take(self._now, self._new_id,
+                                   self._epoch.unix_ms_at(self._now))) is not None:
+                self._actions.append(PostWebhook(post[0], queue.target, post[1]))
 
     def _deliver(self, action: Deliver) -> None:
         """Frame once per framing kind, then one backlog append per subscriber."""

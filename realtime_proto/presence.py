@@ -46,6 +46,9 @@ class PresenceTable:
         self._by_node: dict[str, set[tuple[str, str]]] = {}
         #: channel -> user id -> number of entries; keeps join/leave decisions O(1)
         self._counts: dict[str, dict[str, int]] = {}
+        #: (channel, user id) and (channel, "") keys whose presence changed, when tracked
+        #: (for the webhook reporter, which drains it)
+        self.changed: set[tuple[str, str]] | None = None
 
     def add(self, entry: Entry) -> bool:
         """Add an entry; True when its user was not present on the channel before."""
@@ -56,6 +59,9 @@ class PresenceTable:
         entries[key] = entry.member
         counts = self._counts.setdefault(entry.channel, {})
         first = entry.member.user_id not in counts
+        if first and self.changed is not None:
+            self.changed.add((entry.channel, entry.member.user_id))
+            self.changed.add((entry.channel, ""))
         counts[entry.member.user_id] = counts.get(entry.member.user_id, 0) + 1
         self._by_node.setdefault(entry.node_id, set()).add((entry.channel, entry.connection_id))
         return first
@@ -112,6 +118,27 @@ class PresenceTable:
             seen.setdefault(member.user_id, member)
         return list(seen.values())
 
+    def present(self, key: tuple[str, str]) -> bool:
+        """Whether a user (`(channel, user id)`) or a channel (`(channel, "")`) is present."""
+        channel, user_id = key
+        counts = self._counts.get(channel)
+        return counts is not None and (not user_id or user_id in counts)
+
+    def keys(self) -> set[tuple[str, str]]:
+        """Every present user and channel, as `present` names them."""
+        found = set()
+        for channel, counts in self._counts.items():
+            found.add((channel, ""))
+            found.update((channel, user_id) for user_id in counts)
+        return found
+
+    def member(self, channel: str, user_id: str) -> Member | None:
+        """A present user's member (its first entry's)."""
+        for member in self._entries.get(channel, {}).values():
+            if member.user_id == user_id:
+                return member
+        return None
+
     def entries_of(self, node_id: str) -> list[Entry]:
         """Every entry a node owns (what it announces in a full sync)."""
         return [
@@ -127,6 +154,9 @@ class PresenceTable:
         if counts[user_id]:
             return True
         del counts[user_id]
+        if self.changed is not None:
+            self.changed.add((channel, user_id))
+            self.changed.add((channel, ""))
         if not counts:
             del self._counts[channel]
         return False

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from .events import BrokerReported
 from .metrics import HistogramSnapshot
+
+if TYPE_CHECKING:
+    from .notify import WebhookStatistics
 
 __all__ = ["HubStatistics", "NodeStatistics"]
 
@@ -65,3 +68,5 @@ class NodeStatistics:
     bytes_in: int
     bytes_out: int
     hub: HubStatistics
+    #: each webhook URL's delivery counters
+    webhooks: tuple[WebhookStatistics, ...] = ()

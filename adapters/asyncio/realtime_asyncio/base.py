@@ -12,6 +12,7 @@ from __future__ import annotations
 import _thread
 import inspect
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -30,6 +31,7 @@ from realtime_proto.actions import (
     HistoryAppend,
     HistoryRead,
     NodeAction,
+    PostWebhook,
     SaveReadPosition,
     Transmit,
 )
@@ -44,8 +46,10 @@ from realtime_proto.events import (
     HistoryLoaded,
     NodeEvent,
     TransportId,
+    WebhookPosted,
 )
 from realtime_proto.message import JsonValue
+from realtime_proto.notify import response_status
 from realtime_proto.presence import Member
 from realtime_proto.webhook import (
     WebhookAnswer,
@@ -114,7 +118,7 @@ class ServerBase:
         self.settings = settings or Settings(**options)
         self.node_id = self.settings.node_id or new_node_id()
         self.node = Node(build_node_config(self.settings, self.node_id, runtime=self.runtime),
-                         new_id=random_id, epoch=new_epoch())
+                         new_id=random_id, epoch=new_epoch(), jitter=random.random)
         #: the shared history store's URL, when channels keep history there
         self.history_store = history_store(self.settings)
         self.broker: BrokerCommands | None = None
@@ -346,6 +350,8 @@ class ServerBase:
                 self.run_callback(
                     self._authenticate_hook or _anonymous, (action.request,),
                     lambda result, error: authentication_answer(request_id, result, error))
+            case PostWebhook():
+                self.run_callback(self._post_events, (action,), _posted_answer)
             case _:
                 assert_never(action)
 
@@ -438,6 +444,37 @@ class ServerBase:
         self._webhook_cache.put(user_id, channel, answer, self.now())
         return _rule_result(answer)
 
+    # -- the event webhooks ---------------------------------------------------------------
+
+    def _post_events(self, action: PostWebhook) -> object:
+        """POST a batch of webhook events through `post_webhook`; its `WebhookPosted`
+        (or an awaitable of it), never an exception."""
+        try:
+            response = self.post_webhook(action.target, action.request)
+        except Exception as error:
+            return self._posted(action, b"", error)
+        if inspect.isawaitable(response):
+            return self._posted_later(action, response)
+        return self._posted(action, response, None)
+
+    async def _posted_later(self, action: PostWebhook, response: Awaitable[bytes]) -> object:
+        try:
+            return self._posted(action, await response, None)
+        except Exception as error:
+            return self._posted(action, b"", error)
+
+    @staticmethod
+    def _posted(action: PostWebhook, response: bytes, error: Exception | None) -> WebhookPosted:
+        target = action.target
+        url = f"{'https' if target.secure else 'http'}://{target.host}:{target.port}{target.path}"
+        status = response_status(response) if error is None else None
+        if status is None or not 200 <= status < 300:
+            log.warning("webhook %s: %s; the events are retried with backoff (a bounded "
+                        "queue: the oldest are dropped when it is full)", url,
+                        f"HTTP {status}" if status else repr(error or "no HTTP answer"))
+        return WebhookPosted(request_id=action.request_id, response=response,
+                             error=None if error is None else repr(error))
+
     # -- the runtime's hooks ---------------------------------------------------------------
 
     @staticmethod
@@ -508,6 +545,12 @@ class ServerBase:
 
     def history_answered(self, answer: HistoryAppended | HistoryLoaded) -> None:
         self.handle(answer)
+
+
+def _posted_answer(result: object, error: BaseException | None) -> WebhookPosted:
+    """`_post_events` answers with its `WebhookPosted` (it never raises)."""
+    assert isinstance(result, WebhookPosted) and error is None
+    return result
 
 
 def _anonymous(request: object) -> None:

@@ -74,6 +74,14 @@ _HELP = {
     "auth_webhook_cache": "seconds an auth webhook answer is reused for the same user and channel",
     "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
                       "(default: disconnect with 4021)",
+    # -- the control plane (docs/webhooks.md)
+    "webhook": "URL that gets the presence events (channel.occupied, channel.vacated, "
+               "member.added, member.removed) as signed JSON POSTs, once per cluster "
+               "(repeatable; environment and TOML: a comma list, a list)",
+    "webhook_secret": "key of the X-Realtime-Signature HMAC-SHA256 of each webhook body",
+    "webhook_settle": "seconds a presence change must last before it is reported",
+    "webhook_max_queue": "webhook events waiting per URL at most (then the oldest are "
+                         "dropped and counted)",
 }
 
 
@@ -168,7 +176,7 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         for name, value in values.items():
             merged[name] = _convert(name, value, types[name], source)
     for name in ("api_key", "jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer",
-                 "auth_webhook",
+                 "auth_webhook", "webhook_secret",
                  "tls_cert", "tls_key", "static_dir", "cors_origin"):
         if merged.get(name) == "" and name != "cors_origin":
             merged[name] = None

@@ -19,7 +19,7 @@ from realtime_brokers import BrokerStatistics
 from realtime_brokers.history import store_url
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
-from realtime_proto.config import RateLimits
+from realtime_proto.config import RateLimits, WebhookConfig
 from realtime_proto.events import BrokerReported
 from realtime_proto.forwarded import parse_networks
 from realtime_proto.history import HistoryRule
@@ -94,6 +94,11 @@ class Settings:
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
     auth_webhook_cache: float = 30.0
+    # -- the control plane: presence events out to the backend (docs/webhooks.md)
+    webhook: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_settle: float = 1.0
+    webhook_max_queue: int = 10_000
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -151,8 +156,12 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     authorization_timeout=settings.authorization_timeout,
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
                     presence_ttl=settings.presence_ttl, limits=limits,
-                    broker_bundle_bytes=bundle_bytes(settings))
-    return NodeConfig(hub=hub, api_key=settings.api_key,
+                    broker_bundle_bytes=bundle_bytes(settings),
+                    presence_webhooks=bool(settings.webhook),
+                    webhook_settle=settings.webhook_settle)
+    webhooks = WebhookConfig(urls=settings.webhook, secret=settings.webhook_secret,
+                             max_queue=settings.webhook_max_queue) if settings.webhook else None
+    return NodeConfig(hub=hub, api_key=settings.api_key, webhooks=webhooks,
                       poll_timeout=settings.poll_timeout,
                       poll_session_timeout=settings.poll_session_timeout,
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
