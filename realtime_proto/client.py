@@ -308,6 +308,11 @@ class ClientProtocol:
         recovering = entry is not None and self._lost(entry, data)
         return [delivered, MessagesLost(channel=channel, data=data, recovering=recovering)]
 
+    def refresh(self, token: str) -> None:
+        """Hand the server a new token for this connection (after
+        `connection.refresh_required`)."""
+        self._outbox.append(_encode({"type": "refresh", "data": {"token": token}}))
+
     def messages_to_send(self) -> list[str]:
         """Drain the messages to write, in order."""
         outbox, self._outbox = self._outbox, []

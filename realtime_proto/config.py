@@ -103,6 +103,9 @@ class HubConfig:
     presence_webhooks: bool = False
     #: seconds a presence change must last before it is reported (shorter flaps are not)
     webhook_settle: float = 1.0
+    #: seconds before a connection's credentials expire that it is asked to refresh them
+    #: (`connection.refresh_required`)
+    refresh_lead: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -113,7 +116,7 @@ class HubConfig:
             raise ConfigError("history_max_pending must be at least 1")
         for name in ("heartbeat_interval", "authorization_timeout", "sweep_interval",
                      "presence_heartbeat_interval", "presence_ttl", "history_timeout",
-                     "webhook_settle"):
+                     "webhook_settle", "refresh_lead"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_ttl <= self.presence_heartbeat_interval:

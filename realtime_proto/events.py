@@ -48,6 +48,9 @@ class User:
     info: Mapping[str, Any] = field(default_factory=dict)
     #: channel patterns this user may join without asking a rule (the JWT `channels` claim)
     channels: tuple[str, ...] = ()
+    #: when the connection's credentials expire (Unix ms; the JWT `exp`): the connection
+    #: must refresh them before (`docs/protocol.md`, "Expiring connections"), or it closes
+    expires_ms: int | None = None
 
 
 @final

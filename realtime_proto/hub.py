@@ -42,7 +42,7 @@ from .events import (
     User,
 )
 from .history import HistoryRule, StreamSlice, stamp
-from .jwt import verify_token
+from .jwt import user_from_claims, verify_token
 from .message import JsonValue, Message, MessageType, decode_json, encode_message
 from .metrics import Histogram
 from .presence import Member
@@ -499,6 +499,7 @@ class Hub:
                            if rates.subscriptions else None)
         self._connections[conn.id] = conn
         if conn.user is not None:
+            self._expires(conn, conn.user.expires_ms, now)
             local = self._users.setdefault(conn.user.id, set())
             if not local:
                 self._actions.append(self._cluster.subscribe(user_topic(conn.user.id), now))
@@ -530,6 +531,8 @@ class Hub:
         idle_timeout = self.config.effective_idle_timeout
         heartbeat = self.config.heartbeat_interval
         for conn in list(self._connections.values()):
+            if conn.expires_at is not None and self._expiring(conn, now):
+                continue
             if not conn.expects_pong:
                 continue
             idle = now - conn.last_activity_at
@@ -540,6 +543,51 @@ class Hub:
                 conn.pinged = True
                 _, payload = self._encode(MessageType.PING, now)
                 self._deliver((conn.id,), payload)
+
+    # -- expiring credentials ------------------------------------------------------------
+
+    def _expires(self, conn: Connection, expires_ms: int | None, now: float) -> None:
+        """Set when a connection's credentials expire (Unix ms, or None: never)."""
+        conn.expires_at = None if expires_ms is None else (
+            now + (expires_ms - self._unix_ms(now)) / 1000)
+        conn.refresh_asked = False
+
+    def _expiring(self, conn: Connection, now: float) -> bool:
+        """Close a connection whose credentials expired (True), or ask it, `refresh_lead`
+        seconds before, to refresh them."""
+        assert conn.expires_at is not None
+        if now >= conn.expires_at:
+            self._errors[ErrorCode.UNAUTHENTICATED] += 1
+            self._drop(conn, ErrorCode.UNAUTHENTICATED, "token expired")
+            return True
+        if not conn.refresh_asked and now >= conn.expires_at - self.config.refresh_lead:
+            conn.refresh_asked = True
+            self._reply(conn, "connection.refresh_required",
+                        {"expires_in": round(conn.expires_at - now, 3)}, now)
+        return False
+
+    def _refresh(self, conn: Connection, data: JsonValue, now: float) -> None:
+        """`{"type": "refresh", "data": {"token": T}}`: new credentials for the same user.
+
+        Raises:
+            MessageError: 4007 without a token; 4001 when the token is bad or expired, or
+                the connection has none to refresh (the connection stays as it was).
+        """
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise MessageError(ErrorCode.MISSING_FIELD, "'data.token' (a string) is required")
+        if conn.user is None or self.config.jwt is None:
+            raise MessageError(ErrorCode.UNAUTHENTICATED, "this connection has no token")
+        user = user_from_claims(verify_token(token, self.config.jwt,
+                                             now_unix=self._unix_ms(now) / 1000))
+        if user.id != conn.user.id:
+            self._errors[ErrorCode.UNAUTHENTICATED] += 1
+            self._drop(conn, ErrorCode.UNAUTHENTICATED, "the new token is for another user")
+            return
+        self._expires(conn, user.expires_ms, now)
+        self._reply(conn, "connection.refreshed", {
+            "expires_in": None if conn.expires_at is None else round(conn.expires_at - now, 3)},
+            now)
 
     # -- client messages -----------------------------------------------------------------
 
@@ -569,6 +617,8 @@ class Hub:
                 case MessageType.PING:
                     _, payload = self._encode(MessageType.PONG, now)
                     self._deliver((conn.id,), payload)
+                case MessageType.REFRESH:
+                    self._refresh(conn, message.data, now)
                 case MessageType.PONG | MessageType.ERROR:
                     pass
         except MessageError as error:

@@ -94,6 +94,8 @@ export interface RealtimeOptions {
   auth?: { token?: TokenSource };
   /** Shorthand for `auth.token`. */
   token?: TokenSource;
+  /** The same as a function `auth.token`: also called when the server asks for a refresh. */
+  getToken?: () => string | null | Promise<string | null>;
   /** Transports in order of preference; default ['websocket', 'sse', 'polling']. */
   transports?: TransportName[];
   /** A WebSocket constructor (Node: `import WebSocket from 'ws'`); default globalThis.WebSocket. */

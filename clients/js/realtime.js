@@ -1093,10 +1093,25 @@ export class RealtimeClient extends Emitter {
   }
 
   async _resolveToken() {
-    let t = this.options.auth && this.options.auth.token;
+    let t = this.options.getToken ?? (this.options.auth && this.options.auth.token);
     if (t === undefined) t = this.options.token;
     if (typeof t === 'function') t = await t();
     return t === null || t === undefined || t === '' ? null : String(t);
+  }
+
+  // The server asks for new credentials before the token expires: the token function's
+  // next token goes to it. If the function fails, the server closes with 4001 at expiry.
+  async _refreshToken() {
+    const gen = this._gen;
+    let token;
+    try {
+      token = await this._resolveToken();
+    } catch (err) {
+      this._emit('error', { code: 0, message: `token function failed: ${err && err.message}` }, null);
+      return;
+    }
+    if (gen !== this._gen || !this._transport || token === null) return;
+    this._transport.send([{ msg: { type: 'refresh', data: { token } } }]);
   }
 
   _transportOrder() {
@@ -1115,7 +1130,8 @@ export class RealtimeClient extends Emitter {
     } catch (err) {
       if (gen !== this._gen) return;
       this._emit('error', { code: 0, message: `token function failed: ${err && err.message}` }, null);
-      this._scheduleReconnect({ code: 1006, reason: 'token function failed' });
+      this._authFailures++; // no token, no connection: 'failed' after maxAuthFailures
+      this._scheduleReconnect({ code: 4001, reason: 'token function failed' });
       return;
     }
     if (gen !== this._gen) return;
@@ -1345,6 +1361,7 @@ export class RealtimeClient extends Emitter {
         return;
       }
       if (msg.event === 'connection.established') return;
+      if (msg.event === 'connection.refresh_required') this._refreshToken();
       if (typeof msg.event === 'string') {
         if (msg.event === 'messages.lost') this._emit('messages.lost', null, msg.data, msg);
         else this._emit(msg.event, msg.data, msg);

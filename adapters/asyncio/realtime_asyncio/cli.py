@@ -82,6 +82,8 @@ _HELP = {
     "webhook_settle": "seconds a presence change must last before it is reported",
     "webhook_max_queue": "webhook events waiting per URL at most (then the oldest are "
                          "dropped and counted)",
+    "refresh_lead": "seconds before a connection token's exp that the client is asked to "
+                    "refresh it (connection.refresh_required); at exp it is closed with 4001",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import random
 import ssl as ssl_module
 from collections import defaultdict
@@ -36,6 +37,8 @@ from realtime_proto.client import (
 from realtime_proto.message import JsonValue
 
 __all__ = ["Channel", "RealtimeClient"]
+
+log = logging.getLogger("realtime.client")
 
 Handler = Callable[..., Any]
 TokenSource = str | Callable[[], str | Awaitable[str]] | None
@@ -103,7 +106,9 @@ class Channel:
 class RealtimeClient:
     """Connects, reconnects with backoff, resubscribes and recovers; WebSocket transport.
 
-    `token` may be a string or a (sync or async) function called before every attempt.
+    `token` may be a string or a (sync or async) function called before every attempt and
+    when the server asks for a refresh before the token expires; if the function fails,
+    the client ends `failed` (no token, no connection).
     With `auto_recover`, a `messages.lost` whose range is known on a channel with history
     makes the channel resubscribe and replay the lost messages (each offset once).
     """
@@ -128,6 +133,7 @@ class RealtimeClient:
         self._runner: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.attempts = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> ClientState:
@@ -211,9 +217,11 @@ class RealtimeClient:
         close code it sent, if any."""
         loop = asyncio.get_running_loop()
         self.attempts += 1
-        token = self._token() if callable(self._token) else self._token
-        if inspect.isawaitable(token):
-            token = await token
+        try:
+            token = await self._fetch_token()
+        except Exception:
+            log.exception("the token function failed: giving up")
+            return True, None
         target = self._path + (f"?{urlencode({'token': token})}" if token else "")
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self._host, self._port, ssl=self._ssl), 10)
@@ -270,6 +278,12 @@ class RealtimeClient:
                     if channel is not None:
                         channel._dispatch(event.event, event.data)
                         channel._dispatch("presence", event.members)
+                case ChannelMessage() if event.event == "connection.refresh_required" \
+                        and event.channel is None and callable(self._token):
+                    task = asyncio.ensure_future(self._refresh())
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    self._emit("message", event)
                 case ChannelMessage():
                     channel = self.channels.get(event.channel) if event.channel else None
                     if channel is None:
@@ -280,6 +294,24 @@ class RealtimeClient:
                         channel._dispatch(event.event, event.data, event.message)
                 case MessagesLost():
                     self._emit("messages.lost", event.channel, event.data)
+
+    async def _fetch_token(self) -> str | None:
+        token = self._token() if callable(self._token) else self._token
+        if inspect.isawaitable(token):
+            token = await token
+        return token
+
+    async def _refresh(self) -> None:
+        """A new token for the server before the current one expires; if the function
+        fails, the server closes with 4001 at expiry."""
+        try:
+            token = await self._fetch_token()
+        except Exception:
+            log.exception("the token function failed: the connection ends at expiry")
+            return
+        if token:
+            self.protocol.refresh(token)
+            self.flush()
 
     def _emit(self, name: str, *args: Any) -> None:
         for handler in self._handlers.get(name, ()):

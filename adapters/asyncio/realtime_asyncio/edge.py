@@ -99,6 +99,7 @@ class Settings:
     webhook_secret: str | None = None
     webhook_settle: float = 1.0
     webhook_max_queue: int = 10_000
+    refresh_lead: float = 30.0
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -158,7 +159,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     presence_ttl=settings.presence_ttl, limits=limits,
                     broker_bundle_bytes=bundle_bytes(settings),
                     presence_webhooks=bool(settings.webhook),
-                    webhook_settle=settings.webhook_settle)
+                    webhook_settle=settings.webhook_settle,
+                    refresh_lead=settings.refresh_lead)
     webhooks = WebhookConfig(urls=settings.webhook, secret=settings.webhook_secret,
                              max_queue=settings.webhook_max_queue) if settings.webhook else None
     return NodeConfig(hub=hub, api_key=settings.api_key, webhooks=webhooks,
