@@ -253,13 +253,13 @@ class ClientProtocol:
     def connection_lost(self, *, now: float, refused: bool = False,
                         code: int | None = None) -> None:
         """The socket closed (with the server's close `code`, if any) or could not open;
-        plan the next attempt, unless the server refused the token or the application
-        disconnected this user (4010)."""
+        plan the next attempt, unless the server refused the token, the application
+        disconnected this user (4010) or a newer connection replaced this one (4013)."""
         for entry in self._channels.values():
             entry.active = False
         if self.state in (ClientState.DISCONNECTED, ClientState.FAILED):
             return
-        if refused or code == DISCONNECTED:
+        if refused or code in (DISCONNECTED, ErrorCode.TOO_MANY_CONNECTIONS):
             self.state = ClientState.FAILED
             self.next_attempt_at = None
             return

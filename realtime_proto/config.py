@@ -36,10 +36,19 @@ class Limits:
     max_head_bytes: int = 16 * 1024
     #: HTTP request body size (API calls and `POST /send`)
     max_body_bytes: int = 1024 * 1024
+    #: client connections on this node (None: no limit); past it, 503 at the door
+    max_connections: int | None = None
+    #: connections of one user on this node (None: no limit); past it, the new one is
+    #: refused (429, 4013) or the user's oldest is closed (`replace_oldest`)
+    max_connections_per_user: int | None = None
+    #: at `max_connections_per_user`, close the user's oldest connection (4013) instead
+    #: of refusing the new one
+    replace_oldest: bool = False
 
     def __post_init__(self) -> None:
         for item in fields(self):
-            if getattr(self, item.name) < 1:
+            value = getattr(self, item.name)
+            if value is not None and not isinstance(value, bool) and value < 1:
                 raise ConfigError(f"limit {item.name} must be at least 1")
 
 

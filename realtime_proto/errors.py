@@ -43,6 +43,8 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_SUBSCRIPTIONS = 4011
     #: too many authorizations in flight on one connection
     TOO_MANY_PENDING = 4012
+    #: over the connection limit of the node or of the user
+    TOO_MANY_CONNECTIONS = 4013
     #: nothing heard from the client within the idle timeout
     IDLE_TIMEOUT = 4020
     #: the client did not read; its output buffer passed the limit

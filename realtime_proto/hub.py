@@ -108,6 +108,8 @@ class Hub:
         #: messages this node's subscribers were told they lost
         self._reported_lost = 0
         self._webhook_events_made = 0
+        #: connections closed for a newer one of the same user (`replace_oldest`)
+        self._replaced = 0
         self._actions.append(BrokerSubscribe(CLUSTER_TOPIC))
         self._actions.extend(self._cluster.hello())
 
@@ -442,6 +444,12 @@ class Hub:
             return sorted(self._users.get(user_id, ()))
         return list(self._connections)
 
+    def connection_count(self, user_id: str | None = None) -> int:
+        """Local connections: all of them, or one user's."""
+        if user_id is not None:
+            return len(self._users.get(user_id, ()))
+        return len(self._connections)
+
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers, and how many."""
         return {name: len(subs) for name, subs in sorted(self._subscribers.items())}
@@ -471,6 +479,7 @@ class Hub:
             broker_topics=len(self._subscribers) + len(self._users) + 1,
             broker_latency=self._broker_latency.snapshot(),
             broker_driver=self._broker_report,
+            connections_replaced=self._replaced,
         )
 
     # -- connections ---------------------------------------------------------------------
@@ -504,6 +513,13 @@ class Hub:
             if not local:
                 self._actions.append(self._cluster.subscribe(user_topic(conn.user.id), now))
             local.add(conn.id)
+            limit = self.config.limits.max_connections_per_user
+            if limit is not None and len(local) > limit:  # replace_oldest (else refused)
+                oldest = min((c for c in local if c != conn.id),
+                             key=lambda c: (self._connections[c].connected_at, c))
+                self._replaced += 1
+                self._drop(self._connections[oldest], ErrorCode.TOO_MANY_CONNECTIONS,
+                           "replaced by a newer connection of the same user")
         self._reply(conn, "connection.established", {
             "connection_id": conn.id,
             "user_id": conn.user.id if conn.user else None,

@@ -155,6 +155,13 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", hub.history_failures)])
     metric("cluster_nodes", "gauge", "Nodes this node hears, itself included.",
            [("", hub.nodes)])
+    metric("connections_refused_total", "counter",
+           "Connections refused at the door: node (max_connections, 503), user "
+           "(max_connections_per_user, 429).",
+           [(f'limit="{k}"', stats.refused_connections.get(k, 0)) for k in ("node", "user")])
+    metric("connections_replaced_total", "counter",
+           "Connections closed (4013) for a newer one of the same user.",
+           [("", hub.connections_replaced)])
     hooks = stats.webhooks
     for name, attribute, kind, text in (
             ("webhook_events_sent_total", "sent", "counter",

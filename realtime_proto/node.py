@@ -111,6 +111,7 @@ class Node:
         self._slow_consumers = 0
         self._shutting_down = False
         self._dropped_messages = 0
+        self._refused_connections: Counter[str] = Counter()
         self._policies: dict[str | None, SlowConsumerPolicy] = {}
         self._bytes_in = 0
         self._bytes_out = 0
@@ -250,7 +251,8 @@ class Node:
                       if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
             bytes_out=self._bytes_out, hub=self.hub.statistics(),
-            webhooks=tuple(queue.statistics() for queue in self._webhooks))
+            webhooks=tuple(queue.statistics() for queue in self._webhooks),
+            refused_connections=dict(self._refused_connections))
 
     # -- framing events ------------------------------------------------------------------
 
@@ -330,7 +332,8 @@ class Node:
                           [("content-type", "text/plain; version=0.0.4")])
         elif (path in ("/ws", "/sse") and method == "GET") or (
                 path == "/poll" and method == "GET" and "connection_id" not in request.query):
-            self._authenticate(transport, request, now)
+            if not self._full(transport):
+                self._authenticate(transport, request, now)
         elif path == "/poll" and method == "GET":
             self._poll(transport, request, now)
         elif path == "/send" and method == "POST":
@@ -406,6 +409,18 @@ class Node:
         trusted = self.config.trusted_proxies
         return client_peer(transport.peer, request.headers, trusted) if trusted else transport.peer
 
+    def _full(self, transport: _Transport) -> bool:
+        """Answer 503 when the node has `max_connections` (counting those being
+        authenticated); whether it has."""
+        limit = self.config.hub.limits.max_connections
+        if limit is None or self.hub.connection_count() + len(self._waiting_auth) < limit:
+            return False
+        self._refused_connections["node"] += 1
+        self._respond(transport, 503, encode_json(error_body(
+            ErrorCode.TOO_MANY_CONNECTIONS, f"this node has its {limit} connections")),
+            [("content-type", _JSON), ("retry-after", "1"), *self._cors])
+        return True
+
     def _authenticate(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         peer = self._peer(transport, request)
         if self._refused(transport, self._connect_buckets, (peer or "").rpartition(":")[0], now):
@@ -445,6 +460,14 @@ class Node:
 
     def _accept(self, transport: _Transport, request: RequestReceived, user: User | None,
                 now: float) -> None:
+        limits = self.config.hub.limits
+        per_user = limits.max_connections_per_user
+        if user is not None and per_user is not None and not limits.replace_oldest \
+                and self.hub.connection_count(user.id) >= per_user:
+            self._refused_connections["user"] += 1
+            self._respond_json(transport, 429, error_body(
+                ErrorCode.TOO_MANY_CONNECTIONS, f"at most {per_user} connections per user"))
+            return
         # the node's id in the connection's: any node knows where to send its commands
         connection_id = ConnectionId(f"{self._new_id()}.{self.hub.node_id}")
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")

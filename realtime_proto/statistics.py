@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
 from .events import BrokerReported
@@ -44,6 +44,8 @@ class HubStatistics:
     broker_latency: HistogramSnapshot
     #: the broker driver's counters, as last reported by the adapter
     broker_driver: BrokerReported
+    #: connections closed for a newer one of the same user (`Limits.replace_oldest`)
+    connections_replaced: int = 0
 
 
 
@@ -70,3 +72,5 @@ class NodeStatistics:
     hub: HubStatistics
     #: each webhook URL's delivery counters
     webhooks: tuple[WebhookStatistics, ...] = ()
+    #: connections refused at the door, by limit: "node" (503), "user" (429)
+    refused_connections: Mapping[str, int] = field(default_factory=dict)

@@ -10,6 +10,8 @@ export declare const STATES: readonly ConnectionState[];
 export declare const TRANSPORTS: readonly TransportName[];
 /** The close code of a connection the application closed (`disconnect_user`): not retried. */
 export declare const DISCONNECTED_CODE: 4010;
+/** The close code of a connection replaced by a newer one of the same user: not retried. */
+export declare const REPLACED_CODE: 4013;
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 

@@ -162,6 +162,9 @@ async function readHttpError(res) {
 
 // The close code of a connection the application closed (disconnect_user): not retried.
 export const DISCONNECTED_CODE = 4010;
+// The close code of a connection replaced by a newer one of the same user: not retried
+// either (it would replace the next one in turn).
+export const REPLACED_CODE = 4013;
 
 function isAuthFailure(info) {
   return !!info && (info.code === 4001 || info.status === 401);
@@ -1292,7 +1295,7 @@ export class RealtimeClient extends Emitter {
     this._connectionLost();
     if (isAuthFailure(info)) this._authFailures++;
     this._emit('disconnected', info);
-    if (info && info.code === DISCONNECTED_CODE) {
+    if (info && (info.code === DISCONNECTED_CODE || info.code === REPLACED_CODE)) {
       this._fail({ ...info, reason: info.reason || 'disconnected by the server' }); // no reconnect
       return;
     }

@@ -100,6 +100,9 @@ class Settings:
     webhook_settle: float = 1.0
     webhook_max_queue: int = 10_000
     refresh_lead: float = 30.0
+    max_connections: int = 0
+    max_connections_per_user: int = 0
+    per_user_limit_policy: str = "refuse"
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
 
@@ -142,7 +145,10 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     max_subscriptions=settings.max_subscriptions,
                     max_output_bytes=settings.max_output_bytes,
                     max_poll_backlog=settings.max_poll_backlog,
-                    max_body_bytes=settings.max_body_bytes)
+                    max_body_bytes=settings.max_body_bytes,
+                    max_connections=settings.max_connections or None,
+                    max_connections_per_user=settings.max_connections_per_user or None,
+                    replace_oldest=_replace_oldest(settings.per_user_limit_policy))
     def rate(name: str) -> Rate | None:
         per_second = getattr(settings, f"{name}_rate")
         return Rate(per_second, getattr(settings, f"{name}_burst")) if per_second > 0 else None
@@ -171,6 +177,13 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       trusted_proxies=parse_networks(settings.trusted_proxy),
                       static_files=load_static_files(settings.static_dir))
+
+
+def _replace_oldest(policy: str) -> bool:
+    """`--per-user-limit-policy`: refuse (the new connection) or oldest (closed)."""
+    if policy not in ("refuse", "oldest"):
+        raise ValueError(f"per-user limit policy {policy!r}: use refuse or oldest")
+    return policy == "oldest"
 
 
 def jwt_config(settings: Settings) -> JwtConfig | None:
