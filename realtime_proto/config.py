@@ -112,6 +112,10 @@ class HubConfig:
     presence_webhooks: bool = False
     #: seconds a presence change must last before it is reported (shorter flaps are not)
     webhook_settle: float = 1.0
+    #: report `connection.opened` / `connection.closed` of users' connections (`Notify`)
+    connection_webhooks: bool = False
+    #: report the client events of channels these patterns match (`Notify`)
+    client_event_webhooks: tuple[str, ...] = ()
     #: seconds before a connection's credentials expire that it is asked to refresh them
     #: (`connection.refresh_required`)
     refresh_lead: float = 30.0
@@ -212,8 +216,11 @@ class NodeConfig:
     webhooks: WebhookConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.webhooks is not None and not self.hub.presence_webhooks:
-            raise ConfigError("webhooks need hub.presence_webhooks")
+        hub = self.hub
+        if self.webhooks is not None and not (
+                hub.presence_webhooks or hub.connection_webhooks or hub.client_event_webhooks):
+            raise ConfigError("webhooks need events: hub.presence_webhooks, "
+                              "connection_webhooks or client_event_webhooks")
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:
             raise ConfigError("poll_session_timeout must be longer than poll_timeout (> 0)")
         if self.sse_heartbeat_interval <= 0:

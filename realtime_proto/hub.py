@@ -388,24 +388,34 @@ class Hub:
     def _webhook_events(self, transitions: list[Transition],
                         now: float) -> tuple[dict[str, JsonValue], ...]:
         """The webhook events of presence transitions this node reports."""
-        time_ms = self._unix_ms(now)
         events = []
         for (channel, user_id), present in transitions:
-            self._webhook_events_made += 1  # ids unique per node, run and event
-            event: dict[str, JsonValue] = {
-                "id": f"{self.node_id}:{self._cluster.incarnation}:{self._webhook_events_made}"}
             if user_id == CHANNEL:
-                event["name"] = "channel.occupied" if present else "channel.vacated"
-                event["channel"] = channel
-            else:
-                event["name"] = "member.added" if present else "member.removed"
-                event.update(channel=channel, user_id=user_id)
-                member = self._cluster.presence.member(channel, user_id) if present else None
-                if member is not None:
-                    event["info"] = dict(member.info)
-            event["time_ms"] = time_ms
+                events.append(self._webhook_event(
+                    "channel.occupied" if present else "channel.vacated", now, channel=channel))
+                continue
+            event = self._webhook_event("member.added" if present else "member.removed", now,
+                                        channel=channel, user_id=user_id)
+            member = self._cluster.presence.member(channel, user_id) if present else None
+            if member is not None:
+                event["info"] = dict(member.info)
             events.append(event)
         return tuple(events)
+
+    def _webhook_event(self, name: str, now: float, **fields: JsonValue) -> dict[str, JsonValue]:
+        """One webhook event: an id unique per node, run and event, its name, its fields
+        and the time."""
+        self._webhook_events_made += 1
+        return {"id": f"{self.node_id}:{self._cluster.incarnation}:{self._webhook_events_made}",
+                "name": name, **fields, "time_ms": self._unix_ms(now)}
+
+    def _notify_connection(self, name: str, conn: Connection, now: float) -> None:
+        """`connection.opened` / `connection.closed` of a user's connection, when asked
+        for (this node reports its own connections)."""
+        if self.config.connection_webhooks and conn.user is not None:
+            self._actions.append(Notify((self._webhook_event(
+                name, now, connection_id=conn.id, user_id=conn.user.id,
+                transport=conn.transport),)))
 
     def _command(self, body: dict[str, Any], now: float) -> None:
         """Carry out an application command another node forwarded (`ClusterState.command`)."""
@@ -513,6 +523,7 @@ class Hub:
             if not local:
                 self._actions.append(self._cluster.subscribe(user_topic(conn.user.id), now))
             local.add(conn.id)
+            self._notify_connection("connection.opened", conn, now)
             limit = self.config.limits.max_connections_per_user
             if limit is not None and len(local) > limit:  # replace_oldest (else refused)
                 oldest = min((c for c in local if c != conn.id),
@@ -528,6 +539,7 @@ class Hub:
 
     def _remove(self, conn: Connection) -> None:
         del self._connections[conn.id]
+        self._notify_connection("connection.closed", conn, self._now)
         for request_id in conn.pending.values():
             self._pending.pop(request_id, None)
         for channel in sorted(conn.channels):
@@ -869,6 +881,10 @@ class Hub:
                                                       position=position, ttl=rule.ttl))
         self.broadcast(channel, message.event, data, now=now, exclude=conn.id, user_id=user_id,
                        ephemeral=ephemeral)
+        if any(pattern_matches(p, channel) for p in self.config.client_event_webhooks):
+            self._actions.append(Notify((self._webhook_event(
+                "client_event", now, channel=channel, event=message.event, data=data,
+                user_id=user_id, connection_id=conn.id),)))
 
     def reads(self, channel: str) -> dict[str, int | str]:
         """Each user's read position on a channel (from `read` events on any node)."""

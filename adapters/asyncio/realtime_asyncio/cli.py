@@ -82,6 +82,11 @@ _HELP = {
     "webhook_settle": "seconds a presence change must last before it is reported",
     "webhook_max_queue": "webhook events waiting per URL at most (then the oldest are "
                          "dropped and counted)",
+    "webhook_events": "which events go to the webhooks: presence (default), connections "
+                      "(connection.opened / connection.closed of users' connections); "
+                      "repeatable or a comma list",
+    "webhook_client_events": "channel pattern whose client events go to the webhooks too "
+                             "(repeatable or a comma list)",
     "refresh_lead": "seconds before a connection token's exp that the client is asked to "
                     "refresh it (connection.refresh_required); at exp it is closed with 4001",
     "max_connections": "client connections on this node (0: no limit); past it: 503 before "

@@ -99,6 +99,10 @@ class Settings:
     webhook_secret: str | None = None
     webhook_settle: float = 1.0
     webhook_max_queue: int = 10_000
+    #: presence, connections (both: `presence,connections`)
+    webhook_events: tuple[str, ...] = ("presence",)
+    #: channel patterns whose client events go to the webhooks too
+    webhook_client_events: tuple[str, ...] = ()
     refresh_lead: float = 30.0
     max_connections: int = 0
     max_connections_per_user: int = 0
@@ -153,6 +157,9 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
         per_second = getattr(settings, f"{name}_rate")
         return Rate(per_second, getattr(settings, f"{name}_burst")) if per_second > 0 else None
 
+    events = set(settings.webhook_events)
+    if events - {"presence", "connections"}:
+        raise ValueError(f"webhook events {sorted(events)}: use presence and/or connections")
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
     hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history),
@@ -164,7 +171,10 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     presence_heartbeat_interval=settings.presence_heartbeat_interval,
                     presence_ttl=settings.presence_ttl, limits=limits,
                     broker_bundle_bytes=bundle_bytes(settings),
-                    presence_webhooks=bool(settings.webhook),
+                    presence_webhooks=bool(settings.webhook) and "presence" in events,
+                    connection_webhooks=bool(settings.webhook) and "connections" in events,
+                    client_event_webhooks=settings.webhook_client_events
+                    if settings.webhook else (),
                     webhook_settle=settings.webhook_settle,
                     refresh_lead=settings.refresh_lead)
     webhooks = WebhookConfig(urls=settings.webhook, secret=settings.webhook_secret,
