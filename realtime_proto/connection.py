@@ -25,9 +25,9 @@ class Connection:
     Hub keeps using set and dict operations.
     """
 
-    __slots__ = ("_channels", "_metadata", "_pending", "connected_at", "expects_pong",
-                 "expires_at", "id", "last_activity_at", "message_bucket", "peer", "pinged",
-                 "refresh_asked", "subscribe_bucket", "transport", "user")
+    __slots__ = ("_channels", "_metadata", "_pending", "channel_expiry", "connected_at",
+                 "expects_pong", "expires_at", "id", "last_activity_at", "message_bucket",
+                 "peer", "pinged", "refresh_asked", "subscribe_bucket", "transport", "user")
 
     def __init__(self, *, id: ConnectionId, user: User | None, transport: str,
                  peer: str | None, expects_pong: bool, connected_at: float,
@@ -48,6 +48,9 @@ class Connection:
         self.expires_at: float | None = None
         #: whether `connection.refresh_required` went out for the current credentials
         self.refresh_asked = False
+        #: channels joined with a subscription token that expires: channel -> (when,
+        #: whether `subscription.refresh_required` went out)
+        self.channel_expiry: dict[str, tuple[float, bool]] | None = None
         self._channels: tuple[str, ...] = ()
         self._pending: dict[str, str] | None = None  # channel -> request id
         self._metadata: dict[str, Any] | None = None

@@ -561,6 +561,8 @@ class Hub:
         for conn in list(self._connections.values()):
             if conn.expires_at is not None and self._expiring(conn, now):
                 continue
+            if conn.channel_expiry:
+                self._channels_expiring(conn, now)
             if not conn.expects_pong:
                 continue
             idle = now - conn.last_activity_at
@@ -660,6 +662,10 @@ class Hub:
                    options: JsonValue = None) -> None:
         request = SubscribeOptions.parse(options)
         if channel in conn.channels:
+            if request.token is not None and conn.channel_expiry and \
+                    channel in conn.channel_expiry and conn.user is not None:
+                _, expires_ms = self._subscription_token(conn.user, channel, request.token, now)
+                self._channel_expires(conn, channel, expires_ms, now)  # a refresh
             kept = self._streams.rule(channel)
             if kept is not None and (request.recover is not None or request.history):
                 self._replay(conn, channel, kept, request, now)
@@ -681,8 +687,9 @@ class Hub:
             self._join(conn, channel, conn.user.info, now, request)
             return
         if request.token is not None:
-            self._join(conn, channel, self._subscription_token(conn.user, channel,
-                                                               request.token, now), now, request)
+            info, expires_ms = self._subscription_token(conn.user, channel, request.token, now)
+            self._channel_expires(conn, channel, expires_ms, now)
+            self._join(conn, channel, info, now, request)
             return
         rule = self._rules.find(channel)
         if rule is None or rule.callback is None:
@@ -697,8 +704,9 @@ class Hub:
                                        connection=conn.info(), channel=channel))
 
     def _subscription_token(self, user: User, channel: str, token: str,
-                            now: float) -> Mapping[str, Any]:
-        """Check a per-channel token (`sub` = this user, `channel` = this channel); its info.
+                            now: float) -> tuple[Mapping[str, Any], int | None]:
+        """Check a per-channel token (`sub` = this user, `channel` = this channel); its info
+        and its `exp` (Unix ms), if any.
 
         Raises:
             MessageError: 4003 when the token is bad or for another user or channel.
@@ -713,7 +721,34 @@ class Hub:
         if str(claims.get("sub")) != user.id or claims.get("channel") != channel:
             raise MessageError(ErrorCode.FORBIDDEN, "token for another user or channel")
         info = claims.get("info")
-        return info if isinstance(info, dict) else user.info
+        exp = claims.get("exp")
+        expires_ms = round(exp * 1000) if isinstance(exp, int | float) and \
+            not isinstance(exp, bool) else None
+        return (info if isinstance(info, dict) else user.info), expires_ms
+
+    def _channel_expires(self, conn: Connection, channel: str, expires_ms: int | None,
+                         now: float) -> None:
+        """Set when a subscription token's `exp` ends the subscription (None: never)."""
+        if expires_ms is not None:
+            if conn.channel_expiry is None:
+                conn.channel_expiry = {}
+            conn.channel_expiry[channel] = (now + (expires_ms - self._unix_ms(now)) / 1000, False)
+        elif conn.channel_expiry:
+            conn.channel_expiry.pop(channel, None)
+
+    def _channels_expiring(self, conn: Connection, now: float) -> None:
+        """End the subscriptions whose token expired (`subscription.revoked`), and ask,
+        `refresh_lead` seconds before, for a new token (`subscription.refresh_required`:
+        subscribe again with it)."""
+        assert conn.channel_expiry is not None
+        for channel, (expires_at, asked) in list(conn.channel_expiry.items()):
+            if now >= expires_at:
+                self._leave(conn, channel, now)
+                self._reply(conn, REVOKED_EVENT, {"reason": "token expired"}, now, channel)
+            elif not asked and now >= expires_at - self.config.refresh_lead:
+                conn.channel_expiry[channel] = (expires_at, True)
+                self._reply(conn, "subscription.refresh_required",
+                            {"expires_in": round(expires_at - now, 3)}, now, channel)
 
     def _answered(self, answer: AuthorizationAnswered) -> None:
         pending = self._pending.pop(answer.request_id, None)
@@ -841,6 +876,8 @@ class Hub:
 
     def _leave(self, conn: Connection, channel: str, now: float) -> None:
         conn.channels.discard(channel)
+        if conn.channel_expiry:
+            conn.channel_expiry.pop(channel, None)
         self._streams.cancel(channel, conn.id)
         subscribers = self._subscribers[channel]
         del subscribers[conn.id]

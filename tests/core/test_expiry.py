@@ -72,3 +72,33 @@ def test_connections_without_exp_and_anonymous_ones_never_expire() -> None:
     cluster.send("n1", anonymous, {"type": "refresh", "data": {"token": _token("x", 1e12)}})
     assert [d["code"] for e, d in _events(cluster, anonymous) if e is None] == [4001]
     assert forever not in cluster.transports["n1"].closed
+
+
+def _channel_token(channel: str, exp: float, sub: str = "ann") -> str:
+    return encode_hs256({"sub": sub, "channel": channel, "exp": exp}, SECRET)
+
+
+def test_a_subscription_token_expires_unless_the_client_subscribes_again_with_a_new_one() -> None:
+    cluster = Cluster(1, seed=0, config=CONFIG)
+    start = cluster.clock.now
+    conn = cluster.connect("n1", User(id="ann"))
+    doc = "private-doc.1"
+    cluster.send("n1", conn, {"type": "subscribe", "channel": doc,
+                              "data": {"token": _channel_token(doc, start + 5)}})
+    assert [e for e, _ in _events(cluster, conn)][-1] == "subscription.succeeded"
+    cluster.run_for(3.5)
+    [(event, data)] = _events(cluster, conn)
+    assert event == "subscription.refresh_required" and 1.0 < data["expires_in"] <= 2.0
+    other = _channel_token("private-doc.2", start + 60)  # for another channel: refused
+    cluster.send("n1", conn, {"type": "subscribe", "channel": doc, "data": {"token": other}})
+    assert _events(cluster, conn)[0][1]["code"] == 4003
+    cluster.send("n1", conn, {"type": "subscribe", "channel": doc,
+                              "data": {"token": _channel_token(doc, start + 9)}})
+    assert [e for e, _ in _events(cluster, conn)] == ["subscription.succeeded"]
+    cluster.run_for(2.0)  # past the first exp: still subscribed
+    assert conn in cluster.hub("n1").connection_ids(channel=doc)
+    cluster.run_for(4.0)  # no new token: the subscription ends, the connection stays
+    events = _events(cluster, conn)
+    assert events[-1] == ("subscription.revoked", {"reason": "token expired"})
+    assert conn not in cluster.hub("n1").connection_ids(channel=doc)
+    assert conn not in cluster.transports["n1"].closed
