@@ -1,5 +1,5 @@
-"""The backend's commands reach every node: real `realtime serve` processes on Redis and
-NATS, real WebSocket, SSE and long-poll clients."""
+"""The backend's commands reach every node: real `realtime serve` processes on every broker
+(Redis, NATS, RabbitMQ, PostgreSQL), real WebSocket, SSE and long-poll clients."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import httpx
 import pytest
 
 from ..behaviour.clients import Client, WsClient, connect
-from .nodes import NodeProcess, api, broker_url, eventually, require, start_nodes
+from .nodes import SERVERS, NodeProcess, api, broker_url, eventually, require, start_nodes
 from .test_processes import token
 
 ROOM = "presence-control"
 
 
-@pytest.fixture(params=["redis", "nats"])
+@pytest.fixture(params=list(SERVERS))
 def kind(request: pytest.FixtureRequest) -> str:
     require(request.param)
     return str(request.param)

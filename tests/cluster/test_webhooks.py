@@ -1,4 +1,4 @@
-"""Presence webhooks from real `realtime serve` processes on Redis and NATS to a real HTTP
+"""Presence webhooks from real `realtime serve` processes on every broker to a real HTTP
 receiver: each transition once, a SIGKILLed node's members removed by the survivor,
 signed bodies, a 503 retried."""
 
@@ -17,7 +17,7 @@ import pytest
 from realtime_proto.notify import sign
 
 from ..behaviour.clients import Client, connect
-from .nodes import TTL, NodeProcess, broker_url, eventually, metric, require, start_nodes
+from .nodes import SERVERS, TTL, NodeProcess, broker_url, eventually, metric, require, start_nodes
 from .test_processes import token
 
 SECRET = "hook-secret"
@@ -78,7 +78,7 @@ class Receiver:
         writer.close()
 
 
-@pytest.fixture(params=["redis", "nats"])
+@pytest.fixture(params=list(SERVERS))
 def kind(request: pytest.FixtureRequest) -> str:
     require(request.param)
     return str(request.param)
