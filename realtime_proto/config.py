@@ -38,8 +38,8 @@ class Limits:
     max_body_bytes: int = 1024 * 1024
     #: client connections on this node (None: no limit); past it, 503 at the door
     max_connections: int | None = None
-    #: connections of one user on this node (None: no limit); past it, the new one is
-    #: refused (429, 4013) or the user's oldest is closed (`replace_oldest`)
+    #: connections of one user across the cluster (None: no limit); past it, the new one
+    #: is refused (429, 4013) or the user's oldest, on any node, is closed (`replace_oldest`)
     max_connections_per_user: int | None = None
     #: at `max_connections_per_user`, close the user's oldest connection (4013) instead
     #: of refusing the new one

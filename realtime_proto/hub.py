@@ -45,7 +45,7 @@ from .history import HistoryRule, StreamSlice, stamp
 from .jwt import user_from_claims, verify_token
 from .message import JsonValue, Message, MessageType, decode_json, encode_message
 from .metrics import Histogram
-from .presence import Member
+from .presence import CONNECTIONS, Member
 from .ratelimit import TokenBucket
 from .reporter import CHANNEL, Transition
 from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
@@ -455,10 +455,38 @@ class Hub:
         return list(self._connections)
 
     def connection_count(self, user_id: str | None = None) -> int:
-        """Local connections: all of them, or one user's."""
-        if user_id is not None:
-            return len(self._users.get(user_id, ()))
-        return len(self._connections)
+        """Connections: all of this node's; or one user's, on every node as far as this
+        one knows when `max_connections_per_user` is set (else on this node)."""
+        if user_id is None:
+            return len(self._connections)
+        if self.config.limits.max_connections_per_user is not None:
+            return self._cluster.presence.count(CONNECTIONS, user_id)
+        return len(self._users.get(user_id, ()))
+
+    def _limit_user(self, conn: Connection, user_id: str, now: float) -> None:
+        """Count a user's new connection cluster-wide (an entry of the presence table's
+        `CONNECTIONS`, announced like presence) and, over `max_connections_per_user`
+        (with `replace_oldest`: the Node refuses it at the door otherwise), close the
+        user's oldest connection, on whichever node holds it."""
+        _, announced = self._cluster.join(CONNECTIONS, conn.id, Member(
+            user_id=user_id, info={"at": self._unix_ms(now)}))
+        self._actions.extend(announced)
+        table, limit = self._cluster.presence, self.config.limits.max_connections_per_user
+        if limit is None or table.count(CONNECTIONS, user_id) <= limit:
+            return
+        oldest = table.oldest(CONNECTIONS, user_id, but=(self.node_id, conn.id))
+        if oldest is None:
+            return
+        node, connection_id = oldest
+        self._replaced += 1
+        reason = "replaced by a newer connection of the same user"
+        local = self._connections.get(ConnectionId(connection_id))
+        if node == self.node_id and local is not None:
+            self._drop(local, ErrorCode.TOO_MANY_CONNECTIONS, reason)
+        elif node != self.node_id:
+            self._actions.append(self._cluster.command(
+                node, op="disconnect", n=connection_id, code=int(ErrorCode.TOO_MANY_CONNECTIONS),
+                r=reason))
 
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers, and how many."""
@@ -524,13 +552,8 @@ class Hub:
                 self._actions.append(self._cluster.subscribe(user_topic(conn.user.id), now))
             local.add(conn.id)
             self._notify_connection("connection.opened", conn, now)
-            limit = self.config.limits.max_connections_per_user
-            if limit is not None and len(local) > limit:  # replace_oldest (else refused)
-                oldest = min((c for c in local if c != conn.id),
-                             key=lambda c: (self._connections[c].connected_at, c))
-                self._replaced += 1
-                self._drop(self._connections[oldest], ErrorCode.TOO_MANY_CONNECTIONS,
-                           "replaced by a newer connection of the same user")
+            if self.config.limits.max_connections_per_user is not None:
+                self._limit_user(conn, conn.user.id, now)
         self._reply(conn, "connection.established", {
             "connection_id": conn.id,
             "user_id": conn.user.id if conn.user else None,
@@ -540,6 +563,8 @@ class Hub:
     def _remove(self, conn: Connection) -> None:
         del self._connections[conn.id]
         self._notify_connection("connection.closed", conn, self._now)
+        if self.config.limits.max_connections_per_user is not None and conn.user is not None:
+            self._actions.extend(self._cluster.leave(CONNECTIONS, conn.id)[1])
         for request_id in conn.pending.values():
             self._pending.pop(request_id, None)
         for channel in sorted(conn.channels):

@@ -6,7 +6,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
 
-__all__ = ["Entry", "Member", "PresenceTable"]
+__all__ = ["CONNECTIONS", "Entry", "Member", "PresenceTable"]
+
+#: the table's own channel of every user's connections (with the per-user limit): not a
+#: valid channel name, so no client can subscribe to it, and no webhook reports it
+CONNECTIONS = "#connections"
 
 
 @final
@@ -59,7 +63,7 @@ class PresenceTable:
         entries[key] = entry.member
         counts = self._counts.setdefault(entry.channel, {})
         first = entry.member.user_id not in counts
-        if first and self.changed is not None:
+        if first and self.changed is not None and entry.channel != CONNECTIONS:
             self.changed.add((entry.channel, entry.member.user_id))
             self.changed.add((entry.channel, ""))
         counts[entry.member.user_id] = counts.get(entry.member.user_id, 0) + 1
@@ -128,9 +132,24 @@ class PresenceTable:
         """Every present user and channel, as `present` names them."""
         found = set()
         for channel, counts in self._counts.items():
+            if channel == CONNECTIONS:
+                continue
             found.add((channel, ""))
             found.update((channel, user_id) for user_id in counts)
         return found
+
+    def count(self, channel: str, user_id: str) -> int:
+        """How many entries (connections) a user has on a channel."""
+        return self._counts.get(channel, {}).get(user_id, 0)
+
+    def oldest(self, channel: str, user_id: str,
+               but: tuple[str, str]) -> tuple[str, str] | None:
+        """The (node, connection) of a user's entry with the smallest `info["at"]`, other
+        than `but`."""
+        found = [(member.info.get("at", 0), node, connection_id)
+                 for (node, connection_id), member in self._entries.get(channel, {}).items()
+                 if member.user_id == user_id and (node, connection_id) != but]
+        return min(found)[1:] if found else None
 
     def member(self, channel: str, user_id: str) -> Member | None:
         """A present user's member (its first entry's)."""
@@ -154,7 +173,7 @@ class PresenceTable:
         if counts[user_id]:
             return True
         del counts[user_id]
-        if self.changed is not None:
+        if self.changed is not None and channel != CONNECTIONS:
             self.changed.add((channel, user_id))
             self.changed.add((channel, ""))
         if not counts:

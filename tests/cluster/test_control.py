@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -109,3 +109,31 @@ def test_commands_reach_connections_on_the_other_node(kind: str) -> None:
 async def _members(http: httpx.AsyncClient, node: NodeProcess, users: set[str]) -> bool:
     body = (await api(http, node, "GET", f"channels/{ROOM}/members")).json()
     return {m["user_id"] for m in body["members"]} == users
+
+
+def test_the_per_user_limit_counts_the_connections_of_every_node(kind: str) -> None:
+    async def scenario(nodes: list[NodeProcess]) -> None:
+        n1, n2 = nodes
+        async with httpx.AsyncClient() as http:
+            await _clustered(http, nodes)
+
+            async def refused_on_n2() -> bool:
+                async with http.stream("GET", f"{n2.base}/sse",
+                                       params={"token": token("alice")}) as answer:
+                    return answer.status_code == 429
+            async with connect("websocket", n1.port, token=token("alice")):
+                await eventually(refused_on_n2)  # n2 counts alice's connection on n1
+                async with connect("websocket", n2.port, token=token("bob")) as bob:
+                    assert bob.user_id == "bob"
+            await eventually(lambda: _not(refused_on_n2))  # gone from n1: room again
+
+    nodes = start_nodes(broker_url(kind), 2, "--max-connections-per-user", "1")
+    try:
+        asyncio.run(scenario(nodes))
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def _not(check: Callable[[], Awaitable[bool]]) -> bool:
+    return not await check()

@@ -10,6 +10,7 @@ import pytest
 
 from realtime_proto import HubConfig, User
 from realtime_proto.api import handle_api
+from realtime_proto.config import Limits
 from realtime_proto.errors import DISCONNECTED, MessageError
 from realtime_proto.events import ConnectionId
 from realtime_proto.testing import Cluster
@@ -177,3 +178,27 @@ def test_unsubscribe_user_ends_its_subscriptions_everywhere_and_nothing_else(see
     for node, conn in tabs:
         assert "after" not in _events(cluster, node, conn)
     assert "after" in _events(cluster, bob_node, bob)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_per_user_limit_counts_every_node_and_replaces_the_oldest_anywhere(
+        seed: int) -> None:
+    config = HubConfig(presence_heartbeat_interval=1.0, presence_ttl=3.0,
+                       limits=Limits(max_connections_per_user=2, replace_oldest=True))
+    cluster = Cluster(2, seed=seed, config=config)
+    cluster.settle()
+    first = cluster.connect("n1", User(id="alice"))
+    cluster.run_for(0.01)
+    cluster.connect("n2", User(id="alice"))
+    bob = cluster.connect("n1", User(id="bob"))
+    cluster.settle()
+    for node in ("n1", "n2"):
+        assert cluster.hub(node).connection_count("alice") == 2
+    cluster.connect("n2", User(id="alice"))  # the oldest, on n1, makes room
+    cluster.settle()
+    assert cluster.transports["n1"].closed == {
+        first: (4013, "replaced by a newer connection of the same user")}
+    assert cluster.transports["n2"].closed == {}  # second and third stay
+    assert bob not in cluster.transports["n1"].closed
+    for node in ("n1", "n2"):
+        assert cluster.hub(node).connection_count("alice") == 2

@@ -1,5 +1,6 @@
 """Connection limits at the door: per node (503 before the upgrade), per user (429, or the
-user's oldest connection closed), each counted in /metrics."""
+user's oldest connection closed), each counted in /metrics. (Across nodes:
+tests/core/test_control_sim.py and tests/cluster/test_control.py.)"""
 
 from __future__ import annotations
 

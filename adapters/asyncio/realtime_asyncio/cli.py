@@ -91,8 +91,8 @@ _HELP = {
                     "refresh it (connection.refresh_required); at exp it is closed with 4001",
     "max_connections": "client connections on this node (0: no limit); past it: 503 before "
                        "the upgrade",
-    "max_connections_per_user": "connections of one user on this node (0: no limit); past "
-                                "it, see --per-user-limit-policy",
+    "max_connections_per_user": "connections of one user across the cluster (0: no limit); "
+                                "past it, see --per-user-limit-policy",
     "per_user_limit_policy": "at --max-connections-per-user: refuse (the new connection: 429 "
                              "with 4013) or oldest (the user's oldest is closed with 4013)",
 }
