@@ -37,7 +37,7 @@ from .presence import Entry, Member, PresenceTable
 from .reporter import Reporter, Transition
 
 __all__ = ["CLUSTER_TOPIC", "Applied", "ClusterState", "Heard", "channel_topic",
-           "connection_owner", "user_topic"]
+           "connection_route", "user_topic"]
 
 #: the topic every node subscribes to for presence and liveness
 CLUSTER_TOPIC = "_cluster"
@@ -71,11 +71,11 @@ class Applied(NamedTuple):
     commands: list[dict[str, Any]]
 
 
-def connection_owner(connection_id: str) -> str | None:
-    """The node that made a connection id (`<random>.<node id>`), None if it is not of
-    that form."""
-    _, dot, node = connection_id.partition(".")
-    return node if dot and node else None
+def connection_route(connection_id: str) -> str | None:
+    """The route key of the node that made a connection id (`<route>.<random>`), None if
+    it is not of that form."""
+    route, dot, rest = connection_id.partition(".")
+    return route if dot and route and rest else None
 
 
 def channel_topic(channel: str) -> str:
@@ -110,9 +110,15 @@ class ClusterState:
     """Sequences, liveness and the cluster-wide presence table of one node."""
 
     def __init__(self, config: HubConfig, now: float, clock_ms: Callable[[], int],
-                 incarnation: int) -> None:
+                 incarnation: int, route: str) -> None:
         self.node_id = config.node_id
         self.incarnation = incarnation
+        #: this node's route key (the prefix of its connection ids), in every control
+        #: message it sends, so that the others know where its connections live
+        self.route = route
+        #: other nodes' route keys -> node id, and back
+        self.routes: dict[str, str] = {}
+        self._route_of: dict[str, str] = {}
         self.presence = PresenceTable()
         self.window = SequenceWindow(self._baseline)
         #: our channel and user topics -> when we subscribed
@@ -189,13 +195,19 @@ class ClusterState:
             out[at] = BrokerPublish(run[0].topic, encode(self._origin, self.incarnation, run))
 
     def _control(self, **fields: Any) -> BrokerPublish:
-        payload = dumps(fields)
+        payload = dumps({**fields, "rt": self.route})
         return BrokerPublish(CLUSTER_TOPIC, encode(self._origin, self.incarnation, [
             self.envelope(CLUSTER_TOPIC, EnvelopeKind.CONTROL, payload)]))
 
     def command(self, to: str | None, **fields: Any) -> BrokerPublish:
         """An application command for the connections of node `to` (None: every node)."""
         return self._control(t="cmd", to=to, **fields)
+
+    def owner(self, connection_id: str) -> str | None:
+        """The other node, alive as far as this one knows, that made a connection id."""
+        route = connection_route(connection_id)
+        node = self.routes.get(route) if route is not None else None
+        return node if node is not None and node in self.heard else None
 
     def hello(self) -> list[BrokerPublish]:
         """Ask every node for its state (at start)."""
@@ -303,6 +315,10 @@ class ClusterState:
             kind = body["t"]
         except (ValueError, TypeError, KeyError):
             return Applied(joined, left, replies, caught_up, commands)
+        route = body.get("rt")
+        if isinstance(route, str) and self._route_of.get(origin) != route:
+            self.routes.pop(self._route_of.get(origin, ""), None)  # its previous run's
+            self.routes[route], self._route_of[origin] = origin, route
         try:
             if kind == "join":
                 member = Member(user_id=str(body["u"]), info=dict(body.get("i") or {}))
@@ -375,6 +391,7 @@ class ClusterState:
         for node, last in list(self.heard.items()):
             if now - last > self._ttl:
                 del self.heard[node]
+                self.routes.pop(self._route_of.pop(node, ""), None)
                 self.incarnations.pop(node, None)
                 self._states.pop(node, None)
                 self.window.forget_origin(node)

@@ -18,7 +18,7 @@ from .actions import (
 )
 from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
 from .channels import validate_channel_name as _valid
-from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, connection_owner, user_topic
+from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, user_topic
 from .config import Epoch, HubConfig
 from .connection import Connection, PendingAuthorization, SubscribeOptions
 from .envelope import EnvelopeKind, Outgoing, Received, decode
@@ -94,8 +94,11 @@ class Hub:
         self._signals = ChannelSignals(config.typing_interval)
         #: envelopes (`Outgoing`) become broker messages when drained (`actions`)
         self._actions: list[HubAction | Outgoing] = []
+        #: this node's route key: the prefix of its connection ids (`<route>.<random>`),
+        #: which tells every node where a connection lives
+        self.route = new_id()[:8]
         self._cluster = ClusterState(config, self._now,
-                                     lambda: self._unix_ms(self._now), epoch.unix_ms)
+                                     lambda: self._unix_ms(self._now), epoch.unix_ms, self.route)
         self._broker_latency = Histogram()
         self._broker_report = BrokerReported()
         self._next_sweep_at = self._now
@@ -361,8 +364,7 @@ class Hub:
 
     def _owner(self, connection_id: ConnectionId) -> str | None:
         """The other node, alive as far as this one knows, that made a connection id."""
-        owner = connection_owner(connection_id)
-        return owner if owner is not None and owner in self._cluster.heard else None
+        return self._cluster.owner(connection_id)
 
     def _disconnect_user(self, user_id: str, code: int, reason: str) -> int:
         chosen = sorted(self._users.get(user_id, ()))

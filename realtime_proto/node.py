@@ -468,8 +468,8 @@ class Node:
             self._respond_json(transport, 429, error_body(
                 ErrorCode.TOO_MANY_CONNECTIONS, f"at most {per_user} connections per user"))
             return
-        # the node's id in the connection's: any node knows where to send its commands
-        connection_id = ConnectionId(f"{self._new_id()}.{self.hub.node_id}")
+        # the node's route key first: any node knows where to send its commands
+        connection_id = ConnectionId(f"{self.hub.route}.{self._new_id()}")
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
         opened = ConnectionOpened(connection_id=connection_id, user=user, transport=kind,
                                   peer=self._peer(transport, request),

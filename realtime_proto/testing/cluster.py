@@ -128,7 +128,7 @@ class Cluster:
         if setup is not None:
             setup(hub)
         self.transports[node_id] = MemoryTransport(
-            hub, clock=self.clock, new_id=_connection_ids(node_id),
+            hub, clock=self.clock, new_id=_connection_ids(hub.route),
             on_broker=lambda action: self.broker.submit(node_id, action, self.clock.now),
             store=self.store)
         return hub
@@ -208,10 +208,10 @@ class Cluster:
         self.run_for(self.broker.max_delay * 4 + 0.01)
 
 
-def _connection_ids(node_id: str) -> Callable[[], str]:
-    """Connection ids as a Node makes them: `c-1.n1`, `c-2.n1`, … (the node's id last)."""
+def _connection_ids(route: str) -> Callable[[], str]:
+    """Connection ids as a Node makes them, its route key first: `<route>.c-1`, …"""
     ids = counter_ids("c")
-    return lambda: f"{ids()}.{node_id}"
+    return lambda: f"{route}.{ids()}"
 
 
 def _fields(config: HubConfig) -> dict[str, Any]:
