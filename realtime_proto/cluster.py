@@ -141,6 +141,9 @@ class ClusterState:
         self._origin = quote(self.node_id)  # as every envelope's header has it
         #: what the cluster reported to the webhooks (None: no presence webhooks)
         self.reporter = Reporter(config.webhook_settle) if config.presence_webhooks else None
+        #: with the reporter: the nodes with subscribers of each channel that is not a
+        #: presence channel (those are in the presence table)
+        self.occupied: dict[str, set[str]] = {}
         if self.reporter is not None:
             self.presence.changed = set()
 
@@ -226,8 +229,34 @@ class ClusterState:
                   if topic != CLUSTER_TOPIC}
         if self.reporter is None:
             return self._control(t="state", e=entries, q=latest)
+        mine = sorted(c for c, nodes in self.occupied.items() if self.node_id in nodes)
         return self._control(t="state", e=entries, q=latest, rv=self.reporter.version,
-                             rb=sorted(self.reporter.reported))
+                             rb=sorted(self.reporter.reported), o=mine)
+
+    def occupy(self, channel: str, subscribed: bool) -> list[BrokerPublish]:
+        """With the reporter: this node got its first subscriber of a channel that is not
+        a presence channel, or lost its last; the announcement."""
+        if self.reporter is None:
+            return []
+        self._occupy(channel, self.node_id, subscribed)
+        return [self._control(t="occ", c=channel, s=subscribed)]
+
+    def _occupy(self, channel: str, node: str, subscribed: bool) -> None:
+        nodes = self.occupied.setdefault(channel, set())
+        was = bool(nodes)
+        if subscribed:
+            nodes.add(node)
+        else:
+            nodes.discard(node)
+        if not nodes:
+            del self.occupied[channel]
+        if was != bool(nodes) and self.presence.changed is not None:
+            self.presence.changed.add((channel, ""))
+
+    def _unoccupy_node(self, node: str) -> None:
+        """A node left (or restarted): its channels are no longer occupied by it."""
+        for channel in [c for c, nodes in self.occupied.items() if node in nodes]:
+            self._occupy(channel, node, False)
 
     # -- our subscriptions ---------------------------------------------------------------
 
@@ -288,6 +317,7 @@ class ClusterState:
             self.window.forget_origin(origin)
             self._states.pop(origin, None)
             left = self.presence.remove_node(origin)
+            self._unoccupy_node(origin)
         self.incarnations[origin] = run
         actions = []
         is_new = origin not in self.heard or run != known
@@ -335,6 +365,13 @@ class ClusterState:
                                  member=Member(user_id=str(u), info=dict(i or {})))
                            for c, n, u, i in body["e"]]
                 joined, left = self.presence.replace_node(origin, entries)
+                if self.reporter is not None and "o" in body:
+                    channels = {str(c) for c in body["o"]}
+                    for channel in [c for c, n in self.occupied.items() if origin in n]:
+                        if channel not in channels:
+                            self._occupy(channel, origin, False)
+                    for channel in channels:
+                        self._occupy(channel, origin, True)
                 if self.reporter is not None and "rv" in body:
                     self.reporter.adopt([(str(c), str(u)) for c, u in body["rb"]],
                                         int(body["rv"]))
@@ -344,6 +381,8 @@ class ClusterState:
                     self._states[origin] = (now, latest)
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
+            elif kind == "occ" and self.reporter is not None:
+                self._occupy(str(body["c"]), origin, bool(body["s"]))
             elif kind == "rep" and self.reporter is not None:
                 self.reporter.apply([((str(c), str(u)), bool(p)) for c, u, p in body["k"]],
                                     int(body["v"]))
@@ -374,7 +413,14 @@ class ClusterState:
         changed, table.changed = table.changed, set()
         alive = min(self.heard, default=None)
         reporting = self.broker_connected and (alive is None or self.node_id < alive)
-        transitions = reporter.evaluate(changed, table.present, table.keys, now, reporting)
+        occupied = self.occupied
+
+        def present(key: tuple[str, str]) -> bool:
+            return table.present(key) or (not key[1] and key[0] in occupied)
+
+        def everything() -> set[tuple[str, str]]:
+            return table.keys() | {(channel, "") for channel in occupied}
+        transitions = reporter.evaluate(changed, present, everything, now, reporting)
         if not transitions:
             return [], []
         announced = self._control(t="rep", v=reporter.version,
@@ -396,4 +442,5 @@ class ClusterState:
                 self._states.pop(node, None)
                 self.window.forget_origin(node)
                 left.extend(self.presence.remove_node(node))
+                self._unoccupy_node(node)
         return actions, left

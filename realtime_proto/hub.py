@@ -808,6 +808,8 @@ class Hub:
         subscribers = self._subscribers.setdefault(channel, {})
         if not subscribers:
             self._actions.append(self._cluster.subscribe(channel_topic(channel), now))
+            if channel_kind(channel) is not ChannelKind.PRESENCE:
+                self._actions.extend(self._cluster.occupy(channel, True))
         subscribers[conn.id] = None
         rule = self._streams.rule(channel)
         if rule is not None and self._streams.shared:
@@ -912,6 +914,8 @@ class Hub:
             del self._subscribers[channel]
             self._streams.forget(channel)
             self._actions.append(self._cluster.unsubscribe(channel_topic(channel)))
+            if channel_kind(channel) is not ChannelKind.PRESENCE:
+                self._actions.extend(self._cluster.occupy(channel, False))
         if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
             member, actions = self._cluster.leave(channel, conn.id)
             self._actions.extend(actions)

@@ -14,7 +14,8 @@ from realtime_proto.events import ConnectionId
 from realtime_proto.testing import Cluster
 
 SEEDS = range(300)
-CHANNELS = ("presence-a", "presence-b")
+#: two presence channels (occupancy and members) and a plain one (occupancy only)
+CHANNELS = ("presence-a", "presence-b", "news")
 CONFIG = HubConfig(presence_heartbeat_interval=1.0, presence_ttl=3.0, presence_webhooks=True,
                    webhook_settle=0.5)
 #: long enough for any partition to heal, a dead node to expire and its removal to settle
@@ -71,13 +72,15 @@ def _truth(cluster: Cluster) -> dict[tuple[str, str], bool]:
     for node in cluster.transports:
         hub = cluster.hub(node)
         view = {}
-        for channel in CHANNELS:
+        for channel in CHANNELS[:2]:
             users = {m.user_id for m in hub.members(channel)}
             if users:
                 view[(channel, "")] = True
             view.update({(channel, u): True for u in users})
         views.append(view)
     assert all(view == views[0] for view in views)
+    if any("news" in cluster.hub(node).channels() for node in cluster.transports):
+        views[0][("news", "")] = True
     return views[0]
 
 
@@ -123,10 +126,13 @@ def test_each_presence_transition_is_reported_once_per_cluster(seed: int) -> Non
             for node in rng.sample(list(cluster.transports), len(cluster.transports)):
                 cluster.heal(node)
                 cluster.run_for(rng.uniform(0, 0.3))
-        else:  # a node restarts with the same id
+        elif len(nodes) > 1:  # a node restarts with the same id
             node = rng.choice(nodes)
             _restart(cluster, recorder, node)
             live = [(n, c) for n, c in live if n != node]
+            # it learns what was reported from a node that knows before another restarts:
+            # if every node that knows is down at once, that knowledge is gone (webhooks.md)
+            cluster.run_for(CONFIG.webhook_settle)
         cluster.run_for(rng.uniform(0, 1.5))
     cluster.run_for(CONVERGE)
     reported = {key for key, present in check_exactly_once(recorder.events).items() if present}
@@ -178,3 +184,20 @@ def test_a_flap_shorter_than_the_settle_delay_is_not_reported() -> None:
     cluster.transports["n2"].close(conn)
     cluster.run_for(CONFIG.webhook_settle + 2 * CONFIG.sweep_interval)
     assert recorder.events == []
+
+
+def test_a_plain_channel_is_occupied_and_vacated_once_across_nodes() -> None:
+    cluster = Cluster(3, seed=10, config=CONFIG)
+    recorder = Recorder(cluster)
+    readers = []
+    for node in ("n1", "n2", "n3"):  # anonymous subscribers, at the same moment
+        conn = cluster.connect(node)
+        cluster.send(node, conn, {"type": "subscribe", "channel": "news"})
+        readers.append((node, conn))
+    cluster.run_for(CONFIG.webhook_settle + 2 * CONFIG.sweep_interval)
+    assert [(e["name"], e["channel"]) for e in recorder.events] == [("channel.occupied", "news")]
+    for node, conn in readers:
+        cluster.transports[node].close(conn)
+        cluster.run_for(0.1)
+    cluster.run_for(CONFIG.webhook_settle + 2 * CONFIG.sweep_interval)
+    assert [e["name"] for e in recorder.events] == ["channel.occupied", "channel.vacated"]
