@@ -14,6 +14,12 @@ a node has seen from the others survives its own broker outages: a gap across on
 counted and reported (`Heard.gap`), and the full state a node sends on request carries
 its latest sequence per channel and user topic, so a loss at the end of a stream, with
 nothing after it, shows too (`control`'s catch-ups).
+
+The same topic carries the application's commands (`cmd`: disconnect, send, unsubscribe)
+to the node that holds a connection, found by the route key every control message names
+(`rt`) and every connection id starts with; and, with presence webhooks, what the
+reporter reported (`rep`) and which nodes have subscribers of each plain channel
+(`occ`), for `realtime_proto.reporter`.
 """
 
 from __future__ import annotations
