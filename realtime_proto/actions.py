@@ -29,6 +29,7 @@ __all__ = [
     "HubAction",
     "MemberChanged",
     "NodeAction",
+    "Notify",
     "PostWebhook",
     "SaveReadPosition",
     "Transmit",
@@ -217,10 +218,19 @@ class ClientEventSent:
 
 @final
 @dataclass(frozen=True, slots=True)
-class PostWebhook:
-    """POST this whole HTTP request to `target` (a notification: the answer is not read);
-    report the outcome with `WebhookPosted`."""
+class Notify:
+    """Events for the backend's webhooks (`docs/webhooks.md`): JSON objects, in order."""
 
+    events: tuple[Mapping[str, Any], ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PostWebhook:
+    """POST these bytes (a whole HTTP/1.1 request) to the target, then feed the outcome
+    back with `WebhookPosted(request_id, …)`."""
+
+    request_id: str
     target: WebhookTarget
     request: bytes
 
@@ -237,6 +247,7 @@ HubAction = (
     | SaveReadPosition
     | MemberChanged
     | ClientEventSent
+    | Notify
 )
 NodeAction = (
     Transmit

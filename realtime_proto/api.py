@@ -1,4 +1,4 @@
-"""The HTTP API for backends: publish, send, and read channels and presence."""
+"""The HTTP API for backends: publish, send, disconnect, and read channels and presence."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .channels import validate_channel_name
-from .errors import ErrorCode, MessageError
+from .errors import DISCONNECTED, ErrorCode, MessageError
 from .events import ConnectionId
 from .hub import Hub
 from .message import JsonValue, decode_json
@@ -53,12 +53,24 @@ def handle_api(hub: Hub, api_key: str | None, method: str, path: str,
                                                     now=now)}
             case "POST", ["connections", connection_id, "send"]:
                 fields = _object(body, max_body_bytes)
-                sent = hub.send(ConnectionId(connection_id), _event(fields), fields.get("data"),
-                                now=now)
-                if sent is None:
-                    return 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
-                                           "no such connection on this node")
-                return 200, {"id": sent}
+                return _to_connection(hub, ConnectionId(connection_id), fields, now)
+            case "POST", ["connections", connection_id, "disconnect"]:
+                code, reason = _close(_object(body, max_body_bytes, empty_ok=True))
+                local = hub.is_local(ConnectionId(connection_id))
+                if not hub.disconnect_connection(ConnectionId(connection_id), code, reason,
+                                                 now=now):
+                    return _no_connection()
+                return (200, {"disconnected": True}) if local else (202, {"forwarded": True})
+            case "POST", ["users", user_id, "disconnect"]:
+                code, reason = _close(_object(body, max_body_bytes, empty_ok=True))
+                return 200, {"local": hub.disconnect_user(user_id, code, reason, now=now)}
+            case "POST", ["users", user_id, "unsubscribe"]:
+                fields = _object(body, max_body_bytes)
+                channel = fields.get("channel")
+                if not isinstance(channel, str):
+                    raise MessageError(ErrorCode.MISSING_FIELD, "'channel' (a string) is required")
+                return 200, {"local": hub.unsubscribe_user(user_id, channel,
+                                                           _reason(fields), now=now)}
             case "GET", ["stats"]:
                 return 200, statistics()
             case "GET", ["channels"]:
@@ -133,7 +145,41 @@ def _broadcast(hub: Hub, publications: list[_Publication], now: float) -> list[l
              for channel in channels] for channels, event, data, exclude in publications]
 
 
-def _object(body: bytes, max_bytes: int) -> dict[str, Any]:
+def _to_connection(hub: Hub, connection_id: ConnectionId, fields: dict[str, Any],
+                   now: float) -> ApiResponse:
+    """`POST /api/connections/{id}/send`: 200 when delivered here, 202 when handed to the
+    node that holds the connection, 404 when no node can."""
+    local = hub.is_local(connection_id)
+    sent = hub.send(connection_id, _event(fields), fields.get("data"), now=now)
+    if sent is None:
+        return _no_connection()
+    return (200, {"id": sent}) if local else (202, {"id": sent, "forwarded": True})
+
+
+def _no_connection() -> ApiResponse:
+    return 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
+                           "no such connection: not on this node, and no node of the "
+                           "cluster has that id")
+
+
+def _close(fields: dict[str, Any]) -> tuple[int, str]:
+    """The close code (default 4010) and reason of a disconnect call."""
+    code = fields.get("code", DISCONNECTED)
+    if type(code) is not int:
+        raise MessageError(ErrorCode.INVALID_FIELD, "'code' must be an integer")
+    return code, _reason(fields)
+
+
+def _reason(fields: dict[str, Any]) -> str:
+    reason = fields.get("reason", "")
+    if not isinstance(reason, str):
+        raise MessageError(ErrorCode.INVALID_FIELD, "'reason' must be a string")
+    return reason
+
+
+def _object(body: bytes, max_bytes: int, empty_ok: bool = False) -> dict[str, Any]:
+    if empty_ok and not body.strip():
+        return {}
     value = decode_json(body, max_bytes=max_bytes)
     if not isinstance(value, dict):
         raise MessageError(ErrorCode.NOT_AN_OBJECT, "the body must be a JSON object")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, final
 
+from .errors import DISCONNECTED, ErrorCode
 from .message import JsonValue
 
 __all__ = [
@@ -43,7 +44,8 @@ class ClientState(enum.Enum):
     RECONNECTING = "reconnecting"
     #: closed on purpose
     DISCONNECTED = "disconnected"
-    #: the server refused authentication, or attempts ran out
+    #: the server refused authentication, the application disconnected the user (close
+    #: code 4010), or attempts ran out
     FAILED = "failed"
 
 
@@ -248,13 +250,16 @@ class ClientProtocol:
         """A socket opened; wait for `connection.established`."""
         self._last_heard_at = now
 
-    def connection_lost(self, *, now: float, refused: bool = False) -> None:
-        """The socket closed or could not open; plan the next attempt."""
+    def connection_lost(self, *, now: float, refused: bool = False,
+                        code: int | None = None) -> None:
+        """The socket closed (with the server's close `code`, if any) or could not open;
+        plan the next attempt, unless the server refused the token, the application
+        disconnected this user (4010) or a newer connection replaced this one (4013)."""
         for entry in self._channels.values():
             entry.active = False
         if self.state in (ClientState.DISCONNECTED, ClientState.FAILED):
             return
-        if refused:
+        if refused or code in (DISCONNECTED, ErrorCode.TOO_MANY_CONNECTIONS):
             self.state = ClientState.FAILED
             self.next_attempt_at = None
             return
@@ -286,6 +291,11 @@ class ClientProtocol:
             return [self._established(data, now)]
         entry = self._channels.get(channel) if channel else None
         if entry is not None:
+            if event == "subscription.revoked":  # by the application: not resubscribed
+                del self._channels[channel]
+                reason = data.get("reason") if isinstance(data, dict) else None
+                return [SubscriptionFailed(channel=channel, code=ErrorCode.FORBIDDEN,
+                                           message=str(reason or "subscription revoked"))]
             if event == "subscription.succeeded":
                 return [self._subscribed(entry, data)]
             if not self._track(entry, message):
@@ -297,6 +307,11 @@ class ClientProtocol:
             return [delivered]
         recovering = entry is not None and self._lost(entry, data)
         return [delivered, MessagesLost(channel=channel, data=data, recovering=recovering)]
+
+    def refresh(self, token: str) -> None:
+        """Hand the server a new token for this connection (after
+        `connection.refresh_required`)."""
+        self._outbox.append(_encode({"type": "refresh", "data": {"token": token}}))
 
     def messages_to_send(self) -> list[str]:
         """Drain the messages to write, in order."""

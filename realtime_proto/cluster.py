@@ -14,6 +14,12 @@ a node has seen from the others survives its own broker outages: a gap across on
 counted and reported (`Heard.gap`), and the full state a node sends on request carries
 its latest sequence per channel and user topic, so a loss at the end of a stream, with
 nothing after it, shows too (`control`'s catch-ups).
+
+The same topic carries the application's commands (`cmd`: disconnect, send, unsubscribe)
+to the node that holds a connection, found by the route key every control message names
+(`rt`) and every connection id starts with; and, with presence webhooks, what the
+reporter reported (`rep`) and which nodes have subscribers of each plain channel
+(`occ`), for `realtime_proto.reporter`.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from .config import HubConfig
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
 from .jsoncodec import dumps, quote
 from .presence import Entry, Member, PresenceTable
+from .reporter import Reporter, Transition
 
-__all__ = ["CLUSTER_TOPIC", "ClusterState", "Heard", "channel_topic", "user_topic"]
+__all__ = ["CLUSTER_TOPIC", "Applied", "ClusterState", "Heard", "channel_topic",
+           "connection_route", "user_topic"]
 
 #: the topic every node subscribes to for presence and liveness
 CLUSTER_TOPIC = "_cluster"
@@ -54,6 +62,26 @@ class Heard(NamedTuple):
     actions: list[BrokerPublish]
     #: presence entries of a previous run of its origin, dropped now
     left: Changes
+
+
+class Applied(NamedTuple):
+    """What a control envelope of another node changes here (`ClusterState.control`)."""
+
+    joined: Changes
+    left: Changes
+    #: the full state it asks for
+    replies: list[BrokerPublish]
+    #: (topic, count): messages of its origin that never arrived here
+    caught_up: list[tuple[str, int]]
+    #: commands from the application for this node's connections (`ClusterState.command`)
+    commands: list[dict[str, Any]]
+
+
+def connection_route(connection_id: str) -> str | None:
+    """The route key of the node that made a connection id (`<route>.<random>`), None if
+    it is not of that form."""
+    route, dot, rest = connection_id.partition(".")
+    return route if dot and route and rest else None
 
 
 def channel_topic(channel: str) -> str:
@@ -88,9 +116,15 @@ class ClusterState:
     """Sequences, liveness and the cluster-wide presence table of one node."""
 
     def __init__(self, config: HubConfig, now: float, clock_ms: Callable[[], int],
-                 incarnation: int) -> None:
+                 incarnation: int, route: str) -> None:
         self.node_id = config.node_id
         self.incarnation = incarnation
+        #: this node's route key (the prefix of its connection ids), in every control
+        #: message it sends, so that the others know where its connections live
+        self.route = route
+        #: other nodes' route keys -> node id, and back
+        self.routes: dict[str, str] = {}
+        self._route_of: dict[str, str] = {}
         self.presence = PresenceTable()
         self.window = SequenceWindow(self._baseline)
         #: our channel and user topics -> when we subscribed
@@ -111,6 +145,13 @@ class ClusterState:
         self._clock_ms = clock_ms
         self._bundle_bytes = config.broker_bundle_bytes
         self._origin = quote(self.node_id)  # as every envelope's header has it
+        #: what the cluster reported to the webhooks (None: no presence webhooks)
+        self.reporter = Reporter(config.webhook_settle) if config.presence_webhooks else None
+        #: with the reporter: the nodes with subscribers of each channel that is not a
+        #: presence channel (those are in the presence table)
+        self.occupied: dict[str, set[str]] = {}
+        if self.reporter is not None:
+            self.presence.changed = set()
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -163,9 +204,19 @@ class ClusterState:
             out[at] = BrokerPublish(run[0].topic, encode(self._origin, self.incarnation, run))
 
     def _control(self, **fields: Any) -> BrokerPublish:
-        payload = dumps(fields)
+        payload = dumps({**fields, "rt": self.route})
         return BrokerPublish(CLUSTER_TOPIC, encode(self._origin, self.incarnation, [
             self.envelope(CLUSTER_TOPIC, EnvelopeKind.CONTROL, payload)]))
+
+    def command(self, to: str | None, **fields: Any) -> BrokerPublish:
+        """An application command for the connections of node `to` (None: every node)."""
+        return self._control(t="cmd", to=to, **fields)
+
+    def owner(self, connection_id: str) -> str | None:
+        """The other node, alive as far as this one knows, that made a connection id."""
+        route = connection_route(connection_id)
+        node = self.routes.get(route) if route is not None else None
+        return node if node is not None and node in self.heard else None
 
     def hello(self) -> list[BrokerPublish]:
         """Ask every node for its state (at start)."""
@@ -182,7 +233,36 @@ class ClusterState:
                    for e in self.presence.entries_of(self.node_id)]
         latest = {topic: sequence for topic, sequence in self._sequences.items()
                   if topic != CLUSTER_TOPIC}
-        return self._control(t="state", e=entries, q=latest)
+        if self.reporter is None:
+            return self._control(t="state", e=entries, q=latest)
+        mine = sorted(c for c, nodes in self.occupied.items() if self.node_id in nodes)
+        return self._control(t="state", e=entries, q=latest, rv=self.reporter.version,
+                             rb=sorted(self.reporter.reported), o=mine)
+
+    def occupy(self, channel: str, subscribed: bool) -> list[BrokerPublish]:
+        """With the reporter: this node got its first subscriber of a channel that is not
+        a presence channel, or lost its last; the announcement."""
+        if self.reporter is None:
+            return []
+        self._occupy(channel, self.node_id, subscribed)
+        return [self._control(t="occ", c=channel, s=subscribed)]
+
+    def _occupy(self, channel: str, node: str, subscribed: bool) -> None:
+        nodes = self.occupied.setdefault(channel, set())
+        was = bool(nodes)
+        if subscribed:
+            nodes.add(node)
+        else:
+            nodes.discard(node)
+        if not nodes:
+            del self.occupied[channel]
+        if was != bool(nodes) and self.presence.changed is not None:
+            self.presence.changed.add((channel, ""))
+
+    def _unoccupy_node(self, node: str) -> None:
+        """A node left (or restarted): its channels are no longer occupied by it."""
+        for channel in [c for c, nodes in self.occupied.items() if node in nodes]:
+            self._occupy(channel, node, False)
 
     # -- our subscriptions ---------------------------------------------------------------
 
@@ -243,6 +323,7 @@ class ClusterState:
             self.window.forget_origin(origin)
             self._states.pop(origin, None)
             left = self.presence.remove_node(origin)
+            self._unoccupy_node(origin)
         self.incarnations[origin] = run
         actions = []
         is_new = origin not in self.heard or run != known
@@ -253,22 +334,27 @@ class ClusterState:
         return Heard(skip, gap, actions, left)
 
     def control(self, origin: str, payload: bytes, now: float,
-                subscribed: Callable[[str], bool]
-                ) -> tuple[Changes, Changes, list[BrokerPublish], list[tuple[str, int]]]:
-        """Apply a control envelope of another node; (joined, left, replies, catch-ups).
+                subscribed: Callable[[str], bool]) -> Applied:
+        """Apply a control envelope of another node.
 
         The catch-ups are (topic, count) for the topics this node is `subscribed` to on
-        which a full state of the origin shows messages that never arrived.
+        which a full state of the origin shows messages that never arrived; the commands
+        are those addressed to this node or to every node, for the Hub to carry out.
         """
         joined: Changes = []
         left: Changes = []
         replies: list[BrokerPublish] = []
         caught_up: list[tuple[str, int]] = []
+        commands: list[dict[str, Any]] = []
         try:
             body = json.loads(payload)
             kind = body["t"]
         except (ValueError, TypeError, KeyError):
-            return joined, left, replies, caught_up
+            return Applied(joined, left, replies, caught_up, commands)
+        route = body.get("rt")
+        if isinstance(route, str) and self._route_of.get(origin) != route:
+            self.routes.pop(self._route_of.get(origin, ""), None)  # its previous run's
+            self.routes[route], self._route_of[origin] = origin, route
         try:
             if kind == "join":
                 member = Member(user_id=str(body["u"]), info=dict(body.get("i") or {}))
@@ -285,15 +371,32 @@ class ClusterState:
                                  member=Member(user_id=str(u), info=dict(i or {})))
                            for c, n, u, i in body["e"]]
                 joined, left = self.presence.replace_node(origin, entries)
+                if self.reporter is not None and "o" in body:
+                    channels = {str(c) for c in body["o"]}
+                    for channel in [c for c, n in self.occupied.items() if origin in n]:
+                        if channel not in channels:
+                            self._occupy(channel, origin, False)
+                    for channel in channels:
+                        self._occupy(channel, origin, True)
+                if self.reporter is not None and "rv" in body:
+                    self.reporter.adopt([(str(c), str(u)) for c, u in body["rb"]],
+                                        int(body["rv"]))
                 latest = body.get("q") or {}
                 if isinstance(latest, dict):
                     caught_up = self._catch_up(origin, latest, subscribed)
                     self._states[origin] = (now, latest)
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
+            elif kind == "occ" and self.reporter is not None:
+                self._occupy(str(body["c"]), origin, bool(body["s"]))
+            elif kind == "rep" and self.reporter is not None:
+                self.reporter.apply([((str(c), str(u)), bool(p)) for c, u, p in body["k"]],
+                                    int(body["v"]))
+            elif kind == "cmd" and body.get("to") in (None, self.node_id):
+                commands.append(body)
         except (ValueError, TypeError, KeyError, AttributeError):
             pass  # a malformed control message from another node changes nothing
-        return joined, left, replies, caught_up
+        return Applied(joined, left, replies, caught_up, commands)
 
     def _catch_up(self, origin: str, latest: dict[str, Any],
                   subscribed: Callable[[str], bool]) -> list[tuple[str, int]]:
@@ -306,6 +409,30 @@ class ClusterState:
                     found.append((topic, missed))
         return found
 
+    def report(self, now: float) -> tuple[list[Transition], list[BrokerPublish]]:
+        """The presence transitions this node reports now (when it is the reporter: the
+        smallest id among the live nodes, itself only while its broker is connected),
+        and their announcement to the others (`realtime_proto.reporter`)."""
+        reporter, table = self.reporter, self.presence
+        if reporter is None or table.changed is None:
+            return [], []
+        changed, table.changed = table.changed, set()
+        alive = min(self.heard, default=None)
+        reporting = self.broker_connected and (alive is None or self.node_id < alive)
+        occupied = self.occupied
+
+        def present(key: tuple[str, str]) -> bool:
+            return table.present(key) or (not key[1] and key[0] in occupied)
+
+        def everything() -> set[tuple[str, str]]:
+            return table.keys() | {(channel, "") for channel in occupied}
+        transitions = reporter.evaluate(changed, present, everything, now, reporting)
+        if not transitions:
+            return [], []
+        announced = self._control(t="rep", v=reporter.version,
+                                  k=[[c, u, p] for (c, u), p in transitions])
+        return transitions, [announced]
+
     def sweep(self, now: float) -> tuple[list[BrokerPublish], Changes]:
         """Heartbeat when due, and drop nodes silent for longer than the TTL."""
         actions = []
@@ -316,8 +443,10 @@ class ClusterState:
         for node, last in list(self.heard.items()):
             if now - last > self._ttl:
                 del self.heard[node]
+                self.routes.pop(self._route_of.pop(node, ""), None)
                 self.incarnations.pop(node, None)
                 self._states.pop(node, None)
                 self.window.forget_origin(node)
                 left.extend(self.presence.remove_node(node))
+                self._unoccupy_node(node)
         return actions, left

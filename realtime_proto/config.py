@@ -15,7 +15,8 @@ from .pusher.apps import PusherApp
 from .ratelimit import Rate
 from .webhook import WebhookTarget
 
-__all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
+__all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile",
+           "WebhookConfig"]
 
 
 @final
@@ -37,10 +38,19 @@ class Limits:
     max_head_bytes: int = 16 * 1024
     #: HTTP request body size (API calls and `POST /send`)
     max_body_bytes: int = 1024 * 1024
+    #: client connections on this node (None: no limit); past it, 503 at the door
+    max_connections: int | None = None
+    #: connections of one user across the cluster (None: no limit); past it, the new one
+    #: is refused (429, 4013) or the user's oldest, on any node, is closed (`replace_oldest`)
+    max_connections_per_user: int | None = None
+    #: at `max_connections_per_user`, close the user's oldest connection (4013) instead
+    #: of refusing the new one
+    replace_oldest: bool = False
 
     def __post_init__(self) -> None:
         for item in fields(self):
-            if getattr(self, item.name) < 1:
+            value = getattr(self, item.name)
+            if value is not None and not isinstance(value, bool) and value < 1:
                 raise ConfigError(f"limit {item.name} must be at least 1")
 
 
@@ -102,6 +112,18 @@ class HubConfig:
     #: report presence transitions made here and client events received here
     #: (`MemberChanged`, `ClientEventSent`), for webhooks
     report_events: bool = False
+    #: report presence transitions (`channel.occupied`, `member.added`, …) as `Notify`
+    #: actions, once per cluster (`realtime_proto.reporter`); every node alike
+    presence_webhooks: bool = False
+    #: seconds a presence change must last before it is reported (shorter flaps are not)
+    webhook_settle: float = 1.0
+    #: report `connection.opened` / `connection.closed` of users' connections (`Notify`)
+    connection_webhooks: bool = False
+    #: report the client events of channels these patterns match (`Notify`)
+    client_event_webhooks: tuple[str, ...] = ()
+    #: seconds before a connection's credentials expire that it is asked to refresh them
+    #: (`connection.refresh_required`)
+    refresh_lead: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -111,7 +133,8 @@ class HubConfig:
         if self.history_max_pending < 1:
             raise ConfigError("history_max_pending must be at least 1")
         for name in ("heartbeat_interval", "authorization_timeout", "sweep_interval",
-                     "presence_heartbeat_interval", "presence_ttl", "history_timeout"):
+                     "presence_heartbeat_interval", "presence_ttl", "history_timeout",
+                     "webhook_settle", "refresh_lead"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_ttl <= self.presence_heartbeat_interval:
@@ -134,6 +157,35 @@ class StaticFile:
 
     content_type: str
     body: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig:
+    """Where the events go and how they are delivered."""
+
+    #: http:// or https:// URLs; each gets every event
+    urls: tuple[str, ...]
+    #: the HMAC key of `X-Realtime-Signature` (None: requests are not signed)
+    secret: str | None = None
+    #: events in one POST at most
+    max_batch: int = 100
+    #: seconds the first event of a batch waits for others
+    max_delay: float = 0.005
+    #: events waiting per URL at most; past it the oldest are dropped (and counted)
+    max_queue: int = 10_000
+    #: the first retry's delay (seconds); doubles per failed attempt, up to `backoff_max`,
+    #: with jitter (each delay is 50-100 % of its ceiling)
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigError("webhooks need at least one URL")
+        if self.max_batch < 1 or self.max_queue < self.max_batch:
+            raise ConfigError("webhook max_batch must be at least 1 and max_queue at least that")
+        if self.max_delay < 0 or self.backoff_min <= 0 or self.backoff_max < self.backoff_min:
+            raise ConfigError("webhook delays must be positive, backoff_max >= backoff_min")
 
 
 @final
@@ -175,8 +227,15 @@ class NodeConfig:
     #: seconds a request forwarded to the node holding its connection waits for the answer
     #: (a poll that node holds: on top of poll_timeout); then 404 with 4022
     forward_timeout: float = 5.0
+    #: where presence events go (`docs/webhooks.md`); needs `hub.presence_webhooks`
+    webhooks: WebhookConfig | None = None
 
     def __post_init__(self) -> None:
+        hub = self.hub
+        if self.webhooks is not None and not (
+                hub.presence_webhooks or hub.connection_webhooks or hub.client_event_webhooks):
+            raise ConfigError("webhooks need events: hub.presence_webhooks, "
+                              "connection_webhooks or client_event_webhooks")
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:
             raise ConfigError("poll_session_timeout must be longer than poll_timeout (> 0)")
         if self.sse_heartbeat_interval <= 0:

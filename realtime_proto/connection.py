@@ -26,9 +26,9 @@ class Connection:
     Hub keeps using set and dict operations.
     """
 
-    __slots__ = ("_channels", "_grants", "_metadata", "_pending", "connected_at", "expects_pong",
-                 "id",
-                 "last_activity_at", "message_bucket", "peer", "pinged", "subscribe_bucket",
+    __slots__ = ("_channels", "_grants", "_metadata", "_pending", "channel_expiry",
+                 "connected_at", "expects_pong", "expires_at", "id", "last_activity_at",
+                 "message_bucket", "peer", "pinged", "refresh_asked", "subscribe_bucket",
                  "transport", "user")
 
     def __init__(self, *, id: ConnectionId, user: User | None, transport: str,
@@ -46,6 +46,13 @@ class Connection:
         self.pinged = pinged
         self.message_bucket = message_bucket
         self.subscribe_bucket = subscribe_bucket
+        #: when its credentials expire (monotonic seconds), None if they do not
+        self.expires_at: float | None = None
+        #: whether `connection.refresh_required` went out for the current credentials
+        self.refresh_asked = False
+        #: channels joined with a subscription token that expires: channel -> (when,
+        #: whether `subscription.refresh_required` went out)
+        self.channel_expiry: dict[str, tuple[float, bool]] | None = None
         self._channels: tuple[str, ...] = ()
         self._pending: dict[str, str] | None = None  # channel -> request id
         self._metadata: dict[str, Any] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "DISCONNECTED",
     "ConfigError",
     "ErrorCode",
     "LocalProtocolError",
@@ -42,6 +43,8 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_SUBSCRIPTIONS = 4011
     #: too many authorizations in flight on one connection
     TOO_MANY_PENDING = 4012
+    #: over the connection limit of the node or of the user
+    TOO_MANY_CONNECTIONS = 4013
     #: nothing heard from the client within the idle timeout
     IDLE_TIMEOUT = 4020
     #: the client did not read; its output buffer passed the limit
@@ -57,6 +60,13 @@ class ErrorCode(enum.IntEnum):
     def slug(self) -> str:
         """The lower-case name used in metrics and logs."""
         return self.name.lower()
+
+
+#: the close code of a connection the application closed (`disconnect_user`,
+#: `POST /api/users/{id}/disconnect`): clients do not reconnect after it. (As the code
+#: of an `error` message, 4010 is `NOT_SUBSCRIBED`; close frames and error messages are
+#: separate spaces.)
+DISCONNECTED = 4010
 
 
 class RealtimeError(Exception):

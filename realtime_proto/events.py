@@ -48,6 +48,9 @@ class User:
     info: Mapping[str, Any] = field(default_factory=dict)
     #: channel patterns this user may join without asking a rule (the JWT `channels` claim)
     channels: tuple[str, ...] = ()
+    #: when the connection's credentials expire (Unix ms; the JWT `exp`): the connection
+    #: must refresh them before (`docs/protocol.md`, "Expiring connections"), or it closes
+    expires_ms: int | None = None
 
 
 @final
@@ -177,6 +180,17 @@ class AuthenticationAnswered:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookPosted:
+    """What became of a `PostWebhook`: the backend's raw HTTP response, or the error
+    (connection refused, timeout) that stopped it."""
+
+    request_id: str
+    response: bytes = b""
+    error: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerLost:
     """The broker connection went away."""
 
@@ -211,14 +225,6 @@ class BrokerReported:
     history_queued: int = 0
     #: history appends failed unsent because that queue was full
     history_overflowed: int = 0
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class WebhookPosted:
-    """A `PostWebhook` was carried out; `error` when it could not be delivered."""
-
-    error: BaseException | None = None
 
 
 HubEvent = (

@@ -15,6 +15,7 @@ from .actions import (
     Disconnect,
     HubAction,
     MemberChanged,
+    Notify,
     SaveReadPosition,
 )
 from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
@@ -23,7 +24,7 @@ from .cluster import CLUSTER_TOPIC, ClusterState, channel_topic, user_topic
 from .config import Epoch, HubConfig
 from .connection import Connection, PendingAuthorization, SubscribeOptions
 from .envelope import EnvelopeKind, Outgoing, Received, decode
-from .errors import ErrorCode, LocalProtocolError, MessageError
+from .errors import DISCONNECTED, ErrorCode, LocalProtocolError, MessageError
 from .events import (
     AuthorizationAnswered,
     BrokerLost,
@@ -43,19 +44,25 @@ from .events import (
     User,
 )
 from .history import HistoryRule, StreamSlice, stamp
-from .jwt import verify_token
+from .jwt import user_from_claims, verify_token
 from .message import JsonValue, Message, MessageType, decode_json, encode_json, encode_message
 from .metrics import Histogram
-from .presence import Member
+from .presence import CONNECTIONS, Member
 from .ratelimit import TokenBucket
+from .reporter import CHANNEL, Transition
 from .signals import READ_EVENT, TYPING_EVENT, ChannelSignals, read_position
 from .statistics import HubStatistics
 from .streams import Gap, Position, Ready, Streams
 
-__all__ = ["LOST_EVENT", "Hub"]
+__all__ = ["LOST_EVENT", "REVOKED_EVENT", "Hub"]
 
 #: the event that tells subscribers that messages of a channel (or to their user) were lost
 LOST_EVENT = "messages.lost"
+#: the event that tells a connection the application ended its subscription
+REVOKED_EVENT = "subscription.revoked"
+#: the longest close reason a WebSocket close frame carries (RFC 6455 §5.5: 125 bytes
+#: of payload, 2 of them the code)
+MAX_REASON_BYTES = 123
 
 
 class Hub:
@@ -89,8 +96,11 @@ class Hub:
         self._signals = ChannelSignals(config.typing_interval)
         #: envelopes (`Outgoing`) become broker messages when drained (`actions`)
         self._actions: list[HubAction | Outgoing] = []
+        #: this node's route key: the prefix of its connection ids (`<route>.<random>`),
+        #: which tells every node where a connection lives
+        self.route = new_id()[:8]
         self._cluster = ClusterState(config, self._now,
-                                     lambda: self._unix_ms(self._now), epoch.unix_ms)
+                                     lambda: self._unix_ms(self._now), epoch.unix_ms, self.route)
         self._broker_latency = Histogram()
         self._broker_report = BrokerReported()
         self._next_sweep_at = self._now
@@ -102,6 +112,9 @@ class Hub:
         self._history_failures = 0
         #: messages this node's subscribers were told they lost
         self._reported_lost = 0
+        self._webhook_events_made = 0
+        #: connections closed for a newer one of the same user (`replace_oldest`)
+        self._replaced = 0
         self._actions.append(BrokerSubscribe(CLUSTER_TOPIC))
         self._actions.extend(self._cluster.hello())
 
@@ -162,6 +175,10 @@ class Hub:
         actions, left = self._cluster.sweep(now)
         self._actions.extend(actions)
         self._announce(left, "user.left", now)
+        transitions, announced = self._cluster.report(now)
+        if transitions:
+            self._actions.extend(announced)
+            self._actions.append(Notify(self._webhook_events(transitions, now)))
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do (monotonic seconds)."""
@@ -268,16 +285,35 @@ class Hub:
 
     def send(self, connection_id: ConnectionId, event: str, data: JsonValue = None, *,
              now: float) -> str | None:
-        """Send an event to one connection of this node; the message id, None if unknown."""
+        """Send an event to one connection, on whichever node holds it; the message id, or
+        None when no connection can have that id (its node is this one or unknown).
+
+        A connection of another node gets it through that node (`is_local` tells which);
+        if it closed meanwhile, the event goes nowhere.
+        """
         self._advance(now)
-        if connection_id not in self._connections:
+        local = connection_id in self._connections
+        owner = None if local else self._owner(connection_id)
+        if not local and owner is None:
             return None
         message_id, payload = self._encode(MessageType.EVENT, now, event=event, data=data)
-        self._deliver((connection_id,), payload)
+        if local:
+            self._deliver((connection_id,), payload)
+        else:
+            self._actions.append(self._cluster.command(owner, op="send", n=connection_id,
+                                                       p=payload.decode()))
         return message_id
 
+    def is_local(self, connection_id: ConnectionId) -> bool:
+        """Whether a connection is open on this node."""
+        return connection_id in self._connections
+
     def disconnect(self, connection_id: ConnectionId, code: int = 1000, reason: str = "") -> None:
-        """Close a connection from the application's side."""
+        """Close a connection of this node from the application's side.
+
+        Raises:
+            LocalProtocolError: no such connection here.
+        """
         self._drop(self._get(connection_id), code, reason)
 
     def grant(self, connection_id: ConnectionId, channel: str, member: Member | None) -> None:
@@ -311,6 +347,129 @@ class Hub:
             user_topic(user_id), EnvelopeKind.USER,
             _TERMINATE + encode_json({"code": code, "reason": reason}) + b"}"))
         return len(local)
+    def disconnect_connection(self, connection_id: ConnectionId, code: int = DISCONNECTED,
+                              reason: str = "", *, now: float) -> bool:
+        """Close one connection on whichever node holds it (close `code`, default 4010:
+        clients do not reconnect); False when no connection can have that id.
+
+        Raises:
+            MessageError: the code or reason cannot go in a close frame (4005).
+        """
+        self._advance(now)
+        _close_frame(code, reason)
+        conn = self._connections.get(connection_id)
+        if conn is not None:
+            self._drop(conn, code, reason)
+            return True
+        owner = self._owner(connection_id)
+        if owner is None:
+            return False
+        self._actions.append(self._cluster.command(owner, op="disconnect", n=connection_id,
+                                                   code=code, r=reason))
+        return True
+
+    def disconnect_user(self, user_id: str, code: int = DISCONNECTED, reason: str = "", *,
+                        now: float) -> int:
+        """Close every connection of a user on every node; how many were on this one.
+
+        Raises:
+            MessageError: the code or reason cannot go in a close frame (4005).
+        """
+        self._advance(now)
+        _close_frame(code, reason)
+        self._actions.append(self._cluster.command(None, op="disconnect_user", u=user_id,
+                                                   code=code, r=reason))
+        return self._disconnect_user(user_id, code, reason)
+
+    def unsubscribe_user(self, user_id: str, channel: str, reason: str = "", *,
+                         now: float) -> int:
+        """End a user's subscriptions to a channel on every node (each connection gets
+        `subscription.revoked`); how many were on this one.
+
+        Raises:
+            MessageError: the channel name is invalid (4008).
+        """
+        self._advance(now)
+        _valid(channel)
+        self._actions.append(self._cluster.command(None, op="unsubscribe_user", u=user_id,
+                                                   c=channel, r=reason))
+        return self._unsubscribe_user(user_id, channel, reason, now)
+
+    def _owner(self, connection_id: ConnectionId) -> str | None:
+        """The other node, alive as far as this one knows, that made a connection id."""
+        return self._cluster.owner(connection_id)
+
+    def _disconnect_user(self, user_id: str, code: int, reason: str) -> int:
+        chosen = sorted(self._users.get(user_id, ()))
+        for connection_id in chosen:
+            self._drop(self._connections[connection_id], code, reason)
+        return len(chosen)
+
+    def _unsubscribe_user(self, user_id: str, channel: str, reason: str, now: float) -> int:
+        count = 0
+        for connection_id in sorted(self._users.get(user_id, ())):
+            conn = self._connections[connection_id]
+            request_id = conn.pending.pop(channel, None)
+            if request_id is not None:  # its authorization is on its way: void it
+                self._pending.pop(request_id, None)
+            elif channel in conn.channels:
+                self._leave(conn, channel, now)
+            else:
+                continue
+            self._reply(conn, REVOKED_EVENT, {"reason": reason}, now, channel)
+            count += 1
+        return count
+
+    def _webhook_events(self, transitions: list[Transition],
+                        now: float) -> tuple[dict[str, JsonValue], ...]:
+        """The webhook events of presence transitions this node reports."""
+        events = []
+        for (channel, user_id), present in transitions:
+            if user_id == CHANNEL:
+                events.append(self._webhook_event(
+                    "channel.occupied" if present else "channel.vacated", now, channel=channel))
+                continue
+            event = self._webhook_event("member.added" if present else "member.removed", now,
+                                        channel=channel, user_id=user_id)
+            member = self._cluster.presence.member(channel, user_id) if present else None
+            if member is not None:
+                event["info"] = dict(member.info)
+            events.append(event)
+        return tuple(events)
+
+    def _webhook_event(self, name: str, now: float, **fields: JsonValue) -> dict[str, JsonValue]:
+        """One webhook event: an id unique per node, run and event, its name, its fields
+        and the time."""
+        self._webhook_events_made += 1
+        return {"id": f"{self.node_id}:{self._cluster.incarnation}:{self._webhook_events_made}",
+                "name": name, **fields, "time_ms": self._unix_ms(now)}
+
+    def _notify_connection(self, name: str, conn: Connection, now: float) -> None:
+        """`connection.opened` / `connection.closed` of a user's connection, when asked
+        for (this node reports its own connections)."""
+        if self.config.connection_webhooks and conn.user is not None:
+            self._actions.append(Notify((self._webhook_event(
+                name, now, connection_id=conn.id, user_id=conn.user.id,
+                transport=conn.transport),)))
+
+    def _command(self, body: dict[str, Any], now: float) -> None:
+        """Carry out an application command another node forwarded (`ClusterState.command`)."""
+        try:
+            match body.get("op"):
+                case "send":
+                    connection_id = ConnectionId(str(body["n"]))
+                    if connection_id in self._connections:
+                        self._deliver((connection_id,), str(body["p"]).encode())
+                case "disconnect":
+                    conn = self._connections.get(ConnectionId(str(body["n"])))
+                    if conn is not None:
+                        self._drop(conn, int(body["code"]), str(body["r"]))
+                case "disconnect_user":
+                    self._disconnect_user(str(body["u"]), int(body["code"]), str(body["r"]))
+                case "unsubscribe_user":
+                    self._unsubscribe_user(str(body["u"]), str(body["c"]), str(body["r"]), now)
+        except (KeyError, TypeError, ValueError):
+            self._errors[ErrorCode.MALFORMED_MESSAGE] += 1  # another node's bug: counted
 
     def connection(self, connection_id: ConnectionId) -> ConnectionInfo | None:
         """A snapshot of a local connection, or None."""
@@ -329,6 +488,40 @@ class Hub:
         if user_id is not None:
             return sorted(self._users.get(user_id, ()))
         return list(self._connections)
+
+    def connection_count(self, user_id: str | None = None) -> int:
+        """Connections: all of this node's; or one user's, on every node as far as this
+        one knows when `max_connections_per_user` is set (else on this node)."""
+        if user_id is None:
+            return len(self._connections)
+        if self.config.limits.max_connections_per_user is not None:
+            return self._cluster.presence.count(CONNECTIONS, user_id)
+        return len(self._users.get(user_id, ()))
+
+    def _limit_user(self, conn: Connection, user_id: str, now: float) -> None:
+        """Count a user's new connection cluster-wide (an entry of the presence table's
+        `CONNECTIONS`, announced like presence) and, over `max_connections_per_user`
+        (with `replace_oldest`: the Node refuses it at the door otherwise), close the
+        user's oldest connection, on whichever node holds it."""
+        _, announced = self._cluster.join(CONNECTIONS, conn.id, Member(
+            user_id=user_id, info={"at": self._unix_ms(now)}))
+        self._actions.extend(announced)
+        table, limit = self._cluster.presence, self.config.limits.max_connections_per_user
+        if limit is None or table.count(CONNECTIONS, user_id) <= limit:
+            return
+        oldest = table.oldest(CONNECTIONS, user_id, but=(self.node_id, conn.id))
+        if oldest is None:
+            return
+        node, connection_id = oldest
+        self._replaced += 1
+        reason = "replaced by a newer connection of the same user"
+        local = self._connections.get(ConnectionId(connection_id))
+        if node == self.node_id and local is not None:
+            self._drop(local, ErrorCode.TOO_MANY_CONNECTIONS, reason)
+        elif node != self.node_id:
+            self._actions.append(self._cluster.command(
+                node, op="disconnect", n=connection_id, code=int(ErrorCode.TOO_MANY_CONNECTIONS),
+                r=reason))
 
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers, and how many."""
@@ -363,6 +556,7 @@ class Hub:
             broker_topics=len(self._subscribers) + len(self._users) + 1,
             broker_latency=self._broker_latency.snapshot(),
             broker_driver=self._broker_report,
+            connections_replaced=self._replaced,
         )
 
     # -- connections ---------------------------------------------------------------------
@@ -391,7 +585,11 @@ class Hub:
                            if rates.subscriptions else None)
         self._connections[conn.id] = conn
         if conn.user is not None:
+            self._expires(conn, conn.user.expires_ms, now)
             self._add_user(conn, conn.user.id, now)
+            self._notify_connection("connection.opened", conn, now)
+            if self.config.limits.max_connections_per_user is not None:
+                self._limit_user(conn, conn.user.id, now)
         self._reply(conn, "connection.established", {
             "connection_id": conn.id,
             "user_id": conn.user.id if conn.user else None,
@@ -406,6 +604,9 @@ class Hub:
 
     def _remove(self, conn: Connection) -> None:
         del self._connections[conn.id]
+        self._notify_connection("connection.closed", conn, self._now)
+        if self.config.limits.max_connections_per_user is not None and conn.user is not None:
+            self._actions.extend(self._cluster.leave(CONNECTIONS, conn.id)[1])
         for request_id in conn.pending.values():
             self._pending.pop(request_id, None)
         for channel in sorted(conn.channels):
@@ -425,6 +626,10 @@ class Hub:
         idle_timeout = self.config.effective_idle_timeout
         heartbeat = self.config.heartbeat_interval
         for conn in list(self._connections.values()):
+            if conn.expires_at is not None and self._expiring(conn, now):
+                continue
+            if conn.channel_expiry:
+                self._channels_expiring(conn, now)
             if not conn.expects_pong:
                 continue
             idle = now - conn.last_activity_at
@@ -435,6 +640,51 @@ class Hub:
                 conn.pinged = True
                 _, payload = self._encode(MessageType.PING, now)
                 self._deliver((conn.id,), payload)
+
+    # -- expiring credentials ------------------------------------------------------------
+
+    def _expires(self, conn: Connection, expires_ms: int | None, now: float) -> None:
+        """Set when a connection's credentials expire (Unix ms, or None: never)."""
+        conn.expires_at = None if expires_ms is None else (
+            now + (expires_ms - self._unix_ms(now)) / 1000)
+        conn.refresh_asked = False
+
+    def _expiring(self, conn: Connection, now: float) -> bool:
+        """Close a connection whose credentials expired (True), or ask it, `refresh_lead`
+        seconds before, to refresh them."""
+        assert conn.expires_at is not None
+        if now >= conn.expires_at:
+            self._errors[ErrorCode.UNAUTHENTICATED] += 1
+            self._drop(conn, ErrorCode.UNAUTHENTICATED, "token expired")
+            return True
+        if not conn.refresh_asked and now >= conn.expires_at - self.config.refresh_lead:
+            conn.refresh_asked = True
+            self._reply(conn, "connection.refresh_required",
+                        {"expires_in": round(conn.expires_at - now, 3)}, now)
+        return False
+
+    def _refresh(self, conn: Connection, data: JsonValue, now: float) -> None:
+        """`{"type": "refresh", "data": {"token": T}}`: new credentials for the same user.
+
+        Raises:
+            MessageError: 4007 without a token; 4001 when the token is bad or expired, or
+                the connection has none to refresh (the connection stays as it was).
+        """
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise MessageError(ErrorCode.MISSING_FIELD, "'data.token' (a string) is required")
+        if conn.user is None or self.config.jwt is None:
+            raise MessageError(ErrorCode.UNAUTHENTICATED, "this connection has no token")
+        user = user_from_claims(verify_token(token, self.config.jwt,
+                                             now_unix=self._unix_ms(now) / 1000))
+        if user.id != conn.user.id:
+            self._errors[ErrorCode.UNAUTHENTICATED] += 1
+            self._drop(conn, ErrorCode.UNAUTHENTICATED, "the new token is for another user")
+            return
+        self._expires(conn, user.expires_ms, now)
+        self._reply(conn, "connection.refreshed", {
+            "expires_in": None if conn.expires_at is None else round(conn.expires_at - now, 3)},
+            now)
 
     # -- client messages -----------------------------------------------------------------
 
@@ -464,6 +714,8 @@ class Hub:
                 case MessageType.PING:
                     _, payload = self._encode(MessageType.PONG, now)
                     self._deliver((conn.id,), payload)
+                case MessageType.REFRESH:
+                    self._refresh(conn, message.data, now)
                 case MessageType.PONG | MessageType.ERROR:
                     pass
         except MessageError as error:
@@ -477,6 +729,10 @@ class Hub:
                    options: JsonValue = None) -> None:
         request = SubscribeOptions.parse(options)
         if channel in conn.channels:
+            if request.token is not None and conn.channel_expiry and \
+                    channel in conn.channel_expiry and conn.user is not None:
+                _, expires_ms = self._subscription_token(conn.user, channel, request.token, now)
+                self._channel_expires(conn, channel, expires_ms, now)  # a refresh
             kept = self._streams.rule(channel)
             if kept is not None and (request.recover is not None or request.history):
                 self._replay(conn, channel, kept, request, now)
@@ -502,8 +758,9 @@ class Hub:
             self._join(conn, channel, conn.user.info, now, request)
             return
         if request.token is not None:
-            self._join(conn, channel, self._subscription_token(conn.user, channel,
-                                                               request.token, now), now, request)
+            info, expires_ms = self._subscription_token(conn.user, channel, request.token, now)
+            self._channel_expires(conn, channel, expires_ms, now)
+            self._join(conn, channel, info, now, request)
             return
         rule = self._rules.find(channel)
         if rule is None or rule.callback is None:
@@ -518,8 +775,9 @@ class Hub:
                                        connection=conn.info(), channel=channel))
 
     def _subscription_token(self, user: User, channel: str, token: str,
-                            now: float) -> Mapping[str, Any]:
-        """Check a per-channel token (`sub` = this user, `channel` = this channel); its info.
+                            now: float) -> tuple[Mapping[str, Any], int | None]:
+        """Check a per-channel token (`sub` = this user, `channel` = this channel); its info
+        and its `exp` (Unix ms), if any.
 
         Raises:
             MessageError: 4003 when the token is bad or for another user or channel.
@@ -534,7 +792,34 @@ class Hub:
         if str(claims.get("sub")) != user.id or claims.get("channel") != channel:
             raise MessageError(ErrorCode.FORBIDDEN, "token for another user or channel")
         info = claims.get("info")
-        return info if isinstance(info, dict) else user.info
+        exp = claims.get("exp")
+        expires_ms = round(exp * 1000) if isinstance(exp, int | float) and \
+            not isinstance(exp, bool) else None
+        return (info if isinstance(info, dict) else user.info), expires_ms
+
+    def _channel_expires(self, conn: Connection, channel: str, expires_ms: int | None,
+                         now: float) -> None:
+        """Set when a subscription token's `exp` ends the subscription (None: never)."""
+        if expires_ms is not None:
+            if conn.channel_expiry is None:
+                conn.channel_expiry = {}
+            conn.channel_expiry[channel] = (now + (expires_ms - self._unix_ms(now)) / 1000, False)
+        elif conn.channel_expiry:
+            conn.channel_expiry.pop(channel, None)
+
+    def _channels_expiring(self, conn: Connection, now: float) -> None:
+        """End the subscriptions whose token expired (`subscription.revoked`), and ask,
+        `refresh_lead` seconds before, for a new token (`subscription.refresh_required`:
+        subscribe again with it)."""
+        assert conn.channel_expiry is not None
+        for channel, (expires_at, asked) in list(conn.channel_expiry.items()):
+            if now >= expires_at:
+                self._leave(conn, channel, now)
+                self._reply(conn, REVOKED_EVENT, {"reason": "token expired"}, now, channel)
+            elif not asked and now >= expires_at - self.config.refresh_lead:
+                conn.channel_expiry[channel] = (expires_at, True)
+                self._reply(conn, "subscription.refresh_required",
+                            {"expires_in": round(expires_at - now, 3)}, now, channel)
 
     def _answered(self, answer: AuthorizationAnswered) -> None:
         pending = self._pending.pop(answer.request_id, None)
@@ -567,6 +852,8 @@ class Hub:
         subscribers = self._subscribers.setdefault(channel, {})
         if not subscribers:
             self._actions.append(self._cluster.subscribe(channel_topic(channel), now))
+            if channel_kind(channel) is not ChannelKind.PRESENCE:
+                self._actions.extend(self._cluster.occupy(channel, True))
         subscribers[conn.id] = None
         rule = self._streams.rule(channel)
         if rule is not None and self._streams.shared:
@@ -666,6 +953,8 @@ class Hub:
 
     def _leave(self, conn: Connection, channel: str, now: float) -> None:
         conn.channels.discard(channel)
+        if conn.channel_expiry:
+            conn.channel_expiry.pop(channel, None)
         self._streams.cancel(channel, conn.id)
         subscribers = self._subscribers[channel]
         del subscribers[conn.id]
@@ -673,6 +962,8 @@ class Hub:
             del self._subscribers[channel]
             self._streams.forget(channel)
             self._actions.append(self._cluster.unsubscribe(channel_topic(channel)))
+            if channel_kind(channel) is not ChannelKind.PRESENCE:
+                self._actions.extend(self._cluster.occupy(channel, False))
         if channel_kind(channel) is ChannelKind.PRESENCE and conn.member_id(channel) is not None:
             member, actions = self._cluster.leave(channel, conn.id)
             self._actions.extend(actions)
@@ -711,6 +1002,10 @@ class Hub:
                        ephemeral=ephemeral)
         if self.config.report_events:
             self._actions.append(ClientEventSent(channel, message.event, data, user_id, conn.id))
+        if any(pattern_matches(p, channel) for p in self.config.client_event_webhooks):
+            self._actions.append(Notify((self._webhook_event(
+                "client_event", now, channel=channel, event=message.event, data=data,
+                user_id=user_id, connection_id=conn.id),)))
 
     def reads(self, channel: str) -> dict[str, int | str]:
         """Each user's read position on a channel (from `read` events on any node)."""
@@ -760,13 +1055,15 @@ class Hub:
                 self._deliver(targets, payload)
         else:
             for payload in payloads[skip:]:
-                joined, left, actions, caught_up = self._cluster.control(
-                    received.origin, payload, now, self._receives)
-                self._actions.extend(actions)
-                self._announce(joined, "user.joined", now)
-                self._announce(left, "user.left", now)
-                for lost_topic, count in caught_up:
+                applied = self._cluster.control(received.origin, payload, now,
+                                                self._receives)
+                self._actions.extend(applied.replies)
+                self._announce(applied.joined, "user.joined", now)
+                self._announce(applied.left, "user.left", now)
+                for lost_topic, count in applied.caught_up:
                     self._lost(lost_topic, count)
+                for command in applied.commands:
+                    self._command(command, now)
 
     def _offsets_show(self, topic: str, received: Received, skip: int) -> bool:
         """Whether a shared stream's offsets will show the gap before this message (with
@@ -929,6 +1226,17 @@ def _terminate_close(payload: bytes) -> tuple[int, str]:
         return int(close["code"]), str(close["reason"])
     except (MessageError, KeyError, TypeError, ValueError):
         return 4009, "terminated"
+def _close_frame(code: int, reason: str) -> None:
+    """Check that a close code and reason fit a WebSocket close frame.
+
+    Raises:
+        MessageError: 4005, naming what is wrong.
+    """
+    if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
+        raise MessageError(ErrorCode.INVALID_FIELD, "'code' must be 1000 or 3000-4999")
+    if not isinstance(reason, str) or len(reason.encode()) > MAX_REASON_BYTES:
+        raise MessageError(ErrorCode.INVALID_FIELD,
+                           f"'reason' must be a string of at most {MAX_REASON_BYTES} bytes")
 
 
 def _offset_order(item: tuple[int | None, bytes, str | None]) -> float:

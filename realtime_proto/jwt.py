@@ -144,4 +144,7 @@ def user_from_claims(claims: dict[str, Any]) -> User:
         raise _refuse("claim 'info' must be an object")
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
         raise _refuse("claim 'channels' must be a list of strings")
-    return User(id=str(sub), info=info, channels=tuple(channels))
+    exp = claims.get("exp")
+    expires_ms = round(exp * 1000) if isinstance(exp, int | float) and \
+        not isinstance(exp, bool) else None
+    return User(id=str(sub), info=info, channels=tuple(channels), expires_ms=expires_ms)

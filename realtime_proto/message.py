@@ -20,7 +20,7 @@ _FIELDS = ("id", "type", "channel", "event", "data", "timestamp", "user_id", "of
 
 
 class MessageType(enum.StrEnum):
-    """The six message types of the wire protocol."""
+    """The seven message types of the wire protocol."""
 
     #: an application or system event
     EVENT = "event"
@@ -34,6 +34,8 @@ class MessageType(enum.StrEnum):
     PING = "ping"
     #: the answer to `ping`
     PONG = "pong"
+    #: a client hands in a new connection token (`data.token`) before the old one expires
+    REFRESH = "refresh"
 
 
 _NEEDS_CHANNEL = frozenset({MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE})

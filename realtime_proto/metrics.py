@@ -89,7 +89,7 @@ def render_metrics(stats: NodeStatistics) -> bytes:
     metric("encodings_total", "counter", "Frames encoded for fan-out, by framing.",
            [(f'framing="{k}"', v) for k, v in sorted(stats.encodings.items())])
     metric("pusher_webhooks_total", "counter", "Pusher webhook requests, by outcome.",
-           [(f'result="{k}"', v) for k, v in sorted(stats.webhooks.items())])
+           [(f'result="{k}"', v) for k, v in sorted(stats.pusher_webhooks.items())])
     metric("slow_consumers_total", "counter", "Connections dropped for not reading.",
            [("", stats.slow_consumers)])
     metric("dropped_messages_total", "counter",
@@ -109,15 +109,17 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", int(hub.broker_connected))])
     metric("broker_topics", "gauge", "Broker topics this node subscribes to.",
            [("", hub.broker_topics)])
-    def histogram(name: str, text: str, snapshot: HistogramSnapshot) -> None:
+    def histogram(name: str, text: str, snapshot: HistogramSnapshot, labels: str = "") -> None:
         name = f"realtime_{name}"
-        lines.append(f"# HELP {name} {text}")
-        lines.append(f"# TYPE {name} histogram")
+        if f"# TYPE {name} histogram" not in lines:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} histogram")
+        at = ",".join(filter(None, [base, labels]))
         for bound, count in zip(snapshot.bounds, snapshot.cumulative, strict=True):
-            lines.append(f'{name}_bucket{{{base},le="{bound}"}} {count}')
-        lines.append(f'{name}_bucket{{{base},le="+Inf"}} {snapshot.count}')
-        lines.append(f"{name}_sum{{{base}}} {snapshot.total}")
-        lines.append(f"{name}_count{{{base}}} {snapshot.count}")
+            lines.append(f'{name}_bucket{{{at},le="{bound}"}} {count}')
+        lines.append(f'{name}_bucket{{{at},le="+Inf"}} {snapshot.count}')
+        lines.append(f"{name}_sum{{{at}}} {snapshot.total}")
+        lines.append(f"{name}_count{{{at}}} {snapshot.count}")
 
     histogram("broker_delivery_seconds", "Time from publish on another node to delivery here.",
               hub.broker_latency)
@@ -173,4 +175,27 @@ def render_metrics(stats: NodeStatistics) -> bytes:
            [("", hub.history_failures)])
     metric("cluster_nodes", "gauge", "Nodes this node hears, itself included.",
            [("", hub.nodes)])
+    metric("connections_refused_total", "counter",
+           "Connections refused at the door: node (max_connections, 503), user "
+           "(max_connections_per_user, 429).",
+           [(f'limit="{k}"', stats.refused_connections.get(k, 0)) for k in ("node", "user")])
+    metric("connections_replaced_total", "counter",
+           "Connections closed (4013) for a newer one of the same user.",
+           [("", hub.connections_replaced)])
+    hooks = stats.webhooks
+    for name, attribute, kind, text in (
+            ("webhook_events_sent_total", "sent", "counter",
+             "Webhook events the backend accepted (2xx)."),
+            ("webhook_retries_total", "retried", "counter",
+             "Webhook POSTs repeated after a failure (5xx, 408, 429, timeout, no answer)."),
+            ("webhook_events_dropped_total", "dropped", "counter",
+             "Webhook events dropped: the queue was full, or the backend refused them (4xx)."),
+            ("webhook_events_queued", "queued", "gauge", "Webhook events waiting.")):
+        if hooks:
+            metric(name, kind, text,
+                   [(f'url="{_label(h.url)}"', getattr(h, attribute)) for h in hooks])
+    for hook in hooks:
+        histogram("webhook_delivery_seconds",
+                  "Time from a presence transition's report to the backend's 2xx.",
+                  hook.latency, f'url="{_label(hook.url)}"')
     return ("\n".join(lines) + "\n").encode()

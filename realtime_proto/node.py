@@ -23,6 +23,7 @@ from .actions import (
     HistoryRead,
     MemberChanged,
     NodeAction,
+    Notify,
     PostWebhook,
     SaveReadPosition,
     Transmit,
@@ -54,6 +55,7 @@ from .jwt import user_from_claims, verify_token
 from .longpoll import PollSession
 from .message import JsonValue, Message, MessageType, encode_json
 from .metrics import render_metrics
+from .notify import WebhookQueue, response_status
 from .pusher import codec as pusher_codec
 from .pusher.api import handle_pusher_api
 from .pusher.apps import PusherApp
@@ -101,9 +103,13 @@ class Node:
     and close the socket. Not thread-safe: one loop drives it.
     """
 
-    def __init__(self, config: NodeConfig, *, new_id: Callable[[], str], epoch: Epoch) -> None:
+    def __init__(self, config: NodeConfig, *, new_id: Callable[[], str], epoch: Epoch,
+                 jitter: Callable[[], float] = lambda: 0.5) -> None:
         self.config = config
         self.hub = Hub(config.hub, new_id=new_id, epoch=epoch)
+        #: one queue per webhook URL (`jitter`, a float in [0, 1), spreads their retries)
+        self._webhooks = [WebhookQueue(url, config.webhooks, jitter)
+                          for url in config.webhooks.urls] if config.webhooks else []
         self._new_id = new_id
         self._epoch = epoch
         self._transports: dict[TransportId, _Transport] = {}
@@ -123,12 +129,15 @@ class Node:
         self._slow_consumers = 0
         self._shutting_down = False
         self._dropped_messages = 0
+        self._refused_connections: Counter[str] = Counter()
         self._policies: dict[str | None, SlowConsumerPolicy] = {}
         self._bytes_in = 0
         self._bytes_out = 0
         #: Pusher webhook events waiting for the end of this call, by app; their outcomes
         self._webhook_events: dict[PusherApp, list[JsonValue]] = {}
-        self._webhooks: Counter[str] = Counter()
+        #: Pusher webhook requests by outcome, and those still on their way
+        self._pusher_webhooks: Counter[str] = Counter()
+        self._pusher_posts: set[str] = set()
         rates = config.hub.rates
         self._connect_buckets = TokenBuckets(rates.connections) if rates.connections else None
         self._api_buckets = TokenBuckets(rates.api_calls) if rates.api_calls else None
@@ -136,8 +145,9 @@ class Node:
         #: the same for every answer: built once, shared by every connection
         self._cors = (("access-control-allow-origin", origin),) if origin else ()
         self._now = epoch.monotonic_at
-        #: this node's route key: the prefix of its connection ids, and its broker topic
-        self.route = new_id()[:8]
+        #: this node's route key (the Hub's): the prefix of its connection ids, and its
+        #: broker topic
+        self.route = self.hub.route
         #: forwarded requests waiting for the owner's reply: request id -> (socket, deadline)
         self._forwards: dict[str, tuple[TransportId, float]] = {}
         self._forward_counts: Counter[str] = Counter()
@@ -180,10 +190,17 @@ class Node:
     def handle(self, event: NodeEvent, *, now: float) -> None:
         """Feed an application, broker or callback event."""
         self._now = now
-        if isinstance(event, WebhookPosted):
-            self._webhooks["failed" if event.error is not None else "sent"] += 1
-        elif isinstance(event, AuthenticationAnswered):
+        if isinstance(event, AuthenticationAnswered):
             self._authenticated(event, now)
+        elif isinstance(event, WebhookPosted):
+            status = response_status(event.response) if event.error is None else None
+            if event.request_id in self._pusher_posts:  # not retried (docs/pusher.md)
+                self._pusher_posts.discard(event.request_id)
+                delivered = status is not None and 200 <= status < 300
+                self._pusher_webhooks["sent" if delivered else "failed"] += 1
+            else:
+                for queue in self._webhooks:
+                    queue.answered(event.request_id, status, now)
         elif isinstance(event, HistoryLoaded) and event.request_id in self._reads_asked:
             self._reads_answered(event)
         elif type(event) is EnvelopeReceived and forwarding.is_node_topic(event.topic):
@@ -212,7 +229,12 @@ class Node:
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do (monotonic seconds)."""
-        return self.hub.next_deadline()
+        deadline = self.hub.next_deadline()
+        for queue in self._webhooks:
+            due = queue.next_deadline()
+            if due is not None and due < deadline:
+                deadline = due
+        return deadline
 
     def actions(self) -> list[NodeAction]:
         """Drain the actions produced so far, including those of calls made on `hub`."""
@@ -261,14 +283,16 @@ class Node:
             transports=len(self._transports), poll_sessions=len(self._polls()),
             held_polls=sum(1 for session in self._polls() if session.held is not None),
             encodings=dict(self._encodings), slow_consumers=self._slow_consumers,
-            webhooks=dict(self._webhooks),
+            pusher_webhooks=dict(self._pusher_webhooks),
             dropped_messages=self._dropped_messages + sum(
                 t.backlog.dropped for t in self._transports.values()),
             backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
                       if t.backlog.bytes and t.connection_id},
             http_responses=dict(self._responses), bytes_in=self._bytes_in,
             bytes_out=self._bytes_out, hub=self.hub.statistics(), worker=self.config.worker,
-            forwarded=dict(self._forward_counts))
+            forwarded=dict(self._forward_counts),
+            webhooks=tuple(queue.statistics() for queue in self._webhooks),
+            refused_connections=dict(self._refused_connections))
 
     # -- framing events ------------------------------------------------------------------
 
@@ -365,7 +389,8 @@ class Node:
                           [("content-type", "text/plain; version=0.0.4")])
         elif (path in ("/ws", "/sse") and method == "GET") or (
                 path == "/poll" and method == "GET" and "connection_id" not in request.query):
-            self._authenticate(transport, request, now)
+            if not self._full(transport):
+                self._authenticate(transport, request, now)
         elif path == "/poll" and method == "GET":
             self._poll(transport, request, now)
         elif path == "/send" and method == "POST":
@@ -459,6 +484,18 @@ class Node:
         trusted = self.config.trusted_proxies
         return client_peer(transport.peer, request.headers, trusted) if trusted else transport.peer
 
+    def _full(self, transport: _Transport) -> bool:
+        """Answer 503 when the node has `max_connections` (counting those being
+        authenticated); whether it has."""
+        limit = self.config.hub.limits.max_connections
+        if limit is None or self.hub.connection_count() + len(self._waiting_auth) < limit:
+            return False
+        self._refused_connections["node"] += 1
+        self._respond(transport, 503, encode_json(error_body(
+            ErrorCode.TOO_MANY_CONNECTIONS, f"this node has its {limit} connections")),
+            [("content-type", _JSON), ("retry-after", "1"), *self._cors])
+        return True
+
     def _authenticate(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         peer = self._peer(transport, request)
         if self._refused(transport, self._connect_buckets, (peer or "").rpartition(":")[0], now):
@@ -498,6 +535,15 @@ class Node:
 
     def _accept(self, transport: _Transport, request: RequestReceived, user: User | None,
                 now: float) -> None:
+        limits = self.config.hub.limits
+        per_user = limits.max_connections_per_user
+        if user is not None and per_user is not None and not limits.replace_oldest \
+                and self.hub.connection_count(user.id) >= per_user:
+            self._refused_connections["user"] += 1
+            self._respond_json(transport, 429, error_body(
+                ErrorCode.TOO_MANY_CONNECTIONS, f"at most {per_user} connections per user"))
+            return
+        # the node's route key first: any node knows where to send its commands
         connection_id = ConnectionId(f"{self.route}.{self._new_id()}")
         kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
         # WebSocket keepalive is the protocol's Ping, unless the client asks for the JSON
@@ -823,6 +869,13 @@ class Node:
                 case (BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize()
                       | HistoryAppend() | HistoryRead() | SaveReadPosition()):
                     self._actions.append(action)
+                case Notify():
+                    for queue in self._webhooks:
+                        queue.add(action.events, self._now)
+        for queue in self._webhooks:
+            if (post := queue.take(self._now, self._new_id,
+                                   self._epoch.unix_ms_at(self._now))) is not None:
+                self._actions.append(PostWebhook(post[0], queue.target, post[1]))
 
     def _deliver(self, action: Deliver) -> None:
         """Frame once per framing kind, then one backlog append per subscriber."""
@@ -957,7 +1010,9 @@ class Node:
             unix_ms = self._epoch.unix_ms_at(self._now)
             target = self.config.pusher_webhook
             for app, events in self._webhook_events.items():
-                self._actions.append(PostWebhook(target, pusher_webhook_request(
+                request_id = self._new_id()
+                self._pusher_posts.add(request_id)
+                self._actions.append(PostWebhook(request_id, target, pusher_webhook_request(
                     target, app, events, unix_ms)))
             self._webhook_events = {}
         polls, self._polls_to_answer = self._polls_to_answer, {}

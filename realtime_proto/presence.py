@@ -6,7 +6,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
 
-__all__ = ["Entry", "Member", "PresenceTable"]
+__all__ = ["CONNECTIONS", "Entry", "Member", "PresenceTable"]
+
+#: the table's own channel of every user's connections (with the per-user limit): not a
+#: valid channel name, so no client can subscribe to it, and no webhook reports it
+CONNECTIONS = "#connections"
 
 
 @final
@@ -46,6 +50,9 @@ class PresenceTable:
         self._by_node: dict[str, set[tuple[str, str]]] = {}
         #: channel -> user id -> number of entries; keeps join/leave decisions O(1)
         self._counts: dict[str, dict[str, int]] = {}
+        #: (channel, user id) and (channel, "") keys whose presence changed, when tracked
+        #: (for the webhook reporter, which drains it)
+        self.changed: set[tuple[str, str]] | None = None
 
     def add(self, entry: Entry) -> bool:
         """Add an entry; True when its user was not present on the channel before."""
@@ -56,6 +63,9 @@ class PresenceTable:
         entries[key] = entry.member
         counts = self._counts.setdefault(entry.channel, {})
         first = entry.member.user_id not in counts
+        if first and self.changed is not None and entry.channel != CONNECTIONS:
+            self.changed.add((entry.channel, entry.member.user_id))
+            self.changed.add((entry.channel, ""))
         counts[entry.member.user_id] = counts.get(entry.member.user_id, 0) + 1
         self._by_node.setdefault(entry.node_id, set()).add((entry.channel, entry.connection_id))
         return first
@@ -116,6 +126,42 @@ class PresenceTable:
             seen.setdefault(member.user_id, member)
         return list(seen.values())
 
+    def present(self, key: tuple[str, str]) -> bool:
+        """Whether a user (`(channel, user id)`) or a channel (`(channel, "")`) is present."""
+        channel, user_id = key
+        counts = self._counts.get(channel)
+        return counts is not None and (not user_id or user_id in counts)
+
+    def keys(self) -> set[tuple[str, str]]:
+        """Every present user and channel, as `present` names them."""
+        found = set()
+        for channel, counts in self._counts.items():
+            if channel == CONNECTIONS:
+                continue
+            found.add((channel, ""))
+            found.update((channel, user_id) for user_id in counts)
+        return found
+
+    def count(self, channel: str, user_id: str) -> int:
+        """How many entries (connections) a user has on a channel."""
+        return self._counts.get(channel, {}).get(user_id, 0)
+
+    def oldest(self, channel: str, user_id: str,
+               but: tuple[str, str]) -> tuple[str, str] | None:
+        """The (node, connection) of a user's entry with the smallest `info["at"]`, other
+        than `but`."""
+        found = [(member.info.get("at", 0), node, connection_id)
+                 for (node, connection_id), member in self._entries.get(channel, {}).items()
+                 if member.user_id == user_id and (node, connection_id) != but]
+        return min(found)[1:] if found else None
+
+    def member(self, channel: str, user_id: str) -> Member | None:
+        """A present user's member (its first entry's)."""
+        for member in self._entries.get(channel, {}).values():
+            if member.user_id == user_id:
+                return member
+        return None
+
     def entries_of(self, node_id: str) -> list[Entry]:
         """Every entry a node owns (what it announces in a full sync)."""
         return [
@@ -131,6 +177,9 @@ class PresenceTable:
         if counts[user_id]:
             return True
         del counts[user_id]
+        if self.changed is not None and channel != CONNECTIONS:
+            self.changed.add((channel, user_id))
+            self.changed.add((channel, ""))
         if not counts:
             del self._counts[channel]
         return False

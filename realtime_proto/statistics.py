@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from .events import BrokerReported
 from .metrics import HistogramSnapshot
+
+if TYPE_CHECKING:
+    from .notify import WebhookStatistics
 
 __all__ = ["HubStatistics", "NodeStatistics"]
 
@@ -41,6 +44,8 @@ class HubStatistics:
     broker_latency: HistogramSnapshot
     #: the broker driver's counters, as last reported by the adapter
     broker_driver: BrokerReported
+    #: connections closed for a newer one of the same user (`Limits.replace_oldest`)
+    connections_replaced: int = 0
 
 
 
@@ -57,7 +62,8 @@ class NodeStatistics:
     held_polls: int
     encodings: dict[str, int]
     #: Pusher webhook requests by outcome ("sent", "failed")
-    webhooks: dict[str, int]
+    #: Pusher webhook requests by outcome (sent, failed)
+    pusher_webhooks: dict[str, int]
     slow_consumers: int
     #: messages dropped or conflated by the drop_oldest and latest policies
     dropped_messages: int
@@ -71,3 +77,7 @@ class NodeStatistics:
     worker: int | None = None
     #: requests for another node's connection: sent, answered, expired; and served here
     forwarded: dict[str, int] = field(default_factory=dict)
+    #: each webhook URL's delivery counters
+    webhooks: tuple[WebhookStatistics, ...] = ()
+    #: connections refused at the door, by limit: "node" (503), "user" (429)
+    refused_connections: Mapping[str, int] = field(default_factory=dict)

@@ -8,6 +8,10 @@ export type ChannelState = 'pending' | 'subscribed' | 'failed' | 'unsubscribed';
 
 export declare const STATES: readonly ConnectionState[];
 export declare const TRANSPORTS: readonly TransportName[];
+/** The close code of a connection the application closed (`disconnect_user`): not retried. */
+export declare const DISCONNECTED_CODE: 4010;
+/** The close code of a connection replaced by a newer one of the same user: not retried. */
+export declare const REPLACED_CODE: 4013;
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -92,6 +96,8 @@ export interface RealtimeOptions {
   auth?: { token?: TokenSource };
   /** Shorthand for `auth.token`. */
   token?: TokenSource;
+  /** The same as a function `auth.token`: also called when the server asks for a refresh. */
+  getToken?: () => string | null | Promise<string | null>;
   /** Transports in order of preference; default ['websocket', 'sse', 'polling']. */
   transports?: TransportName[];
   /** A WebSocket constructor (Node: `import WebSocket from 'ws'`); default globalThis.WebSocket. */

@@ -160,6 +160,12 @@ async function readHttpError(res) {
   return { status: res.status, code, message: e.message || res.statusText || `HTTP ${res.status}` };
 }
 
+// The close code of a connection the application closed (disconnect_user): not retried.
+export const DISCONNECTED_CODE = 4010;
+// The close code of a connection replaced by a newer one of the same user: not retried
+// either (it would replace the next one in turn).
+export const REPLACED_CODE = 4013;
+
 function isAuthFailure(info) {
   return !!info && (info.code === 4001 || info.status === 401);
 }
@@ -881,6 +887,16 @@ export class Channel extends Emitter {
       }
       return;
     }
+    if (event === 'subscription.revoked') {
+      // the application ended the subscription: not resubscribed on reconnect
+      this._clearRetry();
+      this.state = 'failed';
+      this.error = { code: 4003, message: (data && data.reason) || 'subscription revoked' };
+      this.client._dropQueued(this.name);
+      this._emit(event, data ?? {}, msg);
+      this._emit('*', event, data ?? {}, msg);
+      return;
+    }
     if (event !== 'subscription.succeeded' && !this._track(msg)) return; // delivered already
     let again = null;
     if (event === 'subscription.succeeded') {
@@ -1082,10 +1098,25 @@ export class RealtimeClient extends Emitter {
   }
 
   async _resolveToken() {
-    let t = this.options.auth && this.options.auth.token;
+    let t = this.options.getToken ?? (this.options.auth && this.options.auth.token);
     if (t === undefined) t = this.options.token;
     if (typeof t === 'function') t = await t();
     return t === null || t === undefined || t === '' ? null : String(t);
+  }
+
+  // The server asks for new credentials before the token expires: the token function's
+  // next token goes to it. If the function fails, the server closes with 4001 at expiry.
+  async _refreshToken() {
+    const gen = this._gen;
+    let token;
+    try {
+      token = await this._resolveToken();
+    } catch (err) {
+      this._emit('error', { code: 0, message: `token function failed: ${err && err.message}` }, null);
+      return;
+    }
+    if (gen !== this._gen || !this._transport || token === null) return;
+    this._transport.send([{ msg: { type: 'refresh', data: { token } } }]);
   }
 
   _transportOrder() {
@@ -1104,7 +1135,8 @@ export class RealtimeClient extends Emitter {
     } catch (err) {
       if (gen !== this._gen) return;
       this._emit('error', { code: 0, message: `token function failed: ${err && err.message}` }, null);
-      this._scheduleReconnect({ code: 1006, reason: 'token function failed' });
+      this._authFailures++; // no token, no connection: 'failed' after maxAuthFailures
+      this._scheduleReconnect({ code: 4001, reason: 'token function failed' });
       return;
     }
     if (gen !== this._gen) return;
@@ -1265,6 +1297,10 @@ export class RealtimeClient extends Emitter {
     this._connectionLost();
     if (isAuthFailure(info)) this._authFailures++;
     this._emit('disconnected', info);
+    if (info && (info.code === DISCONNECTED_CODE || info.code === REPLACED_CODE)) {
+      this._fail({ ...info, reason: info.reason || 'disconnected by the server' }); // no reconnect
+      return;
+    }
     this._scheduleReconnect(info);
   }
 
@@ -1330,6 +1366,7 @@ export class RealtimeClient extends Emitter {
         return;
       }
       if (msg.event === 'connection.established') return;
+      if (msg.event === 'connection.refresh_required') this._refreshToken();
       if (typeof msg.event === 'string') {
         if (msg.event === 'messages.lost') this._emit('messages.lost', null, msg.data, msg);
         else this._emit(msg.event, msg.data, msg);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..actions import (
@@ -16,6 +16,7 @@ from ..actions import (
     Disconnect,
     HistoryAppend,
     HistoryRead,
+    Notify,
     SaveReadPosition,
 )
 from ..callbacks import authorization_answer
@@ -54,6 +55,8 @@ class MemoryTransport:
         self._store = store
         self.inbox: dict[ConnectionId, list[dict[str, Any]]] = {}
         self.closed: dict[ConnectionId, tuple[int, str]] = {}
+        #: the webhook events the Hub reported (`Notify`), in order
+        self.notified: list[Mapping[str, Any]] = []
         self.authorize_calls = 0
         self.run()
 
@@ -92,6 +95,8 @@ class MemoryTransport:
                             self.inbox.setdefault(connection_id, []).append(message)
                     case Disconnect():
                         self.closed[action.connection_id] = (action.code, action.reason)
+                    case Notify():
+                        self.notified.extend(action.events)
                     case Authorize():
                         self._authorize(action)
                     case BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe():

@@ -128,7 +128,7 @@ class Cluster:
         if setup is not None:
             setup(hub)
         self.transports[node_id] = MemoryTransport(
-            hub, clock=self.clock, new_id=counter_ids(f"{node_id}.c"),
+            hub, clock=self.clock, new_id=_connection_ids(hub.route),
             on_broker=lambda action: self.broker.submit(node_id, action, self.clock.now),
             store=self.store)
         return hub
@@ -206,6 +206,12 @@ class Cluster:
     def settle(self) -> None:
         """Deliver what the broker holds (a short run, shorter than any timeout)."""
         self.run_for(self.broker.max_delay * 4 + 0.01)
+
+
+def _connection_ids(route: str) -> Callable[[], str]:
+    """Connection ids as a Node makes them, its route key first: `<route>.c-1`, …"""
+    ids = counter_ids("c")
+    return lambda: f"{route}.{ids()}"
 
 
 def _fields(config: HubConfig) -> dict[str, Any]:

@@ -124,6 +124,73 @@ def test_a_refused_token_fails_without_retrying() -> None:
     asyncio.run(scenario())
 
 
+def test_disconnected_by_the_backend_fails_without_retrying_and_revoked_channels_end() -> None:
+    async def scenario() -> None:
+        node = server()
+        await node.start()
+        client = RealtimeClient(f"ws://127.0.0.1:{node.port}", token=token("mallory"),
+                                backoff_min=0.01, backoff_max=0.02)
+        await client.connect()
+        feed = client.subscribe("private-feed")
+        await asyncio.wait_for(feed.subscribed.wait(), 10)
+        errors: list[object] = []
+        feed.on("subscription.error", errors.append)
+        assert node.unsubscribe_user("mallory", "private-feed", "no access") == 1
+        async with asyncio.timeout(10):
+            await _until(lambda: errors)
+        assert "private-feed" not in client.channels
+        assert (feed.error.code, feed.error.message) == (4003, "no access")  # type: ignore[union-attr]
+        states: list[ClientState] = []
+        client.on("state", states.append)
+        assert node.disconnect_user("mallory", reason="banned") == 1
+        async with asyncio.timeout(10):
+            await _until(lambda: client.state is ClientState.FAILED)
+        assert client.attempts == 1 and states == [ClientState.FAILED]
+        await client.close()
+        await node.aclose()
+    asyncio.run(scenario())
+
+
+def test_an_expiring_token_is_refreshed_by_the_token_function_without_a_gap() -> None:
+    async def scenario() -> None:
+        node = server(refresh_lead=2.0)
+        await node.start()
+        calls = 0
+
+        def short_lived() -> str:
+            nonlocal calls
+            calls += 1
+            if calls > 4:
+                raise RuntimeError("backend down")
+            return encode_hs256({"sub": "dora", "exp": int(time.time()) + 4,
+                                 "channels": ["private-*"]}, SECRET)
+        client = RealtimeClient(f"ws://127.0.0.1:{node.port}", token=short_lived,
+                                backoff_min=0.01, backoff_max=0.02)
+        refreshed: list[object] = []
+        client.on("message", lambda m: refreshed.append(m)
+                  if m.event == "connection.refreshed" else None)
+        await client.connect()
+        feed = client.subscribe("private-feed")
+        await asyncio.wait_for(feed.subscribed.wait(), 10)
+        got: list[object] = []
+        feed.on("n", lambda data, message: got.append(data))
+        sent = 0
+        async with asyncio.timeout(20):
+            while len(refreshed) < 3:  # tokens live 3-4 s, refreshed 2 s before
+                node.broadcast("private-feed", "n", sent)
+                sent += 1
+                await asyncio.sleep(0.2)
+            await _until(lambda: len(got) == sent)
+        assert got == list(range(sent)) and client.attempts == 1
+        # the fifth call fails: closed with 4001 at expiry, then failed, no loop
+        async with asyncio.timeout(15):
+            await _until(lambda: client.state is ClientState.FAILED)
+        assert calls == 6 and client.attempts == 2
+        await client.close()
+        await node.aclose()
+    asyncio.run(scenario())
+
+
 async def _until(check: object) -> None:
     while not check():  # type: ignore[operator]
         await asyncio.sleep(0.01)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from realtime_proto.notify import sign
 
 from ..behaviour.clients import connect
 from ..behaviour.serving import serving, token
@@ -105,4 +108,96 @@ def test_webhook_over_https(runtime: str, tmp_path: Path,
             assert await subscribe(client, "private-ok.2") == "subscription.succeeded"
             assert await subscribe(client, "private-no.2") == 4003
             assert [call["user_id"] for call in calls] == ["bob", "bob"]
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_presence_events_reach_the_backend_signed_on_every_runtime(runtime: str) -> None:
+    """The presence webhooks go through the same `post_webhook` hook (docs/webhooks.md)."""
+    async def scenario() -> None:
+        bodies: list[tuple[bytes, str | None]] = []
+
+        async def receive(request: Request) -> Response:
+            bodies.append((await request.body(), request.headers.get("x-realtime-signature")))
+            return Response(status_code=503 if len(bodies) == 1 else 204)  # one retry
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(
+            Starlette(routes=[Route("/events", receive, methods=["POST"])]),
+            host="127.0.0.1", port=port, log_level="error"))
+        task = asyncio.ensure_future(server.serve())
+        try:
+            async with asyncio.timeout(20):
+                while not server.started:
+                    await asyncio.sleep(0.02)
+            async with serving(runtime, webhook=(f"http://127.0.0.1:{port}/events",),
+                               webhook_secret="s", webhook_settle=0.2) as realtime:
+                async with connect("websocket", realtime.port,
+                                   token=token("ann", channels=["presence-*"])) as client:
+                    ack = await client.subscribe("presence-room")
+                    assert ack["event"] == "subscription.succeeded", ack
+                    async with asyncio.timeout(15):
+                        while len(bodies) < 2:
+                            await asyncio.sleep(0.02)
+                async with asyncio.timeout(15):
+                    while len(bodies) < 3:
+                        await asyncio.sleep(0.02)
+        finally:
+            server.should_exit = True
+            await task
+        assert bodies[0] == bodies[1]  # the 503 retried, byte for byte
+        names = [[(e["name"], e.get("user_id")) for e in json.loads(body)["events"]]
+                 for body, _ in bodies[1:]]
+        assert names == [[("channel.occupied", None), ("member.added", "ann")],
+                         [("member.removed", "ann"), ("channel.vacated", None)]]
+        assert all(signature == sign("s", body) for body, signature in bodies)
+    asyncio.run(scenario())
+
+
+def test_opt_in_connection_and_client_events() -> None:
+    async def scenario() -> None:
+        bodies: list[bytes] = []
+
+        async def receive(request: Request) -> Response:
+            bodies.append(await request.body())
+            return Response(status_code=204)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(
+            Starlette(routes=[Route("/events", receive, methods=["POST"])]),
+            host="127.0.0.1", port=port, log_level="error"))
+        task = asyncio.ensure_future(server.serve())
+
+        def events() -> list[dict[str, object]]:
+            return [e for body in bodies for e in json.loads(body)["events"]]
+        try:
+            async with asyncio.timeout(20):
+                while not server.started:
+                    await asyncio.sleep(0.02)
+            async with serving("asyncio", webhook=(f"http://127.0.0.1:{port}/events",),
+                               webhook_events=("connections",),
+                               webhook_client_events=("private-audit.*",)) as realtime:
+                async with connect("websocket", realtime.port,
+                                   token=token("ann", channels=["private-*"])) as client:
+                    for channel in ("private-audit.1", "private-chat.1"):
+                        await client.subscribe(channel)
+                        await client.send({"type": "event", "channel": channel,
+                                           "event": "note", "data": {"on": channel}})
+                    async with asyncio.timeout(15):
+                        while len(events()) < 2:
+                            await asyncio.sleep(0.02)
+                    connection_id = client.connection_id
+                async with asyncio.timeout(15):
+                    while len(events()) < 3:
+                        await asyncio.sleep(0.02)
+        finally:
+            server.should_exit = True
+            await task
+        got = [{k: v for k, v in e.items() if k not in ("id", "time_ms")} for e in events()]
+        assert got == [
+            {"name": "connection.opened", "connection_id": connection_id, "user_id": "ann",
+             "transport": "websocket"},
+            {"name": "client_event", "channel": "private-audit.1", "event": "note",
+             "data": {"on": "private-audit.1"}, "user_id": "ann",
+             "connection_id": connection_id},  # not private-chat.1: no pattern selects it
+            {"name": "connection.closed", "connection_id": connection_id, "user_id": "ann",
+             "transport": "websocket"}]
     asyncio.run(scenario())

@@ -145,6 +145,76 @@ describe('the client in chromium', () => {
   }
 });
 
+describe('an expiring token refreshed by getToken in chromium', () => {
+  let server;
+  let context;
+
+  before(async () => {
+    // asked 2 s before exp; tokens live 3-4 s: a refresh every 1-2 s
+    server = await startRealtimeServer({ extraArgs: ['--refresh-lead', '2'] });
+    context = await browser.newContext();
+  });
+
+  after(async () => {
+    await context?.close();
+    await server?.kill('SIGTERM');
+  });
+
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: several refreshes, the same connection, no gap in delivery`, async () => {
+      const page = await context.newPage();
+      const errors = watch(page);
+      try {
+        await page.goto(`${server.httpUrl}/health`);
+        await page.exposeFunction('mintToken', () =>
+          signJwt(server.jwtSecret, { sub: `exp-${transport}`, exp: Math.floor(Date.now() / 1000) + 4 }),
+        );
+        await page.evaluate(
+          async ({ transport, wait }) => {
+            const { RealtimeClient } = await import('/realtime.js');
+            const url = location.origin.replace(/^http/, 'ws');
+            const c = new RealtimeClient(url, { getToken: () => window.mintToken(), transports: [transport] });
+            window.rt = c;
+            window.got = [];
+            window.states = [];
+            window.refreshed = 0;
+            c.on('state', (s) => window.states.push(s));
+            c.on('connection.refreshed', () => window.refreshed++);
+            await new Promise((resolve, reject) => {
+              const t = setTimeout(() => reject(new Error('not connected')), wait);
+              c.once('connected', () => resolve(clearTimeout(t)));
+            });
+            window.firstId = c.connectionId;
+            const ch = c.subscribe('ticks');
+            ch.on('n', (data) => window.got.push(data));
+            await new Promise((resolve) => ch.once('subscription.succeeded', resolve));
+          },
+          { transport, wait: WAIT },
+        );
+        let sent = 0;
+        while ((await page.evaluate(() => window.refreshed)) < 3) {
+          await server.publish('ticks', 'n', sent++);
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          assert.ok(sent < 100, 'no third refresh within 20 s');
+        }
+        await page.waitForFunction((n) => window.got.length === n, sent, { timeout: WAIT });
+        const result = await page.evaluate(() => ({
+          got: window.got,
+          states: window.states,
+          same: window.rt.connectionId === window.firstId,
+        }));
+        assert.deepEqual(result.got, [...Array(sent).keys()]);
+        assert.deepEqual(result.states, ['connecting', 'connected']);
+        assert.ok(result.same);
+        await page.evaluate(() => window.rt.disconnect());
+        assert.deepEqual(errors, []);
+      } finally {
+        await page.close();
+      }
+    });
+  }
+});
+
 describe('the example chat', () => {
   let server;
   let carol;

@@ -331,6 +331,40 @@ describe('client against the real server', () => {
         assert.equal(calls, 2);
         assert.deepEqual(states, ['connecting', 'reconnecting', 'failed']);
       });
+
+      test('disconnected by the backend (4010): failed with the reason, no reconnect', async () => {
+        const user = unique('banned');
+        let tokens = 0;
+        const c = makeClient(server.wsUrl, transport, {
+          auth: { token: () => (tokens++, userToken(server, user)) },
+        });
+        const bystander = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, 'alice') } });
+        await Promise.all([connected(c), connected(bystander)]);
+        const states = [];
+        c.on('state', (s, _previous, info) => states.push([s, info && info.code, info && info.reason]));
+        const answer = await server.api('POST', `/api/users/${user}/disconnect`, { reason: 'banned' });
+        assert.deepEqual(answer, { local: 1 });
+        await waitState(c, 'failed', 8000);
+        assert.deepEqual(states, [['failed', 4010, 'banned']]);
+        assert.equal(tokens, 1); // no second attempt was started
+        assert.equal(bystander.state, 'connected');
+      });
+
+      test('subscription.revoked: the channel fails and is not resubscribed', async () => {
+        const user = unique('revoked');
+        const c = makeClient(server.wsUrl, transport, { auth: { token: userToken(server, user) } });
+        await connected(c);
+        const name = unique('private-doc.');
+        const ch = await subscribed(c, name);
+        const revoked = waitEvent(ch, 'subscription.revoked');
+        await server.api('POST', `/api/users/${user}/unsubscribe`, { channel: name, reason: 'access removed' });
+        const [data] = await revoked;
+        assert.deepEqual(data, { reason: 'access removed' });
+        assert.equal(ch.state, 'failed');
+        assert.deepEqual(ch.error, { code: 4003, message: 'access removed' });
+        const info = await server.api('GET', `/api/channels/${encodeURIComponent(name)}`);
+        assert.equal(info.subscribers, 0);
+      });
     });
   }
 
@@ -427,6 +461,68 @@ describe('a server mounted under a path prefix (examples/fastapi_app)', () => {
       assert.equal(message.id, id);
     });
   }
+});
+
+describe('expiring tokens (a few seconds of life) refreshed by the token function', () => {
+  let server;
+
+  before(async () => {
+    // asked 2 s before exp; tokens live 3-4 s: a refresh every 1-2 s
+    server = await startRealtimeServer({ extraArgs: ['--refresh-lead', '2'] });
+  });
+
+  after(async () => {
+    closeAll();
+    await server?.kill('SIGTERM');
+  });
+
+  const shortToken = (sub) => userToken(server, sub, { exp: Math.floor(Date.now() / 1000) + 4 });
+
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: several refreshes, the same connection, no gap in delivery`, async () => {
+      let calls = 0;
+      const c = makeClient(server.wsUrl, transport, { getToken: () => (calls++, shortToken('ann')) });
+      await connected(c);
+      const states = [];
+      c.on('state', (s) => states.push(s));
+      let refreshed = 0;
+      c.on('connection.refreshed', () => refreshed++);
+      const id = c.connectionId;
+      const name = unique('news.');
+      const ch = await subscribed(c, name);
+      const got = [];
+      ch.on('n', (data) => got.push(data));
+      let sent = 0;
+      while (refreshed < 3) {
+        await server.publish(name, 'n', sent++);
+        await delay(200);
+        assert.ok(sent < 100, 'no third refresh within 20 s');
+      }
+      await until(() => got.length === sent, { what: 'every message' });
+      assert.deepEqual(got, [...Array(sent).keys()]);
+      assert.deepEqual(states, []); // never left 'connected'
+      assert.equal(c.connectionId, id);
+      assert.equal(calls, 1 + refreshed);
+    });
+  }
+
+  test('a token function that fails: closed with 4001 at expiry, then failed, no loop', async () => {
+    let calls = 0;
+    const c = makeClient(server.wsUrl, 'websocket', {
+      maxAuthFailures: 2,
+      getToken: () => {
+        if (calls++ === 0) return shortToken('bob');
+        throw new Error('backend down');
+      },
+    });
+    await connected(c);
+    const states = [];
+    c.on('state', (s, _previous, info) => states.push([s, info && info.code]));
+    await waitState(c, 'failed', 10000);
+    assert.deepEqual(states.map(([s]) => s), ['reconnecting', 'failed']);
+    assert.equal(states[0][1], 4001); // closed at expiry: the token expired
+    assert.equal(calls, 3); // the first token, the refresh, one reconnect: then no more
+  });
 });
 
 describe('heartbeats and dead connections', () => {

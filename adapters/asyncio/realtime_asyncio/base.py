@@ -12,6 +12,7 @@ from __future__ import annotations
 import _thread
 import inspect
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from realtime_proto.actions import (
     Transmit,
 )
 from realtime_proto.callbacks import authentication_answer, authorization_answer
+from realtime_proto.errors import DISCONNECTED
 from realtime_proto.events import (
     BrokerLost,
     BrokerRestored,
@@ -48,8 +50,8 @@ from realtime_proto.events import (
     WebhookPosted,
 )
 from realtime_proto.message import JsonValue
+from realtime_proto.notify import response_status
 from realtime_proto.presence import Member
-from realtime_proto.pusher.webhooks import delivered
 from realtime_proto.webhook import (
     WebhookAnswer,
     WebhookCache,
@@ -141,7 +143,7 @@ class ServerBase:
                              "processes); an embedded server is one process")
         self.node_id = self.settings.node_id or new_node_id()
         self.node = Node(build_node_config(self.settings, self.node_id, runtime=self.runtime),
-                         new_id=random_id, epoch=new_epoch())
+                         new_id=random_id, epoch=new_epoch(), jitter=random.random)
         #: the shared history store's URL, when channels keep history there
         self.history_store = history_store(self.settings)
         self.broker: BrokerCommands | None = None
@@ -196,9 +198,33 @@ class ServerBase:
         return self.on_server_thread(self._send_to_user, user_id, event, data)
 
     def send(self, connection_id: str, event: str, data: JsonValue = None) -> str | None:
-        """Send to one connection of this node; the message id, or None if unknown. Safe
-        from any thread, and raises as `broadcast` does."""
+        """Send to one connection, on whichever node holds it; the message id, or None when
+        no node can have it. Safe from any thread, and raises as `broadcast` does."""
         return self.on_server_thread(self._send, connection_id, event, data)
+
+    def disconnect_user(self, user_id: str, code: int = DISCONNECTED, reason: str = "") -> int:
+        """Close every connection of a user on every node (close `code`, default 4010:
+        the clients do not reconnect); how many were on this node. Safe from any thread;
+        raises as `broadcast` does, and `MessageError` (4005) for a code or reason that
+        cannot go in a close frame."""
+        count: int = self.on_server_thread(self._command, self.node.hub.disconnect_user,
+                                           user_id, code, reason)
+        return count
+
+    def disconnect(self, connection_id: str, code: int = DISCONNECTED, reason: str = "") -> bool:
+        """Close one connection on whichever node holds it; False when no node can have
+        it. Safe from any thread; raises as `disconnect_user` does."""
+        known: bool = self.on_server_thread(self._command, self.node.hub.disconnect_connection,
+                                            ConnectionId(connection_id), code, reason)
+        return known
+
+    def unsubscribe_user(self, user_id: str, channel: str, reason: str = "") -> int:
+        """End a user's subscriptions to a channel on every node (each connection gets
+        `subscription.revoked`); how many were on this node. Safe from any thread; raises
+        as `broadcast` does."""
+        count: int = self.on_server_thread(self._command, self.node.hub.unsubscribe_user,
+                                           user_id, channel, reason)
+        return count
 
     def members(self, channel: str) -> list[Member]:
         """Members of a presence channel across the cluster (from any thread)."""
@@ -281,6 +307,11 @@ class ServerBase:
         self.pump()
         return message_id
 
+    def _command(self, verb: Callable[..., T], *args: Any) -> T:
+        result = verb(*args, now=self.now())
+        self.pump()
+        return result
+
     @property
     def running(self) -> bool:
         """Whether the server runs: actions flow, and the application API works."""
@@ -343,9 +374,8 @@ class ServerBase:
                 self.run_callback(
                     self._authenticate_hook or _anonymous, (action.request,),
                     lambda result, error: authentication_answer(request_id, result, error))
-            case PostWebhook():  # a Pusher webhook: the runtime's auth webhook client posts it
-                self.run_callback(self.post_webhook, (action.target, action.request),
-                                  _webhook_posted)
+            case PostWebhook():
+                self.run_callback(self._post_events, (action,), _posted_answer)
             case _:
                 assert_never(action)
 
@@ -438,6 +468,36 @@ class ServerBase:
         self._webhook_cache.put(user_id, channel, answer, self.now())
         return _rule_result(answer)
 
+    # -- the event webhooks ---------------------------------------------------------------
+
+    def _post_events(self, action: PostWebhook) -> object:
+        """POST a batch of webhook events through `post_webhook`; its `WebhookPosted`
+        (or an awaitable of it), never an exception."""
+        try:
+            response = self.post_webhook(action.target, action.request)
+        except Exception as error:
+            return self._posted(action, b"", error)
+        if inspect.isawaitable(response):
+            return self._posted_later(action, response)
+        return self._posted(action, response, None)
+
+    async def _posted_later(self, action: PostWebhook, response: Awaitable[bytes]) -> object:
+        try:
+            return self._posted(action, await response, None)
+        except Exception as error:
+            return self._posted(action, b"", error)
+
+    @staticmethod
+    def _posted(action: PostWebhook, response: bytes, error: Exception | None) -> WebhookPosted:
+        target = action.target
+        url = f"{'https' if target.secure else 'http'}://{target.host}:{target.port}{target.path}"
+        status = response_status(response) if error is None else None
+        if status is None or not 200 <= status < 300:
+            log.warning("webhook %s: %s", url,
+                        f"HTTP {status}" if status else repr(error or "no HTTP answer"))
+        return WebhookPosted(request_id=action.request_id, response=response,
+                             error=None if error is None else repr(error))
+
     # -- the runtime's hooks ---------------------------------------------------------------
 
     @staticmethod
@@ -511,6 +571,12 @@ class ServerBase:
         self.handle(answer)
 
 
+def _posted_answer(result: object, error: BaseException | None) -> WebhookPosted:
+    """`_post_events` answers with its `WebhookPosted` (it never raises)."""
+    assert isinstance(result, WebhookPosted) and error is None
+    return result
+
+
 def _anonymous(request: object) -> None:
     return None
 
@@ -521,11 +587,3 @@ def _rule_result(answer: WebhookAnswer) -> object:
         return False
     return dict(answer.info) if answer.info is not None else True
 
-
-def _webhook_posted(response: object, error: BaseException | None) -> WebhookPosted:
-    """A Pusher webhook's outcome: delivered when the answer is a 2xx."""
-    if error is None and (not isinstance(response, bytes) or not delivered(response)):
-        error = ValueError("the webhook did not answer 2xx")
-    if error is not None:
-        log.warning("pusher webhook not delivered: %s", error)
-    return WebhookPosted(error)

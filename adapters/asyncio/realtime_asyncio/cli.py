@@ -92,6 +92,27 @@ _HELP = {
                       "(default: disconnect with 4021)",
     "workers": "worker processes sharing the port, joined through the broker (auto: one "
                "per core; Linux, asyncio, not memory://)",
+    # -- the control plane (docs/webhooks.md)
+    "webhook": "URL that gets the presence events (channel.occupied, channel.vacated, "
+               "member.added, member.removed) as signed JSON POSTs, once per cluster "
+               "(repeatable; environment and TOML: a comma list, a list)",
+    "webhook_secret": "key of the X-Realtime-Signature HMAC-SHA256 of each webhook body",
+    "webhook_settle": "seconds a presence change must last before it is reported",
+    "webhook_max_queue": "webhook events waiting per URL at most (then the oldest are "
+                         "dropped and counted)",
+    "webhook_events": "which events go to the webhooks: presence (default), connections "
+                      "(connection.opened / connection.closed of users' connections); "
+                      "repeatable or a comma list",
+    "webhook_client_events": "channel pattern whose client events go to the webhooks too "
+                             "(repeatable or a comma list)",
+    "refresh_lead": "seconds before a connection token's exp that the client is asked to "
+                    "refresh it (connection.refresh_required); at exp it is closed with 4001",
+    "max_connections": "client connections on this node (0: no limit); past it: 503 before "
+                       "the upgrade",
+    "max_connections_per_user": "connections of one user across the cluster (0: no limit); "
+                                "past it, see --per-user-limit-policy",
+    "per_user_limit_policy": "at --max-connections-per-user: refuse (the new connection: 429 "
+                             "with 4013) or oldest (the user's oldest is closed with 4013)",
 }
 
 
@@ -230,7 +251,7 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         for name, value in values.items():
             merged[name] = _convert(name, value, types[name], source)
     for name in ("api_key", "jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer",
-                 "auth_webhook", "pusher_webhook",
+                 "auth_webhook", "pusher_webhook", "webhook_secret",
                  "tls_cert", "tls_key", "static_dir", "cors_origin"):
         if merged.get(name) == "" and name != "cors_origin":
             merged[name] = None

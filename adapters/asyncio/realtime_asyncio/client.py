@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import random
 import ssl as ssl_module
 from collections import defaultdict
@@ -36,6 +37,8 @@ from realtime_proto.client import (
 from realtime_proto.message import JsonValue
 
 __all__ = ["Channel", "RealtimeClient"]
+
+log = logging.getLogger("realtime.client")
 
 Handler = Callable[..., Any]
 TokenSource = str | Callable[[], str | Awaitable[str]] | None
@@ -103,7 +106,9 @@ class Channel:
 class RealtimeClient:
     """Connects, reconnects with backoff, resubscribes and recovers; WebSocket transport.
 
-    `token` may be a string or a (sync or async) function called before every attempt.
+    `token` may be a string or a (sync or async) function called before every attempt and
+    when the server asks for a refresh before the token expires; if the function fails,
+    the client ends `failed` (no token, no connection).
     With `auto_recover`, a `messages.lost` whose range is known on a channel with history
     makes the channel resubscribe and replay the lost messages (each offset once).
     """
@@ -128,6 +133,7 @@ class RealtimeClient:
         self._runner: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.attempts = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> ClientState:
@@ -196,23 +202,26 @@ class RealtimeClient:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self.protocol.state not in (ClientState.DISCONNECTED, ClientState.FAILED):
-            refused = False
+            refused, code = False, None
             with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
-                refused = await self._session()
+                refused, code = await self._session()
             self._drop_socket()
             self.connected.clear()
-            self.protocol.connection_lost(now=loop.time(), refused=refused)
+            self.protocol.connection_lost(now=loop.time(), refused=refused, code=code)
             self._set_state()
             if self.protocol.next_attempt_at is not None:
                 await asyncio.sleep(max(0.0, self.protocol.next_attempt_at - loop.time()))
 
-    async def _session(self) -> bool:
-        """One connection, until it ends; True if the server refused the token."""
+    async def _session(self) -> tuple[bool, int | None]:
+        """One connection, until it ends; whether the server refused the token, and the
+        close code it sent, if any."""
         loop = asyncio.get_running_loop()
         self.attempts += 1
-        token = self._token() if callable(self._token) else self._token
-        if inspect.isawaitable(token):
-            token = await token
+        try:
+            token = await self._fetch_token()
+        except Exception:
+            log.exception("the token function failed: giving up")
+            return True, None
         target = self._path + (f"?{urlencode({'token': token})}" if token else "")
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self._host, self._port, ssl=self._ssl), 10)
@@ -227,23 +236,23 @@ class RealtimeClient:
                 data = await asyncio.wait_for(reader.read(65536), wait)
             except TimeoutError:
                 if self.protocol.is_dead(now=loop.time()):
-                    return False
+                    return False, None
                 continue
             if not data:
-                return False
+                return False, None
             ws.receive_data(data)
             for event in ws.events():
                 match event:
                     case RejectConnection(status_code=status):
-                        return bool(status == 401)
+                        return status == 401, None
                     case AcceptConnection():
                         pass
                     case TextMessage():
                         self._handle(self.protocol.receive(event.data, now=loop.time()))
                     case Ping():
                         writer.write(ws.send(event.response()))
-                    case CloseConnection():
-                        return False
+                    case CloseConnection(code=code):
+                        return False, code
             self.flush()
 
     def _handle(self, events: list[ClientEvent]) -> None:
@@ -269,6 +278,12 @@ class RealtimeClient:
                     if channel is not None:
                         channel._dispatch(event.event, event.data)
                         channel._dispatch("presence", event.members)
+                case ChannelMessage() if event.event == "connection.refresh_required" \
+                        and event.channel is None and callable(self._token):
+                    task = asyncio.ensure_future(self._refresh())
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    self._emit("message", event)
                 case ChannelMessage():
                     channel = self.channels.get(event.channel) if event.channel else None
                     if channel is None:
@@ -279,6 +294,24 @@ class RealtimeClient:
                         channel._dispatch(event.event, event.data, event.message)
                 case MessagesLost():
                     self._emit("messages.lost", event.channel, event.data)
+
+    async def _fetch_token(self) -> str | None:
+        token = self._token() if callable(self._token) else self._token
+        if inspect.isawaitable(token):
+            token = await token
+        return token
+
+    async def _refresh(self) -> None:
+        """A new token for the server before the current one expires; if the function
+        fails, the server closes with 4001 at expiry."""
+        try:
+            token = await self._fetch_token()
+        except Exception:
+            log.exception("the token function failed: the connection ends at expiry")
+            return
+        if token:
+            self.protocol.refresh(token)
+            self.flush()
 
     def _emit(self, name: str, *args: Any) -> None:
         for handler in self._handlers.get(name, ()):

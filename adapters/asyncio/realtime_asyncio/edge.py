@@ -20,7 +20,7 @@ from realtime_brokers import BrokerStatistics
 from realtime_brokers.history import HistoryStatistics, store_url
 from realtime_proto import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
-from realtime_proto.config import RateLimits
+from realtime_proto.config import RateLimits, WebhookConfig
 from realtime_proto.events import BrokerReported
 from realtime_proto.forwarded import parse_networks
 from realtime_proto.history import HistoryRule
@@ -156,6 +156,19 @@ class Settings:
     auth_webhook_cache: float = 30.0
     #: worker processes sharing the port (`auto`: one per core); `realtime serve` only
     workers: str = "1"
+    # -- the control plane: presence events out to the backend (docs/webhooks.md)
+    webhook: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_settle: float = 1.0
+    webhook_max_queue: int = 10_000
+    #: presence, connections (both: `presence,connections`)
+    webhook_events: tuple[str, ...] = ("presence",)
+    #: channel patterns whose client events go to the webhooks too
+    webhook_client_events: tuple[str, ...] = ()
+    refresh_lead: float = 30.0
+    max_connections: int = 0
+    max_connections_per_user: int = 0
+    per_user_limit_policy: str = "refuse"
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
     #: this process's index among `--workers` (set by their supervisor), else None
@@ -221,11 +234,17 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     max_subscriptions=settings.max_subscriptions,
                     max_output_bytes=settings.max_output_bytes,
                     max_poll_backlog=settings.max_poll_backlog,
-                    max_body_bytes=settings.max_body_bytes)
+                    max_body_bytes=settings.max_body_bytes,
+                    max_connections=settings.max_connections or None,
+                    max_connections_per_user=settings.max_connections_per_user or None,
+                    replace_oldest=_replace_oldest(settings.per_user_limit_policy))
     def rate(name: str) -> Rate | None:
         per_second = getattr(settings, f"{name}_rate")
         return Rate(per_second, getattr(settings, f"{name}_burst")) if per_second > 0 else None
 
+    events = set(settings.webhook_events)
+    if events - {"presence", "connections"}:
+        raise ValueError(f"webhook events {sorted(events)}: use presence and/or connections")
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
     history = parse_history(settings.history)
@@ -242,8 +261,16 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     presence_ttl=settings.presence_ttl, limits=limits,
                     history_timeout=settings.history_timeout,
                     history_max_pending=settings.history_max_pending,
-                    broker_bundle_bytes=bundle_bytes(settings))
-    return NodeConfig(hub=hub, api_key=settings.api_key,
+                    broker_bundle_bytes=bundle_bytes(settings),
+                    presence_webhooks=bool(settings.webhook) and "presence" in events,
+                    connection_webhooks=bool(settings.webhook) and "connections" in events,
+                    client_event_webhooks=settings.webhook_client_events
+                    if settings.webhook else (),
+                    webhook_settle=settings.webhook_settle,
+                    refresh_lead=settings.refresh_lead)
+    webhooks = WebhookConfig(urls=settings.webhook, secret=settings.webhook_secret,
+                             max_queue=settings.webhook_max_queue) if settings.webhook else None
+    return NodeConfig(hub=hub, api_key=settings.api_key, webhooks=webhooks,
                       poll_timeout=settings.poll_timeout,
                       pusher_apps=parse_apps(settings.pusher_app),
                       pusher_webhook=WebhookTarget.parse(settings.pusher_webhook)
@@ -255,6 +282,13 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       trusted_proxies=parse_networks(settings.trusted_proxy),
                       static_files=load_static_files(settings.static_dir),
                       worker=settings.worker)
+
+
+def _replace_oldest(policy: str) -> bool:
+    """`--per-user-limit-policy`: refuse (the new connection) or oldest (closed)."""
+    if policy not in ("refuse", "oldest"):
+        raise ValueError(f"per-user limit policy {policy!r}: use refuse or oldest")
+    return policy == "oldest"
 
 
 def jwt_config(settings: Settings) -> JwtConfig | None:
