@@ -22,7 +22,7 @@ from .config import WebhookConfig
 from .metrics import Histogram, HistogramSnapshot
 from .webhook import WebhookTarget
 
-__all__ = ["SIGNATURE_HEADER", "WebhookQueue", "WebhookStatistics", "response_status", "sign"]
+__all__ = ["SIGNATURE_HEADER", "WebhookQueue", "WebhookStatistics", "body_signature", "response_status"]
 
 #: the header that carries the body's HMAC-SHA256: `sha256=<hex>`
 SIGNATURE_HEADER = "X-Realtime-Signature"
@@ -46,7 +46,7 @@ class WebhookStatistics:
     latency: HistogramSnapshot
 
 
-def sign(secret: str, body: bytes) -> str:
+def body_signature(secret: str, body: bytes) -> str:
     """The `X-Realtime-Signature` value of a body: `sha256=<hex HMAC-SHA256>`."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -160,7 +160,7 @@ class WebhookQueue:
                    ("content-length", str(len(body))), ("connection", "close"),
                    ("user-agent", "realtime_proto-webhooks")]
         if self._config.secret is not None:
-            headers.append((SIGNATURE_HEADER.lower(), sign(self._config.secret, body)))
+            headers.append((SIGNATURE_HEADER.lower(), body_signature(self._config.secret, body)))
         client = h11.Connection(h11.CLIENT)
         head = client.send(h11.Request(method="POST", target=target.path, headers=headers))
         return (head or b"") + (client.send(h11.Data(data=body)) or b"") + (

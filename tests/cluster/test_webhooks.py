@@ -14,7 +14,7 @@ import h11
 import httpx
 import pytest
 
-from realtime_proto.notify import sign
+from realtime_proto.notify import body_signature
 
 from ..behaviour.clients import Client, connect
 from .nodes import SERVERS, TTL, NodeProcess, broker_url, eventually, metric, require, start_nodes
@@ -149,7 +149,7 @@ def test_presence_webhooks_once_per_cluster_through_a_sigkill(kind: str) -> None
             assert len({e["id"] for e in events}) == len(events)
             assert all(e["channel"] == ROOM and isinstance(e["time_ms"], int) for e in events)
             for body, signature in zip(receiver.bodies, receiver.signatures, strict=True):
-                assert signature == sign(SECRET, body)
+                assert signature == body_signature(SECRET, body)
 
     asyncio.run(scenario())
 

@@ -10,7 +10,7 @@ import pytest
 
 from realtime_proto.config import WebhookConfig
 from realtime_proto.errors import ConfigError
-from realtime_proto.notify import WebhookQueue, response_status, sign
+from realtime_proto.notify import WebhookQueue, body_signature, response_status
 
 URL = "http://127.0.0.1:9/hook?x=1"
 
@@ -51,7 +51,7 @@ def test_a_batch_waits_max_delay_or_max_batch_and_is_signed() -> None:
     request_id, request = queue.take(10.01, ids, 1234)  # type: ignore[misc]
     target, headers, body = _parse(request)
     assert target == "/hook?x=1" and headers["content-type"] == "application/json"
-    assert headers["x-realtime-signature"] == sign("s3cret", body)
+    assert headers["x-realtime-signature"] == body_signature("s3cret", body)
     assert json.loads(body) == {"time_ms": 1234, "events": _events(2)}
     assert queue.take(10.02, ids, 1) is None  # one POST in flight at a time
     queue.add(_events(4, start=2), now=10.02)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from realtime_proto.notify import sign
+from realtime_proto.notify import body_signature
 
 from ..behaviour.clients import connect
 from ..behaviour.serving import serving, token
@@ -149,7 +149,7 @@ def test_presence_events_reach_the_backend_signed_on_every_runtime(runtime: str)
                  for body, _ in bodies[1:]]
         assert names == [[("channel.occupied", None), ("member.added", "ann")],
                          [("member.removed", "ann"), ("channel.vacated", None)]]
-        assert all(signature == sign("s", body) for body, signature in bodies)
+        assert all(signature == body_signature("s", body) for body, signature in bodies)
     asyncio.run(scenario())
 
 
