@@ -22,7 +22,8 @@ from .config import WebhookConfig
 from .metrics import Histogram, HistogramSnapshot
 from .webhook import WebhookTarget
 
-__all__ = ["SIGNATURE_HEADER", "WebhookQueue", "WebhookStatistics", "body_signature", "response_status"]
+__all__ = ["SIGNATURE_HEADER", "WebhookQueue", "WebhookStatistics", "body_signature",
+           "response_status"]
 
 #: the header that carries the body's HMAC-SHA256: `sha256=<hex>`
 SIGNATURE_HEADER = "X-Realtime-Signature"
