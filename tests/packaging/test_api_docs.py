@@ -7,6 +7,7 @@ import html
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def build(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SCRIPT), str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240, env={**os.environ, **env})
+                          timeout=240, env={**os.environ, "PYTHON": sys.executable, **env})
 
 
 def text_of(page: Path) -> str:
