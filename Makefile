@@ -1,5 +1,5 @@
 # The two commands of the quick start, and a few more.
-.PHONY: serve test lint screenshot bench
+.PHONY: serve test lint docs screenshot bench
 
 serve:  ## run the example chat on http://127.0.0.1:6001 (memory broker); installs only that
 	@scripts/bootstrap.sh serve
@@ -12,6 +12,10 @@ lint:   ## ruff and mypy
 	@scripts/bootstrap.sh test
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+
+docs:   ## the API reference from the docstrings (pdoc) into build/api/; warnings fail it
+	@scripts/bootstrap.sh test
+	scripts/api_docs.sh build/api
 
 screenshot:  ## regenerate docs/chat.png, the README's picture (the chat in chromium)
 	@scripts/bootstrap.sh test

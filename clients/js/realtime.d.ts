@@ -1,5 +1,9 @@
 // TypeScript declarations for realtime.js (realtime-proto-client).
 
+// dist/realtime.min.js, loaded by a plain <script> tag, puts these exports on the global
+// `Realtime`.
+export as namespace Realtime;
+
 export declare const VERSION: string;
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'disconnected' | 'failed';

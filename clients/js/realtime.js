@@ -44,6 +44,25 @@ function now() {
   return Date.now();
 }
 
+// Said once per process: the runtime (Node 20, say) has no WebSocket, so the client
+// connected with a fallback transport.
+let toldNoWebSocket = false;
+
+function tellNoWebSocket(transport) {
+  if (toldNoWebSocket) return;
+  toldNoWebSocket = true;
+  const used = transport === 'sse' ? 'Server-Sent Events' : 'long-polling';
+  try {
+    console.warn(
+      `realtime: no WebSocket implementation here, so the client fell back to ${used}. ` +
+        "For WebSocket in Node, install the ws package (npm install ws) and pass it: " +
+        "import WebSocket from 'ws'; new RealtimeClient(url, { WebSocket }).",
+    );
+  } catch {
+    /* no console */
+  }
+}
+
 function reportListenerError(err) {
   try {
     console.error('realtime: a listener threw', err);
@@ -1216,6 +1235,9 @@ export class RealtimeClient extends Emitter {
     this.userId = d.user_id ?? null;
     this.heartbeat = typeof d.heartbeat === 'number' ? d.heartbeat : null;
     this.transport = t.name;
+    if (typeof this._WebSocket !== 'function' && this.options.transports.includes('websocket')) {
+      tellNoWebSocket(t.name);
+    }
     this._attempts = 0;
     this._authFailures = 0;
     this._remembered = { name: t.name, until: now() + this.options.transportMemory };

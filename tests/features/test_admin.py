@@ -28,3 +28,22 @@ def test_admin_page_is_served_and_stats_need_the_key() -> None:
         finally:
             await server.aclose(timeout=1)
     asyncio.run(scenario())
+
+
+def test_the_javascript_client_is_served_as_a_module_and_as_a_script() -> None:
+    async def scenario() -> None:
+        server = RealtimeServer(port=0)
+        await server.start()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+                module = await http.get("/realtime.js")
+                script = await http.get("/realtime.min.js")
+        finally:
+            await server.aclose(timeout=1)
+        for response in (module, script):
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert "export class RealtimeClient" in module.text
+        assert script.text.startswith("/* realtime-proto-client")
+        assert "var Realtime=" in script.text and "export " not in script.text
+    asyncio.run(scenario())

@@ -1,11 +1,15 @@
 // clients/js/realtime.js against the real server, every feature on every transport.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
 
 import { RealtimeClient, SseParser } from '../../clients/js/realtime.js';
 import {
+  CLIENT_PATH,
   TcpProxy,
   freePort,
   signJwt,
@@ -926,4 +930,70 @@ describe('server restart', () => {
       }
     });
   }
+});
+
+describe('Node without a WebSocket implementation', () => {
+  // A fresh Node process (the warning is said once per process) with no global
+  // WebSocket and no `WebSocket` option: two clients connect, and reconnect once.
+  const script = `
+    delete globalThis.WebSocket;
+    const { RealtimeClient } = await import(process.env.CLIENT_URL);
+    const warnings = [];
+    console.warn = (...args) => warnings.push(args.join(' '));
+    const connected = (c) => new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('not connected: ' + c.state)), 8000);
+      c.once('connected', () => { clearTimeout(t); resolve(); });
+    });
+    const a = new RealtimeClient(process.env.SERVER_URL, { reconnectDelay: 10 });
+    await connected(a);
+    const b = new RealtimeClient(process.env.SERVER_URL);
+    await connected(b);
+    a.disconnect();
+    a.connect();
+    await connected(a);
+    const news = a.subscribe('news');
+    await new Promise((resolve) => news.once('subscription.succeeded', resolve));
+    const got = new Promise((resolve) => news.once('fallback', resolve));
+    await fetch(process.env.SERVER_URL + '/api/publish', {
+      method: 'POST',
+      headers: { Authorization: 'Bearer ' + process.env.API_KEY, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: 'news', event: 'fallback', data: { ok: true } }),
+    });
+    const data = await got;
+    a.disconnect();
+    b.disconnect();
+    console.log(JSON.stringify({ transports: [a.transport, b.transport], warnings, data }));
+  `;
+
+  test('connects with SSE and says once how to add ws', async () => {
+    const server = await startRealtimeServer();
+    try {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+        env: {
+          ...process.env,
+          CLIENT_URL: pathToFileURL(CLIENT_PATH).href,
+          SERVER_URL: server.httpUrl,
+          API_KEY: server.apiKey,
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d) => (out += d));
+      child.stderr.on('data', (d) => (err += d));
+      const [code] = await withTimeout(once(child, 'exit'), 30000, 'the Node process').catch((e) => {
+        child.kill('SIGKILL');
+        throw e;
+      });
+      assert.equal(code, 0, err);
+      const result = JSON.parse(out.trim().split('\n').at(-1));
+      assert.deepEqual(result.data, { ok: true });
+      assert.equal(result.warnings.length, 1, result.warnings.join('\n'));
+      assert.match(result.warnings[0], /fell back to Server-Sent Events/);
+      assert.match(result.warnings[0], /npm install ws/);
+      assert.match(result.warnings[0], /new RealtimeClient\(url, \{ WebSocket \}\)/);
+    } finally {
+      await server.kill('SIGTERM');
+    }
+  });
 });

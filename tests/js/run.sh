@@ -22,6 +22,9 @@ if [ -f package-lock.json ]; then
 else
   npm install --silent --no-progress
 fi
+# clients/js's own toolchain (esbuild): package.test.mjs rebuilds dist/realtime.min.js
+# to check that the committed one is up to date.
+(cd ../../clients/js && npm ci --silent --no-progress)
 
 CHROMIUM="${CHROMIUM_PATH:-/usr/bin/chromium}"
 if [ ! -x "$CHROMIUM" ]; then
@@ -38,4 +41,5 @@ fi
 export CHROMIUM_PATH="$CHROMIUM"
 
 # One file at a time: each spawns its own servers and the machine is small.
-exec node --test --test-concurrency=1 --test-timeout=180000 "$@" client.test.mjs pusher.test.mjs browser.test.mjs
+exec node --test --test-concurrency=1 --test-timeout=180000 "$@" client.test.mjs pusher.test.mjs \
+  browser.test.mjs package.test.mjs

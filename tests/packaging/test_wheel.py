@@ -47,6 +47,7 @@ def test_the_wheel_installs_and_serves(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert f"realtime_proto-{__version__}.dist-info/licenses/LICENSE" in names
     for packaged in ("realtime_proto/node.py", "realtime_asyncio/static/realtime.js",
+                     "realtime_asyncio/static/realtime.min.js",
                      "realtime_asyncio/static/admin.html", "realtime_trio/server.py",
                      "realtime_gevent/server.py", "realtime_brokers/redis_driver.py"):
         assert packaged in names
@@ -90,7 +91,8 @@ async def _talk_to(port: int, process: subprocess.Popen[str]) -> None:
             except httpx.TransportError:
                 await asyncio.sleep(0.1)
         assert health.json()["status"] == "ok"
-        assert (await http.get("/realtime.js")).status_code == 200  # packaged beside it
+        for script in ("/realtime.js", "/realtime.min.js"):  # packaged beside it
+            assert (await http.get(script)).status_code == 200
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
             assert json.loads(await ws.recv())["event"] == "connection.established"
             await ws.send(json.dumps({"type": "subscribe", "channel": "news"}))

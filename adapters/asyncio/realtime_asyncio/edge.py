@@ -33,6 +33,7 @@ from realtime_proto.webhook import WebhookTarget
 from .workers import worker_count
 
 __all__ = [
+    "CLIENT_FILES",
     "Bounds",
     "Settings",
     "broker_report",
@@ -429,24 +430,32 @@ def server_ssl_context(settings: Settings, *,
     return context
 
 
-def client_script() -> Path | None:
-    """Where the JavaScript client is: packaged beside us, or in the source tree."""
+#: The JavaScript client's files, served at `/NAME`, and where each is in the source tree
+#: (the wheel packages them in `static/`): the ES module and the build for a plain
+#: `<script>` tag.
+CLIENT_FILES = {"realtime.js": "realtime.js", "realtime.min.js": "dist/realtime.min.js"}
+
+
+def client_script(name: str = "realtime.js") -> Path | None:
+    """Where a file of the JavaScript client (a key of `CLIENT_FILES`) is: packaged beside
+    us, or in the source tree."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "static" / "realtime.js",
-                      here.parents[2] / "clients" / "js" / "realtime.js"):
+    for candidate in (here / "static" / name,
+                      here.parents[2] / "clients" / "js" / CLIENT_FILES[name]):
         if candidate.is_file():
             return candidate
     return None
 
 
 def load_static_files(directory: str | os.PathLike[str] | None) -> dict[str, StaticFile]:
-    """Read a directory's files into memory, keyed by URL path, plus `/realtime.js` and
-    the admin page at `/admin`."""
+    """Read a directory's files into memory, keyed by URL path, plus the JavaScript client
+    (`/realtime.js`, `/realtime.min.js`) and the admin page at `/admin`."""
     admin = Path(__file__).parent / "static" / "admin.html"
     files: dict[str, StaticFile] = {"/admin": _static(admin)}
-    script = client_script()
-    if script is not None:
-        files["/realtime.js"] = _static(script)
+    for name in CLIENT_FILES:
+        script = client_script(name)
+        if script is not None:
+            files["/" + name] = _static(script)
     if directory is None:
         return files
     root = Path(directory)
