@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias, final
 
@@ -15,6 +16,9 @@ __all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json",
 
 #: Anything `json` can encode; kept loose because payloads are the application's.
 JsonValue: TypeAlias = Any
+
+#: how deep JSON from a peer may nest (arrays and objects); deeper is refused with 4000
+MAX_DEPTH = 100
 
 _FIELDS = ("id", "type", "channel", "event", "data", "timestamp", "user_id", "offset", "epoch")
 
@@ -136,8 +140,12 @@ class Message:
 def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
     """Decode JSON from a peer, mapping each failure to its error code.
 
+    What it returns can be encoded again: no string holds a lone surrogate (JSON text can
+    escape one, `"\\ud800"`; UTF-8 cannot hold it), nothing nests deeper than `MAX_DEPTH`.
+
     Raises:
-        MessageError: too large (4009), not UTF-8 (4002), not JSON (4000).
+        MessageError: too large (4009), not UTF-8 or a lone surrogate (4002), not JSON or
+            too deep (4000).
     """
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     if max_bytes is not None and size > max_bytes:
@@ -148,9 +156,35 @@ def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
         except UnicodeDecodeError:
             raise MessageError(ErrorCode.INVALID_UTF8, "message is not valid UTF-8") from None
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, RecursionError):
         raise MessageError(ErrorCode.MALFORMED_MESSAGE, "message is not valid JSON") from None
+    # the walk only when the text could hold what it looks for: more brackets than the
+    # depth allowed, or an escaped surrogate (a pair is one character once decoded)
+    if raw.count("[") + raw.count("{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(raw):
+        _check_decoded(value)
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_decoded(value: JsonValue) -> None:
+    """Refuse a decoded value nested deeper than `MAX_DEPTH` or holding a lone surrogate."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise MessageError(ErrorCode.INVALID_UTF8,
+                                   "message has a lone surrogate, which is not UTF-8")
+        elif isinstance(item, list | dict):
+            if depth == MAX_DEPTH:
+                raise MessageError(ErrorCode.MALFORMED_MESSAGE,
+                                   f"message nests deeper than {MAX_DEPTH} levels")
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def encode_message(message_id: str, kind: MessageType, channel: str | None, event: str | None,
