@@ -10,14 +10,15 @@ so presence converges whatever the broker lost.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from .actions import BrokerPublish, Deliver, Disconnect, HubAction
 from .config import HubConfig
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
+from .errors import ErrorCode, MessageError
 from .jsoncodec import dumps, quote
+from .message import decode_json
 from .presence import Entry, Member, PresenceTable
 
 __all__ = ["CLUSTER_TOPIC", "ClusterState", "channel_topic", "user_topic"]
@@ -179,12 +180,16 @@ class ClusterState:
 
     def control(self, origin: str, payload: bytes) -> tuple[Changes, Changes,
                                                              list[BrokerPublish]]:
-        """Apply a control envelope of another node; (joined, left, replies)."""
+        """Apply a control envelope of another node; (joined, left, replies).
+
+        Raises:
+            MessageError: 4000 when it is malformed (it then changes nothing).
+        """
         try:
-            body = json.loads(payload)
+            body = decode_json(payload)
             kind = body["t"]
-        except (ValueError, TypeError, KeyError):
-            return [], [], []
+        except (MessageError, TypeError, KeyError):
+            raise _malformed() from None
         joined: Changes = []
         left: Changes = []
         replies: list[BrokerPublish] = []
@@ -207,7 +212,7 @@ class ClusterState:
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
         except (ValueError, TypeError, KeyError):
-            pass  # a malformed control message from another node changes nothing
+            raise _malformed() from None  # raised before any change
         return joined, left, replies
 
     def sweep(self, now: float) -> tuple[list[BrokerPublish], Changes]:
@@ -223,3 +228,7 @@ class ClusterState:
                 self.window.forget_origin(node)
                 left.extend(self.presence.remove_node(node))
         return actions, left
+
+
+def _malformed() -> MessageError:
+    return MessageError(ErrorCode.MALFORMED_MESSAGE, "not a control message")

@@ -653,7 +653,11 @@ class Hub:
                 self._deliver(targets, payload)
         else:
             for payload in payloads[skip:]:
-                joined, left, actions = self._cluster.control(received.origin, payload)
+                try:
+                    joined, left, actions = self._cluster.control(received.origin, payload)
+                except MessageError:
+                    self._errors[ErrorCode.MALFORMED_MESSAGE] += 1
+                    continue
                 self._actions.extend(actions)
                 self._announce(joined, "user.joined", now)
                 self._announce(left, "user.left", now)
