@@ -204,12 +204,11 @@ def _strings_and_depth(value: Any) -> tuple[list[str], int]:
     return strings, deepest
 
 
-def decoded(raw: str | bytes) -> tuple[set[int], Any]:
-    """What decoding alone decides about a client message: (the error codes it may get,
-    empty when it passes; the decoded value). Written from the protocol page, not from
-    the server's code: 4002 not UTF-8 (a lone surrogate cannot be UTF-8 either), 4000 not
-    JSON or nested deeper than 100, 4004 not an object, 4007 no type, 4005 a type that is
-    not a string, 4006 an unknown type."""
+def parsed(raw: str | bytes) -> tuple[set[int], Any]:
+    """What JSON decoding alone decides about text from a peer: (the error codes it may
+    get, empty when it passes; the decoded value). Written from the protocol page, not
+    from the server's code: 4002 not UTF-8 (a lone surrogate cannot be UTF-8 either), 4000
+    not JSON or nested deeper than 100."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -223,6 +222,13 @@ def decoded(raw: str | bytes) -> tuple[set[int], Any]:
     codes = {4002} if any(_LONE.search(s) for s in strings) else set()
     if depth > 100:
         codes.add(4000)
+    return codes, None if codes else value
+
+
+def decoded(raw: str | bytes) -> tuple[set[int], Any]:
+    """`parsed`, then what makes a message: 4004 not an object, 4007 no type, 4005 a type
+    that is not a string, 4006 an unknown type."""
+    codes, value = parsed(raw)
     if codes:
         return codes, None
     if not isinstance(value, dict):
