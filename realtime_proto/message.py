@@ -17,9 +17,6 @@ __all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json",
 #: Anything `json` can encode; kept loose because payloads are the application's.
 JsonValue: TypeAlias = Any
 
-#: how deep JSON from a peer may nest (arrays and objects); deeper is refused with 4000
-MAX_DEPTH = 100
-
 _FIELDS = ("id", "type", "channel", "event", "data", "timestamp", "user_id", "offset", "epoch")
 
 
@@ -140,51 +137,43 @@ class Message:
 def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
     """Decode JSON from a peer, mapping each failure to its error code.
 
-    What it returns can be encoded again: no string holds a lone surrogate (JSON text can
-    escape one, `"\\ud800"`; UTF-8 cannot hold it), nothing nests deeper than `MAX_DEPTH`.
+    What it returns can be encoded again: text that holds or escapes a lone surrogate
+    (`"\\ud800"`), which no UTF-8 encoder takes, is refused.
 
     Raises:
-        MessageError: too large (4009), not UTF-8 or a lone surrogate (4002), not JSON or
-            too deep (4000).
+        MessageError: too large (4009), not UTF-8 or a lone surrogate (4002), not JSON
+            (4000).
     """
-    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
-    if max_bytes is not None and size > max_bytes:
-        raise MessageError(ErrorCode.MESSAGE_TOO_LARGE, f"message over {max_bytes} bytes")
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageError(ErrorCode.INVALID_UTF8, "message is not valid UTF-8") from None
+    try:
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+        if max_bytes is not None and size > max_bytes:
+            raise MessageError(ErrorCode.MESSAGE_TOO_LARGE, f"message over {max_bytes} bytes")
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+    except UnicodeError:  # bytes that are not UTF-8, or text with a surrogate in it
+        raise MessageError(ErrorCode.INVALID_UTF8, "message is not valid UTF-8") from None
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         raise MessageError(ErrorCode.MALFORMED_MESSAGE, "message is not valid JSON") from None
-    # the walk only when the text could hold what it looks for: more brackets than the
-    # depth allowed, or an escaped surrogate (a pair is one character once decoded)
-    if raw.count("[") + raw.count("{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(raw):
-        _check_decoded(value)
+    # a backslash is a byte to find (memchr); a surrogate escape is rarer, a lone one rarest
+    if "\\" in raw and _SURROGATE_ESCAPE.search(raw) and _lone_surrogate_escape(raw):
+        raise MessageError(ErrorCode.INVALID_UTF8, "message escapes a lone surrogate")
     return value
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def _check_decoded(value: JsonValue) -> None:
-    """Refuse a decoded value nested deeper than `MAX_DEPTH` or holding a lone surrogate."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                raise MessageError(ErrorCode.INVALID_UTF8,
-                                   "message has a lone surrogate, which is not UTF-8")
-        elif isinstance(item, list | dict):
-            if depth == MAX_DEPTH:
-                raise MessageError(ErrorCode.MALFORMED_MESSAGE,
-                                   f"message nests deeper than {MAX_DEPTH} levels")
-            children = [*item, *item.values()] if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+def _lone_surrogate_escape(text: str) -> bool:
+    """Whether valid JSON text escapes a surrogate that is not half of a pair (a high one
+    escaped right before a low one)."""
+    # Escaped backslashes out first (JSON pairs a run of them from its start, as
+    # `replace` does), so that every `\\u` left starts an escape; then the pairs out:
+    # any surrogate escape left is a lone one.
+    unpaired = _PAIR.sub("", text.replace("\\\\", ""))
+    return _SURROGATE_ESCAPE.search(unpaired) is not None
 
 
 def encode_message(message_id: str, kind: MessageType, channel: str | None, event: str | None,

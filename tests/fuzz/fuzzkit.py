@@ -204,11 +204,21 @@ def _strings_and_depth(value: Any) -> tuple[list[str], int]:
     return strings, deepest
 
 
-def parsed(raw: str | bytes) -> tuple[set[int], Any]:
+#: nesting past which the JSON decoder may give up (RecursionError: 4000) or not, as deep
+#: as the stack is when it runs; the answer to deeper text is not decided here
+UNDECIDED_DEPTH = 250
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether a decoded JSON value holds a string with a lone surrogate (keys included)."""
+    return any(_LONE.search(s) for s in _strings_and_depth(value)[0])
+
+
+def parsed(raw: str | bytes) -> tuple[set[int] | None, Any]:
     """What JSON decoding alone decides about text from a peer: (the error codes it may
-    get, empty when it passes; the decoded value). Written from the protocol page, not
-    from the server's code: 4002 not UTF-8 (a lone surrogate cannot be UTF-8 either), 4000
-    not JSON or nested deeper than 100."""
+    get, empty when it passes, None when undecided; the decoded value). Written from the
+    protocol page, not from the server's code: 4002 not UTF-8 (a lone surrogate cannot be
+    UTF-8 either), 4000 not JSON."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -216,20 +226,21 @@ def parsed(raw: str | bytes) -> tuple[set[int], Any]:
             return {4002}, None
     try:
         value = json.loads(raw)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return None, None
+    except ValueError:
         return {4000}, None
-    strings, depth = _strings_and_depth(value)
-    codes = {4002} if any(_LONE.search(s) for s in strings) else set()
-    if depth > 100:
-        codes.add(4000)
-    return codes, None if codes else value
+    if has_lone_surrogate(value):
+        return {4002}, None
+    depth = _strings_and_depth(value)[1]
+    return (set() if depth < UNDECIDED_DEPTH else None), value
 
 
-def decoded(raw: str | bytes) -> tuple[set[int], Any]:
+def decoded(raw: str | bytes) -> tuple[set[int] | None, Any]:
     """`parsed`, then what makes a message: 4004 not an object, 4007 no type, 4005 a type
     that is not a string, 4006 an unknown type."""
     codes, value = parsed(raw)
-    if codes:
+    if codes is None or codes:
         return codes, None
     if not isinstance(value, dict):
         return {4004}, value

@@ -146,8 +146,10 @@ def _body_code(body: bytes, *, objects_only: bool) -> int | None:
     if len(body) > MAX_BODY:
         return 4009
     codes, value = parsed(body)
+    if codes is None:
+        return None  # nested so deep that the decoder may give up: either answer
     if codes:
-        [code] = codes if len(codes) == 1 else [None]
+        [code] = codes
         return code
     if isinstance(value, dict) or (isinstance(value, list) and not objects_only):
         return None
