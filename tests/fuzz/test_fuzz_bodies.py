@@ -9,6 +9,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -255,3 +256,19 @@ def test_any_query_string_gets_a_defined_answer(data: st.DataObject) -> None:
             assert response.status in (200, 202), response
     if node.h.node.hub.connection(node.sse_id) is not None:
         _documented(node.stream())
+
+
+# -- what the fuzzing found, kept as plain regression tests ------------------------------
+
+@pytest.mark.parametrize(("path", "body"), [
+    # raised UnicodeEncodeError out of the Node while the message was encoded
+    ("/api/publish", rb'{"channel":"news","event":"e","data":"\ud800"}'),
+    ("/api/batch", rb'{"messages":[{"channel":"news","event":"e"},'
+                   rb'{"channel":"news","event":"\udfff"}]}'),
+])
+def test_a_publish_body_with_a_lone_surrogate_is_refused_whole(path: str, body: bytes) -> None:
+    node = Node()
+    response = node.api(path, body)
+    assert (response.status, _error_code(response)) == (400, 4002)
+    assert node.websocket() == []
+    node.still_serves()
