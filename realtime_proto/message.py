@@ -169,10 +169,10 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 def _lone_surrogate_escape(text: str) -> bool:
     """Whether valid JSON text escapes a surrogate that is not half of a pair (a high one
     escaped right before a low one)."""
-    # Escaped backslashes out first (JSON pairs a run of them from its start, as
-    # `replace` does), so that every `\\u` left starts an escape; then the pairs out:
-    # any surrogate escape left is a lone one.
-    unpaired = _PAIR.sub("", text.replace("\\\\", ""))
+    # Escaped backslashes become another character first (JSON pairs a run of them from
+    # its start, as `replace` does), so that every `\\u` left starts an escape and no
+    # two halves come together; then the pairs go: any surrogate escape left is lone.
+    unpaired = _PAIR.sub("", text.replace("\\\\", "_"))
     return _SURROGATE_ESCAPE.search(unpaired) is not None
 
 

@@ -153,6 +153,7 @@ def test_a_lone_surrogate_is_found_from_the_escapes_alone(pieces: list[str]) -> 
     r'{"type":"event","channel":"private-room","event":"e","data":"\ud800"}',  # ValueError
     r'{"type":"event","channel":"private-room","event":"e","data":{"\udbff":1}}',
     r'{"type":"ping","x":["\ud83d"]}',
+    r'{"type":"ping","x":"\ud83d\\\ude00"}',  # two halves with a backslash between
 ])
 def test_a_lone_surrogate_escape_is_refused_with_4002(raw: str) -> None:
     h = _node()
