@@ -16,7 +16,7 @@ from typing import Any
 from .actions import BrokerPublish, Deliver, Disconnect, HubAction
 from .config import HubConfig
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
-from .errors import ErrorCode, MessageError
+from .errors import MessageError
 from .jsoncodec import dumps, quote
 from .message import decode_json
 from .presence import Entry, Member, PresenceTable
@@ -180,16 +180,12 @@ class ClusterState:
 
     def control(self, origin: str, payload: bytes) -> tuple[Changes, Changes,
                                                              list[BrokerPublish]]:
-        """Apply a control envelope of another node; (joined, left, replies).
-
-        Raises:
-            MessageError: 4000 when it is malformed (it then changes nothing).
-        """
+        """Apply a control envelope of another node; (joined, left, replies)."""
         try:
-            body = decode_json(payload)
+            body = decode_json(payload)  # no lone surrogate: what it names can be encoded
             kind = body["t"]
         except (MessageError, TypeError, KeyError):
-            raise _malformed() from None
+            return [], [], []
         joined: Changes = []
         left: Changes = []
         replies: list[BrokerPublish] = []
@@ -212,7 +208,7 @@ class ClusterState:
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
         except (ValueError, TypeError, KeyError):
-            raise _malformed() from None  # raised before any change
+            pass  # a malformed control message from another node changes nothing
         return joined, left, replies
 
     def sweep(self, now: float) -> tuple[list[BrokerPublish], Changes]:
@@ -228,7 +224,3 @@ class ClusterState:
                 self.window.forget_origin(node)
                 left.extend(self.presence.remove_node(node))
         return actions, left
-
-
-def _malformed() -> MessageError:
-    return MessageError(ErrorCode.MALFORMED_MESSAGE, "not a control message")

@@ -653,11 +653,7 @@ class Hub:
                 self._deliver(targets, payload)
         else:
             for payload in payloads[skip:]:
-                try:
-                    joined, left, actions = self._cluster.control(received.origin, payload)
-                except MessageError:
-                    self._errors[ErrorCode.MALFORMED_MESSAGE] += 1
-                    continue
+                joined, left, actions = self._cluster.control(received.origin, payload)
                 self._actions.extend(actions)
                 self._announce(joined, "user.joined", now)
                 self._announce(left, "user.left", now)
