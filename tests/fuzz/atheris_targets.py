@@ -2,13 +2,13 @@
 parties' bytes. Not a pytest module: run it by hand, with atheris installed
 (`pip install atheris`), for as long as you like:
 
-    python tests/fuzz/atheris_targets.py envelope /tmp/corpus-envelope -max_total_time=120
-    python tests/fuzz/atheris_targets.py message /tmp/corpus-message -atheris_runs=500000
+    python tests/fuzz/atheris_targets.py envelope CORPUS_DIR -max_total_time=120
+    python tests/fuzz/atheris_targets.py message CORPUS_DIR -atheris_runs=500000
 
-The directory is libFuzzer's corpus; a missing one is created with valid seeds (the JSON
-decoder is C, so coverage alone would hardly find a header). Any other libFuzzer flag
-works too (`-dict=`, `-jobs=`). A crash prints the input and writes it to `crash-…` in
-the current directory.
+CORPUS_DIR is libFuzzer's corpus (keep it out of the checkout); a missing one is created
+with valid seeds (the JSON decoder is C, so coverage alone would hardly find a header).
+Any other libFuzzer flag works too (`-dict=`, `-jobs=`). A crash prints the input and
+writes it to `crash-…` in the current directory, or under `-artifact_prefix=`.
 
 - `envelope`: `envelope.decode` returns a well-formed envelope or raises MessageError,
   then a Hub with a subscriber takes the same bytes from the broker without raising.
