@@ -24,7 +24,6 @@ reporter reported (`rep`) and which nodes have subscribers of each plain channel
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,7 +37,9 @@ from .actions import (
 )
 from .config import HubConfig
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
+from .errors import MessageError
 from .jsoncodec import dumps, quote
+from .message import decode_json
 from .presence import Entry, Member, PresenceTable
 from .reporter import Reporter, Transition
 
@@ -347,9 +348,9 @@ class ClusterState:
         caught_up: list[tuple[str, int]] = []
         commands: list[dict[str, Any]] = []
         try:
-            body = json.loads(payload)
+            body = decode_json(payload)  # no lone surrogate: what it names can be encoded
             kind = body["t"]
-        except (ValueError, TypeError, KeyError):
+        except (MessageError, TypeError, KeyError):
             return Applied(joined, left, replies, caught_up, commands)
         route = body.get("rt")
         if isinstance(route, str) and self._route_of.get(origin) != route:

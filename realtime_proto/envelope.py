@@ -104,14 +104,16 @@ def decode(data: bytes) -> Received:
     """The envelope(s) of one broker message.
 
     Raises:
-        MessageError: the bytes are not an envelope or a well-formed bundle (4000).
+        MessageError: the bytes are not an envelope or a well-formed bundle, or a payload
+            is not a JSON object in UTF-8 (4000).
     """
     head, newline, body = data.partition(b"\n")
     try:
         header = _DECODER.decode(head.decode()) if newline else {}
         if "b" not in header:
             return Received(_text(header["o"]), _KINDS[header["k"]], _number(header["s"]),
-                            [body], _sent_ms(header.get("t")), _number(header.get("i", 0)),
+                            [_payload(body)], _sent_ms(header.get("t")),
+                            _number(header.get("i", 0)),
                             _excludes(header.get("x"), 1),
                             _positions([[header["e"], header["n"]]] if "e" in header
                                        else None, 1))
@@ -122,7 +124,7 @@ def decode(data: bytes) -> Received:
         for length in lengths:
             if type(length) is not int or length <= 0:
                 raise ValueError
-            payloads.append(body[start:start + length])
+            payloads.append(_payload(body[start:start + length]))
             start += length
         if start != len(body):
             raise ValueError
@@ -130,7 +132,7 @@ def decode(data: bytes) -> Received:
         return Received(_text(header["b"]), _KINDS[header["k"]], _number(header["s"]),
                         payloads, _sent_ms(header.get("t")), _number(header.get("i", 0)),
                         _excludes(header.get("x"), count), _positions(header.get("p"), count))
-    except (ValueError, TypeError, LookupError, AttributeError):
+    except (ValueError, TypeError, LookupError, AttributeError, RecursionError):
         raise MessageError(ErrorCode.MALFORMED_MESSAGE, "not an envelope") from None
 
 
@@ -139,8 +141,19 @@ _KINDS = {kind.value: kind for kind in EnvelopeKind}
 
 
 def _text(value: object) -> str:
-    if not isinstance(value, str):
+    """An id (origin, exclude, epoch): printable, so no lone surrogate (which no encoder
+    takes) and no line break (which an SSE `id:` line cannot hold)."""
+    if not isinstance(value, str) or not value.isprintable():
         raise TypeError
+    return value
+
+
+def _payload(value: bytes) -> bytes:
+    """A message as every node publishes it: a JSON object in UTF-8 (a client gets these
+    very bytes, in a WebSocket text frame or an SSE event)."""
+    if value[:1] != b"{" or value[-1:] != b"}":
+        raise ValueError
+    value.decode()
     return value
 
 
@@ -162,13 +175,21 @@ def _optional_list(value: object, count: int) -> list | None:  # type: ignore[ty
 
 
 def _sent_ms(value: object) -> int | None:
-    return None if value is None else _number(value)
+    """Unix milliseconds, as a 64-bit clock has them (the latency histogram divides it)."""
+    if value is None:
+        return None
+    ms = _number(value)
+    if not 0 <= ms < 1 << 63:
+        raise ValueError
+    return ms
 
 
 def _excludes(value: object, count: int) -> list[str | None] | None:
     found = _optional_list(value, count)
-    if found is not None and not all(x is None or isinstance(x, str) for x in found):
-        raise TypeError
+    if found is not None:
+        for exclude in found:
+            if exclude is not None:
+                _text(exclude)
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias, final
 
@@ -138,21 +139,43 @@ class Message:
 def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
     """Decode JSON from a peer, mapping each failure to its error code.
 
+    What it returns can be encoded again: text that holds or escapes a lone surrogate
+    (`"\\ud800"`), which no UTF-8 encoder takes, is refused.
+
     Raises:
-        MessageError: too large (4009), not UTF-8 (4002), not JSON (4000).
+        MessageError: too large (4009), not UTF-8 or a lone surrogate (4002), not JSON
+            (4000).
     """
-    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
-    if max_bytes is not None and size > max_bytes:
-        raise MessageError(ErrorCode.MESSAGE_TOO_LARGE, f"message over {max_bytes} bytes")
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageError(ErrorCode.INVALID_UTF8, "message is not valid UTF-8") from None
     try:
-        return json.loads(raw)
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+        if max_bytes is not None and size > max_bytes:
+            raise MessageError(ErrorCode.MESSAGE_TOO_LARGE, f"message over {max_bytes} bytes")
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+    except UnicodeError:  # bytes that are not UTF-8, or text with a surrogate in it
+        raise MessageError(ErrorCode.INVALID_UTF8, "message is not valid UTF-8") from None
+    try:
+        value = json.loads(raw)
     except (ValueError, RecursionError):
         raise MessageError(ErrorCode.MALFORMED_MESSAGE, "message is not valid JSON") from None
+    # a backslash is a byte to find (memchr); a surrogate escape is rarer, a lone one rarest
+    if "\\" in raw and _SURROGATE_ESCAPE.search(raw) and _lone_surrogate_escape(raw):
+        raise MessageError(ErrorCode.INVALID_UTF8, "message escapes a lone surrogate")
+    return value
+
+
+_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate_escape(text: str) -> bool:
+    """Whether valid JSON text escapes a surrogate that is not half of a pair (a high one
+    escaped right before a low one)."""
+    # Escaped backslashes become another character first (JSON pairs a run of them from
+    # its start, as `replace` does), so that every `\\u` left starts an escape and no
+    # two halves come together; then the pairs go: any surrogate escape left is lone.
+    unpaired = _PAIR.sub("", text.replace("\\\\", "_"))
+    return _SURROGATE_ESCAPE.search(unpaired) is not None
 
 
 def encode_message(message_id: str, kind: MessageType, channel: str | None, event: str | None,
