@@ -120,12 +120,16 @@ def decode(data: bytes) -> Received:
         lengths = header["n"]
         if not isinstance(lengths, list) or not lengths:
             raise TypeError
+        body.decode()  # UTF-8 (a sequence cannot span payloads: each ends with "}")
         payloads, start = [], 0
         for length in lengths:
             if type(length) is not int or length <= 0:
                 raise ValueError
-            payloads.append(_payload(body[start:start + length]))
-            start += length
+            end = start + length
+            if body[start] != _OPEN or body[end - 1] != _CLOSE:  # (an IndexError past it)
+                raise ValueError
+            payloads.append(body[start:end])
+            start = end
         if start != len(body):
             raise ValueError
         count = len(payloads)
@@ -137,6 +141,7 @@ def decode(data: bytes) -> Received:
 
 
 _DECODER = json.JSONDecoder()
+_OPEN, _CLOSE = ord("{"), ord("}")
 _KINDS = {kind.value: kind for kind in EnvelopeKind}
 
 
