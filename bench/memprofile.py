@@ -48,6 +48,10 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 SUBSCRIBE = b'{"type":"subscribe","channel":"bench"}'
+#: the same connection in the Pusher protocol (`--pusher`)
+PUSHER_APP = "1:bench-key:bench-secret"
+PUSHER_PATH = "/app/bench-key?protocol=7&client=js&version=8.4.0"
+PUSHER_SUBSCRIBE = b'{"event":"pusher:subscribe","data":{"channel":"bench"}}'
 
 
 def main() -> int:
@@ -60,6 +64,8 @@ def main() -> int:
     ap.add_argument("--rss-only", action="store_true",
                     help="with --sockets: the RSS figure alone, no tracemalloc pass")
     ap.add_argument("--frames", type=int, default=8, help="traceback depth kept")
+    ap.add_argument("--pusher", action="store_true",
+                    help="Pusher-protocol connections (/app/KEY) instead of native ones (core)")
     args = ap.parse_args()
     if args.sockets:
         return sockets(args)
@@ -69,13 +75,14 @@ def main() -> int:
 # ------------------------------------------------------------------------------ core
 
 
-def sans_io_node(name: str) -> Any:
-    """A Node as `realtime serve` builds it (rate limits off), driven without sockets."""
+def sans_io_node(name: str, pusher: bool = False) -> Any:
+    """A Node as `realtime serve` builds it (rate limits off), driven without sockets;
+    with `pusher`, serving `PUSHER_APP` too."""
     from realtime_asyncio.edge import Settings, build_node_config, random_id
     from realtime_proto import Epoch, Node
 
     settings = Settings(api_key="k", connection_rate=0, subscribe_rate=0, message_rate=0,
-                        api_rate=0)
+                        api_rate=0, pusher_app=(PUSHER_APP,) if pusher else ())
     return Node(build_node_config(settings, name, runtime="asyncio"),
                 new_id=random_id, epoch=Epoch(1000.0, 0))
 
@@ -95,10 +102,11 @@ def drain(node: Any) -> None:
 def core(args: argparse.Namespace) -> int:
     from realtime_proto.testing.peers import WebSocketPeer
 
-    node = sans_io_node("memprofile")
+    node = sans_io_node("memprofile", args.pusher)
     clock = [1000.0]
     peer = WebSocketPeer()
-    head = peer.handshake_bytes("/ws")
+    head = peer.handshake_bytes(PUSHER_PATH if args.pusher else "/ws")
+    subscribe = (PUSHER_SUBSCRIBE if args.pusher else SUBSCRIBE).decode()
 
     def pump() -> None:
         drain(node)
@@ -110,7 +118,7 @@ def core(args: argparse.Namespace) -> int:
                                              f"{10000 + i % 50000}")
             node.receive_data(transport, head, now=clock[0])
             pump()
-            node.receive_data(transport, peer.send_text(SUBSCRIBE.decode()), now=clock[0])
+            node.receive_data(transport, peer.send_text(subscribe), now=clock[0])
             pump()
 
     connect(100)  # warm-up: caches, interned names, code paths
@@ -123,7 +131,8 @@ def core(args: argparse.Namespace) -> int:
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     assert node.hub.channels() == {"bench": args.n + 100}, node.hub.channels()
-    print(f"{args.n} idle subscribed WebSocket connections, the core alone (Node, sans-IO)\n")
+    kind = "Pusher-protocol" if args.pusher else "WebSocket"
+    print(f"{args.n} idle subscribed {kind} connections, the core alone (Node, sans-IO)\n")
     report_tracemalloc(before, after, args.n, args.top)
     transports = [t for tid, t in node._transports.items() if tid not in first]
     roots = [[t, node.hub._connections[t.connection_id]] for t in transports[-200:]]

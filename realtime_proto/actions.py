@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from .channels import AuthorizeCallback
 from .events import ConnectionId, TransportId
+
+if TYPE_CHECKING:  # (webhook.py imports this module)
+    from .webhook import WebhookTarget
 
 __all__ = [
     "Authenticate",
@@ -16,6 +19,7 @@ __all__ = [
     "BrokerPublish",
     "BrokerSubscribe",
     "BrokerUnsubscribe",
+    "ClientEventSent",
     "CloseTransport",
     "ConnectionInfo",
     "Deliver",
@@ -23,7 +27,9 @@ __all__ = [
     "HistoryAppend",
     "HistoryRead",
     "HubAction",
+    "MemberChanged",
     "NodeAction",
+    "PostWebhook",
     "SaveReadPosition",
     "Transmit",
 ]
@@ -186,6 +192,39 @@ class CloseTransport:
     transport_id: TransportId
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    """A user joined a presence channel (its first connection, cluster-wide) or left it
+    (its last), through a connection of this node: reported once in the cluster."""
+
+    channel: str
+    user_id: str
+    joined: bool
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ClientEventSent:
+    """A connection of this node sent a client event (already delivered)."""
+
+    channel: str
+    event: str
+    data: Any
+    user_id: str | None
+    connection_id: ConnectionId
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PostWebhook:
+    """POST this whole HTTP request to `target` (a notification: the answer is not read);
+    report the outcome with `WebhookPosted`."""
+
+    target: WebhookTarget
+    request: bytes
+
+
 HubAction = (
     Deliver
     | Disconnect
@@ -196,6 +235,8 @@ HubAction = (
     | HistoryAppend
     | HistoryRead
     | SaveReadPosition
+    | MemberChanged
+    | ClientEventSent
 )
 NodeAction = (
     Transmit
@@ -208,4 +249,5 @@ NodeAction = (
     | HistoryAppend
     | HistoryRead
     | SaveReadPosition
+    | PostWebhook
 )

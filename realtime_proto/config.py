@@ -11,7 +11,9 @@ from .errors import ConfigError
 from .forwarded import Network
 from .history import HistoryRule
 from .jwt import JwtConfig
+from .pusher.apps import PusherApp
 from .ratelimit import Rate
+from .webhook import WebhookTarget
 
 __all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile"]
 
@@ -97,6 +99,9 @@ class HubConfig:
     #: call (a burst, `POST /api/batch`); 0: one broker message per publish. Under
     #: PostgreSQL's NOTIFY limit (8000) by default.
     broker_bundle_bytes: int = 7000
+    #: report presence transitions made here and client events received here
+    #: (`MemberChanged`, `ClientEventSent`), for webhooks
+    report_events: bool = False
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -153,6 +158,10 @@ class NodeConfig:
     cors_origin: str | None = "*"
     #: path → file, served on GET
     static_files: Mapping[str, StaticFile] = field(default_factory=dict)
+    #: Pusher applications served at `/app/{key}` and `/apps/{id}/` (none: not served)
+    pusher_apps: tuple[PusherApp, ...] = ()
+    #: where Pusher webhooks go (None: nowhere); needs `hub.report_events`
+    pusher_webhook: WebhookTarget | None = None
     #: the runtime name reported in /metrics and /health
     runtime: str = "unknown"
     #: slow-consumer policies by channel pattern (the default is to disconnect)

@@ -11,6 +11,7 @@ from .actions import ConnectionInfo
 from .errors import ErrorCode, MessageError
 from .events import ConnectionId, User
 from .message import JsonValue
+from .presence import Member
 from .ratelimit import TokenBucket
 
 __all__ = ["Connection", "PendingAuthorization", "SubscribeOptions"]
@@ -25,7 +26,8 @@ class Connection:
     Hub keeps using set and dict operations.
     """
 
-    __slots__ = ("_channels", "_metadata", "_pending", "connected_at", "expects_pong", "id",
+    __slots__ = ("_channels", "_grants", "_metadata", "_pending", "connected_at", "expects_pong",
+                 "id",
                  "last_activity_at", "message_bucket", "peer", "pinged", "subscribe_bucket",
                  "transport", "user")
 
@@ -47,6 +49,8 @@ class Connection:
         self._channels: tuple[str, ...] = ()
         self._pending: dict[str, str] | None = None  # channel -> request id
         self._metadata: dict[str, Any] | None = None
+        #: channel -> presence member, for channels a signature authorized (Pusher)
+        self._grants: dict[str, Member | None] | None = None
 
     def __repr__(self) -> str:
         return f"Connection(id={self.id!r}, transport={self.transport!r})"
@@ -76,6 +80,28 @@ class Connection:
         """Whether a user is known."""
         return self.user is not None
 
+    @property
+    def grants(self) -> Mapping[str, Member | None]:
+        """Channels a signature authorized (the Pusher protocol), with the presence
+        member it names (read-only)."""
+        return MappingProxyType(self._grants) if self._grants else _NO_GRANTS
+
+    def grant(self, channel: str, member: Member | None) -> None:
+        """Record a channel a signature authorized (the Node checked it)."""
+        if self._grants is None:
+            self._grants = {}
+        self._grants[channel] = member
+
+    def revoke(self, channel: str) -> None:
+        """Forget a channel's grant (the connection left it)."""
+        if self._grants is not None:
+            self._grants.pop(channel, None)
+
+    def member_id(self, channel: str) -> str | None:
+        """Who the connection is on a channel: the member its grant names, else its user."""
+        member = self._grants.get(channel) if self._grants else None
+        return member.user_id if member is not None else self.user_id
+
     def get(self, key: str, default: Any = None) -> Any:
         """Application metadata attached to the connection."""
         return self._metadata.get(key, default) if self._metadata else default
@@ -100,6 +126,7 @@ class Connection:
 
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+_NO_GRANTS: Mapping[str, Member | None] = MappingProxyType({})
 
 
 class _Channels(MutableSet[str]):

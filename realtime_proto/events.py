@@ -29,6 +29,7 @@ __all__ = [
     "SentToUser",
     "TransportId",
     "User",
+    "WebhookPosted",
 ]
 
 #: A client connection as the Hub sees it (one per WebSocket, SSE stream or poll session).
@@ -212,6 +213,14 @@ class BrokerReported:
     history_overflowed: int = 0
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class WebhookPosted:
+    """A `PostWebhook` was carried out; `error` when it could not be delivered."""
+
+    error: BaseException | None = None
+
+
 HubEvent = (
     ConnectionOpened
     | MessageReceived
@@ -227,4 +236,4 @@ HubEvent = (
     | HistoryAppended
     | HistoryLoaded
 )
-NodeEvent = HubEvent | AuthenticationAnswered
+NodeEvent = HubEvent | AuthenticationAnswered | WebhookPosted

@@ -9,10 +9,12 @@ from typing import Any
 from .actions import (
     Authorize,
     BrokerSubscribe,
+    ClientEventSent,
     ConnectionInfo,
     Deliver,
     Disconnect,
     HubAction,
+    MemberChanged,
     SaveReadPosition,
 )
 from .channels import AuthRules, ChannelKind, ChannelRule, channel_kind, pattern_matches
@@ -42,7 +44,7 @@ from .events import (
 )
 from .history import HistoryRule, StreamSlice, stamp
 from .jwt import verify_token
-from .message import JsonValue, Message, MessageType, decode_json, encode_message
+from .message import JsonValue, Message, MessageType, decode_json, encode_json, encode_message
 from .metrics import Histogram
 from .presence import Member
 from .ratelimit import TokenBucket
@@ -278,6 +280,38 @@ class Hub:
         """Close a connection from the application's side."""
         self._drop(self._get(connection_id), code, reason)
 
+    def grant(self, connection_id: ConnectionId, channel: str, member: Member | None) -> None:
+        """Let a connection join a private or presence channel its signature authorized
+        (a Pusher client's; the Node checked it), as `member` on a presence channel."""
+        self._get(connection_id).grant(channel, member)
+
+    def sign_in(self, connection_id: ConnectionId, user: User, *, now: float) -> None:
+        """Give a connection its user after it opened (a Pusher client's `pusher:signin`,
+        which the Node checked): `send_to_user` and `terminate_user` reach it from then on.
+
+        Raises:
+            MessageError: 4003 when it has another user already.
+        """
+        self._advance(now)
+        conn = self._get(connection_id)
+        if conn.user is not None:
+            if conn.user.id == user.id:
+                return
+            raise MessageError(ErrorCode.FORBIDDEN, "signed in as another user already")
+        conn.user = user
+        self._add_user(conn, user.id, now)
+
+    def terminate_user(self, user_id: str, code: int, reason: str, *, now: float) -> int:
+        """Close every connection of a user, on every node; how many were on this one."""
+        self._advance(now)
+        local = sorted(self._users.get(user_id, ()))
+        for connection_id in local:
+            self._drop(self._connections[connection_id], code, reason)
+        self._actions.append(self._cluster.envelope(
+            user_topic(user_id), EnvelopeKind.USER,
+            _TERMINATE + encode_json({"code": code, "reason": reason}) + b"}"))
+        return len(local)
+
     def connection(self, connection_id: ConnectionId) -> ConnectionInfo | None:
         """A snapshot of a local connection, or None."""
         conn = self._connections.get(connection_id)
@@ -299,6 +333,10 @@ class Hub:
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers, and how many."""
         return {name: len(subs) for name, subs in sorted(self._subscribers.items())}
+
+    def presence_channels(self) -> list[str]:
+        """The presence channels with members, over every node."""
+        return self._cluster.presence.channels()
 
     def members(self, channel: str) -> list[Member]:
         """The members of a presence channel, over every node."""
@@ -353,15 +391,18 @@ class Hub:
                            if rates.subscriptions else None)
         self._connections[conn.id] = conn
         if conn.user is not None:
-            local = self._users.setdefault(conn.user.id, set())
-            if not local:
-                self._actions.append(self._cluster.subscribe(user_topic(conn.user.id), now))
-            local.add(conn.id)
+            self._add_user(conn, conn.user.id, now)
         self._reply(conn, "connection.established", {
             "connection_id": conn.id,
             "user_id": conn.user.id if conn.user else None,
             "heartbeat": self.config.heartbeat_interval,
         }, now)
+
+    def _add_user(self, conn: Connection, user_id: str, now: float) -> None:
+        local = self._users.setdefault(user_id, set())
+        if not local:
+            self._actions.append(self._cluster.subscribe(user_topic(user_id), now))
+        local.add(conn.id)
 
     def _remove(self, conn: Connection) -> None:
         del self._connections[conn.id]
@@ -450,6 +491,10 @@ class Hub:
                                f"at most {limits.max_subscriptions} subscriptions")
         if not channel_kind(channel).needs_authorization:
             self._join(conn, channel, None, now, request)
+            return
+        if channel in conn.grants:  # a Pusher client's signature
+            member = conn.grants[channel]
+            self._join(conn, channel, member.info if member else None, now, request)
             return
         if conn.user is None:
             raise MessageError(ErrorCode.UNAUTHENTICATED, f"{channel} needs an authenticated user")
@@ -580,6 +625,7 @@ class Hub:
                     success["missing"] = history.missing(epoch, since)
             elif request.history:
                 missed = history.last(request.history)
+                success["replayed"] = len(missed)
         elif request.recover is not None:
             success.update(recovered=False, replayed=0, missing=None)
             self._recoveries[False] += 1
@@ -592,13 +638,16 @@ class Hub:
         for position, payload, event_id in sorted(buffered, key=_offset_order):
             if position is None or top is None or position > top:
                 self._deliver((conn.id,), payload, event_id, channel=channel)
-        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None \
+        identity = conn.member_id(channel)
+        if channel_kind(channel) is ChannelKind.PRESENCE and identity is not None \
                 and not joined:
-            member = Member(user_id=conn.user.id, info=dict(info or {}))
+            member = Member(user_id=identity, info=dict(info or {}))
             first, actions = self._cluster.join(channel, conn.id, member)
             self._actions.extend(actions)
             if first:
                 self._announce([(channel, member)], "user.joined", now, exclude=conn.id)
+                if self.config.report_events:
+                    self._actions.append(MemberChanged(channel, member.user_id, joined=True))
             self._succeeded(conn, channel, now, only_sync=True)
 
     def _succeeded(self, conn: Connection, channel: str, now: float,
@@ -624,11 +673,14 @@ class Hub:
             del self._subscribers[channel]
             self._streams.forget(channel)
             self._actions.append(self._cluster.unsubscribe(channel_topic(channel)))
-        if channel_kind(channel) is ChannelKind.PRESENCE and conn.user is not None:
+        if channel_kind(channel) is ChannelKind.PRESENCE and conn.member_id(channel) is not None:
             member, actions = self._cluster.leave(channel, conn.id)
             self._actions.extend(actions)
             if member is not None:
                 self._announce([(channel, member)], "user.left", now)
+                if self.config.report_events:
+                    self._actions.append(MemberChanged(channel, member.user_id, joined=False))
+        conn.revoke(channel)
 
     def _client_event(self, conn: Connection, message: Message, now: float) -> None:
         if not message.channel or not message.event:
@@ -640,7 +692,7 @@ class Hub:
                                "client events are allowed on private and presence channels only")
         if channel not in conn.channels:
             raise MessageError(ErrorCode.FORBIDDEN, f"not subscribed to {channel}")
-        user_id = conn.user.id if conn.user else None
+        user_id = conn.member_id(channel)
         data = message.data
         ephemeral = message.event in (TYPING_EVENT, READ_EVENT)
         if message.event == TYPING_EVENT and user_id is not None and (
@@ -657,6 +709,8 @@ class Hub:
                                                       position=position, ttl=rule.ttl))
         self.broadcast(channel, message.event, data, now=now, exclude=conn.id, user_id=user_id,
                        ephemeral=ephemeral)
+        if self.config.report_events:
+            self._actions.append(ClientEventSent(channel, message.event, data, user_id, conn.id))
 
     def reads(self, channel: str) -> dict[str, int | str]:
         """Each user's read position on a channel (from `read` events on any node)."""
@@ -697,6 +751,12 @@ class Hub:
         elif kind is EnvelopeKind.USER:
             targets = self._users.get(topic[2:], ())
             for payload in payloads[skip:]:
+                if payload.startswith(_TERMINATE):  # another node's `terminate_user`
+                    code, reason = _terminate_close(payload)
+                    for connection_id in sorted(targets):
+                        self._drop(self._connections[connection_id], code, reason)
+                    targets = ()
+                    continue
                 self._deliver(targets, payload)
         else:
             for payload in payloads[skip:]:
@@ -855,6 +915,20 @@ class Hub:
                 _, payload = self._encode(MessageType.EVENT, now, channel=channel,
                                                    event=event, data=member.to_dict())
                 self._deliver(self._subscribers[channel], payload, exclude=exclude)
+
+
+#: how a user topic carries `terminate_user` to the other nodes: never a message's start
+_TERMINATE = b'{"terminate":'
+
+
+def _terminate_close(payload: bytes) -> tuple[int, str]:
+    """The close code and reason of a `terminate_user` from another node (4009 when they
+    cannot be read)."""
+    try:
+        close = decode_json(payload)["terminate"]
+        return int(close["code"]), str(close["reason"])
+    except (MessageError, KeyError, TypeError, ValueError):
+        return 4009, "terminated"
 
 
 def _offset_order(item: tuple[int | None, bytes, str | None]) -> float:

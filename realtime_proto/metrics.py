@@ -71,7 +71,7 @@ def render_metrics(stats: NodeStatistics) -> bytes:
             joined = ",".join(filter(None, [base, labels]))
             lines.append(f"realtime_{name}{{{joined}}} {value}")
 
-    transports = ("websocket", "sse", "polling", "memory")
+    transports = ("websocket", "pusher", "sse", "polling", "memory")
     metric("connections", "gauge", "Open client connections by transport.",
            [(f'transport="{t}"', hub.connections.get(t, 0)) for t in transports])
     metric("subscriptions", "gauge", "Channel subscriptions on this node.",
@@ -88,6 +88,8 @@ def render_metrics(stats: NodeStatistics) -> bytes:
             for code in ErrorCode])
     metric("encodings_total", "counter", "Frames encoded for fan-out, by framing.",
            [(f'framing="{k}"', v) for k, v in sorted(stats.encodings.items())])
+    metric("pusher_webhooks_total", "counter", "Pusher webhook requests, by outcome.",
+           [(f'result="{k}"', v) for k, v in sorted(stats.webhooks.items())])
     metric("slow_consumers_total", "counter", "Connections dropped for not reading.",
            [("", stats.slow_consumers)])
     metric("dropped_messages_total", "counter",

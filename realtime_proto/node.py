@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import forwarding, longpoll
 from .actions import (
@@ -15,12 +15,15 @@ from .actions import (
     BrokerPublish,
     BrokerSubscribe,
     BrokerUnsubscribe,
+    ClientEventSent,
     CloseTransport,
     Deliver,
     Disconnect,
     HistoryAppend,
     HistoryRead,
+    MemberChanged,
     NodeAction,
+    PostWebhook,
     SaveReadPosition,
     Transmit,
 )
@@ -39,6 +42,7 @@ from .events import (
     NodeEvent,
     TransportId,
     User,
+    WebhookPosted,
 )
 from .forwarded import client_peer
 from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violation
@@ -50,6 +54,10 @@ from .jwt import user_from_claims, verify_token
 from .longpoll import PollSession
 from .message import JsonValue, Message, MessageType, encode_json
 from .metrics import render_metrics
+from .pusher import codec as pusher_codec
+from .pusher.api import handle_pusher_api
+from .pusher.apps import PusherApp
+from .pusher.webhooks import pusher_webhook_request, webhook_event
 from .ratelimit import TokenBuckets
 from .statistics import NodeStatistics
 
@@ -71,6 +79,10 @@ class _Transport:
     secure: bool
     #: the Hub connection this socket carries (WebSocket, SSE)
     connection_id: ConnectionId | None = None
+    #: the app of a WebSocket that speaks the Pusher protocol (None: the native one)
+    pusher: PusherApp | None = None
+    #: the user a Pusher client signed in as (`pusher:signin`)
+    pusher_user: str | None = None
     #: message frames waiting since the adapter last pulled (bounded by the policies)
     backlog: Backlog = field(default_factory=Backlog)
     #: the long-poll connection whose poll this socket holds
@@ -114,6 +126,9 @@ class Node:
         self._policies: dict[str | None, SlowConsumerPolicy] = {}
         self._bytes_in = 0
         self._bytes_out = 0
+        #: Pusher webhook events waiting for the end of this call, by app; their outcomes
+        self._webhook_events: dict[PusherApp, list[JsonValue]] = {}
+        self._webhooks: Counter[str] = Counter()
         rates = config.hub.rates
         self._connect_buckets = TokenBuckets(rates.connections) if rates.connections else None
         self._api_buckets = TokenBuckets(rates.api_calls) if rates.api_calls else None
@@ -165,7 +180,9 @@ class Node:
     def handle(self, event: NodeEvent, *, now: float) -> None:
         """Feed an application, broker or callback event."""
         self._now = now
-        if isinstance(event, AuthenticationAnswered):
+        if isinstance(event, WebhookPosted):
+            self._webhooks["failed" if event.error is not None else "sent"] += 1
+        elif isinstance(event, AuthenticationAnswered):
             self._authenticated(event, now)
         elif isinstance(event, HistoryLoaded) and event.request_id in self._reads_asked:
             self._reads_answered(event)
@@ -244,6 +261,7 @@ class Node:
             transports=len(self._transports), poll_sessions=len(self._polls()),
             held_polls=sum(1 for session in self._polls() if session.held is not None),
             encodings=dict(self._encodings), slow_consumers=self._slow_consumers,
+            webhooks=dict(self._webhooks),
             dropped_messages=self._dropped_messages + sum(
                 t.backlog.dropped for t in self._transports.values()),
             backlogs={str(t.connection_id): t.backlog.bytes for t in self._transports.values()
@@ -261,7 +279,9 @@ class Node:
                     case RequestReceived():
                         self._request(transport, event, now)
                     case MessageIn():
-                        if transport.connection_id is not None:
+                        if transport.pusher is not None:
+                            self._pusher_in(transport, event.data, now)
+                        elif transport.connection_id is not None:
                             self.hub.handle(MessageReceived(connection_id=transport.connection_id,
                                                             data=event.data), now=now)
                     case PeerClosed() | Violation():
@@ -310,6 +330,12 @@ class Node:
                 *self._cors, ("access-control-allow-methods", "GET, POST, OPTIONS"),
                 ("access-control-allow-headers", "authorization, content-type"),
                 ("access-control-max-age", "600")])
+        elif path.startswith("/apps/") and self.config.pusher_apps:
+            self._pusher_api(transport, request, now)
+        elif path.startswith("/users/") and method == "POST" and self.config.pusher_apps:
+            self._pusher_api(transport, request, now)  # the Python SDK's terminate_connections
+        elif path.startswith("/app/") and method == "GET" and self.config.pusher_apps:
+            self._pusher_connect(transport, request, now)
         elif path.startswith("/api/"):
             if self._refused(transport, self._api_buckets,
                              bearer_token(request.headers) or "", now):
@@ -520,6 +546,96 @@ class Node:
         if kind == "polling":
             self._answer_poll(transport, self._routes[connection_id], now)  # type: ignore[arg-type]
 
+    # -- the Pusher protocol ----------------------------------------------------------------
+
+    def _pusher_connect(self, transport: _Transport, request: RequestReceived,
+                        now: float) -> None:
+        """`GET /app/{key}`: a WebSocket that speaks the Pusher protocol, on the Hub like
+        any other connection; an unknown key or protocol version is refused with the
+        close code that stops pusher-js from retrying (4001, 4007)."""
+        peer = self._peer(transport, request)
+        if self._refused(transport, self._connect_buckets, (peer or "").rpartition(":")[0], now):
+            return
+        key = request.path.removeprefix("/app/")
+        app = next((a for a in self.config.pusher_apps if a.key == key), None)
+        handshake = transport.framing.take_over()  # type: ignore[union-attr]
+        framing = WebSocketFraming(max_message_bytes=self.config.hub.limits.max_message_bytes)
+        transport.framing = framing
+        if not framing.accept(handshake, now=now):
+            return
+        if app is None or request.query.get("protocol") not in pusher_codec.PROTOCOL_VERSIONS:
+            code, reason = ((pusher_codec.PusherClose.APP_NOT_FOUND, f"no app with key {key}")
+                            if app is None else
+                            (pusher_codec.PusherClose.UNSUPPORTED_PROTOCOL,
+                             "unsupported protocol version (7 is supported)"))
+            framing.send_encoded(frame_message(pusher_codec.error_frame(code, reason)))
+            framing.close(code, reason)
+            return
+        connection_id = ConnectionId(pusher_codec.socket_id_for(self._new_id()))
+        transport.connection_id = connection_id
+        transport.pusher = app
+        self._routes[connection_id] = transport
+        self.hub.handle(ConnectionOpened(connection_id=connection_id, user=None,
+                                         transport="pusher", peer=peer, expects_pong=True),
+                        now=now)
+        self._run_hub()
+
+    def _pusher_api(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        """The Pusher HTTP API (`/apps/{id}/…`), rate-limited per `auth_key`."""
+        if self._refused(transport, self._api_buckets, request.query.get("auth_key", ""), now):
+            return
+        status, body = handle_pusher_api(
+            self.hub, self.config.pusher_apps, request.method, request.path, request.query,
+            request.body, now=now, unix_now=self._epoch.unix_ms_at(now) / 1000,
+            max_body_bytes=self.config.hub.limits.max_body_bytes)
+        self._run_hub()
+        self._respond_json(transport, status, body)
+
+    def _refused_for_pusher(self, transport: _Transport, request: RequestReceived) -> bool:
+        """Answer 404 to a `/send` or `/close` naming a Pusher connection (its socket id is
+        no secret: the app backend and webhooks see it); whether it did."""
+        route = self._routes.get(ConnectionId(request.query.get("connection_id", "")))
+        if not isinstance(route, _Transport) or route.pusher is None:
+            return False
+        self._respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
+                                                       "unknown or expired connection"))
+        return True
+
+    def _pusher_in(self, transport: _Transport, data: str | bytes, now: float) -> None:
+        """A frame from a Pusher client: to the Hub as a native message, or answered."""
+        connection_id, app = transport.connection_id, transport.pusher
+        if connection_id is None or app is None:
+            return
+        inbound = pusher_codec.decode_frame(app, connection_id, data,
+                                      max_bytes=self.config.hub.limits.max_message_bytes)
+        reply = inbound.reply
+        if inbound.user is not None:
+            try:
+                self.hub.sign_in(connection_id, replace(
+                    inbound.user, id=app.hub_user(inbound.user.id)), now=now)
+                transport.pusher_user = inbound.user.id
+            except MessageError as error:
+                reply = pusher_codec.error_frame(error.code, error.message)
+        elif inbound.user_channel is not None:
+            channel = pusher_codec.USER_CHANNEL_PREFIX + inbound.user_channel
+            reply = (pusher_codec.subscription_succeeded(channel)
+                     if inbound.user_channel == transport.pusher_user else
+                     pusher_codec.subscription_refused(channel, "not signed in as that user"))
+        if reply is not None:
+            transport.backlog.push(frame_message(reply))
+            self._fanned[transport.id] = None
+            return
+        if inbound.grant is not None:
+            self.hub.grant(connection_id, *inbound.grant)
+        if inbound.message is not None:
+            self.hub.handle(MessageReceived(connection_id=connection_id, data=inbound.message),
+                            now=now)
+
+    def _pusher_frame(self, payload: bytes, user_id: str | None = None) -> bytes:
+        """The WebSocket frame of a native payload in the Pusher protocol (empty: none)."""
+        self._encodings["pusher"] += 1
+        return b"".join(frame_message(f) for f in pusher_codec.encode_payload(payload, user_id))
+
     def _poll(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         session = self._routes.get(ConnectionId(request.query["connection_id"]))
         if not isinstance(session, PollSession):
@@ -570,6 +686,8 @@ class Node:
                 self._run_hub()
 
     def _send(self, transport: _Transport, request: RequestReceived, now: float) -> None:
+        if self._refused_for_pusher(transport, request):
+            return
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
         if route is None and self._forward(transport, request, now):
@@ -594,6 +712,8 @@ class Node:
 
     def _close_request(self, transport: _Transport, request: RequestReceived, now: float) -> None:
         """`POST /close`: an SSE or long-poll client leaves now rather than by timeout."""
+        if self._refused_for_pusher(transport, request):
+            return
         connection_id = ConnectionId(request.query.get("connection_id", ""))
         route = self._routes.get(connection_id)
         if route is None:
@@ -696,13 +816,17 @@ class Node:
                     self._deliver(action)
                 case Disconnect():
                     self._disconnect(action)
+                case MemberChanged() | ClientEventSent():
+                    found = webhook_event(self.config.pusher_apps, action)
+                    if found is not None and self.config.pusher_webhook is not None:
+                        self._webhook_events.setdefault(found[0], []).append(found[1])
                 case (BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize()
                       | HistoryAppend() | HistoryRead() | SaveReadPosition()):
                     self._actions.append(action)
 
     def _deliver(self, action: Deliver) -> None:
         """Frame once per framing kind, then one backlog append per subscriber."""
-        ws_frame = sse_chunk = None
+        ws_frame = sse_chunk = pusher_frame = None
         fanned = self._fanned
         routes = self._routes
         limits = self.config.hub.limits
@@ -719,10 +843,20 @@ class Node:
                     self._polls_to_answer[connection_id] = route
                 continue  # a PollSession, or gone
             if route.framing.kind is _WEBSOCKET:
-                if ws_frame is None:
-                    ws_frame = frame_message(action.payload)
-                    self._encodings["websocket"] += 1
-                frame = ws_frame
+                if route.pusher is not None:
+                    if action.channel is None:  # to a user or one connection: its own
+                        frame = self._pusher_frame(action.payload, route.pusher_user)
+                    elif pusher_frame is None:
+                        frame = pusher_frame = self._pusher_frame(action.payload)
+                    else:
+                        frame = pusher_frame
+                    if not frame:
+                        continue  # nothing the Pusher protocol says
+                else:
+                    if ws_frame is None:
+                        ws_frame = frame_message(action.payload)
+                        self._encodings["websocket"] += 1
+                    frame = ws_frame
             else:
                 if sse_chunk is None:
                     sse_chunk = encode_event(action.event_id, action.payload)
@@ -753,7 +887,9 @@ class Node:
         """`messages.dropped` per channel, ahead of what survived the drops."""
         gaps, transport.backlog.gaps = transport.backlog.gaps or {}, None
         websocket = transport.framing.kind is FramingKind.WEBSOCKET
-        return [frame_message(notice) if websocket else encode_event(None, notice)
+        pusher = transport.pusher is not None
+        return [self._pusher_frame(notice) if pusher else frame_message(notice) if websocket
+                else encode_event(None, notice)
                 for notice in (self._dropped_notice(c, n) for c, n in gaps.items())]
 
     def _overflow_poll(self, session: PollSession, policy: SlowConsumerPolicy,
@@ -784,7 +920,8 @@ class Node:
         route.connection_id = None
         route.framing.data_to_send()
         route.backlog.drain()
-        route.framing.close(ErrorCode.SLOW_CONSUMER, "slow consumer")
+        route.framing.close(pusher_codec.close_code(ErrorCode.SLOW_CONSUMER)
+                            if route.pusher else ErrorCode.SLOW_CONSUMER, "slow consumer")
         self._finish(route, self._now)
 
     def _disconnect(self, action: Disconnect) -> None:
@@ -801,7 +938,8 @@ class Node:
             route.framing.send_encoded(frame)  # type: ignore[union-attr]
         if route.framing.kind is FramingKind.SSE:
             route.framing.send_encoded(encode_event(None, self._closed_message(action)))  # type: ignore[union-attr]
-        route.framing.close(action.code, action.reason)
+        route.framing.close(pusher_codec.close_code(action.code) if route.pusher else action.code,
+                            action.reason)
         self._collect(route, self._now)
 
     def _closed_message(self, action: Disconnect) -> bytes:
@@ -812,8 +950,16 @@ class Node:
         return [r for r in self._routes.values() if isinstance(r, PollSession)]
 
     def _finish_call(self) -> None:
-        """Answer the polls that got messages, then one Transmit for the sockets with output."""
+        """Answer the polls that got messages, then one Transmit for the sockets with output;
+        the Pusher webhook events of the call, one request per app."""
         self._run_hub()
+        if self._webhook_events and self.config.pusher_webhook is not None:
+            unix_ms = self._epoch.unix_ms_at(self._now)
+            target = self.config.pusher_webhook
+            for app, events in self._webhook_events.items():
+                self._actions.append(PostWebhook(target, pusher_webhook_request(
+                    target, app, events, unix_ms)))
+            self._webhook_events = {}
         polls, self._polls_to_answer = self._polls_to_answer, {}
         for session in polls.values():
             held = self._transports.get(session.held) if session.held else None

@@ -104,6 +104,10 @@ class PresenceTable:
                 joined.append((entry.channel, entry.member))
         return joined, left
 
+    def channels(self) -> list[str]:
+        """The channels with members, on any node."""
+        return sorted(self._entries)
+
     def members(self, channel: str) -> list[Member]:
         """The channel's members, one per user, in a stable order."""
         seen: dict[str, Member] = {}

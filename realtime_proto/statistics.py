@@ -56,6 +56,8 @@ class NodeStatistics:
     #: long-poll requests waiting for a message
     held_polls: int
     encodings: dict[str, int]
+    #: Pusher webhook requests by outcome ("sent", "failed")
+    webhooks: dict[str, int]
     slow_consumers: int
     #: messages dropped or conflated by the drop_oldest and latest policies
     dropped_messages: int

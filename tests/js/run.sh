@@ -38,4 +38,4 @@ fi
 export CHROMIUM_PATH="$CHROMIUM"
 
 # One file at a time: each spawns its own servers and the machine is small.
-exec node --test --test-concurrency=1 --test-timeout=180000 "$@" client.test.mjs browser.test.mjs
+exec node --test --test-concurrency=1 --test-timeout=180000 "$@" client.test.mjs pusher.test.mjs browser.test.mjs

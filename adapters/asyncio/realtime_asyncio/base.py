@@ -31,6 +31,7 @@ from realtime_proto.actions import (
     HistoryAppend,
     HistoryRead,
     NodeAction,
+    PostWebhook,
     SaveReadPosition,
     Transmit,
 )
@@ -44,9 +45,11 @@ from realtime_proto.events import (
     HistoryLoaded,
     NodeEvent,
     TransportId,
+    WebhookPosted,
 )
 from realtime_proto.message import JsonValue
 from realtime_proto.presence import Member
+from realtime_proto.pusher.webhooks import delivered
 from realtime_proto.webhook import (
     WebhookAnswer,
     WebhookCache,
@@ -340,6 +343,9 @@ class ServerBase:
                 self.run_callback(
                     self._authenticate_hook or _anonymous, (action.request,),
                     lambda result, error: authentication_answer(request_id, result, error))
+            case PostWebhook():  # a Pusher webhook: the runtime's auth webhook client posts it
+                self.run_callback(self.post_webhook, (action.target, action.request),
+                                  _webhook_posted)
             case _:
                 assert_never(action)
 
@@ -514,3 +520,12 @@ def _rule_result(answer: WebhookAnswer) -> object:
     if not answer.allowed:
         return False
     return dict(answer.info) if answer.info is not None else True
+
+
+def _webhook_posted(response: object, error: BaseException | None) -> WebhookPosted:
+    """A Pusher webhook's outcome: delivered when the answer is a 2xx."""
+    if error is None and (not isinstance(response, bytes) or not delivered(response)):
+        error = ValueError("the webhook did not answer 2xx")
+    if error is not None:
+        log.warning("pusher webhook not delivered: %s", error)
+    return WebhookPosted(error)

@@ -84,6 +84,10 @@ _HELP = {
                     "whether a connection may join a private or presence channel",
     "auth_webhook_timeout": "seconds the auth webhook may take (then: refused with 4500)",
     "auth_webhook_cache": "seconds an auth webhook answer is reused for the same user and channel",
+    "pusher_app": "serve the Pusher Channels protocol for an app: ID:KEY:SECRET (repeatable; "
+                  "pusher-js connects to /app/KEY, the Pusher SDKs call /apps/ID/…)",
+    "pusher_webhook": "URL the server POSTs Pusher webhooks to (member_added, member_removed, "
+                      "client_event), signed with the app's secret",
     "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
                       "(default: disconnect with 4021)",
     "workers": "worker processes sharing the port, joined through the broker (auto: one "
@@ -226,7 +230,7 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         for name, value in values.items():
             merged[name] = _convert(name, value, types[name], source)
     for name in ("api_key", "jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer",
-                 "auth_webhook",
+                 "auth_webhook", "pusher_webhook",
                  "tls_cert", "tls_key", "static_dir", "cors_origin"):
         if merged.get(name) == "" and name != "cors_origin":
             merged[name] = None

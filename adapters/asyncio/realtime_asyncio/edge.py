@@ -25,7 +25,10 @@ from realtime_proto.events import BrokerReported
 from realtime_proto.forwarded import parse_networks
 from realtime_proto.history import HistoryRule
 from realtime_proto.jwt import JwtConfig
+from realtime_proto.pusher.apps import parse_apps
+from realtime_proto.pusher.codec import CACHE_RULES
 from realtime_proto.ratelimit import Rate
+from realtime_proto.webhook import WebhookTarget
 
 from .workers import worker_count
 
@@ -145,6 +148,9 @@ class Settings:
     #: None: by broker (`bundle_bytes`)
     broker_bundle_bytes: int | None = None
     slow_consumers: str = ""
+    #: Pusher apps as ID:KEY:SECRET (repeatable); kept out of the repr: secrets
+    pusher_app: tuple[str, ...] = field(default=(), repr=False)
+    pusher_webhook: str | None = None
     auth_webhook: str | None = None
     auth_webhook_timeout: float = 3.0
     auth_webhook_cache: float = 30.0
@@ -222,9 +228,13 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
 
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
                        connections=rate("connection"), api_calls=rate("api"))
-    hub = HubConfig(node_id=node_id, rates=rates, history=parse_history(settings.history),
+    history = parse_history(settings.history)
+    if settings.pusher_app:
+        history += CACHE_RULES  # the last event of Pusher cache channels
+    hub = HubConfig(node_id=node_id, rates=rates, history=history,
                     shared_history=history_store(settings) is not None,
                     jwt=jwt_config(settings),
+                    report_events=bool(settings.pusher_webhook and settings.pusher_app),
                     heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
@@ -235,6 +245,9 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     broker_bundle_bytes=bundle_bytes(settings))
     return NodeConfig(hub=hub, api_key=settings.api_key,
                       poll_timeout=settings.poll_timeout,
+                      pusher_apps=parse_apps(settings.pusher_app),
+                      pusher_webhook=WebhookTarget.parse(settings.pusher_webhook)
+                      if settings.pusher_webhook else None,
                       poll_session_timeout=settings.poll_session_timeout,
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
                       cors_origin=settings.cors_origin, runtime=runtime,
@@ -301,7 +314,7 @@ def history_store(settings: Settings) -> str | None:
     Raises:
         ValueError: the setting is neither ``local``, ``auto`` nor a store URL.
     """
-    if not settings.history:
+    if not settings.history and not settings.pusher_app:  # (Pusher cache channels keep one)
         return None
     return store_url(settings.history_store, settings.broker)
 

@@ -1,0 +1,10 @@
+"""The Pusher Channels protocol (version 7) as a second wire codec on the same Hub.
+
+`apps` holds the configured applications and their signatures, `codec` translates
+between Pusher frames and the Hub's messages, `api` answers the Pusher HTTP API. All
+pure: the Node routes bytes to them.
+"""
+
+from .apps import PusherApp, parse_app
+
+__all__ = ["PusherApp", "parse_app"]
