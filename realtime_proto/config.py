@@ -175,6 +175,9 @@ class NodeConfig:
     #: seconds a request forwarded to the node holding its connection waits for the answer
     #: (a poll that node holds: on top of poll_timeout); then 404 with 4022
     forward_timeout: float = 5.0
+    #: agree to permessage-deflate (RFC 7692) on native WebSocket connections whose
+    #: client offers it; a broadcast is compressed once per window size
+    compression: bool = False
 
     def __post_init__(self) -> None:
         if self.poll_timeout <= 0 or self.poll_session_timeout <= self.poll_timeout:

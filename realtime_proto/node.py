@@ -46,6 +46,7 @@ from .events import (
 )
 from .forwarded import client_peer
 from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violation
+from .framing.deflate import compressed_frame
 from .framing.http import HttpFraming
 from .framing.sse import SseFraming, encode_event
 from .framing.websocket import WebSocketFraming, frame_message
@@ -512,7 +513,7 @@ class Node:
             framing = WebSocketFraming(
                 max_message_bytes=hub.limits.max_message_bytes,
                 heartbeat=None if json_ping else hub.heartbeat_interval,
-                idle_timeout=hub.effective_idle_timeout)
+                idle_timeout=hub.effective_idle_timeout, compression=self.config.compression)
             transport.framing = framing
             if not framing.accept(handshake, now=now):
                 return
@@ -825,8 +826,11 @@ class Node:
                     self._actions.append(action)
 
     def _deliver(self, action: Deliver) -> None:
-        """Frame once per framing kind, then one backlog append per subscriber."""
+        """Frame once per framing kind (and per deflate window), then one backlog append
+        per subscriber."""
         ws_frame = sse_chunk = pusher_frame = None
+        #: window bits -> the compressed frame (or the plain one) of this message
+        deflated: dict[int, bytes] | None = None
         fanned = self._fanned
         routes = self._routes
         limits = self.config.hub.limits
@@ -853,10 +857,22 @@ class Node:
                     if not frame:
                         continue  # nothing the Pusher protocol says
                 else:
-                    if ws_frame is None:
-                        ws_frame = frame_message(action.payload)
-                        self._encodings["websocket"] += 1
-                    frame = ws_frame
+                    frame = b""
+                    deflate = route.framing.deflate  # type: ignore[union-attr]
+                    if deflate is not None:  # compressed once per window size
+                        if deflated is None:
+                            deflated = {}
+                        bits = deflate.server_max_window_bits
+                        frame = deflated.get(bits, b"")
+                        if bits not in deflated:
+                            frame = deflated[bits] = compressed_frame(action.payload, bits) or b""
+                            if frame:
+                                self._encodings["websocket-deflate"] += 1
+                    if not frame:  # not negotiated, or better uncompressed
+                        if ws_frame is None:
+                            ws_frame = frame_message(action.payload)
+                            self._encodings["websocket"] += 1
+                        frame = ws_frame
             else:
                 if sse_chunk is None:
                     sse_chunk = encode_event(action.event_id, action.payload)
