@@ -856,23 +856,28 @@ class Node:
                         frame = pusher_frame
                     if not frame:
                         continue  # nothing the Pusher protocol says
-                else:
-                    frame = b""
-                    deflate = route.framing.deflate  # type: ignore[union-attr]
-                    if deflate is not None:  # compressed once per window size
+                elif (deflate := route.framing.deflate) is not None:  # type: ignore[union-attr]
+                    # compressed once per window size (or sent plain: short, incompressible)
+                    bits = deflate.server_max_window_bits
+                    found = deflated.get(bits) if deflated else None
+                    if found is None:
+                        found = compressed_frame(action.payload, bits)
+                        if found is not None:
+                            self._encodings["websocket-deflate"] += 1
+                        elif ws_frame is None:
+                            found = ws_frame = frame_message(action.payload)
+                            self._encodings["websocket"] += 1
+                        else:
+                            found = ws_frame
                         if deflated is None:
                             deflated = {}
-                        bits = deflate.server_max_window_bits
-                        frame = deflated.get(bits, b"")
-                        if bits not in deflated:
-                            frame = deflated[bits] = compressed_frame(action.payload, bits) or b""
-                            if frame:
-                                self._encodings["websocket-deflate"] += 1
-                    if not frame:  # not negotiated, or better uncompressed
-                        if ws_frame is None:
-                            ws_frame = frame_message(action.payload)
-                            self._encodings["websocket"] += 1
-                        frame = ws_frame
+                        deflated[bits] = found
+                    frame = found
+                else:
+                    if ws_frame is None:
+                        ws_frame = frame_message(action.payload)
+                        self._encodings["websocket"] += 1
+                    frame = ws_frame
             else:
                 if sse_chunk is None:
                     sse_chunk = encode_event(action.event_id, action.payload)
