@@ -25,18 +25,19 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 #: what Chrome and Firefox offer
 OFFER = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")
-WORDS = ("the meeting moved to thursday afternoon because half of the team is travelling "
+SAMPLE = ("the meeting moved to thursday afternoon because half of the team is travelling "
          "and nobody wants to dial in from an airport lounge so please update the agenda "
          "bring the quarterly numbers and the draft of the proposal we discussed last week "
-         "i will book the large room with the projector coffee is on me this time").split()
+         "i will book the large room with the projector coffee is on me this time")
 
 
 def chat_data(size: int, seed: int) -> dict[str, Any]:
     """The data of a chat message whose envelope is about `size` bytes."""
     rng = random.Random(seed)
+    words = SAMPLE.split()
     text = ""
     while len(text) < size - 190:  # the envelope and these fields take about 190 bytes
-        text += rng.choice(WORDS) + " "
+        text += rng.choice(words) + " "
     return {"user": f"user-{rng.randrange(10_000)}", "room": "general",
             "sent_at": 1_765_000_000_000 + seed, "text": text.strip()}
 

@@ -146,14 +146,17 @@ def compress_message(payload: bytes, window_bits: int = 15, level: int = 6) -> b
 MIN_COMPRESSED_SIZE = 64
 
 
-def compressed_frame(payload: bytes, window_bits: int = 15) -> bytes | None:
-    """The frame (RSV1 set) of one text message for every connection that agreed to this
-    window, or None when it is better sent uncompressed: shorter than
+def compressed_frame(payload: bytes, window_bits: int = 15, *,
+                     binary: bool = False) -> bytes | None:
+    """The frame (RSV1 set) of one text (or binary) message for every connection that
+    agreed to this window, or None when it is better sent uncompressed: shorter than
     `MIN_COMPRESSED_SIZE`, or no shorter once compressed."""
     if len(payload) < MIN_COMPRESSED_SIZE:
         return None
     data = compress_message(payload, window_bits)
-    return frame_message(data, compressed=True) if len(data) < len(payload) else None
+    if len(data) >= len(payload):
+        return None
+    return frame_message(data, binary=binary, compressed=True)
 
 
 class InflateError(Exception):
