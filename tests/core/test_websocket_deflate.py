@@ -9,6 +9,8 @@ import tracemalloc
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -25,6 +27,7 @@ from realtime_proto.framing.websocket import WebSocketFraming
 from realtime_proto.testing.peers import WebSocketPeer
 
 from .nodekit import Harness
+from .strategies import chunkings, feed_all_ways
 
 MESSAGE = json.dumps({"type": "publish", "channel": "chat",
                       "data": {"text": "hello there " * 80}})
@@ -121,6 +124,28 @@ def test_compressed_messages_are_inflated_whole_and_in_fragments(
     framing.receive_data(data, now=1.0)
     assert framing.events() == [MessageIn(data=MESSAGE), MessageIn(data=MESSAGE),
                                 MessageIn(data="é" * 100 + "ü" * 3000 + "!")]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_any_chunking_of_compressed_frames_gives_the_same_messages(data: st.DataObject) -> None:
+    client = DeflateClient()
+    head = client.handshake()
+    server = WebSocketFraming(compression=True)
+    assert server.accept(head, now=0.0)
+    client.receive(b"".join(server.data_to_send()))  # the 101, so that the client sends
+    stream = (client.send(MESSAGE) + client.send("é" * 50, finished=False)
+              + client.send("ü" * 900) + client.send("x" * 100))
+
+    def make() -> WebSocketFraming:
+        framing = WebSocketFraming(compression=True)
+        assert framing.accept(head, now=0.0)
+        framing.data_to_send()
+        return framing
+
+    fed = feed_all_ways(make, stream, data.draw(chunkings(stream)))
+    assert fed.events == [MessageIn(data=MESSAGE), MessageIn(data="é" * 50 + "ü" * 900),
+                          MessageIn(data="x" * 100)]
 
 
 def masked(first: int, payload: bytes) -> bytes:
