@@ -229,6 +229,9 @@ class NodeConfig:
     forward_timeout: float = 5.0
     #: where presence events go (`docs/webhooks.md`); needs `hub.presence_webhooks`
     webhooks: WebhookConfig | None = None
+    #: agree to permessage-deflate (RFC 7692) on native WebSocket connections whose
+    #: client offers it; a broadcast is compressed once per window size
+    compression: bool = False
 
     def __post_init__(self) -> None:
         hub = self.hub

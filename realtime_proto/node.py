@@ -47,6 +47,7 @@ from .events import (
 )
 from .forwarded import client_peer
 from .framing import FramingKind, MessageIn, PeerClosed, RequestReceived, Violation
+from .framing.deflate import compressed_frame
 from .framing.http import HttpFraming
 from .framing.sse import SseFraming, encode_event
 from .framing.websocket import WebSocketFraming, frame_message
@@ -558,7 +559,7 @@ class Node:
             framing = WebSocketFraming(
                 max_message_bytes=hub.limits.max_message_bytes,
                 heartbeat=None if json_ping else hub.heartbeat_interval,
-                idle_timeout=hub.effective_idle_timeout)
+                idle_timeout=hub.effective_idle_timeout, compression=self.config.compression)
             transport.framing = framing
             if not framing.accept(handshake, now=now):
                 return
@@ -878,8 +879,11 @@ class Node:
                 self._actions.append(PostWebhook(post[0], queue.target, post[1]))
 
     def _deliver(self, action: Deliver) -> None:
-        """Frame once per framing kind, then one backlog append per subscriber."""
+        """Frame once per framing kind (and per deflate window), then one backlog append
+        per subscriber."""
         ws_frame = sse_chunk = pusher_frame = None
+        #: window bits -> the compressed frame (or the plain one) of this message
+        deflated: dict[int, bytes] | None = None
         fanned = self._fanned
         routes = self._routes
         limits = self.config.hub.limits
@@ -905,6 +909,23 @@ class Node:
                         frame = pusher_frame
                     if not frame:
                         continue  # nothing the Pusher protocol says
+                elif (deflate := route.framing.deflate) is not None:  # type: ignore[union-attr]
+                    # compressed once per window size (or sent plain: short, incompressible)
+                    bits = deflate.server_max_window_bits
+                    found = deflated.get(bits) if deflated else None
+                    if found is None:
+                        found = compressed_frame(action.payload, bits)
+                        if found is not None:
+                            self._encodings["websocket-deflate"] += 1
+                        elif ws_frame is None:
+                            found = ws_frame = frame_message(action.payload)
+                            self._encodings["websocket"] += 1
+                        else:
+                            found = ws_frame
+                        if deflated is None:
+                            deflated = {}
+                        deflated[bits] = found
+                    frame = found
                 else:
                     if ws_frame is None:
                         ws_frame = frame_message(action.payload)

@@ -4,9 +4,10 @@
 carries the connection; this file only moves bytes between them and an asyncio socket
 and echoes every message with the same opcode. Run it with
 
-    python examples/websocket_echo/server.py --port 9001
+    python examples/websocket_echo/server.py --port 9001 [--compression]
 
-and connect to ``ws://127.0.0.1:9001/`` (any path). It is the endpoint the Autobahn
+(`--compression`: agree to permessage-deflate when the client offers it, and echo
+compressed) and connect to ``ws://127.0.0.1:9001/`` (any path). It is the endpoint the Autobahn
 fuzzing client is run against (see docs/testing.md).
 """
 
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 
 from realtime_proto.framing import MessageIn, RequestReceived
+from realtime_proto.framing.deflate import compressed_frame
 from realtime_proto.framing.http import HttpFraming
 from realtime_proto.framing.websocket import WebSocketFraming, frame_message
 
@@ -26,9 +28,11 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 class EchoProtocol(asyncio.Protocol):
     """One client: HTTP until the upgrade, then WebSocket frames echoed back."""
 
-    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 compression: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._max_message = max_message_bytes
+        self._compression = compression
         self._http = HttpFraming(now=self._loop.time())
         self._ws: WebSocketFraming | None = None
         self._transport: asyncio.Transport | None = None
@@ -88,7 +92,8 @@ class EchoProtocol(asyncio.Protocol):
 
     def _upgrade(self) -> None:
         """The request is in: hand the connection to a WebSocketFraming."""
-        self._ws = WebSocketFraming(max_message_bytes=self._max_message)
+        self._ws = WebSocketFraming(max_message_bytes=self._max_message,
+                                    compression=self._compression)
         # a refused handshake (400, 405, 426) is answered and closed by the framing
         self._ws.accept(self._http.take_over(), now=self._loop.time())
 
@@ -97,16 +102,23 @@ class EchoProtocol(asyncio.Protocol):
         (self._ws or self._http).tick(now=self._loop.time())
         self._flush()
 
-    @staticmethod
-    def _echo(data: str | bytes) -> bytes:
-        if isinstance(data, str):
-            return frame_message(data.encode())
-        return frame_message(data, binary=True)
+    def _echo(self, data: str | bytes) -> bytes:
+        binary = isinstance(data, bytes)
+        payload = data if isinstance(data, bytes) else data.encode()
+        assert self._ws is not None
+        if self._ws.deflate is not None:
+            frame = compressed_frame(payload, self._ws.deflate.server_max_window_bits,
+                                     binary=binary)
+            if frame is not None:
+                return frame
+        return frame_message(payload, binary=binary)
 
 
-async def serve(host: str, port: int, started: asyncio.Future[int] | None = None) -> None:
+async def serve(host: str, port: int, started: asyncio.Future[int] | None = None, *,
+                compression: bool = False) -> None:
     """Serve until cancelled; `started` gets the bound port (useful with port 0)."""
-    server = await asyncio.get_running_loop().create_server(EchoProtocol, host, port)
+    server = await asyncio.get_running_loop().create_server(
+        lambda: EchoProtocol(compression=compression), host, port)
     async with server:
         if started is not None:
             started.set_result(server.sockets[0].getsockname()[1])
@@ -117,9 +129,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--compression", action="store_true",
+                        help="agree to permessage-deflate (RFC 7692)")
     args = parser.parse_args()
     print(f"echo server on ws://{args.host}:{args.port}/", flush=True)
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, compression=args.compression))
 
 
 if __name__ == "__main__":

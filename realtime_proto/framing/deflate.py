@@ -4,8 +4,9 @@ parameters, and inflating a client's message without letting it grow past a limi
 
 The server always asks for `server_no_context_takeover`: each message it sends is a
 deflate stream of its own, the same bytes for every connection with the same window,
-so a broadcast is compressed once per window size, not once per connection. Not wired
-into `WebSocketFraming` yet; `docs/protocol.md` says how it would be.
+so a broadcast is compressed once per window size, not once per connection.
+`WebSocketFraming(compression=True)` negotiates it and inflates; `Node._deliver` builds
+one `compressed_frame` per broadcast and window size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import zlib
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["DeflateParams", "InflateError", "Inflater", "compress_message", "negotiate"]
+from realtime_proto.framing.websocket_frames import frame_message
+
+__all__ = ["MIN_COMPRESSED_SIZE", "DeflateParams", "InflateError", "Inflater",
+           "compress_message", "compressed_frame", "negotiate"]
 
 #: the 4 octets every sync-flushed deflate block ends with; RFC 7692 §7.2.1 drops them
 #: from each message, and the receiver puts them back
@@ -135,6 +139,24 @@ def compress_message(payload: bytes, window_bits: int = 15, level: int = 6) -> b
     compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits)
     data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
     return data[:-4] if data.endswith(TAIL) else data
+
+
+#: messages shorter than this go uncompressed (RFC 7692 §6.1 lets each message choose):
+#: below it, deflate saves a few bytes at most and costs more CPU than the whole frame
+MIN_COMPRESSED_SIZE = 64
+
+
+def compressed_frame(payload: bytes, window_bits: int = 15, *,
+                     binary: bool = False) -> bytes | None:
+    """The frame (RSV1 set) of one text (or binary) message for every connection that
+    agreed to this window, or None when it is better sent uncompressed: shorter than
+    `MIN_COMPRESSED_SIZE`, or no shorter once compressed."""
+    if len(payload) < MIN_COMPRESSED_SIZE:
+        return None
+    data = compress_message(payload, window_bits)
+    if len(data) >= len(payload):
+        return None
+    return frame_message(data, binary=binary, compressed=True)
 
 
 class InflateError(Exception):

@@ -20,6 +20,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from realtime_proto.errors import ErrorCode
 from realtime_proto.framing import FramingEvent, FramingKind, MessageIn, PeerClosed, Violation
+from realtime_proto.framing.deflate import DeflateParams, InflateError, Inflater, negotiate
 from realtime_proto.framing.websocket_frames import (
     BINARY,
     CLOSE,
@@ -89,11 +90,13 @@ def _has_token(fields: dict[bytes, list[bytes]], name: bytes, token: bytes) -> b
 class _Message:
     """A fragmented message being received (§5.4): exists only between its frames."""
 
-    __slots__ = ("decoder", "parts", "size")
+    __slots__ = ("compressed", "decoder", "parts", "size")
 
-    def __init__(self, opcode: int) -> None:
+    def __init__(self, opcode: int, compressed: bool) -> None:
         self.parts: list[Any] = []  # str pieces of a text message, bytes of a binary one
         self.size = 0
+        #: its first frame had RSV1: every fragment is inflated (RFC 7692 §6.2)
+        self.compressed = compressed
         # text is checked fragment by fragment, so bad UTF-8 fails at once (§8.1)
         self.decoder = codecs.getincrementaldecoder("utf-8")() if opcode == TEXT else None
 
@@ -129,16 +132,23 @@ class WebSocketFraming:
     silent until `idle_timeout`, fails with 4020. An idle connection holds this object
     alone: its buffers exist only while a frame or a fragmented message is partly
     received. Receive methods never raise because of what the peer sent.
+
+    With `compression`, permessage-deflate (RFC 7692) is agreed when the client offers
+    it: `deflate` then holds the parameters, the peer's compressed messages are inflated
+    (1009 past `max_message_bytes` once inflated), and frames built with
+    `frame_message(..., compressed=True)` may be sent to it.
     """
 
-    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_eof", "_events",
-                 "_heartbeat", "_idle_timeout", "_last_close", "_max_message", "_message",
-                 "_now", "_out", "_pinged", "_probe", "_seen", "_skip", "_state")
+    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_compression", "_eof",
+                 "_events", "_heartbeat", "_idle_timeout", "_inflater", "_last_close",
+                 "_max_message", "_message", "_now", "_out", "_pinged", "_probe", "_seen",
+                 "_skip", "_state", "deflate")
 
     kind: FramingKind = FramingKind.WEBSOCKET
 
     def __init__(self, *, max_message_bytes: int = 64 * 1024, close_timeout: float = 5.0,
-                 heartbeat: float | None = None, idle_timeout: float | None = None) -> None:
+                 heartbeat: float | None = None, idle_timeout: float | None = None,
+                 compression: bool = False) -> None:
         """Create a framing waiting for accept().
 
         Args:
@@ -148,6 +158,7 @@ class WebSocketFraming:
                 (any frame, the Pong included, counts as activity); None sends none.
             idle_timeout: seconds of silence after which the connection fails with 4020
                 (only with a heartbeat; default 2 x heartbeat + 10).
+            compression: agree to permessage-deflate when the client offers it.
 
         Raises:
             ValueError: a limit is not positive, or idle_timeout is not over heartbeat.
@@ -183,6 +194,11 @@ class WebSocketFraming:
         self._now = 0.0
         self._close_deadline: float | None = None
         self._eof = False
+        self._compression = compression
+        #: the permessage-deflate parameters agreed in accept(), or None: not compressed
+        self.deflate: DeflateParams | None = None
+        #: inflates the peer's compressed messages; made at its first one
+        self._inflater: Inflater | None = None
 
     @property
     def state(self) -> WebSocketState:
@@ -225,16 +241,21 @@ class WebSocketFraming:
         ws = WSConnection(ConnectionType.SERVER)  # dropped once answered
         try:
             ws.receive_data(handshake[:end])
-            requested = any(isinstance(event, Request) for event in ws.events())
+            request = next((e for e in ws.events() if isinstance(e, Request)), None)
         except RemoteProtocolError as exc:
             self._reject(400, str(exc))
             return False
-        if not requested:
+        if request is None:
             self._reject(400, "incomplete handshake")
             return False
-        # No extensions: permessage-deflate keeps per-connection state (RFC 7692),
-        # which would make frame_message() bytes connection-specific.
-        self._send(ws.send(AcceptConnection()))
+        headers: list[tuple[bytes, bytes]] = []
+        if self._compression and request.extensions:
+            # always with server_no_context_takeover: a frame_message() of ours stays
+            # the same bytes for every connection that agreed to the same window
+            self.deflate = negotiate(", ".join(str(offer) for offer in request.extensions))
+            if self.deflate is not None:
+                headers.append((b"sec-websocket-extensions", self.deflate.response().encode()))
+        self._send(ws.send(AcceptConnection(extra_headers=headers)))
         self._state = _OPEN
         self._seen = now
         if end < len(handshake):
@@ -371,16 +392,16 @@ class WebSocketFraming:
                 pos += dropped
                 if self._skip:
                     break
-            header = read_header(data, pos)
+            header = read_header(data, pos, deflate=self.deflate is not None)
             if header is None:
                 break
-            opcode, fin, length, start, key = header
+            opcode, fin, compressed, length, start, key = header
             control = opcode >= CLOSE
             if not control and not self._admit(opcode, length):
                 pos, self._skip = start, length  # read and dropped, never buffered
                 continue
             if end - start < length:
-                if not control and (opcode == TEXT or self._message_is_text()):
+                if not control and self._plain_text(opcode, compressed):
                     self._check_text(data, start, end, key)
                 break
             self._probe = None
@@ -389,11 +410,16 @@ class WebSocketFraming:
             if control:
                 self._control(opcode, payload)
             else:
-                self._data(opcode, fin, payload)
+                self._data(opcode, fin, compressed, payload)
         return pos
 
-    def _message_is_text(self) -> bool:
-        return self._message is not None and self._message.decoder is not None
+    def _plain_text(self, opcode: int, compressed: bool) -> bool:
+        """Whether a data frame is text whose UTF-8 can be checked before it is whole
+        (a compressed one is checked once inflated)."""
+        message = self._message
+        if message is None:
+            return opcode == TEXT and not compressed
+        return message.decoder is not None and not message.compressed
 
     def _check_text(self, data: bytes | bytearray, start: int, end: int, key: bytes) -> None:
         """Check the UTF-8 of a text frame's payload so far, so bad text fails before the
@@ -440,14 +466,16 @@ class WebSocketFraming:
         self.close(code, "message too large")
         return False
 
-    def _data(self, opcode: int, fin: bool, payload: bytes) -> None:
+    def _data(self, opcode: int, fin: bool, compressed: bool, payload: bytes) -> None:
         message = self._message
+        if compressed or (message is not None and message.compressed):
+            payload = self._inflate(payload, fin)
         try:
             if message is None and fin:  # a whole message in one frame: the usual case
                 self._event(MessageIn(data=payload.decode() if opcode == TEXT else payload))
                 return
             if message is None:
-                message = self._message = _Message(opcode)
+                message = self._message = _Message(opcode, compressed)
             message.size += len(payload)
             decoder = message.decoder
             message.parts.append(payload if decoder is None else decoder.decode(payload, fin))
@@ -457,6 +485,28 @@ class WebSocketFraming:
             self._message = None
             parts = message.parts
             self._event(MessageIn(data="".join(parts) if decoder else b"".join(parts)))
+
+    def _inflate(self, payload: bytes, fin: bool) -> bytes:
+        """One frame of a compressed message, inflated (at most `max_message_bytes` for
+        the whole message).
+
+        Raises:
+            FrameError: 1009 past the limit, 1007 for bytes that are not deflate.
+        """
+        params = self.deflate
+        assert params is not None  # read_header refuses RSV1 without it
+        inflater = self._inflater
+        if inflater is None:
+            inflater = self._inflater = Inflater(
+                self._max_message, window_bits=params.client_max_window_bits,
+                no_context_takeover=params.client_no_context_takeover)
+        try:
+            data = inflater.inflate(payload, fin=fin)
+        except InflateError as refused:
+            raise FrameError(refused.reason, refused.code) from None
+        if fin and params.client_no_context_takeover:
+            self._inflater = None  # nothing to keep: an idle connection holds no window
+        return data
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == PING:
@@ -516,3 +566,4 @@ class WebSocketFraming:
         self._probe = None
         self._buffer = None
         self._skip = 0
+        self._inflater = None

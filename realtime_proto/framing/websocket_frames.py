@@ -38,8 +38,8 @@ _INVALID_PAYLOAD = 1007
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
-#: (opcode, FIN, payload length, where the payload starts, masking key)
-FrameHeader = tuple[int, bool, int, int, bytes]
+#: (opcode, FIN, RSV1, payload length, where the payload starts, masking key)
+FrameHeader = tuple[int, bool, bool, int, int, bytes]
 
 
 class FrameError(Exception):
@@ -54,21 +54,25 @@ class FrameError(Exception):
         self.code = code
 
 
-def frame_message(payload: bytes, *, binary: bool = False) -> bytes:
+def frame_message(payload: bytes, *, binary: bool = False, compressed: bool = False) -> bytes:
     """Frame one unmasked, final text (or binary) frame (RFC 6455 §5.2) for any number of
     connections.
 
-    A server's frames are never masked (§5.1) and no extension is negotiated, so the
-    bytes do not depend on the connection: encode once, append to every one.
+    A server's frames are never masked (§5.1) and permessage-deflate keeps no context
+    between the server's messages, so the bytes do not depend on the connection: encode
+    once, append to every one.
 
     Args:
-        payload: UTF-8 text (not checked), or any bytes with `binary`.
+        payload: UTF-8 text (not checked), or any bytes with `binary`; with `compressed`,
+            what `deflate.compress_message` made of them.
         binary: a binary frame instead of a text frame.
+        compressed: set RSV1, a permessage-deflate message (RFC 7692 §6), only for the
+            connections that negotiated it.
 
     Returns:
         The frame header followed by the payload.
     """
-    first = 0x82 if binary else 0x81
+    first = (0x82 if binary else 0x81) | (0x40 if compressed else 0)
     length = len(payload)
     if length <= 125:
         header = bytes((first, length))
@@ -110,11 +114,18 @@ def ping_frame(payload: bytes = b"") -> bytes:
     return bytes((0x80 | PING, len(payload))) + payload
 
 
-def read_header(data: bytes | bytearray, pos: int) -> FrameHeader | None:
+def read_header(data: bytes | bytearray, pos: int, *, deflate: bool = False
+                ) -> FrameHeader | None:
     """Read the header of a client's frame at `pos` (§5.2); None until it is whole.
 
     The checks run in wsproto's order, so a bad frame fails with the same reason at
     whatever byte it is detected.
+
+    Args:
+        data: the bytes received.
+        pos: where the frame starts.
+        deflate: permessage-deflate was negotiated: RSV1 may be set on the first frame of
+            a message (RFC 7692 §6.1), never on a continuation or a control frame.
 
     Raises:
         FrameError: a reserved opcode or bit, a fragmented or long control frame, a
@@ -146,13 +157,14 @@ def read_header(data: bytes | bytearray, pos: int) -> FrameHeader | None:
             raise FrameError("Payload length used 8 bytes when 2 would have sufficed")
         if length >> 63:
             raise FrameError("8-byte payload length with non-zero MSB")
-    if first & 0x70:  # RSV1-3 without a negotiated extension
+    rsv1 = bool(first & 0x40)
+    if first & 0x30 or (rsv1 and not (deflate and opcode in (TEXT, BINARY))):
         raise FrameError("Reserved bit set unexpectedly")
     if not second & 0x80:
         raise FrameError("server received unexpected unmasked frame")
     if end - start < 4:
         return None
-    return opcode, fin, length, start + 4, bytes(data[start:start + 4])
+    return opcode, fin, rsv1, length, start + 4, bytes(data[start:start + 4])
 
 
 def unmask(payload: bytes | bytearray, key: bytes) -> bytes:

@@ -94,6 +94,30 @@ def test_unknown_keys_and_unreadable_files(tmp_path: Path) -> None:
         resolve_settings({}, {}, str(tmp_path / "missing.toml"))
 
 
+def test_compression_is_off_unless_a_switch_a_word_or_a_toml_boolean_says_on(
+        tmp_path: Path) -> None:
+    def compression(flags: dict[str, object], environ: dict[str, str],
+                    path: str | None = None) -> bool:
+        settings = resolve_settings(flags, environ, path)
+        return build_node_config(settings, "n1", runtime="asyncio").compression
+
+    assert compression({}, {}) is False
+    assert compression({"compression": True}, {"REALTIME_COMPRESSION": "off"}) is True
+    assert compression({}, {"REALTIME_COMPRESSION": "TRUE"}) is True
+    assert compression({}, {"REALTIME_COMPRESSION": "0"}) is False
+    config = tmp_path / "realtime.toml"
+    config.write_text("compression = true\n")
+    assert compression({}, {}, str(config)) is True
+    assert compression({}, {"REALTIME_COMPRESSION": "no"}, str(config)) is False
+    with pytest.raises(ConfigError, match="compression must be true or false, not 'maybe'"):
+        resolve_settings({}, {"REALTIME_COMPRESSION": "maybe"}, None)
+    config.write_text("compression = 1\n")
+    with pytest.raises(ConfigError, match="compression must be true or false"):
+        resolve_settings({}, {}, str(config))
+    usage = run_cli("serve", "--help")
+    assert "--compression " in usage.stdout and "--compression COMPRESSION" not in usage.stdout
+
+
 def test_trusted_proxies_from_flags_the_environment_or_a_toml_list(tmp_path: Path) -> None:
     def trusted(flags: dict[str, object], environ: dict[str, str],
                 path: str | None = None) -> list[str]:

@@ -31,10 +31,11 @@ def load_example() -> ModuleType:
 
 
 @asynccontextmanager
-async def echo_server() -> AsyncIterator[int]:
+async def echo_server(*, compression: bool = False) -> AsyncIterator[int]:
     """The example's server on a free port, in this loop; its port."""
     started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(load_example().serve("127.0.0.1", 0, started))
+    task = asyncio.create_task(load_example().serve("127.0.0.1", 0, started,
+                                                    compression=compression))
     try:
         yield await asyncio.wait_for(started, 10)
     finally:
@@ -90,4 +91,20 @@ def test_a_refused_handshake_is_answered() -> None:
                     raise AssertionError("accepted")
             except websockets.InvalidStatus as refused:
                 assert refused.response.status_code == 426
+    asyncio.run(main())
+
+
+def test_with_compression_messages_are_echoed_compressed() -> None:
+    async def main() -> None:
+        long_text, long_bytes = "ünïcode text to squeeze " * 200, bytes(range(50)) * 100
+        async with echo_server(compression=True) as port, \
+                connect(f"ws://127.0.0.1:{port}/") as ws:
+            extension = ws.response.headers["Sec-WebSocket-Extensions"]
+            assert extension.startswith("permessage-deflate; server_no_context_takeover")
+            async with asyncio.timeout(10):
+                for message in ("short", long_text, long_bytes, long_text):
+                    await ws.send(message)
+                    assert await ws.recv() == message
+        async with echo_server() as port, connect(f"ws://127.0.0.1:{port}/") as ws:
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
     asyncio.run(main())

@@ -393,3 +393,67 @@ describe('the example chat', () => {
     }
   });
 });
+
+describe('compression in chromium', () => {
+  let server;
+  let context;
+
+  before(async () => {
+    server = await startRealtimeServer({ extraArgs: ['--compression'] });
+    context = await browser.newContext();
+  });
+
+  after(async () => {
+    await context?.close();
+    await server?.kill('SIGTERM');
+  });
+
+  test('websocket: chromium agrees to permessage-deflate and reads compressed broadcasts', async () => {
+    const page = await context.newPage();
+    const errors = watch(page);
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const handshakes = [];
+    cdp.on('Network.webSocketHandshakeResponseReceived', (event) => handshakes.push(event.response.headers));
+    try {
+      await page.goto(`${server.httpUrl}/health`);
+      await page.evaluate(async ({ wait }) => {
+        const { RealtimeClient } = await import('/realtime.js');
+        const c = new RealtimeClient(location.origin.replace(/^http/, 'ws'), { transports: ['websocket'] });
+        window.got = [];
+        const when = (emitter, event) =>
+          new Promise((resolve, reject) => {
+            const t = setTimeout(() => reject(new Error(`no ${event}`)), wait);
+            emitter.once(event, () => {
+              clearTimeout(t);
+              resolve();
+            });
+          });
+        await when(c, 'connected');
+        const news = c.subscribe('news');
+        news.on('said', (data) => window.got.push(data));
+        await when(news, 'subscription.succeeded');
+      }, { wait: WAIT });
+      const extensions = handshakes.map((h) => h['Sec-WebSocket-Extensions'] ?? h['sec-websocket-extensions']);
+      assert.equal(extensions.length, 1);
+      assert.match(extensions[0], /^permessage-deflate; server_no_context_takeover/);
+
+      const before = await deflateEncodings(server);
+      const text = 'a chat message long enough to be worth compressing, '.repeat(20);
+      await server.publish('news', 'said', { text });
+      await page.waitForFunction(() => window.got.length === 1, null, { timeout: WAIT });
+      assert.deepEqual(await page.evaluate(() => window.got), [{ text }]);
+      assert.equal(await deflateEncodings(server), before + 1); // it went out compressed
+      assert.deepEqual(errors, []);
+    } finally {
+      await page.close();
+    }
+  });
+});
+
+/** How many broadcasts the server compressed (`encodings_total{framing="websocket-deflate"}`). */
+async function deflateEncodings(server) {
+  const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.includes('framing="websocket-deflate"'));
+  return line ? Number(line.trim().split(/\s+/).pop()) : 0;
+}

@@ -113,7 +113,14 @@ _HELP = {
                                 "past it, see --per-user-limit-policy",
     "per_user_limit_policy": "at --max-connections-per-user: refuse (the new connection: 429 "
                              "with 4013) or oldest (the user's oldest is closed with 4013)",
+    "compression": "offer permessage-deflate (RFC 7692) to WebSocket clients on /ws: a "
+                   "broadcast is compressed once for every subscriber (environment: 1/0, "
+                   "true/false; TOML: a boolean)",
 }
+
+#: the words an on/off option takes in the environment
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,6 +144,12 @@ def _option_types() -> dict[str, type]:
 
 
 def _convert(name: str, value: Any, kind: type, source: str) -> Any:
+    if kind is bool:  # on/off options: a flag, a TOML boolean, or a word
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        raise ConfigError(f"{source}: {name} must be true or false, not {value!r}")
     if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
     if kind is tuple:  # a list: repeated flags, a TOML list, or items separated by commas
@@ -188,6 +201,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file with any of the options below "
                                         "(default: $REALTIME_CONFIG)")
     for name, kind in _option_types().items():
+        if kind is bool:  # a switch: present means on
+            serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                               action="store_const", const=True, help=_HELP[name])
+            continue
         serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                            action="append" if kind is tuple else "store",
                            type=str if kind is tuple else _flag_type(name, kind),

@@ -170,6 +170,8 @@ class Settings:
     max_connections: int = 0
     max_connections_per_user: int = 0
     per_user_limit_policy: str = "refuse"
+    #: permessage-deflate on native WebSocket connections (off until measured worth it)
+    compression: bool = False
     #: True when no key was given and one was generated (the CLI prints it once)
     api_key_generated: bool = field(init=False, default=False)
     #: this process's index among `--workers` (set by their supervisor), else None
@@ -282,7 +284,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       slow_consumers=parse_rules(settings.slow_consumers, _policy),
                       trusted_proxies=parse_networks(settings.trusted_proxy),
                       static_files=load_static_files(settings.static_dir),
-                      worker=settings.worker)
+                      worker=settings.worker, compression=settings.compression)
 
 
 def _replace_oldest(policy: str) -> bool:
