@@ -7,7 +7,9 @@ and a publisher on node A (`POST /api/publish`, about 200 a second, a bounded co
 server is killed mid-stream and restarted a few seconds later while publishing goes on.
 
 The contract checked: every message published reaches node B's subscriber or is reported
-to it as lost (`messages.lost`, with a count), without duplicates and in order; node A's
+to it as lost (`messages.lost`, with a count), without duplicates and in order; a client
+that recovers on node B from a position before the gap is told the truth (`recovered:
+true` only with every later message replayed, in order); node A's
 own subscriber gets every message (local delivery never waits for the broker); node A's
 `/health` answers within 1 s throughout and says degraded during the outage; its memory
 and both nodes' logs stay bounded.
@@ -110,6 +112,8 @@ class Subscriber:
     arrived: list[float] = field(default_factory=list)
     lost: int = 0
     reports: list[dict[str, Any]] = field(default_factory=list)
+    #: number -> (epoch, offset) of the messages that came with a stream position
+    positions: dict[int, tuple[str, int]] = field(default_factory=dict)
     #: the WebSocket close code, if the server closed the connection
     closed: int | None = None
 
@@ -127,6 +131,8 @@ async def subscribe(node: Node, into: Subscriber, ready: asyncio.Event) -> None:
             elif event == "n":
                 into.numbers.append(message["data"])
                 into.arrived.append(time.monotonic())
+                if "offset" in message:
+                    into.positions[message["data"]] = (message["epoch"], message["offset"])
             elif event == "messages.lost":
                 into.lost += int(message["data"]["count"])
                 into.reports.append(message["data"])
@@ -227,6 +233,7 @@ async def scenario(server: OwnServer, broker: str, tmp_path: Path, b_late: bool)
             await publish(http, a, count, start, sent)
             killed, restarted = await fault
             await settled(count, local, remote)
+            recovery = await recover(b, remote, count)
         finally:
             for task in tasks:
                 task.cancel()
@@ -240,8 +247,45 @@ async def scenario(server: OwnServer, broker: str, tmp_path: Path, b_late: bool)
                f"lost of {count}; reports {remote.reports[:3]}; closed: A {local.closed}, "
                f"B {remote.closed}")
     problems = check(count, local, remote, watched, killed, restarted, (a, b), sent)
+    problems.extend(recovery)
     print(figures(local, watched, killed, (a, b), sent), summary, sep="\n")
     assert not problems, summary + "\n" + "\n".join(problems)
+
+
+async def recover(node: Node, seen: Subscriber, count: int) -> list[str]:
+    """Recover on `node` from the last message its subscriber got before its first gap (or
+    before the outage): the answer must be the truth."""
+    numbers = seen.numbers
+    gap = next((i for i, n in enumerate(numbers) if n != i), len(numbers))
+    since = next((n for n in reversed(numbers[:gap]) if n in seen.positions), None)
+    if since is None:
+        return []  # nothing to recover from (every message came without a position)
+    epoch, offset = seen.positions[since]
+    replayed: list[int] = []
+    async with websockets.connect(f"ws://127.0.0.1:{node.port}/ws") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "channel": CHANNEL, "data": {
+            "recover": {"epoch": epoch, "offset": offset}}}))
+        answer: dict[str, Any] = {}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(QUIET + 5):
+                async for raw in ws:
+                    message = json.loads(raw)
+                    if message.get("event") == "subscription.succeeded":
+                        answer = message["data"]
+                        if not answer.get("replayed"):
+                            break
+                    elif message.get("event") == "n":
+                        replayed.append(message["data"])
+                        if len(replayed) >= answer.get("replayed", 0):
+                            break
+    if answer.get("recovered") is True and replayed != list(range(since + 1, count)):
+        return [f"recovery from {since} said recovered but replayed {len(replayed)} of "
+                f"{count - since - 1}: {replayed[:5]}…"]
+    if replayed != sorted(set(replayed)) or any(n <= since for n in replayed):
+        return [f"recovery from {since} replayed out of order or too much: {replayed[:5]}…"]
+    if "recovered" not in answer:
+        return [f"recovery from {since} got no answer: {answer}"]
+    return []
 
 
 def figures(local: Subscriber, watched: Watch, killed: float, nodes: tuple[Node, Node],
