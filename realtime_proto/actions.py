@@ -27,7 +27,6 @@ __all__ = [
     "HistoryAppend",
     "HistoryRead",
     "HubAction",
-    "MemberChanged",
     "NodeAction",
     "Notify",
     "PostWebhook",
@@ -195,17 +194,6 @@ class CloseTransport:
 
 @final
 @dataclass(frozen=True, slots=True)
-class MemberChanged:
-    """A user joined a presence channel (its first connection, cluster-wide) or left it
-    (its last), through a connection of this node: reported once in the cluster."""
-
-    channel: str
-    user_id: str
-    joined: bool
-
-
-@final
-@dataclass(frozen=True, slots=True)
 class ClientEventSent:
     """A connection of this node sent a client event (already delivered)."""
 
@@ -245,7 +233,6 @@ HubAction = (
     | HistoryAppend
     | HistoryRead
     | SaveReadPosition
-    | MemberChanged
     | ClientEventSent
     | Notify
 )

@@ -109,8 +109,8 @@ class HubConfig:
     #: call (a burst, `POST /api/batch`); 0: one broker message per publish. Under
     #: PostgreSQL's NOTIFY limit (8000) by default.
     broker_bundle_bytes: int = 7000
-    #: report presence transitions made here and client events received here
-    #: (`MemberChanged`, `ClientEventSent`), for webhooks
+    #: report the client events received here (`ClientEventSent`), for Pusher webhooks
+    #: (their presence events come from `presence_webhooks`, like the native ones)
     report_events: bool = False
     #: report presence transitions (`channel.occupied`, `member.added`, …) as `Notify`
     #: actions, once per cluster (`realtime_proto.reporter`); every node alike

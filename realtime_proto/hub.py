@@ -14,7 +14,6 @@ from .actions import (
     Deliver,
     Disconnect,
     HubAction,
-    MemberChanged,
     Notify,
     SaveReadPosition,
 )
@@ -933,8 +932,6 @@ class Hub:
             self._actions.extend(actions)
             if first:
                 self._announce([(channel, member)], "user.joined", now, exclude=conn.id)
-                if self.config.report_events:
-                    self._actions.append(MemberChanged(channel, member.user_id, joined=True))
             self._succeeded(conn, channel, now, only_sync=True)
 
     def _succeeded(self, conn: Connection, channel: str, now: float,
@@ -969,8 +966,6 @@ class Hub:
             self._actions.extend(actions)
             if member is not None:
                 self._announce([(channel, member)], "user.left", now)
-                if self.config.report_events:
-                    self._actions.append(MemberChanged(channel, member.user_id, joined=False))
         conn.revoke(channel)
 
     def _client_event(self, conn: Connection, message: Message, now: float) -> None:

@@ -21,7 +21,6 @@ from .actions import (
     Disconnect,
     HistoryAppend,
     HistoryRead,
-    MemberChanged,
     NodeAction,
     Notify,
     PostWebhook,
@@ -60,7 +59,7 @@ from .notify import WebhookQueue, response_status
 from .pusher import codec as pusher_codec
 from .pusher.api import handle_pusher_api
 from .pusher.apps import PusherApp
-from .pusher.webhooks import pusher_webhook_request, webhook_event
+from .pusher.webhooks import presence_event, pusher_webhook_request, webhook_event
 from .ratelimit import TokenBuckets
 from .statistics import NodeStatistics
 
@@ -863,7 +862,7 @@ class Node:
                     self._deliver(action)
                 case Disconnect():
                     self._disconnect(action)
-                case MemberChanged() | ClientEventSent():
+                case ClientEventSent():
                     found = webhook_event(self.config.pusher_apps, action)
                     if found is not None and self.config.pusher_webhook is not None:
                         self._webhook_events.setdefault(found[0], []).append(found[1])
@@ -873,6 +872,11 @@ class Node:
                 case Notify():
                     for queue in self._webhooks:
                         queue.add(action.events, self._now)
+                    if self.config.pusher_webhook is not None:
+                        for event in action.events:
+                            found = presence_event(self.config.pusher_apps, event)
+                            if found is not None:
+                                self._webhook_events.setdefault(found[0], []).append(found[1])
         for queue in self._webhooks:
             if (post := queue.take(self._now, self._new_id,
                                    self._epoch.unix_ms_at(self._now))) is not None:

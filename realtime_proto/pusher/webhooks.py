@@ -1,32 +1,58 @@
-"""Webhooks in Pusher's format: `member_added`, `member_removed` and `client_event`,
-signed with the app's secret (`X-Pusher-Key`, `X-Pusher-Signature`)."""
+"""Webhooks in Pusher's format: `channel_occupied`, `channel_vacated`, `member_added`,
+`member_removed` (from the cluster's presence reports: once per cluster-wide transition,
+`realtime_proto.reporter`) and `client_event` (from the sender's node), signed with the
+app's secret (`X-Pusher-Key`, `X-Pusher-Signature`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import h11
 
-from ..actions import ClientEventSent, MemberChanged
+from ..actions import ClientEventSent
 from ..message import JsonValue, encode_json
 from ..webhook import WebhookTarget
 from .apps import PusherApp, sign
 
-__all__ = ["delivered", "pusher_webhook_request", "webhook_event"]
+__all__ = ["delivered", "presence_event", "pusher_webhook_request", "webhook_event"]
+
+#: the cluster's presence reports (`Notify`), by their Pusher names
+_PRESENCE = {"channel.occupied": "channel_occupied", "channel.vacated": "channel_vacated",
+             "member.added": "member_added", "member.removed": "member_removed"}
+
+
+def _app_of(apps: Sequence[PusherApp], channel: str) -> tuple[PusherApp, str] | None:
+    """The app a Hub channel belongs to, and its name in that app."""
+    name, _, namespace = channel.partition(":")
+    app = next((a for a in apps if a.namespace == (f":{namespace}" if namespace else "")),
+               None)
+    return None if app is None else (app, name)
+
+
+def presence_event(apps: Sequence[PusherApp],
+                   event: Mapping[str, Any]) -> tuple[PusherApp, JsonValue] | None:
+    """The app and the Pusher webhook event of one of the cluster's presence reports;
+    None for other reports, and for a channel that is no app's."""
+    name = _PRESENCE.get(event.get("name", ""))
+    found = _app_of(apps, str(event.get("channel", ""))) if name else None
+    if name is None or found is None:
+        return None
+    app, channel = found
+    pusher: dict[str, JsonValue] = {"name": name, "channel": channel}
+    if name.startswith("member_"):
+        pusher["user_id"] = str(event.get("user_id", "")).removesuffix(app.namespace)
+    return app, pusher
 
 
 def webhook_event(apps: Sequence[PusherApp],
-                  action: MemberChanged | ClientEventSent) -> tuple[PusherApp, JsonValue] | None:
-    """The app and the webhook event of something the Hub reported; None when it is not
-    an app's (a native channel beside several apps, a native client event)."""
-    name, _, namespace = action.channel.partition(":")
-    app = next((a for a in apps if a.namespace == (f":{namespace}" if namespace else "")),
-               None)
-    if app is None:
+                  action: ClientEventSent) -> tuple[PusherApp, JsonValue] | None:
+    """The app and the webhook event of a client event sent here; None when it is not an
+    app's (a native channel beside several apps, a native client event)."""
+    found = _app_of(apps, action.channel)
+    if found is None:
         return None
-    if isinstance(action, MemberChanged):
-        return app, {"name": "member_added" if action.joined else "member_removed",
-                     "channel": name, "user_id": action.user_id}
+    app, name = found
     if not action.event.startswith("client-"):
         return None
     event: dict[str, JsonValue] = {

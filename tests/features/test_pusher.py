@@ -371,12 +371,16 @@ def test_webhooks_in_pushers_format_once_per_transition(runtime: str) -> None:
     async def scenario() -> None:
         received: list[dict[str, Any]] = []
 
+        def of_members_and_clients() -> list[dict[str, Any]]:
+            return [e for r in received for e in r.get("events", [{"name": "invalid"}])
+                    if not e["name"].startswith("channel_")]
+
         async def events(count: int) -> list[dict[str, Any]]:
             async with asyncio.timeout(TIMEOUT):
-                while sum(len(r.get("events", [1])) for r in received) < count:
+                while len(of_members_and_clients()) < count:
                     await asyncio.sleep(0.02)
             assert all("invalid" not in r for r in received), received
-            return [e for r in received for e in r["events"]]
+            return of_members_and_clients()
 
         async with webhook_receiver(received) as url, \
                 pusher_server(runtime, pusher_webhook=url) as server, \
@@ -406,6 +410,9 @@ def test_webhooks_in_pushers_format_once_per_transition(runtime: str) -> None:
             await ann.ws.close()  # her last connection
             assert [e for e in await events(5) if e["name"] == "member_removed"] == [
                 {"name": "member_removed", "channel": "presence-room", "user_id": "ann"}]
+            occupied = [e for r in received for e in r["events"]
+                        if e["name"].startswith("channel_")]
+            assert occupied == [{"name": "channel_occupied", "channel": "presence-room"}]
             sent = re.compile(r'realtime_pusher_webhooks_total\{[^}]*result="sent"\} (\d+)')
             async with asyncio.timeout(TIMEOUT):  # the last answer may still be on its way
                 while not (found := sent.search(await asyncio.to_thread(

@@ -471,11 +471,15 @@ describe('Pusher webhooks, checked by the Node SDK', () => {
     const whisper = once(a, 'client-typing');
     bob.channel(room).trigger('client-typing', { on: true });
     await whisper;
+    const all = () => hooks.flatMap((h) => (h === 'invalid' ? [{ name: 'invalid' }] : h));
+    const events = () => all().filter((e) => !e.name.startsWith('channel_')).map((e) => `${e.name}:${e.user_id}`);
+    // presence is reported once a change has lasted the settle delay (a flap is not)
+    await until(async () => events().includes('member_added:bob'), { timeout: 10000, what: 'bob reported' });
     bob.disconnect();
-    const events = () => hooks.flatMap((h) => (h === 'invalid' ? ['invalid'] : h.map((e) => `${e.name}:${e.user_id}`)));
     await until(async () => events().length >= 4, { timeout: 10000, what: 'four webhook events' });
-    // (each Node call's events go in a request of their own: they may arrive in any order)
+    // (the presence reports and the client event go in requests of their own: any order)
     assert.deepEqual(events().sort(), ['client_event:bob', 'member_added:ann', 'member_added:bob', 'member_removed:bob']);
+    assert.deepEqual(all().filter((e) => e.name.startsWith('channel_')), [{ name: 'channel_occupied', channel: room }]);
   });
 });
 

@@ -265,7 +265,8 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     history_timeout=settings.history_timeout,
                     history_max_pending=settings.history_max_pending,
                     broker_bundle_bytes=bundle_bytes(settings),
-                    presence_webhooks=bool(settings.webhook) and "presence" in events,
+                    presence_webhooks=(bool(settings.webhook) and "presence" in events)
+                    or bool(settings.pusher_webhook and settings.pusher_app),
                     connection_webhooks=bool(settings.webhook) and "connections" in events,
                     client_event_webhooks=settings.webhook_client_events
                     if settings.webhook else (),
