@@ -887,6 +887,8 @@ class Hub:
             self.remember_reads(channel, answer.reads)
         self._welcome(conn, channel, loading.info, loading.request, history, loading.buffered,
                       self._now, joined=loading.joined)
+        for item in self._streams.settle(channel):  # live messages held meanwhile
+            self._ready(channel, item)
 
     def _welcome(self, conn: Connection, channel: str, info: Mapping[str, Any] | None,
                  request: SubscribeOptions, history: StreamSlice | None,

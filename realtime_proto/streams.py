@@ -66,6 +66,9 @@ class _Sequence:
     held: dict[int, tuple[bytes, ConnectionId | None]] = field(default_factory=dict)
     #: when the held messages go out even if the gap before them never fills
     deadline: float = 0.0
+    #: started by a live message while a read was on its way: everything is held until
+    #: the read says where the stream stood (an earlier offset may still be coming)
+    provisional: bool = False
 
 
 @dataclass(slots=True)
@@ -200,13 +203,30 @@ class Streams:
         epoch, offset = position
         sequence = self._sequences.get(channel)
         if sequence is None or sequence.epoch != epoch:
-            sequence = self._sequences[channel] = _Sequence(epoch, offset)
-        if offset < sequence.next:
+            reading = any(w.floor is None for w in self.loading.get(channel, {}).values())
+            sequence = self._sequences[channel] = _Sequence(epoch, offset,
+                                                            provisional=reading)
+        if sequence.provisional:  # held until `settle`, whatever its offset
+            sequence.next = min(sequence.next, offset)
+        elif offset < sequence.next:
             return [(payload, position, exclude)]
         if not sequence.held:
             sequence.deadline = now + wait
         sequence.held[offset] = (payload, exclude)
-        return _release(sequence, give_up=False)
+        return [] if sequence.provisional else _release(sequence, give_up=False)
+
+    def settle(self, channel: str) -> list[Ready | Gap]:
+        """After a new subscription's history went out: the live messages held while its
+        read was on its way, those behind the stream's position first, in order."""
+        sequence = self._sequences.get(channel)
+        if sequence is None or sequence.provisional:
+            return []
+        held = sequence.held
+        ready: list[Ready | Gap] = []
+        for offset in sorted(o for o in held if o < sequence.next):
+            payload, exclude = held.pop(offset)
+            ready.append((payload, (sequence.epoch, offset), exclude))
+        return ready + _release(sequence, give_up=False)
 
     def ordered(self, channel: str, epoch: str) -> bool:
         """Whether a shared channel's live messages of `epoch` are put in offset order here
@@ -219,7 +239,7 @@ class Streams:
         given up on before them."""
         ready: list[tuple[str, Ready | Gap]] = []
         for channel, sequence in self._sequences.items():
-            if sequence.held and sequence.deadline <= now:
+            if sequence.held and sequence.deadline <= now and not sequence.provisional:
                 ready.extend((channel, item) for item in _release(sequence, give_up=True))
         return ready
 
@@ -248,12 +268,18 @@ class Streams:
             return None
         channel, connection_id, _ = found
         loading = self.loading[channel][connection_id]
+        sequence = self._sequences.get(channel)
         if answer.error is None and answer.epoch is not None:
             loading.floor = answer.offset
-            if channel not in self._sequences:
+            if sequence is None:
                 self._sequences[channel] = _Sequence(answer.epoch, answer.offset + 1)
+            elif sequence.provisional and sequence.epoch == answer.epoch:
+                sequence.provisional = False  # the stream stood here: expect what follows
+                sequence.next = answer.offset + 1
         else:
             self._done(channel, connection_id)
+        if sequence is not None and sequence.provisional:  # no position: from what came
+            sequence.provisional = False
         return channel, connection_id, loading
 
     def divert(self, channel: str, offset: int | None, payload: bytes, event_id: str | None,

@@ -284,3 +284,30 @@ def test_a_read_the_store_does_not_answer_ends_without_history() -> None:
     node.run()
     [answer] = [m for m in node.inbox[conn] if m.get("event") == "subscription.succeeded"]
     assert answer["data"] == {"recovered": False, "replayed": 0, "missing": None}
+
+
+def test_live_messages_that_overtake_a_new_subscriptions_read_keep_their_order() -> None:
+    """Another node's offsets 6 and 7 arrive while the read is on its way, the read
+    answers with the stream at 4, then 5 arrives: the client gets 5, 6, 7 in order."""
+    from realtime_proto.envelope import EnvelopeKind, Outgoing, encode
+    from realtime_proto.events import EnvelopeReceived
+
+    node = _Node()
+    conn = node.connect("a", recover={"epoch": "e1", "offset": 4})
+    [read] = node.reads
+
+    sent = iter(range(1, 10))  # the other node's sequence: in the order it sent them
+
+    def arrives(offset: int) -> None:
+        payload = Message(type=MessageType.EVENT, id=f"m{offset}", channel="room.1",
+                          event="n", data=offset, timestamp=1).encode()
+        data = encode(b'"other"', 1, [Outgoing("c:room.1", next(sent), EnvelopeKind.CHANNEL,
+                                                payload, None, None, ("e1", offset))])
+        node.answer(EnvelopeReceived(topic="c:room.1", data=data))
+
+    arrives(6)
+    arrives(7)
+    node.answer(HistoryLoaded(request_id=read.request_id, epoch="e1", offset=4, entries=()))
+    assert _numbers(node.inbox[conn]) == []  # 6 and 7 wait for 5
+    arrives(5)
+    assert _numbers(node.inbox[conn]) == [5, 6, 7]
