@@ -307,7 +307,8 @@ def test_a_node_restarted_with_the_same_id_is_a_new_sender_at_once(kind: str) ->
     run goes at once, not after the TTL (which its heartbeats would keep renewing)."""
     url = broker_url(kind)
 
-    async def scenario(first: NodeProcess, watching: NodeProcess) -> NodeProcess:
+    async def scenario(nodes: list[NodeProcess]) -> None:
+        first, watching = nodes
         async with httpx.AsyncClient() as http, \
                 subscribed(watching, "private-feed", user="watcher") as feed, \
                 subscribed(watching, ROOM, user="watcher") as room:
@@ -323,7 +324,7 @@ def test_a_node_restarted_with_the_same_id_is_a_new_sender_at_once(kind: str) ->
                         await feed.next("n")
                 first.kill()
                 first.stop()  # (closes its pipes)
-                again = NodeProcess(first.name, url)  # the same --node-id
+                again = nodes[0] = NodeProcess(first.name, url)  # the same --node-id
                 again.wait_ready()
             left = await room.next("user.left", timeout=TTL + 10)
             assert left["data"]["user_id"] == "ghost"
@@ -338,11 +339,10 @@ def test_a_node_restarted_with_the_same_id_is_a_new_sender_at_once(kind: str) ->
             assert await metric(http, watching, "realtime_broker_envelopes_duplicate_total") == 0
             members = (await api(http, watching, "GET", f"channels/{ROOM}/members")).json()
             assert [m["user_id"] for m in members["members"]] == ["watcher"]
-            return again
 
     nodes = _start_nodes(url, 2)
     try:
-        nodes[0] = asyncio.run(scenario(*nodes))
+        asyncio.run(scenario(nodes))  # (it puts the restarted node in place of the first)
     finally:
         for node in nodes:
             node.stop()
