@@ -99,7 +99,7 @@ class HubConfig:
     #: seconds a shared-history append or read may take: past it, the publish goes out
     #: without a position (and the channel's epoch ends), the subscription without history,
     #: so that local subscribers never wait long for a store that does not answer
-    history_timeout: float = 2.0
+    history_timeout: float = 5.0
     #: shared-history appends waiting for the store at most; past it the oldest is given
     #: up on as if it had timed out (bounded memory during an outage)
     history_max_pending: int = 10_000

@@ -144,7 +144,7 @@ class Settings:
     api_burst: float = 20_000.0
     history: str = ""
     history_store: str = "auto"
-    history_timeout: float = 2.0
+    history_timeout: float = 5.0
     history_max_pending: int = 10_000
     #: None: by broker (`bundle_bytes`)
     broker_bundle_bytes: int | None = None
