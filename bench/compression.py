@@ -43,8 +43,8 @@ def chat_data(size: int, seed: int) -> dict[str, Any]:
 
 
 def node(compression: bool) -> Any:
-    from realtime_asyncio.edge import Settings, build_node_config, random_id
     from realtime_proto import Epoch, Node
+    from realtime_server.edge import Settings, build_node_config, random_id
 
     settings = Settings(api_key="k", connection_rate=0, subscribe_rate=0, message_rate=0,
                         api_rate=0, compression=compression)

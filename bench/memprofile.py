@@ -78,8 +78,8 @@ def main() -> int:
 def sans_io_node(name: str, pusher: bool = False) -> Any:
     """A Node as `realtime serve` builds it (rate limits off), driven without sockets;
     with `pusher`, serving `PUSHER_APP` too."""
-    from realtime_asyncio.edge import Settings, build_node_config, random_id
     from realtime_proto import Epoch, Node
+    from realtime_server.edge import Settings, build_node_config, random_id
 
     settings = Settings(api_key="k", connection_rate=0, subscribe_rate=0, message_rate=0,
                         api_rate=0, pusher_app=(PUSHER_APP,) if pusher else ())

@@ -14,7 +14,7 @@ python=${PYTHON:-.venv/bin/python}
 modules=(
   realtime_proto realtime_proto.framing realtime_proto.framing.http
   realtime_proto.framing.websocket realtime_proto.testing
-  realtime_asyncio realtime_asyncio.asgi realtime_asyncio.base realtime_asyncio.edge
+  realtime_asyncio realtime_asyncio.asgi realtime_server.base realtime_server.edge
   realtime_trio realtime_gevent
   realtime_brokers realtime_brokers.bridge realtime_brokers.history
 )

@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from realtime_asyncio.cli import _HELP
-from realtime_asyncio.edge import BOUNDS, CHOICES, Settings
+from realtime_server.edge import BOUNDS, CHOICES, Settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 

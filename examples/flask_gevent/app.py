@@ -25,8 +25,8 @@ import gevent.event  # noqa: E402
 from flask import Flask, Response, request, send_file  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
-from realtime_asyncio.edge import client_script  # noqa: E402
 from realtime_gevent import RealtimeServer  # noqa: E402
+from realtime_server.edge import client_script  # noqa: E402
 
 PAGE = """<!doctype html>
 <meta charset="utf-8">

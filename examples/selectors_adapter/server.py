@@ -25,10 +25,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from realtime_asyncio.base import Answer, ServerBase  # runtime-neutral: neither imports trio
-from realtime_asyncio.edge import Settings
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
+from realtime_server.base import Answer, ServerBase  # runtime-neutral: neither imports trio
+from realtime_server.edge import Settings
 
 log = logging.getLogger("realtime")
 

@@ -19,9 +19,9 @@ import pytest
 import websockets
 
 from realtime_asyncio.cli import resolve_settings
-from realtime_asyncio.edge import build_node_config
 from realtime_proto.errors import ConfigError
 from realtime_proto.jwt import decode_hs256, encode_hs256
+from realtime_server.edge import build_node_config
 
 REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
 ROOT = Path(__file__).resolve().parents[2]

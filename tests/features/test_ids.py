@@ -6,7 +6,7 @@ import multiprocessing
 import re
 import threading
 
-from realtime_asyncio.edge import random_id
+from realtime_server.edge import random_id
 
 
 def test_ids_are_sixteen_url_safe_characters_and_do_not_repeat() -> None:

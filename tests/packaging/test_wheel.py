@@ -46,9 +46,9 @@ def test_the_wheel_installs_and_serves(tmp_path: Path) -> None:
     assert wheel.name == f"realtime_proto-{__version__}-py3-none-any.whl"
     names = zipfile.ZipFile(wheel).namelist()
     assert f"realtime_proto-{__version__}.dist-info/licenses/LICENSE" in names
-    for packaged in ("realtime_proto/node.py", "realtime_asyncio/static/realtime.js",
-                     "realtime_asyncio/static/realtime.min.js",
-                     "realtime_asyncio/static/admin.html", "realtime_trio/server.py",
+    for packaged in ("realtime_proto/node.py", "realtime_server/static/realtime.js",
+                     "realtime_server/static/realtime.min.js",
+                     "realtime_server/static/admin.html", "realtime_trio/server.py",
                      "realtime_gevent/server.py", "realtime_brokers/redis_driver.py"):
         assert packaged in names
     with tarfile.open(sdist) as archive:

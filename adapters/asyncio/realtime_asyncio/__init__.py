@@ -2,10 +2,10 @@
 
 from realtime_proto import User
 from realtime_proto.actions import AuthenticationRequest, ConnectionInfo
+from realtime_server.base import ServerNotStarted
+from realtime_server.edge import Settings
 
-from .base import ServerNotStarted
 from .client import Channel, RealtimeClient
-from .edge import Settings
 from .server import RealtimeServer
 
 __all__ = [

@@ -17,8 +17,7 @@ from typing import Any, NoReturn
 
 from realtime_proto import __version__
 from realtime_proto.errors import ConfigError
-
-from .edge import Bounds, Settings, new_node_id
+from realtime_server.edge import Bounds, Settings, new_node_id
 
 __all__ = ["JsonFormatter", "main", "resolve_settings"]
 
@@ -305,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _serve_workers(settings: Settings) -> None:
     """`--workers N`: one process serves, or a supervisor forks N (`workers.py`)."""
-    from .workers import Supervisor, worker_count, workers_refused
+    from realtime_server.edge import worker_count
+
+    from .workers import Supervisor, workers_refused
 
     count = worker_count(settings.workers)
     if count == 1:

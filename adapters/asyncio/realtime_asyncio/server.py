@@ -14,10 +14,10 @@ from realtime_brokers import BrokerClient, open_broker
 from realtime_brokers.history import HistoryService, open_history_store
 from realtime_proto.events import TransportId
 from realtime_proto.webhook import WebhookTarget
+from realtime_server.base import Answer, ServerBase
+from realtime_server.edge import Settings, server_ssl_context
 
 from .asgi import RealtimeASGI
-from .base import Answer, ServerBase
-from .edge import Settings, server_ssl_context
 
 __all__ = ["RealtimeServer"]
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # edge.py imports worker_count from here
-    from .edge import Settings
+if TYPE_CHECKING:
+    from realtime_server.edge import Settings
 
-__all__ = ["Supervisor", "worker_count", "workers_refused"]
+__all__ = ["Supervisor", "workers_refused"]
 
 log = logging.getLogger("realtime.workers")
 
@@ -38,25 +38,6 @@ DRAIN_TIMEOUT = 30.0
 
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 _PR_SET_PDEATHSIG = 1
-
-
-def worker_count(value: str) -> int:
-    """The number of workers `--workers` asks for: `auto` is the cores this process may
-    run on.
-
-    Raises:
-        ValueError: neither `auto` nor a positive integer.
-    """
-    if value == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"--workers must be a positive integer or auto, not {value!r}")
-    return count
 
 
 def workers_refused(settings: Settings, count: int) -> str | None:

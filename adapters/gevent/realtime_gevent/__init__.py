@@ -1,9 +1,9 @@
-"""realtime_gevent: the gevent adapter, with the embedding API of realtime_asyncio."""
+"""realtime_gevent: the gevent adapter, with the embedding API all runtimes share."""
 
-from realtime_asyncio.base import ServerNotStarted
-from realtime_asyncio.edge import Settings
 from realtime_proto import User
 from realtime_proto.actions import AuthenticationRequest, ConnectionInfo
+from realtime_server.base import ServerNotStarted
+from realtime_server.edge import Settings
 
 from .server import RealtimeServer
 

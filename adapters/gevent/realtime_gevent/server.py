@@ -19,11 +19,11 @@ import gevent.server  # type: ignore[import-untyped]
 import gevent.socket  # type: ignore[import-untyped]
 import gevent.ssl  # type: ignore[import-untyped]
 
-from realtime_asyncio.base import Answer, ServerBase
-from realtime_asyncio.edge import Settings, server_ssl_context
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
 from realtime_proto.webhook import WebhookTarget
+from realtime_server.base import Answer, ServerBase
+from realtime_server.edge import Settings, server_ssl_context
 
 __all__ = ["RealtimeServer"]
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import trio
 
-from realtime_asyncio.base import Answer, ServerBase
-from realtime_asyncio.edge import Settings, server_ssl_context
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
 from realtime_proto.webhook import WebhookTarget
+from realtime_server.base import Answer, ServerBase
+from realtime_server.edge import Settings, server_ssl_context
 
 __all__ = ["RealtimeServer"]
 

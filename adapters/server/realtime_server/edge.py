@@ -30,8 +30,6 @@ from realtime_proto.pusher.codec import CACHE_RULES
 from realtime_proto.ratelimit import Rate
 from realtime_proto.webhook import WebhookTarget
 
-from .workers import worker_count
-
 __all__ = [
     "CLIENT_FILES",
     "Bounds",
@@ -478,3 +476,22 @@ def _static(path: Path) -> StaticFile:
     if content_type.startswith("text/") or content_type.endswith("javascript"):
         content_type += "; charset=utf-8"
     return StaticFile(content_type=content_type, body=path.read_bytes())
+
+
+def worker_count(value: str) -> int:
+    """The number of workers `--workers` asks for: `auto` is the cores this process may
+    run on.
+
+    Raises:
+        ValueError: neither `auto` nor a positive integer.
+    """
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"--workers must be a positive integer or auto, not {value!r}")
+    return count

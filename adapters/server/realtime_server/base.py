@@ -68,8 +68,8 @@ from .edge import (
     new_epoch,
     new_node_id,
     random_id,
+    worker_count,
 )
-from .workers import worker_count
 
 __all__ = ["Answer", "BrokerCommands", "ServerBase", "ServerNotStarted"]
 
