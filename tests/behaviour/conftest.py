@@ -1,13 +1,7 @@
-"""Every behaviour test runs once per runtime, with identical expectations."""
+"""Every case of the shipped behaviour suite runs once per runtime of this project."""
 
-from __future__ import annotations
+from realtime_behaviour import runtime_fixture
 
-import pytest
+from .serving import BY_NAME
 
-from .serving import RUNTIMES
-
-
-@pytest.fixture(params=RUNTIMES)
-def runtime(request: pytest.FixtureRequest) -> str:
-    """The runtime the server under test runs on."""
-    return str(request.param)
+runtime = runtime_fixture(*BY_NAME.values())

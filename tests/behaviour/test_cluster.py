@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from realtime_behaviour import token
+from realtime_behaviour.clients import Client, connect
+
 from ..cluster.nodes import broker_url as cluster_broker_url
 from ..cluster.nodes import drop_history_streams, require
-from .clients import Client, connect
-from .serving import RUNTIMES, serving, token
+from .serving import RUNTIMES, serving
 
 REDIS = ("127.0.0.1", 6379)
 

@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable, Iterator
 import httpx
 import pytest
 
-from ..behaviour.clients import Client, WsClient, connect
+from realtime_behaviour.clients import Client, WsClient, connect
+
 from .nodes import SERVERS, NodeProcess, api, broker_url, eventually, require, start_nodes
 from .test_processes import token
 

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ..behaviour.clients import Client, connect
+from realtime_behaviour.clients import Client, connect
+
 from .nodes import (
     NodeProcess,
     api,

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ..behaviour.clients import Client, SseClient, connect
+from realtime_behaviour.clients import Client, SseClient, connect
+
 from .nodes import NodeProcess, api, broker_url, metric, require, start_nodes
 from .test_processes import routed, token
 

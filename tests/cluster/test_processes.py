@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from realtime_behaviour.clients import Client, connect
 from realtime_proto.jwt import encode_hs256
 
-from ..behaviour.clients import Client, connect
 from ..brokers.proxy import ThreadedTcpProxy
 from .nodes import (
     SECRET,

@@ -8,7 +8,8 @@ import asyncio
 import httpx
 import pytest
 
-from ..behaviour.clients import connect
+from realtime_behaviour.clients import connect
+
 from .nodes import API_KEY, broker_url, require, start_nodes
 
 

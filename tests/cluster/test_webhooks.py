@@ -14,9 +14,9 @@ import h11
 import httpx
 import pytest
 
+from realtime_behaviour.clients import Client, connect
 from realtime_proto.notify import body_signature
 
-from ..behaviour.clients import Client, connect
 from .nodes import SERVERS, TTL, NodeProcess, broker_url, eventually, metric, require, start_nodes
 from .test_processes import token
 

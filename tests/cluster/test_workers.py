@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from realtime_asyncio.cli import resolve_settings
+from realtime_behaviour.clients import Client, WsClient, connect
 from realtime_proto.errors import ConfigError
 from realtime_server.edge import worker_count
 
-from ..behaviour.clients import Client, WsClient, connect
 from .nodes import API_KEY, SECRET, TTL, broker_url, eventually, free_port, require
 from .test_processes import token
 

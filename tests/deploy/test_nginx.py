@@ -26,6 +26,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
+from realtime_behaviour.certs import client_context, make_certificate
 from realtime_proto.jwt import encode_hs256
 
 from ..cluster.nodes import (
@@ -39,7 +40,6 @@ from ..cluster.nodes import (
     require,
     start_nodes,
 )
-from ..features.certs import client_context, make_certificate
 
 pytestmark = pytest.mark.broker
 

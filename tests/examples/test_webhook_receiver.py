@@ -6,7 +6,8 @@ import asyncio
 
 import httpx
 
-from ..behaviour.clients import connect
+from realtime_behaviour.clients import connect
+
 from ..cluster.nodes import eventually, start_nodes
 from ..cluster.test_processes import token
 from .support import load_example, uvicorn_serving

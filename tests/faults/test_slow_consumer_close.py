@@ -15,15 +15,17 @@ import socket
 import struct
 from typing import Any
 
-from ..behaviour.clients import WsClient
-from ..behaviour.test_bad_input import HANDSHAKE, frame, server_frame, with_bystander
+from realtime_behaviour import Runtime
+from realtime_behaviour.cases.bad_input import with_bystander
+from realtime_behaviour.clients import WsClient
+from realtime_behaviour.wire import HANDSHAKE, frame, server_frame
 
 #: how long the cut client stops reading: most of the adapters' close grace period (5 s)
 STALL = 3.0
 
 
 def test_a_cut_slow_consumer_that_stalls_within_the_grace_reads_a_whole_4021_close(
-        runtime: str) -> None:
+        runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from realtime_asyncio import RealtimeServer, ServerNotStarted
+from realtime_behaviour import ThreadedServer
+from realtime_behaviour.clients import connect
 from realtime_proto.errors import MessageError
-from tests.behaviour.clients import connect
-from tests.behaviour.serving import RUNTIMES, ThreadedServer, selectors_module, serving
+from tests.behaviour.serving import RUNTIMES, selectors_module, serving
 
 THREADS = 8
 PER_THREAD = 100

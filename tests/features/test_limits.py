@@ -10,10 +10,9 @@ import httpx
 import websockets
 
 from realtime_asyncio import RealtimeClient, RealtimeServer
+from realtime_behaviour import token
+from realtime_behaviour.clients import WsClient, connect
 from realtime_proto.client import ClientState
-
-from ..behaviour.clients import WsClient, connect
-from ..behaviour.serving import token
 
 
 def _server(**options: object) -> RealtimeServer:

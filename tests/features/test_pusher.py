@@ -17,7 +17,8 @@ import pusher.errors
 import pytest
 import websockets
 
-from ..behaviour.clients import connect
+from realtime_behaviour.clients import connect
+
 from ..behaviour.serving import serving
 
 APP_ID, KEY, SECRET = "4242", "app-key", "app-secret"

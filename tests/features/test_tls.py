@@ -10,8 +10,7 @@ import httpx
 import websockets
 
 from realtime_asyncio import RealtimeServer
-
-from .certs import client_context, make_certificate
+from realtime_behaviour.certs import client_context, make_certificate
 
 
 def test_wss_and_https_with_a_generated_certificate(tmp_path: Path) -> None:

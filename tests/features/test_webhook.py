@@ -17,11 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from realtime_behaviour import token
+from realtime_behaviour.certs import make_certificate
+from realtime_behaviour.clients import connect
 from realtime_proto.notify import body_signature
 
-from ..behaviour.clients import connect
-from ..behaviour.serving import serving, token
-from .certs import make_certificate
+from ..behaviour.serving import serving
 
 #: the runtimes with a webhook (the selectors example has none)
 RUNTIMES = ["asyncio", "trio", "gevent"]

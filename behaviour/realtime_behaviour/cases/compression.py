@@ -8,19 +8,20 @@ from typing import Any
 
 import websockets
 
-from .clients import WsClient
-from .serving import ThreadedServer, serving
+from ..clients import WsClient
+from ..serving import Runtime, in_server, serving
+
+__all__ = [
+    "test_with_compression_a_broadcast_arrives_compressed",
+    "test_without_compression_no_extension_is_agreed",
+]
 
 TEXT = "a chat message long enough to be worth compressing, " * 20
 
 
 def _encodings(server: Any) -> dict[str, int]:
     """How many times the server framed a broadcast, by kind."""
-    def read(node: Any) -> dict[str, int]:
-        return dict(node.statistics().encodings)
-    if isinstance(server, ThreadedServer):
-        return dict(server.call(lambda: read(server.server.node)))
-    return read(server.node)
+    return in_server(server, lambda running: dict(running.node.statistics().encodings))
 
 
 async def _exchange(server: Any) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
@@ -35,12 +36,13 @@ async def _exchange(server: Any) -> tuple[str | None, dict[str, Any], dict[str, 
         message = await client.next("said")
         await client.send({"type": "ping", "padding": TEXT})  # compressed by websockets
         pong = await client.next(type="pong")
+        assert ws.response is not None  # the handshake is done
         return ws.response.headers.get("Sec-WebSocket-Extensions"), message, pong
     finally:
         await client.close()
 
 
-def test_with_compression_a_broadcast_arrives_compressed(runtime: str) -> None:
+def test_with_compression_a_broadcast_arrives_compressed(runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime, compression=True) as server:
             extension, message, pong = await _exchange(server)
@@ -52,7 +54,7 @@ def test_with_compression_a_broadcast_arrives_compressed(runtime: str) -> None:
     asyncio.run(scenario())
 
 
-def test_without_compression_no_extension_is_agreed(runtime: str) -> None:
+def test_without_compression_no_extension_is_agreed(runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime) as server:
             extension, message, pong = await _exchange(server)

@@ -213,3 +213,11 @@ async def connect(transport: str, port: int, *, token: str | None = None,
             yield client
         finally:
             await client.close()
+
+
+@contextlib.asynccontextmanager
+async def connect_ws(port: int, *, token: str | None = None) -> AsyncIterator[WsClient]:
+    """A connected WebSocket client (its frames and close code in reach), closed at the end."""
+    async with connect("websocket", port, token=token) as client:
+        assert isinstance(client, WsClient)
+        yield client

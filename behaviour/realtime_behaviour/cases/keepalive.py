@@ -7,9 +7,14 @@ import asyncio
 import json
 import struct
 
-from .clients import connect
-from .serving import serving
-from .test_bad_input import raw_ws, server_frame
+from ..clients import connect_ws
+from ..serving import Runtime, serving
+from ..wire import raw_ws, server_frame
+
+__all__ = [
+    "test_a_listening_client_outlives_the_idle_timeout",
+    "test_json_heartbeat_on_request",
+]
 
 SETTINGS = {"heartbeat_interval": 0.5, "idle_timeout": 1.5}
 
@@ -28,10 +33,10 @@ async def silent_raw_client(port: int) -> list[int]:
                 return [*opcodes, struct.unpack("!H", payload[:2])[0]]
 
 
-def test_a_listening_client_outlives_the_idle_timeout(runtime: str) -> None:
+def test_a_listening_client_outlives_the_idle_timeout(runtime: Runtime) -> None:
     async def main() -> None:
         async with serving(runtime, **SETTINGS) as server, \
-                connect("websocket", server.port) as listener:
+                connect_ws(server.port) as listener:
             await listener.subscribe("news")  # its last message: from now on it only listens
             # Two silent clients in a row are closed for idling: more than 2 x idle_timeout
             # passes meanwhile for the listener, which only answers the server's Pings.
@@ -46,7 +51,7 @@ def test_a_listening_client_outlives_the_idle_timeout(runtime: str) -> None:
     asyncio.run(main())
 
 
-def test_json_heartbeat_on_request(runtime: str) -> None:
+def test_json_heartbeat_on_request(runtime: Runtime) -> None:
     """`?heartbeat=json` (the JS client's choice): the Hub's JSON ping instead of Ping frames."""
     async def main() -> None:
         async with serving(runtime, **SETTINGS) as server:

@@ -8,17 +8,30 @@ import asyncio
 import httpx
 import pytest
 
-from .clients import connect
-from .serving import API_KEY, ASYNC_CALLBACKS, TRANSPORTS, flavoured, serving, token
+from ..clients import connect
+from ..serving import API_KEY, TRANSPORTS, Runtime, flavoured, serving, token
 
-pytestmark = pytest.mark.parametrize("transport", TRANSPORTS)
+__all__ = [
+    "test_a_bad_token_is_refused_with_401",
+    "test_authorization_by_jwt_claim_and_by_callbacks",
+    "test_client_events_reach_others_but_not_the_sender",
+    "test_presence_join_sync_and_leave",
+    "test_send_to_user_reaches_every_connection_of_the_user",
+    "test_subscribe_and_receive_from_the_http_api_and_python",
+]
+
+#: every case here runs once per transport (a mark on each function, so that it travels
+#: with the function into the module that imports it)
+each_transport = pytest.mark.parametrize("transport", TRANSPORTS)
 
 
 def run(coroutine: object) -> None:
     asyncio.run(coroutine)  # type: ignore[arg-type]
 
 
-def test_subscribe_and_receive_from_the_http_api_and_python(transport: str, runtime: str) -> None:
+@each_transport
+def test_subscribe_and_receive_from_the_http_api_and_python(transport: str,
+                                                            runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime) as server, connect(transport, server.port) as client:
             ack = await client.subscribe("news")
@@ -38,7 +51,9 @@ def test_subscribe_and_receive_from_the_http_api_and_python(transport: str, runt
     run(scenario())
 
 
-def test_send_to_user_reaches_every_connection_of_the_user(transport: str, runtime: str) -> None:
+@each_transport
+def test_send_to_user_reaches_every_connection_of_the_user(transport: str,
+                                                           runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime) as server, \
                 connect(transport, server.port, token=token("alice")) as first, \
@@ -54,7 +69,8 @@ def test_send_to_user_reaches_every_connection_of_the_user(transport: str, runti
     run(scenario())
 
 
-def test_client_events_reach_others_but_not_the_sender(transport: str, runtime: str) -> None:
+@each_transport
+def test_client_events_reach_others_but_not_the_sender(transport: str, runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime) as server:
             server.channel("private-room.*").authorize(lambda conn, channel: True)
@@ -76,7 +92,8 @@ def test_client_events_reach_others_but_not_the_sender(transport: str, runtime: 
     run(scenario())
 
 
-def test_presence_join_sync_and_leave(transport: str, runtime: str) -> None:
+@each_transport
+def test_presence_join_sync_and_leave(transport: str, runtime: Runtime) -> None:
     async def scenario() -> None:
         room = "presence-room.1"
         async with serving(runtime) as server:
@@ -107,7 +124,8 @@ def test_presence_join_sync_and_leave(transport: str, runtime: str) -> None:
     run(scenario())
 
 
-def test_authorization_by_jwt_claim_and_by_callbacks(transport: str, runtime: str) -> None:
+@each_transport
+def test_authorization_by_jwt_claim_and_by_callbacks(transport: str, runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime) as server:
             def rule(conn: object, channel: str) -> bool:
@@ -117,7 +135,7 @@ def test_authorization_by_jwt_claim_and_by_callbacks(transport: str, runtime: st
                 "private-team.red": "subscription.succeeded",
                 "private-sync.ok": "subscription.succeeded", "private-sync.no": 4003,
                 "private-other": 4003}
-            if ASYNC_CALLBACKS[runtime]:
+            if runtime.async_callbacks:
                 server.channel("private-async.*").authorize(flavoured(runtime, rule))
                 expectations |= {"private-async.ok": "subscription.succeeded",
                                  "private-async.no": 4003}
@@ -133,7 +151,8 @@ def test_authorization_by_jwt_claim_and_by_callbacks(transport: str, runtime: st
     run(scenario())
 
 
-def test_a_bad_token_is_refused_with_401(transport: str, runtime: str) -> None:
+@each_transport
+def test_a_bad_token_is_refused_with_401(transport: str, runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime) as server, httpx.AsyncClient() as http:
             path = {"websocket": "/ws", "sse": "/sse", "polling": "/poll"}[transport]

@@ -5,76 +5,40 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from .clients import WsClient, connect
-from .serving import API_KEY, serving
+from ..clients import WsClient, connect_ws
+from ..serving import API_KEY, Runtime, serving
+from ..wire import HANDSHAKE, close_code, frame, raw_ws, server_frame
 
-HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-             b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-def frame(payload: bytes, *, opcode: int = 1, masked: bool = True) -> bytes:
-    """A client frame built by hand (RFC 6455 §5.2), for the malformed cases."""
-    head = bytes([0x80 | opcode])
-    length = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        head += bytes([mask_bit | length])
-    elif length < 65536:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
-    if not masked:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-async def raw_ws(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(HANDSHAKE)
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101")
-    return reader, writer
-
-
-async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """The next frame from the server (unmasked, whole): its opcode and payload."""
-    first, second = await reader.readexactly(2)
-    length = second & 0x7F
-    if length == 126:
-        length = struct.unpack("!H", await reader.readexactly(2))[0]
-    elif length == 127:
-        length = struct.unpack("!Q", await reader.readexactly(8))[0]
-    return first & 0x0F, await reader.readexactly(length)
-
-
-async def close_code(reader: asyncio.StreamReader) -> int:
-    """Read server frames until the close frame; its code."""
-    async with asyncio.timeout(10):
-        while True:
-            opcode, payload = await server_frame(reader)
-            if opcode == 8:
-                return int(struct.unpack("!H", payload[:2])[0])
-
+__all__ = [
+    "test_a_reader_that_lags_within_the_limit_gets_everything_in_order",
+    "test_absolute_form_target_is_routed_by_path",
+    "test_ambiguous_requests_get_one_4xx_and_close",
+    "test_bad_http_requests_get_4xx",
+    "test_bad_messages_get_an_error_and_keep_the_connection",
+    "test_expect_100_continue_on_publish",
+    "test_messages_before_a_violation_are_handled_before_the_close",
+    "test_oversized_message_closes_with_4009",
+    "test_post_on_ws_is_405_with_allow",
+    "test_protocol_violations_close_with_the_rfc_code",
+    "test_slow_consumer_alone_is_dropped_with_4021",
+    "test_truncated_request_is_dropped_quietly",
+]
 
 Scenario = Callable[[Any, WsClient], Awaitable[None]]
 
 
-def with_bystander(runtime: str, scenario: Scenario, **settings: Any) -> None:
+def with_bystander(runtime: Runtime, scenario: Scenario, **settings: Any) -> None:
     async def main() -> None:
         async with serving(runtime, **settings) as server, \
-                connect("websocket", server.port) as good:
+                connect_ws(server.port) as good:
             await good.subscribe("news")
-            await scenario(server, good)  # type: ignore[arg-type]
+            await scenario(server, good)
             for number in range(3):
                 server.broadcast("news", "still-here", number)
                 assert (await good.next("still-here"))["data"] == number
@@ -89,9 +53,9 @@ def with_bystander(runtime: str, scenario: Scenario, **settings: Any) -> None:
     ('{"type": "event", "channel": "news", "event": "e"}', 4003),
 ])
 def test_bad_messages_get_an_error_and_keep_the_connection(raw: str, code: int,
-                                                           runtime: str) -> None:
+                                                           runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
-        async with connect("websocket", server.port) as bad:
+        async with connect_ws(server.port) as bad:
             await bad.ws.send(raw)
             assert (await bad.next(type="error"))["data"]["code"] == code
             await bad.send({"type": "ping"})
@@ -99,9 +63,9 @@ def test_bad_messages_get_an_error_and_keep_the_connection(raw: str, code: int,
     with_bystander(runtime, scenario)
 
 
-def test_oversized_message_closes_with_4009(runtime: str) -> None:
+def test_oversized_message_closes_with_4009(runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
-        async with connect("websocket", server.port) as bad:
+        async with connect_ws(server.port) as bad:
             await bad.ws.send(json.dumps({"type": "ping", "data": "x" * 5000}))
             assert await bad.wait_closed() == 4009
     with_bystander(runtime, scenario, max_message_bytes=4096)
@@ -111,9 +75,9 @@ def test_oversized_message_closes_with_4009(runtime: str) -> None:
     (frame(b'{"type":"ping","data":"\xff"}'), 1007),  # invalid UTF-8 in a text frame
     (frame(b'{"type":"ping"}', masked=False), 1002),  # clients must mask (RFC 6455 §5.1)
     (frame(b"x", opcode=3), 1002),  # a reserved opcode
-])
+], ids=["invalid utf-8", "unmasked", "reserved opcode"])
 def test_protocol_violations_close_with_the_rfc_code(data: bytes, code: int,
-                                                     runtime: str) -> None:
+                                                     runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         reader, writer = await raw_ws(server.port)
         writer.write(data)
@@ -122,7 +86,7 @@ def test_protocol_violations_close_with_the_rfc_code(data: bytes, code: int,
     with_bystander(runtime, scenario)
 
 
-def test_messages_before_a_violation_are_handled_before_the_close(runtime: str) -> None:
+def test_messages_before_a_violation_are_handled_before_the_close(runtime: Runtime) -> None:
     """A subscribe and a bad frame in one write: the subscription is answered, then 1002."""
     async def scenario(server: Any, good: WsClient) -> None:
         reader, writer = await raw_ws(server.port)
@@ -142,7 +106,7 @@ def test_messages_before_a_violation_are_handled_before_the_close(runtime: str) 
     (b"NONSENSE\r\n\r\n", 400),
     (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
 ])
-def test_bad_http_requests_get_4xx(request_bytes: bytes, status: int, runtime: str) -> None:
+def test_bad_http_requests_get_4xx(request_bytes: bytes, status: int, runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(request_bytes)
@@ -192,7 +156,7 @@ SHORT_KEY = UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"dGhlIHNhbXBsZQ==")  #
         "obs-fold", "websocket key too short", "websocket key not base64",
         "websocket over HTTP/1.0", "websocket version missing", "websocket version 8"])
 def test_ambiguous_requests_get_one_4xx_and_close(head: bytes, status: int,
-                                                   runtime: str) -> None:
+                                                   runtime: Runtime) -> None:
     """RFC 9112 and RFC 6455 §4.2: one clear 4xx, then the connection closes, so the
     request pipelined behind it is never answered."""
     async def scenario(server: Any, good: WsClient) -> None:
@@ -209,7 +173,7 @@ def test_ambiguous_requests_get_one_4xx_and_close(head: bytes, status: int,
     with_bystander(runtime, scenario)
 
 
-def test_post_on_ws_is_405_with_allow(runtime: str) -> None:
+def test_post_on_ws_is_405_with_allow(runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
@@ -221,7 +185,7 @@ def test_post_on_ws_is_405_with_allow(runtime: str) -> None:
     with_bystander(runtime, scenario)
 
 
-def test_absolute_form_target_is_routed_by_path(runtime: str) -> None:
+def test_absolute_form_target_is_routed_by_path(runtime: Runtime) -> None:
     """RFC 9112 §3.2.2: a server accepts absolute-form; the path picks the endpoint."""
     async def scenario(server: Any, good: WsClient) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -234,7 +198,7 @@ def test_absolute_form_target_is_routed_by_path(runtime: str) -> None:
     with_bystander(runtime, scenario)
 
 
-def test_expect_100_continue_on_publish(runtime: str) -> None:
+def test_expect_100_continue_on_publish(runtime: Runtime) -> None:
     """The client waits for 100 Continue before the body, then gets the real answer."""
     async def scenario(server: Any, good: WsClient) -> None:
         body = json.dumps({"channel": "news", "event": "still-here", "data": -1}).encode()
@@ -253,7 +217,7 @@ def test_expect_100_continue_on_publish(runtime: str) -> None:
     with_bystander(runtime, scenario)
 
 
-def test_truncated_request_is_dropped_quietly(runtime: str) -> None:
+def test_truncated_request_is_dropped_quietly(runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"cha")
@@ -266,7 +230,7 @@ def test_truncated_request_is_dropped_quietly(runtime: str) -> None:
     with_bystander(runtime, scenario)
 
 
-def test_slow_consumer_alone_is_dropped_with_4021(runtime: str) -> None:
+def test_slow_consumer_alone_is_dropped_with_4021(runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -290,7 +254,7 @@ def test_slow_consumer_alone_is_dropped_with_4021(runtime: str) -> None:
     with_bystander(runtime, scenario, max_output_bytes=64 * 1024)
 
 
-def test_a_reader_that_lags_within_the_limit_gets_everything_in_order(runtime: str) -> None:
+def test_a_reader_that_lags_within_the_limit_gets_everything_in_order(runtime: Runtime) -> None:
     """Sends that would block wait for the socket, and what follows queues behind them."""
     async def scenario(server: Any, good: WsClient) -> None:
         sock = socket.socket()
@@ -307,7 +271,7 @@ def test_a_reader_that_lags_within_the_limit_gets_everything_in_order(runtime: s
         count, pad = 100, "z" * 64 * 1024  # 6.5 MB: more than the kernel buffers take
         for number in range(count):
             server.broadcast("news", "bulk", {"n": number, "pad": pad})
-        numbers = []
+        numbers: list[int] = []
         async with asyncio.timeout(60):
             while len(numbers) < count:
                 opcode, payload = await server_frame(reader)
