@@ -1,5 +1,6 @@
 """The distributions as a user gets them: built from this tree, the wheel installed in a
-fresh venv with an extra, its `realtime` command serving a subscriber and the HTTP API."""
+fresh venv with an extra, its `realtime` command serving a subscriber and the HTTP API; then
+the behaviour suite it ships, run against the asyncio runtime as an adapter author runs it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -18,6 +20,7 @@ import httpx
 import pytest
 import websockets
 
+from realtime_behaviour.cases import __all__ as SHIPPED_CASES
 from realtime_proto import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +51,7 @@ def test_the_wheel_installs_and_serves(tmp_path: Path) -> None:
     assert f"realtime_proto-{__version__}.dist-info/licenses/LICENSE" in names
     for packaged in ("realtime_proto/node.py", "realtime_server/static/realtime.js",
                      "realtime_server/static/realtime.min.js",
+                     "realtime_behaviour/cases/transports.py",
                      "realtime_server/static/admin.html", "realtime_trio/server.py",
                      "realtime_gevent/server.py", "realtime_brokers/redis_driver.py"):
         assert packaged in names
@@ -77,6 +81,7 @@ def test_the_wheel_installs_and_serves(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=30)
+    _run_the_shipped_suite(venv, wheel, tmp_path)
 
 
 async def _talk_to(port: int, process: subprocess.Popen[str]) -> None:
@@ -104,3 +109,50 @@ async def _talk_to(port: int, process: subprocess.Popen[str]) -> None:
             async with asyncio.timeout(20):
                 message = json.loads(await ws.recv())
             assert (message["event"], message["data"]) == ("headline", {"title": "wheel"})
+
+
+#: what an adapter author writes (docs/adapters.md), here for the asyncio runtime
+AUTHOR_CONFTEST = textwrap.dedent("""
+    import contextlib
+
+    from realtime_asyncio import RealtimeServer
+    from realtime_behaviour import CLOSE_TIMEOUT, Runtime, runtime_fixture
+
+
+    @contextlib.asynccontextmanager
+    async def serve(options):
+        server = RealtimeServer(**options)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.aclose(timeout=CLOSE_TIMEOUT)
+
+
+    runtime = runtime_fixture(Runtime("asyncio", serve, async_callbacks=True))
+""")
+AUTHOR_TESTS = "from realtime_behaviour.cases import *  # noqa: F403\n"
+
+
+def _run_the_shipped_suite(venv: Path, wheel: Path, tmp_path: Path) -> None:
+    """Without the testing extra the suite says what it needs; with it, every case is
+    collected from the installed wheel and a few run against the asyncio runtime."""
+    python = venv / "bin" / "python"
+    missing = subprocess.run([python, "-c", "import realtime_behaviour"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert "pip install 'realtime-proto[testing]'" in missing.stderr
+    run(python, "-m", "pip", "install", "--quiet", f"{wheel}[testing]", cwd=tmp_path)
+    author = tmp_path / "author"
+    author.mkdir()
+    (author / "conftest.py").write_text(AUTHOR_CONFTEST)
+    (author / "test_behaviour.py").write_text(AUTHOR_TESTS)
+    pytest_in_venv = (python, "-m", "pytest", "-p", "no:cacheprovider", "-q")
+    collected = run(*pytest_in_venv, "--collect-only", cwd=author)
+    assert {line.split("::")[1].split("[")[0] for line in collected.splitlines()
+            if "::" in line} == set(SHIPPED_CASES)
+    where = run(python, "-c", "import realtime_behaviour; print(realtime_behaviour.__file__)",
+                cwd=author)
+    assert where.startswith(str(venv))  # the installed suite, not this tree's
+    passed = run(*pytest_in_venv, "-k", "subscribe_and_receive or shutdown or tls", cwd=author)
+    assert "5 passed" in passed, passed
