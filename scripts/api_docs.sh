@@ -17,6 +17,7 @@ modules=(
   realtime_asyncio realtime_asyncio.asgi realtime_server.base realtime_server.edge
   realtime_trio realtime_gevent
   realtime_brokers realtime_brokers.bridge realtime_brokers.history
+  realtime_behaviour
 )
 
 rm -rf "$out"

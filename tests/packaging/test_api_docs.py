@@ -37,7 +37,8 @@ def test_the_reference_has_a_page_per_package_with_the_docstrings(tmp_path: Path
     assert result.stderr == ""
     for page in ("index.html", "realtime_proto.html", "realtime_proto/testing.html",
                  "realtime_asyncio.html", "realtime_trio.html", "realtime_gevent.html",
-                 "realtime_brokers.html", "realtime_brokers/history.html"):
+                 "realtime_brokers.html", "realtime_brokers/history.html",
+                 "realtime_behaviour.html"):
         assert (out / page).is_file(), page
     core = text_of(out / "realtime_proto.html")  # rendered docstrings (no source shown)
     summary = (Hub.broadcast.__doc__ or "").splitlines()[0]
@@ -46,6 +47,7 @@ def test_the_reference_has_a_page_per_package_with_the_docstrings(tmp_path: Path
     assert "Raises: MessageError: the channel name is invalid (4008)." in broadcast
     assert "class RealtimeServer" in text_of(out / "realtime_trio.html")
     assert "def open_broker" in text_of(out / "realtime_brokers.html")
+    assert "def runtime_fixture" in text_of(out / "realtime_behaviour.html")
 
 
 def test_a_warning_fails_the_build_and_leaves_nothing(tmp_path: Path) -> None:
