@@ -6,7 +6,7 @@ broker reached through the shared asyncio bridge. Run it with
 
     python examples/selectors_adapter/server.py --port 6001
 
-It passes the single-node behaviour suite (``tests/behaviour``). Left out, to stay short:
+It passes the behaviour suite (``realtime_behaviour``, run in ``tests/behaviour``). Left out:
 TLS (wrap each accepted socket with ``ssl.SSLContext.wrap_socket(...,
 do_handshake_on_connect=False)`` and handle ``SSLWantReadError``), async callbacks, and the
 auth webhook (``post_webhook``: a blocking HTTP call would stall the one thread, so with
