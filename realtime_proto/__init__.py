@@ -3,7 +3,7 @@
 from .channels import ChannelKind, ChannelRule
 from .config import Epoch, HubConfig, Limits, NodeConfig, StaticFile
 from .errors import ConfigError, ErrorCode, LocalProtocolError, MessageError, RealtimeError
-from .events import ConnectionId, TransportId, User
+from .events import ConnectionId, TransportId, TransportKind, User
 from .hub import Hub
 from .message import Message, MessageType
 from .node import Node
@@ -30,5 +30,6 @@ __all__ = [
     "RealtimeError",
     "StaticFile",
     "TransportId",
+    "TransportKind",
     "User",
 ]

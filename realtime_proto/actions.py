@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
 from .channels import AuthorizeCallback
-from .events import ConnectionId, TransportId
+from .events import ConnectionId, TransportId, TransportKind
 
 if TYPE_CHECKING:  # (webhook.py imports this module)
     from .webhook import WebhookTarget
@@ -45,7 +45,7 @@ class ConnectionInfo:
     authenticated: bool
     info: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    transport: str = "memory"
+    transport: TransportKind = TransportKind.MEMORY
     peer: str | None = None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from .actions import ConnectionInfo
 from .errors import ErrorCode, MessageError
-from .events import ConnectionId, User
+from .events import ConnectionId, TransportKind, User
 from .message import JsonValue
 from .presence import Member
 from .ratelimit import TokenBucket
@@ -31,7 +31,7 @@ class Connection:
                  "message_bucket", "peer", "pinged", "refresh_asked", "subscribe_bucket",
                  "transport", "user")
 
-    def __init__(self, *, id: ConnectionId, user: User | None, transport: str,
+    def __init__(self, *, id: ConnectionId, user: User | None, transport: TransportKind,
                  peer: str | None, expects_pong: bool, connected_at: float,
                  last_activity_at: float, pinged: bool = False,
                  message_bucket: TokenBucket | None = None,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NewType, final
+from typing import Any, NewType, NoReturn, final
 
 from .message import JsonValue
 from .metrics import HistogramSnapshot
@@ -19,6 +20,7 @@ __all__ = [
     "ConnectionId",
     "ConnectionOpened",
     "EnvelopeReceived",
+    "FrozenDict",
     "HistoryAppended",
     "HistoryLoaded",
     "HubEvent",
@@ -28,6 +30,7 @@ __all__ = [
     "SentToConnection",
     "SentToUser",
     "TransportId",
+    "TransportKind",
     "User",
     "WebhookPosted",
 ]
@@ -38,19 +41,55 @@ ConnectionId = NewType("ConnectionId", str)
 TransportId = NewType("TransportId", str)
 
 
+class TransportKind(enum.StrEnum):
+    """How a client connection reaches the Hub (the `transport` label of the metrics)."""
+
+    WEBSOCKET = "websocket"
+    #: a WebSocket speaking the Pusher protocol
+    PUSHER = "pusher"
+    SSE = "sse"
+    #: long-polling (`GET /poll`, `POST /send`)
+    POLLING = "polling"
+    #: `MemoryTransport`, or an application driving the Hub itself
+    MEMORY = "memory"
+
+
+class FrozenDict(dict[str, Any]):
+    """A dict that refuses every change, so a frozen value can hold a mapping: JSON
+    encoders take it as the dict it is. Only its top level is frozen."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type[FrozenDict], tuple[dict[str, Any]]]:
+        return type(self), (dict(self),)
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class User:
     """Who a connection belongs to, as authentication established it."""
 
     id: str
-    #: presence info shown to other members
-    info: Mapping[str, Any] = field(default_factory=dict)
+    #: presence info shown to other members (a `FrozenDict` once built)
+    info: Mapping[str, Any] = field(default_factory=FrozenDict)
     #: channel patterns this user may join without asking a rule (the JWT `channels` claim)
     channels: tuple[str, ...] = ()
     #: when the connection's credentials expire (Unix ms; the JWT `exp`): the connection
     #: must refresh them before (`docs/protocol.md`, "Expiring connections"), or it closes
     expires_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, FrozenDict):
+            object.__setattr__(self, "info", FrozenDict(self.info))
 
 
 @final
@@ -60,11 +99,16 @@ class ConnectionOpened:
 
     connection_id: ConnectionId
     user: User | None = None
-    #: "websocket", "sse", "polling" or "memory"
-    transport: str = "memory"
+    transport: TransportKind = TransportKind.MEMORY
     peer: str | None = None
     #: whether the client answers `ping` (bidirectional transports); idle timeout applies
     expects_pong: bool = True
+
+    def __post_init__(self) -> None:
+        """Raises:
+            ValueError: `transport` is not a `TransportKind` (nor the value of one).
+        """
+        object.__setattr__(self, "transport", TransportKind(self.transport))
 
 
 @final

@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 
 from .errors import ErrorCode, MessageError
 from .events import ConnectionId, TransportId
+from .machine import Machine
 from .message import JsonValue, decode_json
 
-__all__ = ["PollSession", "parse_send_body"]
+__all__ = ["POLL_MACHINE", "PollInput", "PollSession", "PollState", "parse_send_body"]
+
+
+class PollState(enum.Enum):
+    """Where a long-poll connection is: open or closed, with a poll held or not."""
+
+    #: open, no poll held: the expiry clock runs
+    WAITING = "waiting"
+    #: open, a poll request is parked until messages arrive or it times out
+    HOLDING = "holding"
+    #: closed while a poll is held: that poll carries the final message
+    CLOSING = "closing"
+    #: closed, no poll held: the next poll gets what is left, the final message included
+    CLOSED = "closed"
+
+
+class PollInput(enum.Enum):
+    """The calls that move a PollSession."""
+
+    #: hold(): park a poll request
+    HOLD = "hold"
+    #: release_hold(): a poll was answered or went away (or a send restarts the clock)
+    RELEASE = "release"
+    #: push(): queue a message (dropped once closed)
+    PUSH = "push"
+    #: close(): queue the final message
+    CLOSE = "close"
+
+
+_WAITING, _HOLDING, _CLOSING, _CLOSED = PollState
+#: The PollSession transition table (rendered in docs/design.md).
+POLL_MACHINE = Machine("PollSession", PollState, PollInput, {
+    (_WAITING, PollInput.HOLD): _HOLDING,
+    (_WAITING, PollInput.RELEASE): _WAITING,
+    (_WAITING, PollInput.PUSH): _WAITING,
+    (_WAITING, PollInput.CLOSE): _CLOSED,
+    (_HOLDING, PollInput.RELEASE): _WAITING,
+    (_HOLDING, PollInput.PUSH): _HOLDING,
+    (_HOLDING, PollInput.CLOSE): _CLOSING,
+    (_CLOSING, PollInput.RELEASE): _CLOSED,
+    (_CLOSING, PollInput.PUSH): _CLOSING,
+    (_CLOSED, PollInput.RELEASE): _CLOSED,
+    (_CLOSED, PollInput.PUSH): _CLOSED,
+})
+for _state in PollState:  # push() is on the fan-out path: it tests `closed` instead
+    POLL_MACHINE.stays(_state, PollInput.PUSH)
 
 
 class PollSession:
@@ -29,7 +76,17 @@ class PollSession:
         self.held_until = 0.0
         #: when the connection closes if no poll arrives (monotonic seconds)
         self.expires_at = expires_at
-        self.closed = False
+        self._state = _WAITING
+
+    @property
+    def state(self) -> PollState:
+        """The current state."""
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called: no more messages are queued."""
+        return self._state is _CLOSING or self._state is _CLOSED
 
     @property
     def pending(self) -> bool:
@@ -66,13 +123,20 @@ class PollSession:
         self._cursor = max(self._cursor, cursor)
 
     def hold(self, transport_id: TransportId, until: float) -> None:
-        """Park a poll request until messages arrive or `until`."""
+        """Park a poll request until messages arrive or `until`.
+
+        Raises:
+            LocalProtocolError: a poll is held already (answer it first), or the
+                session is closed.
+        """
+        self._state = POLL_MACHINE.advance(self._state, PollInput.HOLD)
         self.held = transport_id
         self.held_until = until
         self.expires_at = float("inf")
 
     def release_hold(self, now: float, session_timeout: float) -> None:
         """The held request was answered or went away; start the expiry clock."""
+        self._state = POLL_MACHINE.advance(self._state, PollInput.RELEASE)
         self.held = None
         self.expires_at = now + session_timeout
 
@@ -81,9 +145,14 @@ class PollSession:
         self._queue.clear()
 
     def close(self, closed_message: bytes) -> None:
-        """Queue the final `connection.closed` message; no more are accepted."""
+        """Queue the final `connection.closed` message; no more are accepted.
+
+        Raises:
+            LocalProtocolError: closed already.
+        """
+        state = POLL_MACHINE.advance(self._state, PollInput.CLOSE)
         self.push(closed_message, max_backlog=1 << 30)
-        self.closed = True
+        self._state = state
 
     def response_body(self, *, empty: bool = False) -> bytes:
         """A poll answer with everything past the cursor, built from the encoded payloads."""

@@ -41,6 +41,7 @@ from .events import (
     MessageReceived,
     NodeEvent,
     TransportId,
+    TransportKind,
     User,
     WebhookPosted,
 )
@@ -545,7 +546,7 @@ class Node:
             return
         # the node's route key first: any node knows where to send its commands
         connection_id = ConnectionId(f"{self.route}.{self._new_id()}")
-        kind = {"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling")
+        kind = TransportKind({"/ws": "websocket", "/sse": "sse"}.get(request.path, "polling"))
         # WebSocket keepalive is the protocol's Ping, unless the client asks for the JSON
         # ping the Hub sends (browsers cannot see a Ping: the JS client asks)
         json_ping = kind == "websocket" and request.query.get("heartbeat") == "json"
@@ -621,8 +622,8 @@ class Node:
         transport.connection_id = connection_id
         transport.pusher = app
         self._routes[connection_id] = transport
-        self.hub.handle(ConnectionOpened(connection_id=connection_id, user=None,
-                                         transport="pusher", peer=peer, expects_pong=True),
+        self.hub.handle(ConnectionOpened(connection_id=connection_id, user=None, peer=peer,
+                                         transport=TransportKind.PUSHER, expects_pong=True),
                         now=now)
         self._run_hub()
 

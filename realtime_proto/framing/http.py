@@ -20,8 +20,10 @@ from realtime_proto.framing import (
     RequestReceived,
     Violation,
 )
+from realtime_proto.machine import Machine
 
-__all__ = ["LAST_CHUNK", "HttpFraming", "HttpState", "encode_chunk", "stream_head"]
+__all__ = ["HTTP_MACHINE", "LAST_CHUNK", "HttpFraming", "HttpInput", "HttpState", "encode_chunk",
+           "stream_head"]
 
 #: The zero-length chunk that ends a chunked body (RFC 9112 §7.1).
 LAST_CHUNK = b"0\r\n\r\n"
@@ -47,8 +49,55 @@ class HttpState(enum.Enum):
     RESPONDING = "responding"
     #: finished: the adapter closes the socket once data_to_send() is drained
     CLOSED = "closed"
+    #: the peer closed its side (receive_eof()): finished, and no more bytes may be fed
+    DISCONNECTED = "disconnected"
     #: take_over() handed the connection to another framing; this one is inert
     TAKEN_OVER = "taken_over"
+
+
+class HttpInput(enum.Enum):
+    """What moves an HttpFraming: the caller's calls, and a request read (the peer's)."""
+
+    #: receive_data()
+    DATA = "data"
+    #: receive_eof()
+    EOF = "eof"
+    #: a whole request was read (from the peer, never refused)
+    REQUEST = "request"
+    #: respond(); a response that ends the connection is followed by CLOSE
+    RESPOND = "respond"
+    #: take_over()
+    TAKE_OVER = "take_over"
+    #: close(), or the framing finishing itself (a violation, the request timer, a
+    #: response that ends the connection)
+    CLOSE = "close"
+
+
+_READING, _RESPONDING, _CLOSED = HttpState.READING, HttpState.RESPONDING, HttpState.CLOSED
+_DISCONNECTED, _TAKEN_OVER = HttpState.DISCONNECTED, HttpState.TAKEN_OVER
+
+#: The HttpFraming transition table (rendered in docs/design.md).
+HTTP_MACHINE = Machine("HttpFraming", HttpState, HttpInput, {
+    (_READING, HttpInput.DATA): _READING,
+    (_READING, HttpInput.EOF): _DISCONNECTED,
+    (_READING, HttpInput.REQUEST): _RESPONDING,
+    (_READING, HttpInput.CLOSE): _CLOSED,
+    # bytes of a pipelined request are held until the response
+    (_RESPONDING, HttpInput.DATA): _RESPONDING,
+    (_RESPONDING, HttpInput.EOF): _DISCONNECTED,
+    (_RESPONDING, HttpInput.RESPOND): _READING,
+    (_RESPONDING, HttpInput.TAKE_OVER): _TAKEN_OVER,
+    (_RESPONDING, HttpInput.CLOSE): _CLOSED,
+    # once closed, bytes and a late response (the peer went away) are ignored
+    (_CLOSED, HttpInput.DATA): _CLOSED,
+    (_CLOSED, HttpInput.EOF): _DISCONNECTED,
+    (_CLOSED, HttpInput.RESPOND): _CLOSED,
+    (_CLOSED, HttpInput.CLOSE): _CLOSED,
+    (_DISCONNECTED, HttpInput.EOF): _DISCONNECTED,
+    (_DISCONNECTED, HttpInput.RESPOND): _DISCONNECTED,
+    (_DISCONNECTED, HttpInput.CLOSE): _DISCONNECTED,
+    (_TAKEN_OVER, HttpInput.CLOSE): _TAKEN_OVER,
+}, peer_inputs=[HttpInput.REQUEST])
 
 
 @final
@@ -88,12 +137,11 @@ class HttpFraming:
         self._max_body = max_body_bytes
         self._request_timeout = request_timeout
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
-        self._state = HttpState.READING
+        self._state = _READING
         self._now = now
         self._deadline: float | None = now + request_timeout
         self._events: list[FramingEvent] = []
         self._out: list[bytes] = []
-        self._eof = False
         # h11 does not say where a head ended, so keep the bytes of the current head.
         self._raw: bytearray | None = bytearray()
         self._raw_head = b""
@@ -110,23 +158,23 @@ class HttpFraming:
     @property
     def closed(self) -> bool:
         """True once the adapter should close the socket after draining data_to_send()."""
-        return self._state is HttpState.CLOSED
+        return self._state is _CLOSED or self._state is _DISCONNECTED
+
+    def _advance(self, event: HttpInput) -> None:
+        self._state = HTTP_MACHINE.advance(self._state, event)
 
     def receive_data(self, data: bytes, *, now: float) -> None:
         """Feed bytes from the peer; complete requests appear in events().
 
         Raises:
-            RuntimeError: called after receive_eof() or take_over().
+            LocalProtocolError: called after receive_eof() or take_over().
         """
-        if self._eof:
-            raise RuntimeError("receive_data() after receive_eof()")
-        if self._state is HttpState.TAKEN_OVER:
-            raise RuntimeError("receive_data() after take_over()")
+        self._advance(HttpInput.DATA)
         self._now = now
-        if self._state is HttpState.CLOSED or not data:
+        if self._state is _CLOSED or not data:
             return
         self._h11.receive_data(data)
-        if self._state is HttpState.RESPONDING:
+        if self._state is _RESPONDING:
             # h11 buffers pipelined bytes while PAUSED without any limit of its own.
             self._held_bytes += len(data)
             if self._held_bytes > self._max_head + self._max_body:
@@ -141,19 +189,16 @@ class HttpFraming:
         """Record that the peer closed its side; a partial request is dropped.
 
         Raises:
-            RuntimeError: called after take_over().
+            LocalProtocolError: called after take_over().
         """
-        if self._state is HttpState.TAKEN_OVER:
-            raise RuntimeError("receive_eof() after take_over()")
+        finished = self.closed
+        self._advance(HttpInput.EOF)
         self._now = now
-        if self._eof:
-            return
-        self._eof = True
         # A request cannot be delimited by EOF (RFC 9112 §6.3), so whatever is
         # buffered is a truncated request: the peer is simply gone.
-        if self._state is not HttpState.CLOSED:
+        if not finished:
             self._events.append(PeerClosed())
-            self._finish()
+            self._release()
 
     def events(self) -> list[FramingEvent]:
         """Drain the events: RequestReceived, PeerClosed or Violation."""
@@ -190,18 +235,16 @@ class HttpFraming:
                 which for a held request would leave the client too little time.
 
         Raises:
-            RuntimeError: no request is waiting for a response.
+            LocalProtocolError: no request is waiting for a response.
         """
-        if self._state is HttpState.CLOSED:
-            return
-        if self._state is not HttpState.RESPONDING:
-            raise RuntimeError(f"respond() in state {self._state.name}")
+        self._advance(HttpInput.RESPOND)
+        if self.closed:
+            return  # the peer went away: the answer is dropped
         self._send_response(status, headers, body, close=not keep_alive)
         if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
             self._finish()  # Connection: close from either side, or HTTP/1.0
             return
         self._h11.start_next_cycle()
-        self._state = HttpState.READING
         now = self._now if now is None else now
         self._deadline = now + self._request_timeout
         self._raw = bytearray(self._h11.trailing_data[0])
@@ -217,17 +260,17 @@ class HttpFraming:
             it, for `WebSocketFraming.accept()`. This framing is inert afterwards.
 
         Raises:
-            RuntimeError: no request is pending.
+            LocalProtocolError: no request is pending.
         """
-        if self._state is not HttpState.RESPONDING:
-            raise RuntimeError(f"take_over() in state {self._state.name}")
-        self._state = HttpState.TAKEN_OVER
+        self._advance(HttpInput.TAKE_OVER)
         return self._raw_head + self._h11.trailing_data[0]
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection once pending output is written; code and reason are unused."""
-        if self._state is not HttpState.TAKEN_OVER:
+        if self._state is _READING or self._state is _RESPONDING:
             self._finish()
+        else:
+            self._advance(HttpInput.CLOSE)  # already finished, or taken over: no change
 
     def next_deadline(self) -> float | None:
         """When tick() must be called next, or None."""
@@ -240,7 +283,7 @@ class HttpFraming:
             self._fail(408, ErrorCode.IDLE_TIMEOUT, "request timeout")
 
     def _read(self) -> None:
-        while self._state is HttpState.READING:
+        while self._state is _READING:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -306,7 +349,7 @@ class HttpFraming:
             )
         )
         self._body = bytearray()
-        self._state = HttpState.RESPONDING
+        self._advance(HttpInput.REQUEST)
         self._deadline = None
 
     def _fail(self, status: int, code: ErrorCode, message: str) -> None:
@@ -336,7 +379,11 @@ class HttpFraming:
             self._out.append(tail)
 
     def _finish(self) -> None:
-        self._state = HttpState.CLOSED
+        self._advance(HttpInput.CLOSE)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the timer and the buffers of a finished framing."""
         self._deadline = None
         self._raw = None
         self._body = bytearray()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, assert_never
 
 from ..actions import (
     Authorize,
     BrokerPublish,
     BrokerSubscribe,
     BrokerUnsubscribe,
+    ClientEventSent,
     Deliver,
     Disconnect,
     HistoryAppend,
@@ -20,6 +21,7 @@ from ..actions import (
     SaveReadPosition,
 )
 from ..callbacks import authorization_answer
+from ..errors import LocalProtocolError
 from ..events import (
     ConnectionClosed,
     ConnectionId,
@@ -57,6 +59,8 @@ class MemoryTransport:
         self.closed: dict[ConnectionId, tuple[int, str]] = {}
         #: the webhook events the Hub reported (`Notify`), in order
         self.notified: list[Mapping[str, Any]] = []
+        #: the client events the Hub reported (`ClientEventSent`, for Pusher webhooks)
+        self.client_events: list[ClientEventSent] = []
         self.authorize_calls = 0
         self.run()
 
@@ -110,10 +114,15 @@ class MemoryTransport:
                                         now=self._clock())
                     case SaveReadPosition():
                         self._shared().save_read(action)
+                    case ClientEventSent():
+                        self.client_events.append(action)
+                    case _:
+                        assert_never(action)
 
     def _shared(self) -> MemoryStore:
         if self._store is None:
-            raise RuntimeError("a Hub with shared history needs MemoryTransport(store=...)")
+            raise LocalProtocolError(
+                "a Hub with shared history needs MemoryTransport(store=...)")
         return self._store
 
     def _authorize(self, action: Authorize) -> None:

@@ -9,8 +9,9 @@ from typing import final
 
 from realtime_proto.framing import FramingEvent, FramingKind, PeerClosed
 from realtime_proto.framing.http import LAST_CHUNK, encode_chunk, stream_head
+from realtime_proto.machine import Machine
 
-__all__ = ["SseFraming", "SseState", "encode_event"]
+__all__ = ["SSE_MACHINE", "SseFraming", "SseInput", "SseState", "encode_event"]
 
 # WHATWG "Interpreting an event stream": a line ends at CRLF, LF or CR.
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -50,6 +51,40 @@ class SseState(enum.Enum):
     OPEN = "open"
     #: finished: the adapter closes the socket once data_to_send() is drained
     CLOSED = "closed"
+    #: the client went away (receive_eof()): finished, and no more bytes may be fed
+    DISCONNECTED = "disconnected"
+
+
+class SseInput(enum.Enum):
+    """The calls that move an SseFraming."""
+
+    #: receive_data()
+    DATA = "data"
+    #: receive_eof()
+    EOF = "eof"
+    #: send_encoded()
+    SEND = "send"
+    #: close()
+    CLOSE = "close"
+
+
+_OPEN, _CLOSED, _DISCONNECTED = SseState
+#: The SseFraming transition table (rendered in docs/design.md).
+SSE_MACHINE = Machine("SseFraming", SseState, SseInput, {
+    (_OPEN, SseInput.DATA): _OPEN,
+    (_OPEN, SseInput.EOF): _DISCONNECTED,
+    (_OPEN, SseInput.SEND): _OPEN,
+    (_OPEN, SseInput.CLOSE): _CLOSED,
+    # finished: the client's bytes and late events are ignored
+    (_CLOSED, SseInput.DATA): _CLOSED,
+    (_CLOSED, SseInput.EOF): _DISCONNECTED,
+    (_CLOSED, SseInput.SEND): _CLOSED,
+    (_CLOSED, SseInput.CLOSE): _CLOSED,
+    (_DISCONNECTED, SseInput.EOF): _DISCONNECTED,
+    (_DISCONNECTED, SseInput.SEND): _DISCONNECTED,
+    (_DISCONNECTED, SseInput.CLOSE): _DISCONNECTED,
+})
+SSE_MACHINE.stays(_OPEN, SseInput.SEND)  # send_encoded() tests it by identity
 
 
 @final
@@ -96,10 +131,9 @@ class SseFraming:
             encode_chunk(b"retry: %d\n\n" % retry_ms),
         ]
         self._events: list[FramingEvent] = []
-        self._state = SseState.OPEN
+        self._state = _OPEN
         self._now = now
         self._deadline: float | None = now + heartbeat_interval
-        self._eof = False
 
     @property
     def state(self) -> SseState:
@@ -109,27 +143,27 @@ class SseFraming:
     @property
     def closed(self) -> bool:
         """True once the adapter should close the socket after draining data_to_send()."""
-        return self._state is SseState.CLOSED
+        return self._state is not _OPEN
+
+    def _advance(self, event: SseInput) -> None:
+        self._state = SSE_MACHINE.advance(self._state, event)
 
     def receive_data(self, data: bytes, *, now: float) -> None:
         """Accept and ignore bytes from the client (it has nothing to say on this stream).
 
         Raises:
-            RuntimeError: called after receive_eof().
+            LocalProtocolError: called after receive_eof().
         """
-        if self._eof:
-            raise RuntimeError("receive_data() after receive_eof()")
+        self._advance(SseInput.DATA)
         self._now = now
 
     def receive_eof(self, *, now: float) -> None:
         """Record that the client went away; the stream ends."""
         self._now = now
-        if self._eof:
-            return
-        self._eof = True
-        if self._state is SseState.OPEN:
+        if self._state is _OPEN:
             self._events.append(PeerClosed())
-            self._finish()
+            self._deadline = None
+        self._advance(SseInput.EOF)
 
     def events(self) -> list[FramingEvent]:
         """Drain the events: only PeerClosed."""
@@ -142,15 +176,18 @@ class SseFraming:
         The heartbeat timer restarts from the latest `now` this framing was given,
         so a stale `now` can only make the next heartbeat early, never late.
         """
-        if self._state is SseState.OPEN:
+        if self._state is _OPEN:
             self._out.append(chunk)
             self._deadline = self._now + self._heartbeat_interval
+        else:
+            self._advance(SseInput.SEND)  # dropped
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """End the chunked body; code and reason are unused (send connection.closed first)."""
-        if self._state is SseState.OPEN:
+        if self._state is _OPEN:
             self._out.append(LAST_CHUNK)
-            self._finish()
+            self._deadline = None
+        self._advance(SseInput.CLOSE)
 
     def data_to_send(self) -> list[bytes]:
         """Drain the bytes to write to the socket."""
@@ -167,7 +204,3 @@ class SseFraming:
         if self._deadline is not None and now >= self._deadline:
             self._out.append(_HEARTBEAT)
             self._deadline = now + self._heartbeat_interval
-
-    def _finish(self) -> None:
-        self._state = SseState.CLOSED
-        self._deadline = None

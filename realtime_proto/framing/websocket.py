@@ -36,8 +36,10 @@ from realtime_proto.framing.websocket_frames import (
     read_header,
     unmask,
 )
+from realtime_proto.machine import Machine
 
-__all__ = ["WebSocketFraming", "WebSocketState", "frame_message"]
+__all__ = ["WEBSOCKET_MACHINE", "WebSocketFraming", "WebSocketInput", "WebSocketState",
+           "frame_message"]
 
 # h11's own end-of-head rule (a blank line, bare LF tolerated), so the split agrees with it.
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -112,12 +114,73 @@ class WebSocketState(enum.Enum):
     CLOSING = "closing"
     #: finished: the adapter closes the socket once data_to_send() is drained
     CLOSED = "closed"
+    #: the peer closed the TCP connection (receive_eof()): finished, and no more bytes
+    #: may be fed
+    DISCONNECTED = "disconnected"
+
+
+class WebSocketInput(enum.Enum):
+    """What moves a WebSocketFraming: the caller's calls, and what the peer did."""
+
+    #: accept() with a valid handshake
+    ACCEPT = "accept"
+    #: accept() with a handshake refused (400, 405, 426): from the peer, never refused
+    REJECT = "reject"
+    #: receive_data()
+    DATA = "data"
+    #: receive_eof()
+    EOF = "eof"
+    #: send_encoded()
+    SEND = "send"
+    #: close()
+    CLOSE = "close"
+    #: the peer's Close frame arrived (from the peer)
+    PEER_CLOSE = "peer_close"
+    #: the peer broke the protocol or stayed silent past idle_timeout (from the peer)
+    FAIL = "fail"
+    #: close_timeout passed without the peer's Close (from the clock)
+    TIMEOUT = "timeout"
 
 
 _CONNECTING = WebSocketState.CONNECTING
 _OPEN = WebSocketState.OPEN
 _CLOSING = WebSocketState.CLOSING
 _CLOSED = WebSocketState.CLOSED
+_DISCONNECTED = WebSocketState.DISCONNECTED
+_ACCEPT, _REJECT, _DATA, _EOF, _SEND, _CLOSE, _PEER_CLOSE, _FAIL, _TIMEOUT = WebSocketInput
+
+#: The WebSocketFraming transition table (rendered in docs/design.md).
+WEBSOCKET_MACHINE = Machine("WebSocketFraming", WebSocketState, WebSocketInput, {
+    (_CONNECTING, _ACCEPT): _OPEN,
+    (_CONNECTING, _REJECT): _CLOSED,
+    (_CONNECTING, _EOF): _DISCONNECTED,
+    (_CONNECTING, _CLOSE): _CLOSED,
+    (_OPEN, _DATA): _OPEN,
+    (_OPEN, _EOF): _DISCONNECTED,
+    (_OPEN, _SEND): _OPEN,
+    (_OPEN, _CLOSE): _CLOSING,
+    (_OPEN, _PEER_CLOSE): _CLOSED,
+    (_OPEN, _FAIL): _CLOSED,
+    # after our Close the peer's data is read and dropped (§7.1.2), and so is ours
+    (_CLOSING, _DATA): _CLOSING,
+    (_CLOSING, _EOF): _DISCONNECTED,
+    (_CLOSING, _SEND): _CLOSING,
+    (_CLOSING, _CLOSE): _CLOSING,
+    (_CLOSING, _PEER_CLOSE): _CLOSED,
+    (_CLOSING, _FAIL): _CLOSED,
+    (_CLOSING, _TIMEOUT): _CLOSED,
+    # finished: bytes are ignored; frames still go out ahead of a Close not yet written
+    (_CLOSED, _DATA): _CLOSED,
+    (_CLOSED, _EOF): _DISCONNECTED,
+    (_CLOSED, _SEND): _CLOSED,
+    (_CLOSED, _CLOSE): _CLOSED,
+    (_DISCONNECTED, _EOF): _DISCONNECTED,
+    (_DISCONNECTED, _SEND): _DISCONNECTED,
+    (_DISCONNECTED, _CLOSE): _DISCONNECTED,
+}, peer_inputs=[_REJECT, _PEER_CLOSE, _FAIL, _TIMEOUT])
+# the hot paths test these pairs by identity rather than looking them up
+WEBSOCKET_MACHINE.stays(_OPEN, _DATA)
+WEBSOCKET_MACHINE.stays(_OPEN, _SEND)
 
 
 @final
@@ -139,10 +202,10 @@ class WebSocketFraming:
     `frame_message(..., compressed=True)` may be sent to it.
     """
 
-    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_compression", "_eof",
-                 "_events", "_heartbeat", "_idle_timeout", "_inflater", "_last_close",
-                 "_max_message", "_message", "_now", "_out", "_pinged", "_probe", "_seen",
-                 "_skip", "_state", "deflate")
+    __slots__ = ("_buffer", "_close_deadline", "_close_timeout", "_compression", "_events",
+                 "_heartbeat", "_idle_timeout", "_inflater", "_last_close", "_max_message",
+                 "_message", "_now", "_out", "_pinged", "_probe", "_seen", "_skip", "_state",
+                 "deflate")
 
     kind: FramingKind = FramingKind.WEBSOCKET
 
@@ -193,7 +256,6 @@ class WebSocketFraming:
         self._last_close: bytes | None = None
         self._now = 0.0
         self._close_deadline: float | None = None
-        self._eof = False
         self._compression = compression
         #: the permessage-deflate parameters agreed in accept(), or None: not compressed
         self.deflate: DeflateParams | None = None
@@ -208,7 +270,9 @@ class WebSocketFraming:
     @property
     def closed(self) -> bool:
         """True once the adapter should close the socket after draining data_to_send()."""
-        return self._state is _CLOSED
+        # an open connection answers after one test: the drain asks at every turn
+        return self._state is not _OPEN and (self._state is _CLOSED
+                                             or self._state is _DISCONNECTED)
 
     @property
     def is_open(self) -> bool:
@@ -228,10 +292,9 @@ class WebSocketFraming:
             queued instead (a Violation is emitted and the framing is closed).
 
         Raises:
-            RuntimeError: called twice.
+            LocalProtocolError: called twice, or after close() or receive_eof().
         """
-        if self._state is not _CONNECTING:
-            raise RuntimeError("accept() called twice")
+        WEBSOCKET_MACHINE.advance(self._state, _ACCEPT)  # the outcome decides the input
         self._now = now
         match = _HEAD_END.search(handshake)
         end = match.end() if match else len(handshake)
@@ -256,7 +319,7 @@ class WebSocketFraming:
             if self.deflate is not None:
                 headers.append((b"sec-websocket-extensions", self.deflate.response().encode()))
         self._send(ws.send(AcceptConnection(extra_headers=headers)))
-        self._state = _OPEN
+        self._state = WEBSOCKET_MACHINE.advance(self._state, _ACCEPT)
         self._seen = now
         if end < len(handshake):
             self.receive_data(handshake[end:], now=now)
@@ -266,12 +329,10 @@ class WebSocketFraming:
         """Feed bytes from the peer; whole messages appear in events().
 
         Raises:
-            RuntimeError: called before accept() or after receive_eof().
+            LocalProtocolError: called before accept() or after receive_eof().
         """
-        if self._state is _CONNECTING:
-            raise RuntimeError("receive_data() before accept()")
-        if self._eof:
-            raise RuntimeError("receive_data() after receive_eof()")
+        if self._state is not _OPEN:
+            WEBSOCKET_MACHINE.advance(self._state, _DATA)  # no state change, or refused
         self._now = now
         if self._state is _CLOSED or not data:
             return
@@ -297,12 +358,9 @@ class WebSocketFraming:
     def receive_eof(self, *, now: float) -> None:
         """Record that the peer closed the TCP connection."""
         self._now = now
-        if self._eof:
-            return
-        self._eof = True
         if self._state is _OPEN or self._state is _CLOSING:
             self._event(PeerClosed(code=_ABNORMAL_CLOSURE))
-        self._finish()
+        self._finish(_EOF)
 
     def events(self) -> list[FramingEvent]:
         """Drain the events: MessageIn, PeerClosed or Violation."""
@@ -320,25 +378,27 @@ class WebSocketFraming:
         the messages received before it.
 
         Raises:
-            RuntimeError: called before accept().
+            LocalProtocolError: called before accept().
         """
-        if self._state is _CONNECTING:
-            raise RuntimeError("send_encoded() before accept()")
-        if self._state is _OPEN or self._last_close is not None:
-            self._send(frame)
+        if self._state is not _OPEN:
+            WEBSOCKET_MACHINE.advance(self._state, _SEND)  # no state change, or refused
+            if self._last_close is None:
+                return
+        self._send(frame)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake (RFC 6455 §7.1.2); no-op once it has started.
 
         The close_timeout counts from the latest `now` this framing was given.
         """
+        if self._state is _CONNECTING:
+            self._finish(_CLOSE)
+            return
         if self._state is _OPEN:
             self._send(close_frame(code, reason))
-            self._state = _CLOSING
             self._close_deadline = self._now + self._close_timeout
             self._message = None
-        elif self._state is _CONNECTING:
-            self._finish()
+        self._advance(_CLOSE)
 
     def data_to_send(self) -> list[bytes]:
         """Drain the bytes to write to the socket."""
@@ -363,7 +423,7 @@ class WebSocketFraming:
         the peer's Close once close_timeout has passed."""
         self._now = now
         if self._close_deadline is not None and now >= self._close_deadline:
-            self._finish()
+            self._finish(_TIMEOUT)
         elif self._heartbeat is not None and self._state is _OPEN:
             assert self._idle_timeout is not None
             if now - self._seen >= self._idle_timeout:
@@ -518,7 +578,7 @@ class WebSocketFraming:
             # The peer started closing: echo its code (RFC 6455 §5.5.1).
             echo = close_frame(code, reason) if self._state is _OPEN else None
             self._event(PeerClosed(code=code, reason=reason))  # or the answer to our Close
-            self._finish()
+            self._finish(_PEER_CLOSE)
             self._last_close = echo
         # a Pong: unsolicited ones are allowed and mean nothing (§5.5.3)
 
@@ -530,7 +590,7 @@ class WebSocketFraming:
         """
         failing = close_frame(code, reason) if self._state is _OPEN else None
         self._event(Violation(code=code, reason=reason))
-        self._finish()
+        self._finish(_FAIL)
         self._last_close = failing
 
     # -- output ----------------------------------------------------------------------------
@@ -557,10 +617,14 @@ class WebSocketFraming:
                  "connection: close", "", ""]
         self._send("\r\n".join(lines).encode("latin-1") + body)
         self._event(Violation(code=status, reason=reason))
-        self._finish()
+        self._finish(_REJECT)
 
-    def _finish(self) -> None:
-        self._state = _CLOSED
+    def _advance(self, event: WebSocketInput) -> None:
+        self._state = WEBSOCKET_MACHINE.advance(self._state, event)
+
+    def _finish(self, event: WebSocketInput) -> None:
+        """Move on `event` to a finished state and drop every buffer."""
+        self._advance(event)
         self._close_deadline = None
         self._message = None
         self._probe = None

@@ -6,7 +6,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 from ..actions import BrokerPublish, BrokerSubscribe, BrokerUnsubscribe
 from ..config import Epoch, HubConfig
@@ -63,6 +63,8 @@ class SimulatedBroker:
                         self.dropped += 1
                     return
                 self._publish(node_id, topic, data, now)
+            case _:
+                assert_never(action)
 
     def flush(self, node_id: str, now: float) -> None:
         """A node reconnected: what waited in its driver goes out, in order."""

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from realtime_proto.errors import LocalProtocolError
 from realtime_proto.framing import (
     Framing,
     FramingEvent,
@@ -463,13 +464,13 @@ def test_eof_while_a_response_is_owed() -> None:
 
 def test_misuse_raises() -> None:
     framing = make()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.respond(200, [], b"")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.take_over()
     framing.receive_eof(now=0)
     framing.receive_eof(now=0)  # idempotent
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.receive_data(b"x", now=0)
     with pytest.raises(ValueError):
         HttpFraming(max_head_bytes=0, now=0)
@@ -507,7 +508,7 @@ def test_take_over_returns_head_and_everything_after_it() -> None:
     assert framing.state is HttpState.TAKEN_OVER
     assert framing.events() == [] and framing.data_to_send() == [] and not framing.closed
     assert framing.next_deadline() is None
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.receive_data(b"x", now=0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
+from realtime_proto.errors import LocalProtocolError
 from realtime_proto.framing import Framing, FramingKind, PeerClosed
 from realtime_proto.framing.http import LAST_CHUNK
 from realtime_proto.framing.sse import SseFraming, SseState, encode_event
@@ -110,7 +111,7 @@ def test_eof_ends_the_stream() -> None:
     assert framing.closed and framing.data_to_send() == []
     framing.receive_eof(now=1.0)
     assert framing.events() == []
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.receive_data(b"x", now=1.0)
 
 

@@ -13,6 +13,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import Event, TextMessage
 
+from realtime_proto.errors import LocalProtocolError
 from realtime_proto.framing import (
     Framing,
     FramingEvent,
@@ -353,7 +354,7 @@ def test_eof() -> None:
     assert framing.closed
     framing.receive_eof(now=1.0)
     assert framing.events() == []
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.receive_data(b"x", now=1.0)
 
 
@@ -367,12 +368,12 @@ def test_eof_while_closing() -> None:
 
 def test_misuse_before_accept() -> None:
     framing = WebSocketFraming()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.receive_data(b"x", now=0.0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.send_encoded(b"x")
     assert framing.accept(handshake(), now=0.0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalProtocolError):
         framing.accept(handshake(), now=0.0)
     with pytest.raises(ValueError):
         WebSocketFraming(max_message_bytes=0)

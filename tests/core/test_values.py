@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realtime_proto import ErrorCode, Message, MessageError, MessageType
+from realtime_proto import (
+    ErrorCode,
+    Message,
+    MessageError,
+    MessageType,
+    TransportKind,
+    User,
+    jsoncodec,
+)
 from realtime_proto.channels import AuthRules, ChannelKind, channel_kind, validate_channel_name
 from realtime_proto.envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, decode, encode
+from realtime_proto.events import ConnectionId, ConnectionOpened
 from realtime_proto.jwt import decode_hs256, encode_hs256, user_from_claims
 from realtime_proto.presence import Entry, Member, PresenceTable
 
@@ -134,3 +144,28 @@ def test_envelope_round_trip_and_sequence_window() -> None:
     assert window.accept("n1", "t", 3, count=4) == (2, 0)  # 3 and 4 seen, 5 and 6 new
     assert window.accept("n1", "t", 7) == (0, 0)
     assert (window.duplicates, window.lost) == (3, 2)
+
+
+def test_user_info_is_frozen_and_still_encodes_as_json() -> None:
+    source = {"name": "Ada", "tags": ["x"]}
+    user = User(id="u1", info=source)
+    source["name"] = "changed"  # the user holds its own copy
+    assert user.info == {"name": "Ada", "tags": ["x"]}
+    with pytest.raises(TypeError):
+        user.info["name"] = "Eve"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        user.info.update(name="Eve")  # type: ignore[attr-defined]
+    assert json.loads(jsoncodec.dumps({"info": user.info})) == {"info": user.info}
+    assert json.dumps(user.info) == '{"name": "Ada", "tags": ["x"]}'
+    assert pickle.loads(pickle.dumps(user)) == user
+    assert User(id="u2").info == {}
+
+
+def test_connection_opened_takes_a_transport_kind() -> None:
+    assert ConnectionOpened(connection_id=ConnectionId("c1")).transport is TransportKind.MEMORY
+    named = ConnectionOpened(connection_id=ConnectionId("c1"),
+                             transport="sse")  # type: ignore[arg-type]
+    assert named.transport is TransportKind.SSE
+    with pytest.raises(ValueError, match="not a valid TransportKind"):
+        ConnectionOpened(connection_id=ConnectionId("c1"),
+                         transport="carrier-pigeon")  # type: ignore[arg-type]
