@@ -39,7 +39,7 @@ def _free_port() -> int:
 def _start(broker: str, name: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "realtime_asyncio.cli", "serve", "--port", str(port),
+        [sys.executable, "-m", "realtime_server.cli", "serve", "--port", str(port),
          "--broker", broker, "--node-id", name, "--api-key", "k", "--log-level", "warning",
          "--connection-rate", "0", "--message-rate", "0"], stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -15,6 +15,7 @@ modules=(
   realtime_proto realtime_proto.framing realtime_proto.framing.http
   realtime_proto.framing.websocket realtime_proto.testing
   realtime_asyncio realtime_asyncio.asgi realtime_server.base realtime_server.edge
+  realtime_server.sockets
   realtime_trio realtime_gevent
   realtime_brokers realtime_brokers.bridge realtime_brokers.history
   realtime_behaviour

@@ -6,7 +6,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from realtime_asyncio.cli import _HELP
+from realtime_server.cli import _HELP
 from realtime_server.edge import BOUNDS, CHOICES, Settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"

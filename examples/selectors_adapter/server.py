@@ -1,7 +1,8 @@
 """A realtime server on plain sockets and `selectors`: a new runtime adapter, in one file.
 
 Written from ``docs/adapters.md`` alone, as proof that the guide is enough: one thread,
-one selector, non-blocking sockets, the Node's deadline as the select timeout, and the
+one selector, non-blocking sockets (each a ``realtime_server.sockets.ClientSocket``, whose
+writer here is writable readiness), the Node's deadline as the select timeout, and the
 broker reached through the shared asyncio bridge. Run it with
 
     python examples/selectors_adapter/server.py --port 6001
@@ -22,33 +23,44 @@ import logging
 import selectors
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from realtime_brokers.bridge import BrokerBridge
 from realtime_proto.events import TransportId
 from realtime_server.base import Answer, ServerBase  # runtime-neutral: neither imports trio
 from realtime_server.edge import Settings
+from realtime_server.sockets import ClientSocket
 
 log = logging.getLogger("realtime")
 
 CLOSE_GRACE = 5.0  # seconds a closing socket may take to drain before it is aborted
-READ_BYTES = 65536
 
 
-class Conn:
-    """One client socket (guide step 3)."""
+class Conn(ClientSocket):
+    """One client socket (guide steps 3 and 4). `ClientSocket` reads it, sends directly and
+    hands over to the writer once a send would block; here the writer is `drain()`, resumed
+    whenever the selector reports the socket writable."""
 
-    def __init__(self, sock: socket.socket, transport_id: TransportId) -> None:
-        self.sock = sock
-        self.id = transport_id
-        self.out = memoryview(b"")  # pulled from the Node, not yet written: one chunk in flight
-        self.wants_pull = False  # a Transmit (or CloseTransport) came since the last pull
-        self.closing = False  # CloseTransport came
-        self.final = False  # `out` is the last pull: close once it is written
+    __slots__ = ("abort_at", "mask", "pending", "reading", "sock")
+    server: SelectorsServer
+
+    def __init__(self, server: SelectorsServer, sock: socket.socket,
+                 transport_id: TransportId) -> None:
+        super().__init__(server, transport_id, sock)
+        self.sock = sock  # `raw`, typed as the plain socket it always is here
+        self.pending: Iterator[None] | None = None  # the writer, paused until writable
         self.reading = True  # until EOF
         self.abort_at = float("inf")
         self.mask = 0
+
+    def start_writer(self) -> None:
+        self.pending = self.drain()
+        self.server.update_mask(self)  # the next writable readiness resumes it
+
+    def stop_reading(self) -> None:
+        self.reading = False
+        self.server.update_mask(self)
 
 
 class SelectorsServer(ServerBase):
@@ -173,9 +185,9 @@ class SelectorsServer(ServerBase):
             elif key.data.id in self.conns:
                 conn = key.data
                 if mask & selectors.EVENT_READ:
-                    self._read(conn)
-                if mask & selectors.EVENT_WRITE and conn.id in self.conns:
-                    self._write(conn)
+                    conn.receive()
+                if mask & selectors.EVENT_WRITE and conn.pending is not None:
+                    self._resume_writer(conn)
         now = self.now()
         if self.running and now >= self.node.next_deadline():  # guide step 5
             self.tick()
@@ -209,52 +221,33 @@ class SelectorsServer(ServerBase):
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Conn(sock, self.node.open_connection(
+            conn = Conn(self, sock, self.node.open_connection(
                 now=self.now(), peer=f"{address[0]}:{address[1]}"))
             self.conns[conn.id] = conn
-            self._update_mask(conn)
+            self.update_mask(conn)
 
-    def _read(self, conn: Conn) -> None:
+    def _resume_writer(self, conn: Conn) -> None:
+        """The socket is writable: send on until it would block again, or until the Node
+        has nothing more (then direct sends resume, or a closing socket is closed)."""
+        assert conn.pending is not None
         try:
-            data = conn.sock.recv(READ_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
+            next(conn.pending)
+            return  # it would block again: wait for the next writable readiness
+        except StopIteration:
+            close = conn.release()
         except OSError:
-            data = b""
-        if data:
-            self.node.receive_data(conn.id, data, now=self.now())
+            close = True
+        conn.pending = None
+        if close:
+            self._drop(conn)
         else:
-            conn.reading = False
-            self._update_mask(conn)
-            self.node.receive_eof(conn.id, now=self.now())
-        self.pump()
+            self.update_mask(conn)
 
-    def _write(self, conn: Conn) -> None:
-        """Send what is in flight; when it is all out, pull the next batch (one chunk)."""
-        while True:
-            if not conn.out:
-                if conn.final:
-                    self._drop(conn)
-                    return
-                if not conn.wants_pull:
-                    break
-                conn.wants_pull = False
-                conn.final = conn.closing
-                conn.out = memoryview(b"".join(self.node.data_to_send(conn.id)))
-                continue
-            try:
-                sent = conn.sock.send(conn.out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._drop(conn)
-                return
-            conn.out = conn.out[sent:]
-        self._update_mask(conn)
-
-    def _update_mask(self, conn: Conn) -> None:
+    def update_mask(self, conn: Conn) -> None:
+        """Watch the socket for what it waits for: reads until EOF, writes while its writer
+        waits."""
         mask = (selectors.EVENT_READ if conn.reading else 0) | (
-            selectors.EVENT_WRITE if conn.out else 0)
+            selectors.EVENT_WRITE if conn.pending is not None else 0)
         if mask == conn.mask:
             return
         if conn.mask == 0:
@@ -271,6 +264,7 @@ class SelectorsServer(ServerBase):
             return
         if conn.mask:
             self._selector.unregister(conn.sock)
+        conn.pending = None
         conn.sock.close()
         self.node.receive_eof(conn.id, now=self.now())
         self.pump()
@@ -282,18 +276,14 @@ class SelectorsServer(ServerBase):
 
     def write(self, transport_id: TransportId) -> None:
         if (conn := self.conns.get(transport_id)) is not None:
-            conn.wants_pull = True
-            if not conn.out:  # else: writable readiness pulls once `out` is written
-                self._write(conn)
+            conn.write()
 
     def close_transport(self, transport_id: TransportId) -> bool:
         conn = self.conns.get(transport_id)
         if conn is None:
             return False
-        if not conn.closing:
-            conn.closing = True
+        if conn.close():
             conn.abort_at = self.now() + CLOSE_GRACE
-            self.transmit((transport_id,))
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],

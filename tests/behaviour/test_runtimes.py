@@ -20,7 +20,7 @@ import websockets
 
 from realtime_behaviour import API_KEY
 
-REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
+REALTIME = [sys.executable, "-m", "realtime_server.cli"]
 TIMEOUT = 20.0
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import websockets
 
-from realtime_asyncio.cli import resolve_settings
 from realtime_proto.errors import ConfigError
 from realtime_proto.jwt import decode_hs256, encode_hs256
+from realtime_server.cli import resolve_settings
 from realtime_server.edge import build_node_config
 
-REALTIME = [sys.executable, "-m", "realtime_asyncio.cli"]
+REALTIME = [sys.executable, "-m", "realtime_server.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

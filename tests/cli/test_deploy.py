@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime_asyncio.cli import resolve_settings
+from realtime_server.cli import resolve_settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 INSTALLED = "/opt/realtime/venv/bin/realtime"

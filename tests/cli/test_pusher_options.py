@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import websockets
 
-from realtime_asyncio.cli import resolve_settings
 from realtime_proto.errors import ConfigError
+from realtime_server.cli import resolve_settings
 from realtime_server.edge import build_node_config
 
 from .test_cli import REALTIME, free_port, run_cli, wait_listening

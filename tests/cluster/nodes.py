@@ -65,7 +65,7 @@ class NodeProcess:
         self.name = name
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "realtime_asyncio.cli", "serve",
+        command = [sys.executable, "-m", "realtime_server.cli", "serve",
                    "--port", str(self.port), "--broker", broker, "--node-id", name,
                    "--api-key", API_KEY, "--jwt-secret", SECRET, "--log-level", "warning",
                    "--presence-ttl", str(TTL), "--presence-heartbeat-interval", "1",

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from realtime_asyncio.cli import resolve_settings
 from realtime_behaviour.clients import Client, WsClient, connect
 from realtime_proto.errors import ConfigError
+from realtime_server.cli import resolve_settings
 from realtime_server.edge import worker_count
 
 from .nodes import API_KEY, SECRET, TTL, broker_url, eventually, free_port, require
@@ -37,7 +37,7 @@ class Workers:
         self.base = f"http://127.0.0.1:{self.port}"
         self.count = count
         self.log = log
-        command = [sys.executable, "-m", "realtime_asyncio.cli", "serve",
+        command = [sys.executable, "-m", "realtime_server.cli", "serve",
                    "--workers", str(count), "--port", str(self.port), "--broker", broker,
                    "--node-id", "wk", "--api-key", API_KEY, "--jwt-secret", SECRET,
                    "--presence-ttl", str(TTL), "--presence-heartbeat-interval", "1",
@@ -217,7 +217,7 @@ def test_sigterm_drains_every_worker_and_the_parent_exits_0(tmp_path: Path) -> N
 
 
 def test_workers_refuse_the_memory_broker() -> None:
-    result = subprocess.run([sys.executable, "-m", "realtime_asyncio.cli", "serve",
+    result = subprocess.run([sys.executable, "-m", "realtime_server.cli", "serve",
                              "--workers", "2", "--port", str(free_port())],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2

@@ -66,7 +66,7 @@ class Node:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "realtime_asyncio.cli", "serve", "--port",
+        command = [sys.executable, "-m", "realtime_server.cli", "serve", "--port",
                    str(self.port), "--broker", broker, "--node-id", name, "--api-key", API_KEY,
                    "--jwt-secret", SECRET, "--log-level", "warning",
                    "--history", "room.*=1000:300", "--api-rate", "0", "--connection-rate",

@@ -79,7 +79,7 @@ def test_ready_is_503_while_a_real_process_has_lost_its_broker() -> None:
         async with TcpProxy(*REDIS) as proxy:
             port = _free_port()
             process = subprocess.Popen(
-                [sys.executable, "-m", "realtime_asyncio.cli", "serve", "--port", str(port),
+                [sys.executable, "-m", "realtime_server.cli", "serve", "--port", str(port),
                  "--api-key", API_KEY, "--broker", f"redis://127.0.0.1:{proxy.port}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:

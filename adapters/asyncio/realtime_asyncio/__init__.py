@@ -1,4 +1,5 @@
-"""realtime_asyncio: the asyncio adapter, the embedding API and the `realtime` command."""
+"""realtime_asyncio: the asyncio adapter, its embedding API, the ASGI application and the
+Python client."""
 
 from realtime_proto import User
 from realtime_proto.actions import AuthenticationRequest, ConnectionInfo

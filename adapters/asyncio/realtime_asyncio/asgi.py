@@ -185,6 +185,8 @@ class RealtimeASGI:
                         await send({"type": "websocket.close", "code": event.code,
                                     "reason": event.reason or ""})
                         return
+                    case _:  # Pong, RejectData: wsproto's `Event` is an open class, not a
+                        pass  # union, so `assert_never` cannot apply here
         if accepted:
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1006})

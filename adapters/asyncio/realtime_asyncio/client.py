@@ -10,7 +10,7 @@ import random
 import ssl as ssl_module
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlencode, urlsplit
 
 from wsproto import ConnectionType, WSConnection
@@ -253,6 +253,8 @@ class RealtimeClient:
                         writer.write(ws.send(event.response()))
                     case CloseConnection(code=code):
                         return False, code
+                    case _:  # Pong, BytesMessage, RejectData: wsproto's `Event` is an open
+                        pass  # class, not a union, so `assert_never` cannot apply here
             self.flush()
 
     def _handle(self, events: list[ClientEvent]) -> None:
@@ -294,6 +296,8 @@ class RealtimeClient:
                         channel._dispatch(event.event, event.data, event.message)
                 case MessagesLost():
                     self._emit("messages.lost", event.channel, event.data)
+                case _:
+                    assert_never(event)
 
     async def _fetch_token(self) -> str | None:
         token = self._token() if callable(self._token) else self._token

@@ -24,6 +24,7 @@ from realtime_proto.events import TransportId
 from realtime_proto.webhook import WebhookTarget
 from realtime_server.base import Answer, ServerBase
 from realtime_server.edge import Settings, server_ssl_context
+from realtime_server.sockets import READ_BYTES, ClientSocket
 
 __all__ = ["RealtimeServer"]
 
@@ -35,48 +36,34 @@ _CLOSE_GRACE = 5.0
 _BROKER_START_TIMEOUT = 300.0
 #: seconds the broker may take to send what is queued at shutdown
 _BROKER_CLOSE_TIMEOUT = 5.0
-#: bytes asked of a socket per read
-_READ_BYTES = 65536
 
 
-class _Socket:
-    """One client socket: how it is read and written, and its writer's state.
+class _Socket(ClientSocket):
+    """One client socket. A plain socket (`raw`) is a non-blocking `_socket.socket` read by
+    a libev watcher's callback in the hub: no greenlet while idle. A TLS socket (`tls`) is a
+    `gevent.ssl` socket read by a greenlet. A writer greenlet exists only while a send would
+    block, or while the socket closes."""
 
-    A plain socket is a non-blocking `_socket.socket` read by a libev watcher's callback
-    in the hub: no greenlet while idle. A TLS socket is a `gevent.ssl` socket read by a
-    greenlet. A writer greenlet exists only while a send would block, or while the
-    socket closes."""
+    __slots__ = ("abort", "reader", "tls", "writer")
+    server: RealtimeServer
 
-    __slots__ = ("abort", "closing", "held", "id", "reader", "secure", "sock", "unsent",
-                 "writer")
-
-    def __init__(self, sock: Any, transport_id: TransportId, *, secure: bool) -> None:
-        self.sock = sock
-        self.secure = secure
-        self.id = transport_id
+    def __init__(self, server: RealtimeServer, transport_id: TransportId,
+                 raw: _socket.socket | None, tls: Any = None) -> None:
+        super().__init__(server, transport_id, raw)
+        self.tls = tls
         #: the plain socket's read watcher, until its EOF
         self.reader: Any = None
         #: the writer greenlet, while it has the socket
         self.writer: Any = None
-        #: a writer has the socket: a send would block, or the socket is closing
-        self.held = False
-        #: what a direct send left, for the writer
-        self.unsent = b""
-        self.closing = False
         #: the loop timer that ends a close which did not drain within the grace period
         self.abort: Any = None
 
-    def send_all(self, data: bytes) -> None:
-        """Send all of `data`, blocking cooperatively (in a writer greenlet)."""
-        if self.secure:
-            self.sock.sendall(data)
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.sock.send(view):]
-            except BlockingIOError:
-                gevent.socket.wait_write(self.sock.fileno())
+    def start_writer(self) -> None:
+        self.writer = gevent.spawn(self.server._write, self)
+
+    def stop_reading(self) -> None:
+        self.reader.close()
+        self.reader = None
 
 
 class RealtimeServer(ServerBase):
@@ -207,23 +194,22 @@ class RealtimeServer(ServerBase):
         if not secure:  # our own socket object: the server closes `client` on return
             raw = _socket.socket(fileno=client.detach())
             raw.setblocking(False)
-            sock = _Socket(raw, transport_id, secure=False)
+            sock = _Socket(self, transport_id, raw)
             self.sockets[sock.id] = sock
             sock.reader = self.hub.loop.io(raw.fileno(), 1)
-            sock.reader.start(self._receive, sock)
+            sock.reader.start(sock.receive)
             return
         # the handshake happens in `_read`, where its failure is an EOF
-        sock = _Socket(self._ssl_context.wrap_socket(client, server_side=True,
-                                                     do_handshake_on_connect=False),
-                       transport_id, secure=True)
+        sock = _Socket(self, transport_id, None, self._ssl_context.wrap_socket(
+            client, server_side=True, do_handshake_on_connect=False))
         self.sockets[sock.id] = sock
         self._read(sock)
 
     def _read(self, sock: _Socket) -> None:
         """Read a TLS socket until EOF, or until `_finish` closes it."""
         try:
-            sock.sock.do_handshake()
-            while data := sock.sock.recv(_READ_BYTES):
+            sock.tls.do_handshake()
+            while data := sock.tls.recv(READ_BYTES):
                 self.node.receive_data(sock.id, data, now=self.now())
                 self.pump()
         except OSError:  # reset, closed, or a TLS failure (ssl.SSLError is an OSError)
@@ -231,59 +217,23 @@ class RealtimeServer(ServerBase):
         self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
         self.pump()
 
-    def _receive(self, sock: _Socket) -> None:
-        """A plain socket is readable (a hub callback): read once, without blocking."""
-        try:
-            data = sock.sock.recv(_READ_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:  # reset
-            data = b""
-        if data:
-            self.node.receive_data(sock.id, data, now=self.now())
-        else:  # the Node closes the socket now: nothing more to read
-            sock.reader.close()
-            sock.reader = None
-            self.node.receive_eof(sock.id, now=self.now())
-        self.pump()
-
-    def _hand_over(self, sock: _Socket, unsent: bytes) -> None:
-        """Give the socket to a new writer greenlet, with what a direct send left."""
-        sock.unsent = unsent
-        sock.held = True
-        sock.writer = gevent.spawn(self._write, sock)
-
     def _write(self, sock: _Socket) -> None:
-        """Write until the Node has nothing more, then hand the socket back to `write`; or,
-        once it is closing (or the socket failed, or the close took too long), close it
-        after the last pull."""
-        done = True
+        """The writer greenlet (`ClientSocket.start_writer`): send the socket's batches,
+        blocking cooperatively, then hand it back to direct sends; or, once it is closing
+        (or it failed, or the close took too long), close it."""
         try:
-            done = self._drain(sock)
+            if sock.raw is not None:
+                for _ in sock.drain():
+                    gevent.socket.wait_write(sock.raw.fileno())
+            else:
+                for data in sock.batches():
+                    sock.tls.sendall(data)
         except OSError:
             pass
         finally:
             sock.writer = None
-            if done:
+            if sock.release():
                 self._finish(sock)
-            else:
-                sock.held = False
-
-    def _drain(self, sock: _Socket) -> bool:
-        """Send what a direct send left, then pull and send until the Node has nothing
-        more, one send per pull: nothing is pulled while a send is in progress (the
-        Node's buffer, and its slow-consumer rule, hold the rest). True once a closing
-        socket's last bytes are out."""
-        if sock.unsent:
-            unsent, sock.unsent = sock.unsent, b""
-            sock.send_all(unsent)
-        while True:
-            closing = sock.closing
-            chunks = self.node.data_to_send(sock.id)
-            if chunks:
-                sock.send_all(b"".join(chunks))
-            if closing or not chunks:
-                return closing
 
     def _abort(self, sock: _Socket) -> None:
         """A close did not drain within the grace period (a hub callback)."""
@@ -303,7 +253,7 @@ class RealtimeServer(ServerBase):
         sock.reader = sock.abort = None
         self.node.receive_eof(sock.id, now=self.now())  # no effect if the Node closed it
         self.pump()
-        sock.sock.close()
+        (sock.tls if sock.raw is None else sock.raw).close()
         if self._stopping and not self.sockets:
             self._drained.set()
 
@@ -333,23 +283,16 @@ class RealtimeServer(ServerBase):
         """Send at once what the socket takes (no greenlet switch per socket); a writer
         greenlet sends the rest, and everything over TLS."""
         sock = self.sockets.get(transport_id)
-        if sock is None or sock.held:
-            return
-        if sock.secure:
-            self._hand_over(sock, b"")
-        elif unsent := self.send_nowait(transport_id, sock.sock.send):
-            self._hand_over(sock, unsent)
+        if sock is not None:
+            sock.write()
 
     def close_transport(self, transport_id: TransportId) -> bool:
         sock = self.sockets.get(transport_id)
         if sock is None:
             return False
-        if not sock.closing:
-            sock.closing = True
+        if sock.close():
             sock.abort = self.hub.loop.timer(_CLOSE_GRACE)
             sock.abort.start(self._abort, sock)
-            if not sock.held:
-                self._hand_over(sock, b"")
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],

@@ -431,19 +431,6 @@ class ServerBase:
         for transport_id in pending:
             self.write(transport_id)
 
-    def send_nowait(self, transport_id: TransportId, send: Callable[[bytes], int]) -> bytes:
-        """Pull a socket's bytes and `send` them without blocking; what the socket did not
-        take (for its writer, which also meets the error if the socket failed)."""
-        chunks = self.node.data_to_send(transport_id)
-        if not chunks:
-            return b""
-        data = b"".join(chunks)
-        try:
-            sent = send(data)
-        except OSError:  # it would block (BlockingIOError), or it failed
-            return data
-        return data[sent:]
-
     # -- the auth webhook ----------------------------------------------------------------
 
     def _ask_webhook(self, connection: ConnectionInfo, channel: str) -> object:

@@ -18,6 +18,7 @@ from realtime_proto.events import TransportId
 from realtime_proto.webhook import WebhookTarget
 from realtime_server.base import Answer, ServerBase
 from realtime_server.edge import Settings, server_ssl_context
+from realtime_server.sockets import READ_BYTES, ClientSocket
 
 __all__ = ["RealtimeServer"]
 
@@ -27,35 +28,36 @@ log = logging.getLogger("realtime")
 _CLOSE_GRACE = 5.0
 #: seconds the broker may take to send what is queued and disconnect at shutdown
 _BROKER_CLOSE_TIMEOUT = 5.0
-#: bytes asked of a socket per read
-_READ_BYTES = 65536
 
 
-class _Socket:
-    """One client socket: how it is read and written, and its writer's state.
+class _Socket(ClientSocket):
+    """One client socket. A plain socket (`raw`) is a non-blocking `socket.socket` that the
+    server's one selector watches: no task while idle. A TLS socket is an `SSLStream` with a
+    task that reads it. A writer task exists only while a send would block, or while the
+    socket closes."""
 
-    A plain socket is a non-blocking `socket.socket` that the server's one selector
-    watches: no task while idle. A TLS socket is an `SSLStream` with a task that reads it.
-    A writer task exists only while a send would block, or while the socket closes."""
+    __slots__ = ("scope", "stream", "write_scope")
+    server: RealtimeServer
 
-    __slots__ = ("closing", "held", "id", "raw", "scope", "stream", "unsent", "write_scope")
-
-    def __init__(self, transport_id: TransportId, raw: socket.socket | None,
-                 stream: trio.abc.Stream | None) -> None:
-        self.id = transport_id
-        #: the plain socket, read through the selector (None: read through `stream`)
-        self.raw = raw
+    def __init__(self, server: RealtimeServer, transport_id: TransportId,
+                 raw: socket.socket | None, stream: trio.abc.Stream | None) -> None:
+        super().__init__(server, transport_id, raw)
         #: TLS (or the plain socket where no selector can be awaited), read by a task
         self.stream = stream
-        #: a writer task has the socket: a send would block, or the socket is closing
-        self.held = False
-        #: what a direct send left, for the writer
-        self.unsent = b""
-        self.closing = False
         #: the running writer's scope (its deadline bounds a close)
         self.write_scope: trio.CancelScope | None = None
         #: the reading task's scope, for a socket read through `stream`
         self.scope: trio.CancelScope | None = None
+
+    def start_writer(self) -> None:
+        nursery = self.server._nursery
+        assert nursery is not None
+        nursery.start_soon(self.server._write, self)
+
+    def stop_reading(self) -> None:
+        selector = self.server._selector
+        assert selector is not None and self.raw is not None
+        selector.unregister(self.raw)
 
 
 class RealtimeServer(ServerBase):
@@ -236,7 +238,7 @@ class RealtimeServer(ServerBase):
         if self._ssl_context is None and self._selector is not None:
             raw = socket.socket(fileno=tcp.socket.detach())
             raw.setblocking(False)
-            sock = _Socket(transport_id, raw, None)
+            sock = _Socket(self, transport_id, raw, None)
             self.sockets[sock.id] = sock
             self._selector.register(raw, selectors.EVENT_READ, sock)
             return
@@ -244,7 +246,7 @@ class RealtimeServer(ServerBase):
         if self._ssl_context is not None:
             stream = trio.SSLStream(tcp, self._ssl_context, server_side=True,
                                     https_compatible=True)
-        sock = _Socket(transport_id, None, stream)
+        sock = _Socket(self, transport_id, None, stream)
         self.sockets[sock.id] = sock
         try:
             with trio.CancelScope() as sock.scope:
@@ -258,7 +260,7 @@ class RealtimeServer(ServerBase):
 
     async def _read(self, sock: _Socket, stream: trio.abc.Stream) -> None:
         try:
-            while data := await stream.receive_some(_READ_BYTES):
+            while data := await stream.receive_some(READ_BYTES):
                 # bytes() is free for the bytes a socket returns (SSLStream: a bytearray)
                 self.node.receive_data(sock.id, bytes(data), now=self.now())
                 self.pump()
@@ -274,79 +276,32 @@ class RealtimeServer(ServerBase):
         while True:
             await trio.lowlevel.wait_readable(fd)
             for key, _ in selector.select(0):
-                self._receive(key.data)
-
-    def _receive(self, sock: _Socket) -> None:
-        raw = sock.raw
-        assert raw is not None and self._selector is not None
-        try:
-            data = raw.recv(_READ_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:  # reset
-            data = b""
-        if data:
-            self.node.receive_data(sock.id, data, now=self.now())
-        else:  # the Node closes the socket now: nothing more to read
-            self._selector.unregister(raw)
-            self.node.receive_eof(sock.id, now=self.now())
-        self.pump()
-
-    def _hand_over(self, sock: _Socket, unsent: bytes) -> None:
-        """Give the socket to a new writer task, with what a direct send left."""
-        assert self._nursery is not None
-        sock.unsent = unsent
-        sock.held = True
-        self._nursery.start_soon(self._write, sock)
+                key.data.receive()
 
     async def _write(self, sock: _Socket) -> None:
-        """Write until the Node has nothing more, then hand the socket back to `write`; or,
-        once it is closing (or the socket failed), close it after the last pull."""
-        done = True
+        """The writer task (`ClientSocket.start_writer`): send the socket's batches, then
+        hand it back to direct sends; or, once it is closing (or it failed), close it."""
         try:
             with trio.CancelScope() as sock.write_scope:
                 if sock.closing:
                     sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
-                done = await self._drain(sock)
+                if sock.raw is not None:
+                    # a direct send has just found it full (or it closes): wait, then send
+                    await trio.lowlevel.wait_writable(sock.raw)
+                    for _ in sock.drain():
+                        await trio.lowlevel.wait_writable(sock.raw)
+                elif sock.stream is not None:
+                    for data in sock.batches():
+                        await sock.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
             sock.write_scope = None
-            if not done:
-                sock.held = False
-            elif sock.scope is not None:
-                sock.scope.cancel()  # its reading task closes it
-            else:
-                self._finish(sock)
-
-    async def _drain(self, sock: _Socket) -> bool:
-        """Send what a direct send left, then pull and send until the Node has nothing
-        more, one send per pull: nothing is pulled while a send is in progress (the
-        Node's buffer, and its slow-consumer rule, hold the rest). True once a closing
-        socket's last bytes are out."""
-        if sock.unsent:
-            unsent, sock.unsent = sock.unsent, b""
-            await self._send_all(sock, unsent)
-        while True:
-            closing = sock.closing
-            chunks = self.node.data_to_send(sock.id)
-            if chunks:
-                await self._send_all(sock, b"".join(chunks))
-            if closing or not chunks:
-                return closing
-
-    @staticmethod
-    async def _send_all(sock: _Socket, data: bytes) -> None:
-        if sock.stream is not None:
-            await sock.stream.send_all(data)
-            return
-        raw = sock.raw
-        assert raw is not None
-        view = memoryview(data)
-        while view:
-            await trio.lowlevel.wait_writable(raw)
-            with contextlib.suppress(BlockingIOError):
-                view = view[raw.send(view):]
+            if sock.release():
+                if sock.scope is not None:
+                    sock.scope.cancel()  # its reading task closes it
+                else:
+                    self._finish(sock)
 
     def _finish(self, sock: _Socket) -> None:
         """Forget a socket and close it (a TLS stream: its task closes it after this)."""
@@ -380,23 +335,15 @@ class RealtimeServer(ServerBase):
         """Send at once what the socket takes (no task switch per socket); a writer task
         sends the rest, and everything over TLS."""
         sock = self.sockets.get(transport_id)
-        if sock is None or sock.held:
-            return
-        if sock.raw is None:
-            self._hand_over(sock, b"")
-        elif unsent := self.send_nowait(transport_id, sock.raw.send):
-            self._hand_over(sock, unsent)
+        if sock is not None:
+            sock.write()
 
     def close_transport(self, transport_id: TransportId) -> bool:
         sock = self.sockets.get(transport_id)
         if sock is None:
             return False
-        if not sock.closing:
-            sock.closing = True
-            if sock.write_scope is not None:
-                sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
-            if not sock.held:
-                self._hand_over(sock, b"")
+        if sock.close() and sock.write_scope is not None:
+            sock.write_scope.deadline = trio.current_time() + _CLOSE_GRACE
         return True
 
     def run_callback(self, fn: Callable[..., Any], args: tuple[Any, ...],

@@ -5,6 +5,10 @@ the port with `SO_REUSEPORT`, so Linux spreads new connections over the workers;
 as one cluster through the configured broker. The parent only supervises: it reserves the
 port, forks the workers, restarts one that dies (with backoff, logged) and, on SIGTERM or
 SIGINT, has every worker drain as a single server does, then exits 0.
+
+The supervisor itself is runtime-neutral (fork, signals, `waitpid`): it runs whatever
+`serve` it is given. Only the asyncio server binds its listener with `SO_REUSEPORT` today,
+so `workers_refused` admits that runtime alone.
 """
 
 from __future__ import annotations
