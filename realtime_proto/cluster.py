@@ -27,14 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .actions import (
-    BrokerPublish,
-    BrokerSubscribe,
-    BrokerUnsubscribe,
-    Deliver,
-    Disconnect,
-    HubAction,
-)
+from .actions import BrokerPublish, BrokerSubscribe, BrokerUnsubscribe, HubAction
+from .bundling import bundle
 from .config import HubConfig
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
 from .errors import MessageError
@@ -99,19 +93,6 @@ def user_topic(user_id: str) -> str:
 #: publish)
 _outgoing = tuple.__new__
 
-#: a bundle's header, but for what each envelope adds to it (as `bundle` counts)
-_HEADER_BYTES = 100
-
-
-def _extra_bytes(envelope: Outgoing) -> int:
-    """What an envelope's exclude and position add to a bundle's header."""
-    extra = 0
-    if envelope.exclude is not None:
-        extra += len(envelope.exclude) + 3
-    if envelope.position is not None:
-        extra += len(envelope.position[0]) + 24
-    return extra
-
 
 class ClusterState:
     """Sequences, liveness and the cluster-wide presence table of one node."""
@@ -167,42 +148,8 @@ class ClusterState:
                                     position))
 
     def bundle(self, actions: list[HubAction | Outgoing]) -> list[HubAction]:
-        """The broker messages for the envelopes among `actions`: those that follow each
-        other on one topic (this node's own deliveries between them aside) as one bundle,
-        up to `broker_bundle_bytes`, so a burst pays the broker's cost per message once.
-        The order of publishes is kept."""
-        out: list[HubAction] = []
-        run: list[Outgoing] = []  # the open bundle
-        topic, follows = None, 0  # its topic, the sequence that may join it
-        run_at = size = 0  # where it goes in `out`; its bytes so far
-        limit = self._bundle_bytes
-        for action in actions:
-            if type(action) is Outgoing:
-                length = len(action.payload) + 6  # and its length in the header
-                if action.exclude is not None or action.position is not None:
-                    length += _extra_bytes(action)
-                if action.topic == topic and action.sequence == follows \
-                        and size + length <= limit:
-                    run.append(action)
-                    size += length
-                    follows += 1
-                    continue
-                self._close_bundle(run, out, run_at)
-                run, run_at, size = [action], len(out), length + _HEADER_BYTES
-                topic, follows = action.topic, action.sequence + 1
-                out.append(action)  # type: ignore[arg-type]  # replaced at the close
-            elif type(action) is Deliver or type(action) is Disconnect:
-                out.append(action)
-            else:
-                self._close_bundle(run, out, run_at)
-                run, topic = [], None
-                out.append(action)  # type: ignore[arg-type]
-        self._close_bundle(run, out, run_at)
-        return out
-
-    def _close_bundle(self, run: list[Outgoing], out: list[HubAction], at: int) -> None:
-        if run:
-            out[at] = BrokerPublish(run[0].topic, encode(self._origin, self.incarnation, run))
+        """The broker messages for the envelopes among `actions` (`bundling.bundle`)."""
+        return bundle(actions, self._origin, self.incarnation, self._bundle_bytes)
 
     def _control(self, **fields: Any) -> BrokerPublish:
         payload = dumps({**fields, "rt": self.route})

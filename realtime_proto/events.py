@@ -26,9 +26,6 @@ __all__ = [
     "HubEvent",
     "MessageReceived",
     "NodeEvent",
-    "Published",
-    "SentToConnection",
-    "SentToUser",
     "TransportId",
     "TransportKind",
     "User",
@@ -126,37 +123,6 @@ class ConnectionClosed:
     """A client connection is gone."""
 
     connection_id: ConnectionId
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Published:
-    """The application publishes an event on a channel."""
-
-    channel: str
-    event: str
-    data: JsonValue = None
-    exclude: ConnectionId | None = None
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SentToUser:
-    """The application sends an event to every connection of a user, on every node."""
-
-    user_id: str
-    event: str
-    data: JsonValue = None
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SentToConnection:
-    """The application sends an event to one connection of this node."""
-
-    connection_id: ConnectionId
-    event: str
-    data: JsonValue = None
 
 
 @final
@@ -275,9 +241,6 @@ HubEvent = (
     ConnectionOpened
     | MessageReceived
     | ConnectionClosed
-    | Published
-    | SentToUser
-    | SentToConnection
     | EnvelopeReceived
     | AuthorizationAnswered
     | BrokerLost

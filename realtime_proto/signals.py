@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from .errors import ErrorCode, MessageError
 from .message import JsonValue
@@ -67,6 +68,11 @@ class ChannelSignals:
             if not self._reads[oldest]:
                 del self._reads[oldest]
         return True
+
+    def remember(self, channel: str, reads: Mapping[str, int | str]) -> None:
+        """Take in read positions the shared store keeps (integer ones only move forward)."""
+        for user_id, position in reads.items():
+            self.read(channel, user_id, position)
 
     def reads(self, channel: str) -> dict[str, int | str]:
         """Every user's read position on a channel."""
