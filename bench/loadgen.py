@@ -164,10 +164,39 @@ class SocketIODialect(Dialect):
         return None
 
 
+class PusherDialect(Dialect):
+    """The Pusher protocol, as pusher-js speaks it: GET /app/KEY?protocol=7, wait for
+    pusher:connection_established, pusher:subscribe -> subscription_succeeded."""
+
+    ws_path = "/app/bench-key?protocol=7&client=js&version=8.4.0&flash=false"
+
+    def on_open(self, subscribe: bool) -> list[bytes]:
+        return []
+
+    def on_frame(self, opcode: int, payload: bytes, subscribe: bool) -> tuple[list[bytes], bool]:
+        if opcode == 9:
+            return [mask_frame(payload, 10)], False
+        if b"pusher:ping" in payload:
+            return [mask_frame(b'{"event":"pusher:pong","data":{}}')], False
+        if b"pusher:connection_established" in payload:
+            if subscribe:
+                return [mask_frame(b'{"event":"pusher:subscribe","data":{"channel":"bench"}}')], False
+            return [], True
+        if b"pusher_internal:subscription_succeeded" in payload:
+            return [], True
+        return [], False
+
+    def ping_reply(self, data: bytes) -> bytes | None:
+        if b"pusher:ping" in data:
+            return mask_frame(b'{"event":"pusher:pong","data":{}}')
+        return super().ping_reply(data)
+
+
 DIALECTS: dict[str, type[Dialect]] = {
     "json": Dialect,
     "ours": OursDialect,
     "socketio": SocketIODialect,
+    "pusher": PusherDialect,
 }
 
 

@@ -76,8 +76,10 @@ def _order(names: set[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------ plots
 
-COLORS = {"ours": "#d62728", "raw": "#7f7f7f", "node-ws": "#2ca02c", "node-socketio": "#9467bd",
-          "websockets": "#1f77b4", "python-socketio": "#ff7f0e", "ours-trio": "#8c564b",
+#: our own systems (the native protocol and the Pusher one): never a peer
+_OURS = {name for name, s in systems.SYSTEMS.items() if s.ours}
+COLORS = {"ours": "#d62728", "pusher": "#bcbd22", "raw": "#7f7f7f", "node-ws": "#2ca02c",
+          "node-socketio": "#9467bd", "websockets": "#1f77b4", "python-socketio": "#ff7f0e", "ours-trio": "#8c564b",
           "ours-gevent": "#e377c2"}
 
 
@@ -358,7 +360,7 @@ def _loadgen_section(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
     fastest = 0.0
     fan = results.get("scenarios", {}).get("fanout", {}).get("runs", [])
     tr = results.get("scenarios", {}).get("transports", {}).get("runs", [])
-    peer_best = max((r.get("rate") or 0 for r in fan if r.get("system") != "ours"), default=0)
+    peer_best = max((r.get("rate") or 0 for r in fan if r.get("system") not in _OURS), default=0)
     fastest = max((r.get("rate") or 0 for r in fan + tr), default=0)
     if cap.get("rate"):
         out += [
@@ -542,7 +544,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
     for n in (1000, 10000):
         ours = rate("ours", n)
         peers = {r["system"]: r["rate"] for r in fan
-                 if r.get("n") == n and r.get("rate") and r["system"] not in ("ours", "raw")}
+                 if r.get("n") == n and r.get("rate") and r["system"] not in ("raw", *_OURS)}
         raw = rate("raw", n)
         if ours is None or not peers:
             continue

@@ -122,6 +122,15 @@ register(System(
     notes="`realtime serve`; publisher: `POST /api/publish` (keep-alive, pipelined)",
 ))
 register(System(
+    name="pusher", label="realtime_proto, Pusher protocol (asyncio + uvloop)",
+    command=lambda port: [OURS_BIN, "serve", "--port", str(port), "--api-key", API_KEY,
+                          "--pusher-app", "1:bench-key:bench-secret"],
+    dialect="pusher", publisher=ours_publisher, version=_ours_version, ours=True,
+    available=_ours_available, group="ours", env=OURS_ENV,
+    notes="`realtime serve --pusher-app …`; subscribers speak the Pusher protocol as "
+          "pusher-js does (`/app/KEY`); publisher: `POST /api/publish`, as for ours",
+))
+register(System(
     name="raw", label="raw uvloop ceiling",
     command=lambda port: [BENCH_PY, str(BENCH / "peers" / "raw_uvloop.py"), "--port", str(port)],
     dialect="json", publisher=loadgen.WSPublisher,
@@ -163,7 +172,7 @@ register(System(
 ))
 
 # the order of the columns in the report
-ORDER = ["ours", "raw", "node-ws", "node-socketio", "websockets", "python-socketio"]
+ORDER = ["ours", "pusher", "raw", "node-ws", "node-socketio", "websockets", "python-socketio"]
 
 
 def node_version() -> str:

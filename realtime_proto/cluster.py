@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from .actions import BrokerPublish, BrokerSubscribe, BrokerUnsubscribe, HubAction
 from .bundling import bundle
 from .config import HubConfig
+from .counts import SubscriptionCounts
 from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
 from .errors import MessageError
 from .jsoncodec import dumps, quote
@@ -134,6 +135,8 @@ class ClusterState:
         self.occupied: dict[str, set[str]] = {}
         if self.reporter is not None:
             self.presence.changed = set()
+        #: subscribers per channel over the cluster (None: not shared)
+        self.counts = SubscriptionCounts() if config.share_subscription_counts else None
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -181,11 +184,14 @@ class ClusterState:
                    for e in self.presence.entries_of(self.node_id)]
         latest = {topic: sequence for topic, sequence in self._sequences.items()
                   if topic != CLUSTER_TOPIC}
-        if self.reporter is None:
-            return self._control(t="state", e=entries, q=latest)
-        mine = sorted(c for c, nodes in self.occupied.items() if self.node_id in nodes)
-        return self._control(t="state", e=entries, q=latest, rv=self.reporter.version,
-                             rb=sorted(self.reporter.reported), o=mine)
+        extra: dict[str, Any] = {}
+        if self.counts is not None:
+            extra["sc"] = self.counts.local
+        if self.reporter is not None:
+            extra.update(rv=self.reporter.version, rb=sorted(self.reporter.reported),
+                         o=sorted(c for c, nodes in self.occupied.items()
+                                  if self.node_id in nodes))
+        return self._control(t="state", e=entries, q=latest, **extra)
 
     def occupy(self, channel: str, subscribed: bool) -> list[BrokerPublish]:
         """With the reporter: this node got its first subscriber of a channel that is not
@@ -272,6 +278,8 @@ class ClusterState:
             self._states.pop(origin, None)
             left = self.presence.remove_node(origin)
             self._unoccupy_node(origin)
+            if self.counts is not None:
+                self.counts.forget(origin)
         self.incarnations[origin] = run
         actions = []
         is_new = origin not in self.heard or run != known
@@ -326,6 +334,8 @@ class ClusterState:
                             self._occupy(channel, origin, False)
                     for channel in channels:
                         self._occupy(channel, origin, True)
+                if self.counts is not None and isinstance(body.get("sc"), dict):
+                    self.counts.replace(origin, body["sc"])
                 if self.reporter is not None and "rv" in body:
                     self.reporter.adopt([(str(c), str(u)) for c, u in body["rb"]],
                                         int(body["rv"]))
@@ -335,6 +345,8 @@ class ClusterState:
                     self._states[origin] = (now, latest)
             elif kind == "sync?" and body.get("to") in (None, self.node_id):
                 replies.append(self._state())
+            elif kind == "cnt" and self.counts is not None and isinstance(body["s"], dict):
+                self.counts.update(origin, body["s"])
             elif kind == "occ" and self.reporter is not None:
                 self._occupy(str(body["c"]), origin, bool(body["s"]))
             elif kind == "rep" and self.reporter is not None:
@@ -382,8 +394,11 @@ class ClusterState:
         return transitions, [announced]
 
     def sweep(self, now: float) -> tuple[list[BrokerPublish], Changes]:
-        """Heartbeat when due, and drop nodes silent for longer than the TTL."""
+        """Heartbeat when due, the subscription counts changed since the last sweep, and
+        drop nodes silent for longer than the TTL."""
         actions = []
+        if self.counts is not None and self.counts.changed:
+            actions.append(self._control(t="cnt", s=self.counts.announcement()))
         if now >= self._next_heartbeat_at:
             self._next_heartbeat_at = now + self._heartbeat_interval
             actions.append(self._control(t="hb"))
@@ -397,4 +412,6 @@ class ClusterState:
                 self.window.forget_origin(node)
                 left.extend(self.presence.remove_node(node))
                 self._unoccupy_node(node)
+                if self.counts is not None:
+                    self.counts.forget(node)
         return actions, left

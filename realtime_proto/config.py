@@ -13,7 +13,6 @@ from .history import HistoryRule
 from .jwt import JwtConfig
 from .pusher.apps import PusherApp
 from .ratelimit import Rate
-from .webhook import WebhookTarget
 
 __all__ = ["Epoch", "HubConfig", "Limits", "NodeConfig", "RateLimits", "StaticFile",
            "WebhookConfig"]
@@ -109,6 +108,10 @@ class HubConfig:
     #: call (a burst, `POST /api/batch`); 0: one broker message per publish. Under
     #: PostgreSQL's NOTIFY limit (8000) by default.
     broker_bundle_bytes: int = 7000
+    #: share each channel's number of subscribers with the other nodes (announced at most
+    #: once per sweep), so that `Hub.subscription_count` counts every node's (the Pusher
+    #: API's `subscription_count`)
+    share_subscription_counts: bool = False
     #: report the client events received here (`ClientEventSent`), for Pusher webhooks
     #: (their presence events come from `presence_webhooks`, like the native ones)
     report_events: bool = False
@@ -212,8 +215,9 @@ class NodeConfig:
     static_files: Mapping[str, StaticFile] = field(default_factory=dict)
     #: Pusher applications served at `/app/{key}` and `/apps/{id}/` (none: not served)
     pusher_apps: tuple[PusherApp, ...] = ()
-    #: where Pusher webhooks go (None: nowhere); needs `hub.report_events`
-    pusher_webhook: WebhookTarget | None = None
+    #: where Pusher webhooks go and how they are retried (None: nowhere; `secret` unused:
+    #: each app signs with its own); needs `hub.report_events`
+    pusher_webhook: WebhookConfig | None = None
     #: the runtime name reported in /metrics and /health
     runtime: str = "unknown"
     #: slow-consumer policies by channel pattern (the default is to disconnect)

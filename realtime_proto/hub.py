@@ -299,6 +299,20 @@ class Hub:
         """Channels with local subscribers, and how many."""
         return {name: len(subs) for name, subs in sorted(self._out.subscribers.items())}
 
+    def subscription_count(self, channel: str) -> int:
+        """A channel's subscribers: over every node with `share_subscription_counts`
+        (the others' as they last announced them, at most a sweep old), else here."""
+        counts = self._cluster.counts
+        if counts is not None:
+            return counts.total(channel)
+        return len(self._out.subscribers.get(channel, ()))
+
+    def subscription_counts(self) -> dict[str, int]:
+        """Every channel with subscribers and how many, over every node with
+        `share_subscription_counts` (as `subscription_count`), else here."""
+        counts = self._cluster.counts
+        return counts.totals() if counts is not None else self.channels()
+
     def presence_channels(self) -> list[str]:
         """The presence channels with members, over every node."""
         return self._presence.channels()

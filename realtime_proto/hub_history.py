@@ -177,9 +177,9 @@ class ChannelHistory:
                 request: SubscribeOptions, history: StreamSlice | None,
                 buffered: Iterable[tuple[int | None, bytes, str | None]], now: float,
                 joined: bool = False) -> None:
-        """Answer a subscription: its stream position, what it asked to recover or see,
-        the live messages that waited for that, and (unless it had `joined` already) the
-        presence of its members."""
+        """Answer a subscription: its stream position, (unless it had `joined` already) the
+        presence of its members, what it asked to recover or see, and the live messages
+        that waited for that."""
         out = self._out
         success: dict[str, JsonValue] = {}
         missed: list[tuple[int, bytes]] = []
@@ -202,6 +202,8 @@ class ChannelHistory:
             success.update(recovered=False, replayed=0, missing=None)
             self.recoveries[False] += 1
         out.reply(conn, "subscription.succeeded", success, now, channel)
+        if not joined:  # the members first, then what the subscription asked for
+            self._presence.enter(conn, channel, info, now, replayed=success.get("replayed"))
         if history is not None:
             for offset, payload in missed:
                 out.deliver((conn.id,), stamp(payload, offset, history.epoch),
@@ -210,8 +212,6 @@ class ChannelHistory:
         for position, payload, event_id in sorted(buffered, key=_offset_order):
             if position is None or top is None or position > top:
                 out.deliver((conn.id,), payload, event_id, channel=channel)
-        if not joined:
-            self._presence.enter(conn, channel, info, now)
 
     def lost(self, topic: str, count: int) -> None:
         """`count` messages of another node on a topic never arrived: tell the local

@@ -10,7 +10,7 @@ from .cluster import ClusterState
 from .connection import Connection
 from .events import ConnectionId
 from .hub_outbox import Outbox
-from .message import MessageType
+from .message import JsonValue, MessageType
 from .presence import Member
 
 __all__ = ["Presence"]
@@ -33,10 +33,11 @@ class Presence:
         return self._cluster.presence.channels()
 
     def enter(self, conn: Connection, channel: str, info: Mapping[str, Any] | None,
-              now: float) -> None:
+              now: float, replayed: JsonValue = None) -> None:
         """A new subscriber of a presence channel becomes a member (announced if it is the
-        user's first connection there) and is sent the members; nothing on other channels
-        or for a connection without an identity."""
+        user's first connection there) and is sent the members (with `replayed`, the number
+        of messages that follow, when the subscription asked for some); nothing on other
+        channels or for a connection without an identity."""
         identity = conn.member_id(channel)
         if channel_kind(channel) is not ChannelKind.PRESENCE or identity is None:
             return
@@ -45,7 +46,7 @@ class Presence:
         self._out.actions.extend(actions)
         if first:
             self.announce([(channel, member)], "user.joined", now, exclude=conn.id)
-        self.sync(conn, channel, now)
+        self.sync(conn, channel, now, replayed)
 
     def exit(self, conn: Connection, channel: str, now: float) -> None:
         """A subscriber left a channel: on a presence channel, its membership ends
@@ -56,11 +57,16 @@ class Presence:
             if member is not None:
                 self.announce([(channel, member)], "user.left", now)
 
-    def sync(self, conn: Connection, channel: str, now: float) -> None:
-        """`presence.sync` with the members, on a presence channel."""
+    def sync(self, conn: Connection, channel: str, now: float,
+             replayed: JsonValue = None) -> None:
+        """`presence.sync` with the members, on a presence channel (and `replayed`, when
+        given)."""
         if channel_kind(channel) is ChannelKind.PRESENCE:
-            members = [m.to_dict() for m in self.members(channel)]
-            self._out.reply(conn, "presence.sync", {"members": members}, now, channel)
+            sync: dict[str, JsonValue] = {"members": [m.to_dict()
+                                                      for m in self.members(channel)]}
+            if replayed is not None:
+                sync["replayed"] = replayed
+            self._out.reply(conn, "presence.sync", sync, now, channel)
 
     def announce(self, changes: list[tuple[str, Member]], event: str, now: float,
                  exclude: ConnectionId | None = None) -> None:

@@ -209,6 +209,8 @@ class Subscriptions:
             if channel_kind(channel) is not ChannelKind.PRESENCE:
                 self._out.actions.extend(self._cluster.occupy(channel, True))
         subscribers[conn.id] = None
+        if (counts := self._cluster.counts) is not None:
+            counts.count(channel, len(subscribers))
         self._history.join(conn, channel, info, request, now)
 
     def unsubscribe(self, conn: Connection, channel: str, now: float) -> None:
@@ -233,6 +235,8 @@ class Subscriptions:
         self._history.streams.cancel(channel, conn.id)
         subscribers = out.subscribers[channel]
         del subscribers[conn.id]
+        if (counts := self._cluster.counts) is not None:
+            counts.count(channel, len(subscribers))
         if not subscribers:
             del out.subscribers[channel]
             self._history.streams.forget(channel)

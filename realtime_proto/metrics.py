@@ -88,7 +88,8 @@ def render_metrics(stats: NodeStatistics) -> bytes:
             for code in ErrorCode])
     metric("encodings_total", "counter", "Frames encoded for fan-out, by framing.",
            [(f'framing="{k}"', v) for k, v in sorted(stats.encodings.items())])
-    metric("pusher_webhooks_total", "counter", "Pusher webhook requests, by outcome.",
+    metric("pusher_webhooks_total", "counter",
+           "Pusher webhook events sent or dropped, and POSTs retried.",
            [(f'result="{k}"', v) for k, v in sorted(stats.pusher_webhooks.items())])
     metric("slow_consumers_total", "counter", "Connections dropped for not reading.",
            [("", stats.slow_consumers)])

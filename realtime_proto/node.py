@@ -252,7 +252,7 @@ class Node:
             transports=len(self._transports), poll_sessions=len(sessions),
             held_polls=sum(1 for session in sessions if session.held is not None),
             encodings=dict(self._fanout.encodings), slow_consumers=self._fanout.slow_consumers,
-            pusher_webhooks=dict(self._webhooks.pusher_outcomes),
+            pusher_webhooks=self._webhooks.pusher_statistics(),
             dropped_messages=self._sockets.dropped_messages + sum(
                 t.backlog.dropped for t in transports),
             backlogs={str(t.connection_id): t.backlog.bytes for t in transports
@@ -315,7 +315,7 @@ class Node:
                 case Disconnect():
                     self._fanout.disconnect(action)
                 case ClientEventSent():
-                    self._webhooks.client_event(action)
+                    self._webhooks.client_event(action, sockets.now)
                 case (BrokerPublish() | BrokerSubscribe() | BrokerUnsubscribe() | Authorize()
                       | HistoryAppend() | HistoryRead() | SaveReadPosition()):
                     sockets.actions.append(action)
@@ -326,11 +326,9 @@ class Node:
         self._webhooks.take(sockets.now)
 
     def _finish_call(self) -> None:
-        """Answer the polls that got messages, then one Transmit for the sockets with output;
-        the Pusher webhook events of the call, one request per app."""
+        """Answer the polls that got messages, then one Transmit for the sockets with output."""
         self._run_hub()
         sockets = self._sockets
-        self._webhooks.flush_pusher(sockets.now)
         self._polling.answer_ready()
         dirty, sockets.dirty = sockets.dirty, {}
         ready = sockets.fanned

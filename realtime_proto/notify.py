@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -22,11 +22,13 @@ from .config import WebhookConfig
 from .metrics import Histogram, HistogramSnapshot
 from .webhook import WebhookTarget
 
-__all__ = ["SIGNATURE_HEADER", "WebhookQueue", "WebhookStatistics", "body_signature",
+__all__ = ["SIGNATURE_HEADER", "Signer", "WebhookQueue", "WebhookStatistics", "body_signature",
            "response_status"]
 
 #: the header that carries the body's HMAC-SHA256: `sha256=<hex>`
 SIGNATURE_HEADER = "X-Realtime-Signature"
+#: the headers that sign a request's body (the native `X-Realtime-Signature`, or Pusher's)
+Signer = Callable[[bytes], Sequence[tuple[str, str]]]
 
 
 @final
@@ -67,13 +69,20 @@ def response_status(response: bytes) -> int | None:
 
 
 class WebhookQueue:
-    """The events waiting for one URL, and the one POST in flight."""
+    """The events waiting for one URL, and the one POST in flight.
 
-    def __init__(self, url: str, config: WebhookConfig, jitter: Callable[[], float]) -> None:
+    Args:
+        signer: the headers that sign a body (default: `X-Realtime-Signature` with
+            `config.secret`, none without a secret).
+    """
+
+    def __init__(self, url: str, config: WebhookConfig, jitter: Callable[[], float],
+                 signer: Signer | None = None) -> None:
         self.url = url
         self.target = WebhookTarget.parse(url)
         self._config = config
         self._jitter = jitter
+        self._signer = signer or self._native_signature
         #: (event, reported at)
         self._waiting: deque[tuple[Mapping[str, Any], float]] = deque()
         #: the batch in flight or waiting to be retried: (request id, request, events)
@@ -159,10 +168,13 @@ class WebhookQueue:
         target = self.target
         headers = [("host", target.host), ("content-type", "application/json"),
                    ("content-length", str(len(body))), ("connection", "close"),
-                   ("user-agent", "realtime_proto-webhooks")]
-        if self._config.secret is not None:
-            headers.append((SIGNATURE_HEADER.lower(), body_signature(self._config.secret, body)))
+                   ("user-agent", "realtime_proto-webhooks"), *self._signer(body)]
         client = h11.Connection(h11.CLIENT)
         head = client.send(h11.Request(method="POST", target=target.path, headers=headers))
         return (head or b"") + (client.send(h11.Data(data=body)) or b"") + (
             client.send(h11.EndOfMessage()) or b"")
+
+    def _native_signature(self, body: bytes) -> Sequence[tuple[str, str]]:
+        secret = self._config.secret
+        return () if secret is None else ((SIGNATURE_HEADER.lower(),
+                                           body_signature(secret, body)),)

@@ -162,7 +162,7 @@ def _info(hub: Hub, app: PusherApp, channel: str, attributes: object) -> dict[st
     hub_channel = app.hub_channel(channel)
     info: dict[str, JsonValue] = {}
     if "subscription_count" in wanted:
-        info["subscription_count"] = hub.channels().get(hub_channel, 0)
+        info["subscription_count"] = hub.subscription_count(hub_channel)
     if "user_count" in wanted:
         if not channel.startswith("presence-"):
             raise _BadRequest(400, "user_count is known for presence channels only")
@@ -209,15 +209,14 @@ def _batch(hub: Hub, app: PusherApp, fields: dict[str, Any], now: float) -> Json
 
 
 def _channels(hub: Hub, app: PusherApp, query: Mapping[str, str]) -> JsonValue:
-    """The app's occupied channels: presence channels over every node, the others with
-    subscribers on this node."""
+    """The app's occupied channels, over every node."""
     prefix = query.get("filter_by_prefix", "")
     info = query.get("info")
     if info is not None and "user_count" in info.split(",") and \
             not prefix.startswith("presence-"):
         raise _BadRequest(400, "info=user_count needs filter_by_prefix=presence-")
     channels: dict[str, JsonValue] = {}
-    for hub_name in sorted({*hub.channels(), *hub.presence_channels()}):
+    for hub_name in sorted({*hub.subscription_counts(), *hub.presence_channels()}):
         name, _, namespace = hub_name.partition(":")
         if (f":{namespace}" if namespace else "") == app.namespace and name.startswith(prefix):
             channels[name] = _info(hub, app, name, info)
@@ -226,6 +225,6 @@ def _channels(hub: Hub, app: PusherApp, query: Mapping[str, str]) -> JsonValue:
 
 def _channel(hub: Hub, app: PusherApp, channel: str, query: Mapping[str, str]) -> JsonValue:
     hub_channel = app.hub_channel(channel)
-    occupied = hub.channels().get(hub_channel, 0) > 0 or (
+    occupied = hub.subscription_count(hub_channel) > 0 or (
         channel.startswith("presence-") and bool(hub.members(hub_channel)))
     return {"occupied": occupied, **_info(hub, app, channel, query.get("info"))}

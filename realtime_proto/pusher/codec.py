@@ -254,7 +254,8 @@ def encode_payload(payload: bytes, user_id: str | None = None) -> list[bytes]:
     """The Pusher frames of a native payload the Hub delivers: none when the Pusher
     protocol has nothing to say (an unsubscription's acknowledgement, the plain
     `subscription.succeeded` ahead of a presence channel's member list), two for a cache
-    channel's subscription without a cached event (`pusher:cache_miss` follows).
+    channel's subscription without a cached event (`pusher:cache_miss` follows the
+    success, or a presence channel's member list).
 
     Args:
         user_id: the signed-in user of the connection, for an event sent to the user
@@ -267,8 +268,9 @@ def encode_payload(payload: bytes, user_id: str | None = None) -> list[bytes]:
     if frame is None:
         return []
     if name is not None and name.startswith(CACHE_PREFIXES) and message["type"] == "event" \
-            and message.get("event") == "subscription.succeeded" \
+            and message.get("event") in ("subscription.succeeded", "presence.sync") \
             and not (message.get("data") or {}).get("replayed"):
+        # (a presence channel's success is its member list, sent before the cached event)
         return [frame, _frame("pusher:cache_miss", {}, name)]
     return [frame]
 

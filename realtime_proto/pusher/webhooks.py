@@ -1,21 +1,21 @@
 """Webhooks in Pusher's format: `channel_occupied`, `channel_vacated`, `member_added`,
 `member_removed` (from the cluster's presence reports: once per cluster-wide transition,
 `realtime_proto.reporter`) and `client_event` (from the sender's node), signed with the
-app's secret (`X-Pusher-Key`, `X-Pusher-Signature`)."""
+app's secret (`X-Pusher-Key`, `X-Pusher-Signature`), queued and retried like the native
+webhooks."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import h11
-
 from ..actions import ClientEventSent
+from ..config import WebhookConfig
 from ..message import JsonValue, encode_json
-from ..webhook import WebhookTarget
+from ..notify import Signer, WebhookQueue
 from .apps import PusherApp, sign
 
-__all__ = ["delivered", "presence_event", "pusher_webhook_request", "webhook_event"]
+__all__ = ["PusherWebhooks", "presence_event", "pusher_signer", "webhook_event"]
 
 #: the cluster's presence reports (`Notify`), by their Pusher names
 _PRESENCE = {"channel.occupied": "channel_occupied", "channel.vacated": "channel_vacated",
@@ -63,20 +63,46 @@ def webhook_event(apps: Sequence[PusherApp],
     return app, event
 
 
-def pusher_webhook_request(target: WebhookTarget, app: PusherApp,
-                           events: Sequence[JsonValue], unix_ms: int) -> bytes:
-    """The whole HTTP/1.1 request that POSTs `events` to `target`, signed for `app`."""
-    body = encode_json({"time_ms": unix_ms, "events": list(events)})
-    client = h11.Connection(h11.CLIENT)
-    head = client.send(h11.Request(method="POST", target=target.path, headers=[
-        ("host", target.host), ("content-type", "application/json"),
-        ("content-length", str(len(body))), ("x-pusher-key", app.key),
-        ("x-pusher-signature", sign(app.secret, body.decode())), ("connection", "close")]))
-    return (head or b"") + (client.send(h11.Data(data=body)) or b"") + (
-        client.send(h11.EndOfMessage()) or b"")
+def pusher_signer(app: PusherApp) -> Signer:
+    """The headers that sign a webhook body for `app`: `X-Pusher-Key` and
+    `X-Pusher-Signature` (the hex HMAC-SHA256 of the body with the app's secret)."""
+    def headers(body: bytes) -> Sequence[tuple[str, str]]:
+        return (("x-pusher-key", app.key), ("x-pusher-signature", sign(app.secret, body.decode())))
+    return headers
 
 
-def delivered(response: bytes) -> bool:
-    """Whether a webhook's raw HTTP response has a 2xx status."""
-    status = response.split(b" ", 2)[1:2]
-    return bool(status) and status[0][:1] == b"2" and len(status[0]) == 3
+class PusherWebhooks:
+    """The Pusher webhooks' queues, one per app and URL: batched, in order, retried with
+    back-off like the native webhooks (`realtime_proto.notify`), each request signed for
+    its app (none without a `config`)."""
+
+    def __init__(self, apps: Sequence[PusherApp], config: WebhookConfig | None,
+                 jitter: Callable[[], float]) -> None:
+        self._apps = apps
+        self._by_app = {app: [WebhookQueue(url, config, jitter, pusher_signer(app))
+                              for url in config.urls] for app in apps} if config else {}
+        #: every queue
+        self.queues = [queue for queues in self._by_app.values() for queue in queues]
+
+    def add_client_event(self, action: ClientEventSent, now: float) -> None:
+        """Queue a client event sent here, when it is an app's."""
+        if self.queues and (found := webhook_event(self._apps, action)) is not None:
+            for queue in self._by_app[found[0]]:
+                queue.add((found[1],), now)
+
+    def add_presence(self, events: Iterable[Mapping[str, Any]], now: float) -> None:
+        """Queue the cluster's presence reports that are an app's."""
+        for event in events if self.queues else ():
+            if (found := presence_event(self._apps, event)) is not None:
+                for queue in self._by_app[found[0]]:
+                    queue.add((found[1],), now)
+
+    def statistics(self) -> dict[str, int]:
+        """Events sent and dropped, POSTs retried, over every queue (for `/metrics`)."""
+        counts = {"sent": 0, "retried": 0, "dropped": 0}
+        for queue in self.queues:
+            statistics = queue.statistics()
+            counts["sent"] += statistics.sent
+            counts["retried"] += statistics.retried
+            counts["dropped"] += statistics.dropped
+        return counts

@@ -125,3 +125,55 @@ def test_member_added_webhook_once_across_nodes() -> None:
                 "channel_occupied", "client_event", "member_added"]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+def test_subscription_counts_and_channel_lists_span_the_nodes(kind: str) -> None:
+    require(kind)
+    broker = broker_url(kind)
+
+    async def scenario() -> None:
+        app = (f"{APP_ID}:{KEY}:{SECRET}",)
+        async with serving("asyncio", broker=broker, pusher_app=app) as node_a, \
+                serving("asyncio", broker=broker, pusher_app=app) as node_b, \
+                pusher_socket(node_a.port) as ann, pusher_socket(node_b.port) as bob, \
+                pusher_socket(node_b.port) as carol:
+            client_a = sdk(node_a.port)
+            stamp = time.monotonic_ns()
+            public, private = f"orders-{stamp}", f"private-orders-{stamp}"
+            for socket in (ann, bob, carol):
+                assert (await socket.subscribe(public))["channel"] == public
+            await bob.subscribe(private, **client_a.authenticate(channel=private,
+                                                                 socket_id=bob.socket_id))
+
+            async def on_a(expected: dict[str, Any]) -> None:
+                """Ask node A (with the SDK) until its answers are `expected`: node B's
+                counts arrive within a sweep."""
+                async with asyncio.timeout(15):
+                    while True:
+                        answers = {
+                            "public": await asyncio.to_thread(
+                                client_a.channel_info, public, ["subscription_count"]),
+                            "private": await asyncio.to_thread(
+                                client_a.channel_info, private, ["subscription_count"]),
+                            "listed": sorted((await asyncio.to_thread(
+                                client_a.channels_info, "", ["subscription_count"]))[
+                                    "channels"].items())}
+                        if answers == expected:
+                            return
+                        await asyncio.sleep(0.1)
+
+            def listed(**counts: int) -> list[tuple[str, dict[str, int]]]:
+                names = {"public": public, "private": private}
+                return sorted((names[k], {"subscription_count": v}) for k, v in counts.items())
+
+            await on_a({"public": {"occupied": True, "subscription_count": 3},
+                        "private": {"occupied": True, "subscription_count": 1},
+                        "listed": listed(public=3, private=1)})
+            await carol.ws.close()
+            await bob.send("pusher:unsubscribe", {"channel": private})
+            await on_a({"public": {"occupied": True, "subscription_count": 2},
+                        "private": {"occupied": False, "subscription_count": 0},
+                        "listed": listed(public=2)})
+
+    asyncio.run(scenario())

@@ -9,6 +9,7 @@ import pytest
 from realtime_proto import Epoch, ErrorCode, Hub, HubConfig, Limits, LocalProtocolError, User
 from realtime_proto.actions import BrokerPublish, BrokerSubscribe, BrokerUnsubscribe
 from realtime_proto.events import ConnectionId
+from realtime_proto.history import HistoryRule
 from realtime_proto.testing import counter_ids
 
 from .hubkit import error_codes, events, make, user
@@ -194,6 +195,22 @@ def test_client_event_goes_to_others_not_the_sender() -> None:
                                                                           "a")
     transport.send(c, {"type": "event", "channel": "private-room.1", "event": "typing"})
     assert error_codes(transport.take(c)) == [ErrorCode.FORBIDDEN]
+
+
+def test_a_presence_channel_sends_its_members_before_the_history_it_was_asked_for() -> None:
+    hub, transport, clock = make(HubConfig(history=(HistoryRule("presence-*", 10, 60),)))
+    hub.channel("presence-*").authorize(lambda conn, channel: {})
+    room = "presence-room.1"
+    hub.broadcast(room, "said", "hi", now=clock.now)
+    alice = transport.connect(user("alice"))
+    transport.send(alice, {"type": "subscribe", "channel": room, "data": {"history": 5}})
+    got = transport.take(alice)
+    assert events(got)[-3:] == [("subscription.succeeded", room), ("presence.sync", room),
+                                ("said", room)]
+    assert got[-3]["data"]["replayed"] == got[-2]["data"]["replayed"] == 1
+    bob = transport.connect(user("bob"))
+    transport.send(bob, {"type": "subscribe", "channel": room})  # no history asked
+    assert "replayed" not in transport.take(bob)[-1]["data"]
 
 
 def test_presence_join_sync_leave_with_two_connections_for_one_user() -> None:

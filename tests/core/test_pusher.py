@@ -208,3 +208,27 @@ def test_the_http_api_is_signed_and_rate_limited_per_key() -> None:
         "GET", f"/apps/1/channels?{query}&auth_signature={signature}", (), b""))
     [response] = peer.receive(other.take(transport))
     assert response.status == 200 and json.loads(response.body) == {"channels": {}}
+
+
+def test_a_presence_cache_channel_answers_its_members_then_the_cached_event_or_a_miss() -> None:
+    h = Harness(pusher_apps=(ONE,), hub=HubConfig(node_id="n1", history=codec.CACHE_RULES))
+    channel = "presence-cache-room"
+
+    def join(user: str) -> tuple[Any, WebSocketPeer, list[dict[str, Any]]]:
+        transport, peer, socket_id = pusher_connect(h)
+        channel_data = json.dumps({"user_id": user})
+        auth = "key-one:" + sign("secret-one", f"{socket_id}:{channel}:{channel_data}")
+        got = send(h, transport, peer, "pusher:subscribe",
+                   {"channel": channel, "auth": auth, "channel_data": channel_data})
+        return transport, peer, got
+
+    _, _, first = join("ann")
+    assert [(f["event"], f["data"]) for f in first] == [
+        ("pusher_internal:subscription_succeeded",
+         {"presence": {"ids": ["ann"], "hash": {"ann": {}}, "count": 1}}),
+        ("pusher:cache_miss", {})]
+    h.node.hub.broadcast(channel, "price", {"p": 2}, now=h.clock.now)
+    h.pump()
+    _, _, late = join("bob")
+    assert [f["event"] for f in late] == ["pusher_internal:subscription_succeeded", "price"]
+    assert late[0]["data"]["presence"]["count"] == 2 and late[1]["data"] == {"p": 2}

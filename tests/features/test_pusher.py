@@ -295,20 +295,25 @@ def test_cache_channels_deliver_the_last_event_or_a_cache_miss() -> None:
         async with pusher_server() as server, pusher_socket(server.port) as first, \
                 pusher_socket(server.port) as late:
             client = sdk(server.port)
-            for channel, auth in (("cache-prices", {}), ("private-cache-prices", None)):
-                if auth is None:
-                    auth = client.authenticate(channel=channel, socket_id=first.socket_id)
-                reply = await first.subscribe(channel, **auth)
+            def auth(channel: str, socket: PusherSocket) -> dict[str, str]:
+                if channel.startswith("presence-"):
+                    return dict(client.authenticate(channel=channel, socket_id=socket.socket_id,
+                                                    custom_data={"user_id": socket.socket_id}))
+                if channel.startswith("private-"):
+                    return dict(client.authenticate(channel=channel, socket_id=socket.socket_id))
+                return {}
+
+            for channel in ("cache-prices", "private-cache-prices", "presence-cache-prices"):
+                reply = await first.subscribe(channel, **auth(channel, first))
                 assert reply["event"] == "pusher_internal:subscription_succeeded"
-                assert (await first.next())["event"] == "pusher:cache_miss"
+                assert (await first.next())["event"] == "pusher:cache_miss"  # right after it
                 for price in (1, 2):
                     await asyncio.to_thread(client.trigger, channel, "price", {"p": price})
                     assert (await first.next("price"))["data"] == {"p": price}
-                if channel.startswith("private-"):
-                    auth = client.authenticate(channel=channel, socket_id=late.socket_id)
-                assert (await late.subscribe(channel, **auth))["channel"] == channel
+                reply = await late.subscribe(channel, **auth(channel, late))
+                assert reply["event"] == "pusher_internal:subscription_succeeded"
                 assert await late.next() == {"event": "price", "channel": channel,
-                                             "data": {"p": 2}}  # the last one only
+                                             "data": {"p": 2}}  # the last one only, after it
 
     asyncio.run(scenario())
 
@@ -332,8 +337,10 @@ def test_an_event_with_a_bad_info_is_refused_before_it_is_sent() -> None:
 
 
 @contextlib.asynccontextmanager
-async def webhook_receiver(received: list[dict[str, Any]]) -> AsyncIterator[str]:
-    """A backend that checks each Pusher webhook with the Python SDK, then keeps it."""
+async def webhook_receiver(received: list[dict[str, Any]], *, fail_first: int = 0,
+                           refused: list[str] | None = None) -> AsyncIterator[str]:
+    """A backend that checks each Pusher webhook with the Python SDK, then keeps it; it
+    answers the first `fail_first` requests 503 instead (their bodies go to `refused`)."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -349,6 +356,9 @@ async def webhook_receiver(received: list[dict[str, Any]]) -> AsyncIterator[str]
         valid = checker.validate_webhook(request.headers["x-pusher-key"],
                                          request.headers["x-pusher-signature"], body)
         assert request.headers["content-type"] == "application/json"  # the Node SDK's need
+        if refused is not None and len(refused) < fail_first:
+            refused.append(body)
+            return Response(status_code=503)
         received.append(valid if valid is not None else {"invalid": body})
         return Response(status_code=200)
 
@@ -420,6 +430,36 @@ def test_webhooks_in_pushers_format_once_per_transition(runtime: str) -> None:
                         _get, f"http://127.0.0.1:{server.port}/metrics"))) \
                         or int(found[1]) < len(received):
                     await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+
+
+def test_a_webhook_the_backend_fails_is_retried_until_it_succeeds() -> None:
+    async def scenario() -> None:
+        received: list[dict[str, Any]] = []
+        refused: list[str] = []
+        async with webhook_receiver(received, fail_first=1, refused=refused) as url, \
+                pusher_server(pusher_webhook=url) as server, \
+                pusher_socket(server.port) as ann, pusher_socket(server.port) as bob:
+            client = sdk(server.port)
+            for socket in (ann, bob):
+                await socket.subscribe("private-room", **client.authenticate(
+                    channel="private-room", socket_id=socket.socket_id))
+            await bob.send("client-typing", {"on": True}, "private-room")
+            async with asyncio.timeout(TIMEOUT):  # the back-off starts at 0.5 s
+                while not any(e["name"] == "client_event" for r in received
+                              for e in r["events"]):
+                    await asyncio.sleep(0.05)
+            [first] = [json.loads(body) for body in refused]
+            assert first == received[0]  # the refused batch again, before anything else
+            events = [e for r in received for e in r["events"]]
+            assert [e for e in events if e["name"] == "client_event"] == [
+                {"name": "client_event", "channel": "private-room", "event": "client-typing",
+                 "data": '{"on":true}', "socket_id": bob.socket_id}]  # once, after the 503
+            retried = re.compile(r'realtime_pusher_webhooks_total\{[^}]*result="retried"\} (\d+)')
+            found = retried.search(await asyncio.to_thread(
+                _get, f"http://127.0.0.1:{server.port}/metrics"))
+            assert found and int(found[1]) >= 1
 
     asyncio.run(scenario())
 

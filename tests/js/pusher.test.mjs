@@ -267,6 +267,32 @@ describe('pusher-js on one node', () => {
     assert.deepEqual((await got)[0], { text: 'only the ends read this' });
   });
 
+  test('cache channels: the last event after the success, or pusher:cache_miss (public, private, presence)', async () => {
+    /** The channel's events in the order pusher-js hands them out, until `count` came. */
+    async function seen(pusher, name, count) {
+      const channel = pusher.channel(name) ?? pusher.subscribe(name);
+      const events = [];
+      channel.bind_global((event, data) => events.push([event, event === 'price' ? data : null]));
+      await until(async () => events.length >= count, { timeout: 8000, what: `${count} events on ${name}` });
+      return events;
+    }
+    const backend = nodeSdk(server.port);
+    for (const prefix of ['cache-', 'private-cache-', 'presence-cache-']) {
+      const empty = await connected(makePusher(server.port, { user: 'ann' }));
+      assert.deepEqual(await seen(empty, unique(`${prefix}empty-`), 2), [
+        ['pusher:subscription_succeeded', null], ['pusher:cache_miss', null]]);
+      const name = unique(`${prefix}prices-`);
+      await backend.trigger(name, 'price', { p: 1 });
+      await backend.trigger(name, 'price', { p: 2 });
+      const late = await connected(makePusher(server.port, { user: 'bob' }));
+      assert.deepEqual(await seen(late, name, 2), [
+        ['pusher:subscription_succeeded', null], ['price', { p: 2 }]]);
+      const live = once(late.channel(name), 'price');
+      await backend.trigger(name, 'price', { p: 3 });
+      assert.deepEqual((await live)[0], { p: 3 });
+    }
+  });
+
   test('signin, sendToUser and terminateUserConnections with the Node SDK', async () => {
     const user = unique('user');
     const pusher = await connected(makePusher(server.port, { user }));
@@ -552,5 +578,33 @@ describe('pusher-js across two nodes on Redis', () => {
     });
     await nodeSdk(nodeA.port).terminateUserConnections(user);
     await closed;
+  });
+  test('the Node SDK asks node A for subscription counts that include node B', async () => {
+    const name = unique('orders-');
+    const secret = unique('private-orders-');
+    const onA = await connected(makePusher(nodeA.port));
+    const onB = [await connected(makePusher(nodeB.port)), await connected(makePusher(nodeB.port))];
+    for (const pusher of [onA, ...onB]) assert.equal((await subscribed(pusher, name)).outcome[0], 'ok');
+    assert.equal((await subscribed(onB[0], secret)).outcome[0], 'ok');
+    const backend = nodeSdk(nodeA.port);
+    const ask = async (path, info) => (await backend.get({ path, params: { info } })).json();
+    const counts = async () => ({
+      one: await ask(`/channels/${name}`, 'subscription_count'),
+      all: (await ask('/channels', 'subscription_count')).channels,
+    });
+    const expect = async (one, all) => {
+      let last;
+      await until(async () => {
+        last = await counts();
+        const mine = Object.fromEntries(Object.entries(last.all).filter(([c]) => c === name || c === secret));
+        return JSON.stringify(last.one) === JSON.stringify(one) && JSON.stringify(mine) === JSON.stringify(all);
+      }, { timeout: 15000, interval: 200, what: 'node A to count node B\'s subscribers' }).catch((error) => {
+        throw new Error(`${error.message}: ${JSON.stringify(last)}`);
+      });
+    };
+    await expect({ occupied: true, subscription_count: 3 },
+      { [name]: { subscription_count: 3 }, [secret]: { subscription_count: 1 } });
+    onB[0].disconnect();
+    await expect({ occupied: true, subscription_count: 2 }, { [name]: { subscription_count: 2 } });
   });
 });

@@ -85,8 +85,9 @@ _HELP = {
     "auth_webhook_cache": "seconds an auth webhook answer is reused for the same user and channel",
     "pusher_app": "serve the Pusher Channels protocol for an app: ID:KEY:SECRET (repeatable; "
                   "pusher-js connects to /app/KEY, the Pusher SDKs call /apps/ID/…)",
-    "pusher_webhook": "URL the server POSTs Pusher webhooks to (member_added, member_removed, "
-                      "client_event), signed with the app's secret",
+    "pusher_webhook": "URL the server POSTs Pusher webhooks to (channel_occupied/vacated, "
+                      "member_added/removed, client_event), signed with the app's secret, "
+                      "retried with back-off",
     "slow_consumers": "slow-consumer policy by channel: pattern=disconnect|drop_oldest|latest,… "
                       "(default: disconnect with 4021)",
     "workers": "worker processes sharing the port, joined through the broker (auto: one "

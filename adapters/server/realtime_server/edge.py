@@ -255,6 +255,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                     shared_history=history_store(settings) is not None,
                     jwt=jwt_config(settings),
                     report_events=bool(settings.pusher_webhook and settings.pusher_app),
+                    share_subscription_counts=bool(settings.pusher_app),
                     heartbeat_interval=settings.heartbeat_interval,
                     idle_timeout=settings.idle_timeout,
                     authorization_timeout=settings.authorization_timeout,
@@ -275,8 +276,7 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
     return NodeConfig(hub=hub, api_key=settings.api_key, webhooks=webhooks,
                       poll_timeout=settings.poll_timeout,
                       pusher_apps=parse_apps(settings.pusher_app),
-                      pusher_webhook=WebhookTarget.parse(settings.pusher_webhook)
-                      if settings.pusher_webhook else None,
+                      pusher_webhook=pusher_webhook_config(settings),
                       poll_session_timeout=settings.poll_session_timeout,
                       sse_heartbeat_interval=settings.sse_heartbeat_interval,
                       cors_origin=settings.cors_origin, runtime=runtime,
@@ -284,6 +284,18 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
                       trusted_proxies=parse_networks(settings.trusted_proxy),
                       static_files=load_static_files(settings.static_dir),
                       worker=settings.worker, compression=settings.compression)
+
+
+def pusher_webhook_config(settings: Settings) -> WebhookConfig | None:
+    """Pusher webhooks: queued and retried like the native ones (`webhook-max-queue`).
+
+    Raises:
+        ValueError: the URL is not http:// or https://.
+    """
+    if not settings.pusher_webhook:
+        return None
+    WebhookTarget.parse(settings.pusher_webhook)  # a bad URL is refused at start
+    return WebhookConfig(urls=(settings.pusher_webhook,), max_queue=settings.webhook_max_queue)
 
 
 def _replace_oldest(policy: str) -> bool:
