@@ -153,7 +153,7 @@ def main() -> int:
 
     names = args.scenario or [n for n, s in sorted(scenarios.SCENARIOS.items(),
                                                     key=lambda kv: (kv[1].number == 0, kv[1].number))
-                              if s.in_quick or not args.quick]
+                              if (s.in_quick or not args.quick) and not s.optional]
     for n in names:
         if n not in scenarios.SCENARIOS:
             ap.error(f"unknown scenario {n}")

@@ -35,15 +35,16 @@ class Scenario:
     run: Callable[[Config, list[System]], dict[str, Any]]
     in_quick: bool = True
     netns: bool = True  # False: runs in the machine's network namespace (see run.py)
+    optional: bool = False  # True: run only when named (--scenario NAME)
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(name: str, number: int, title: str, in_quick: bool = True,
-             netns: bool = True) -> Callable[..., Any]:
+             netns: bool = True, optional: bool = False) -> Callable[..., Any]:
     def deco(fn: Callable[[Config, list[System]], dict[str, Any]]) -> Any:
-        SCENARIOS[name] = Scenario(name, number, title, fn, in_quick, netns)
+        SCENARIOS[name] = Scenario(name, number, title, fn, in_quick, netns, optional)
         return fn
     return deco
 
@@ -248,3 +249,25 @@ def loadgen_check(cfg: Config, systems: list[System]) -> dict[str, Any]:
         log(f"  {r.get('rate', 0):,.0f} deliveries/s, cores {_cores(r)}")
         out["scaling"].append(r)
     return out
+
+
+# ------------------------------------------------------- scale (optional: run by name)
+
+
+@scenario("hundredk", 8, "100,000 idle connections (`--workers`)", in_quick=False,
+          netns=False, optional=True)
+def hundredk(cfg: Config, systems: list[System]) -> dict[str, Any]:
+    """bench/hundredk.py: 100,000 subscribed idle WebSocket connections, one publish."""
+    import hundredk as scale
+
+    n = 10_000 if cfg.quick else 100_000
+    return _safe(lambda: scale.measure(n, scale.worker_count(n), 600), "hundredk")
+
+
+@scenario("storm", 9, "Reconnect storms and handshakes/s", in_quick=False, netns=False,
+          optional=True)
+def storm(cfg: Config, systems: list[System]) -> dict[str, Any]:
+    """bench/storm.py: 20,000 clients drop and reconnect, with and without backoff."""
+    import storm as storms
+
+    return _safe(lambda: storms.run(20_000, 400, 15_000, 180), "storm")

@@ -4,6 +4,7 @@ long-poll connection opened on the Hub."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from . import jsonwire, sse
@@ -41,15 +42,18 @@ class Admission:
         rates = self._config.hub.rates
         self._connect_buckets = TokenBuckets(rates.connections) if rates.connections else None
         self._api_buckets = TokenBuckets(rates.api_calls) if rates.api_calls else None
+        #: one bucket for the whole node (`rates.handshakes`)
+        self._handshake_buckets = TokenBuckets(rates.handshakes, max_keys=1) \
+            if rates.handshakes else None
         #: requests waiting for the application's answer: request id -> (socket, request)
         self._waiting: dict[str, tuple[TransportId, RequestReceived]] = {}
         #: connections refused for a limit: "node" or "user"
         self.refused_connections: Counter[str] = Counter()
 
-
     @property
     def _config(self) -> NodeConfig:
         return self._sockets.config  # read each time: the Node's may be replaced
+
     def sweep(self, now: float) -> None:
         """Forget the rate-limit buckets that are full again."""
         for buckets in (self._connect_buckets, self._api_buckets):
@@ -83,7 +87,7 @@ class Admission:
     def connect(self, transport: Transport, request: RequestReceived, now: float) -> None:
         """A request for a new connection: refused, sent to the application's check, or
         opened."""
-        if self._full(transport):
+        if self._full(transport) or self.overloaded(transport, now):
             return
         peer = self.peer(transport, request)
         if self.refused_connect(transport, peer, now):
@@ -135,6 +139,21 @@ class Admission:
         self._sockets.respond(transport, 503, encode_json(error_body(
             ErrorCode.TOO_MANY_CONNECTIONS, f"this node has its {limit} connections")),
             [("content-type", JSON), ("retry-after", "1"), *self._sockets.cors])
+        return True
+
+    def overloaded(self, transport: Transport, now: float) -> bool:
+        """Answer 503 with Retry-After when the node admits no more new connections this
+        second (`rates.handshakes`); whether it did."""
+        buckets = self._handshake_buckets
+        wait = buckets.take("", now) if buckets is not None else 0.0
+        if not wait:
+            return False
+        self.refused_connections["handshakes"] += 1
+        self._sockets.respond(transport, 503, encode_json(error_body(
+            ErrorCode.TOO_MANY_CONNECTIONS, "this node admits no more connections this "
+            "second") | {"retry_after": round(wait, 3)}),
+            [("content-type", JSON), ("retry-after", str(max(1, math.ceil(wait)))),
+             *self._sockets.cors], keep_alive=False)  # its socket is freed at once
         return True
 
     def _accept(self, transport: Transport, request: RequestReceived, user: User | None,

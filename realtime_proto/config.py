@@ -66,6 +66,9 @@ class RateLimits:
     connections: Rate | None = Rate(20, 100)
     #: HTTP API calls with one API key
     api_calls: Rate | None = Rate(10_000, 20_000)
+    #: new connections this node admits from all clients together (admission control
+    #: for reconnect storms); past it, 503 with Retry-After before the upgrade
+    handshakes: Rate | None = None
 
 
 @final

@@ -177,9 +177,10 @@ def render_metrics(stats: NodeStatistics) -> bytes:
     metric("cluster_nodes", "gauge", "Nodes this node hears, itself included.",
            [("", hub.nodes)])
     metric("connections_refused_total", "counter",
-           "Connections refused at the door: node (max_connections, 503), user "
-           "(max_connections_per_user, 429).",
-           [(f'limit="{k}"', stats.refused_connections.get(k, 0)) for k in ("node", "user")])
+           "Connections refused at the door: node (max_connections, 503), handshakes "
+           "(max_handshakes_per_second, 503), user (max_connections_per_user, 429).",
+           [(f'limit="{k}"', stats.refused_connections.get(k, 0))
+            for k in ("node", "handshakes", "user")])
     metric("connections_replaced_total", "counter",
            "Connections closed (4013) for a newer one of the same user.",
            [("", hub.connections_replaced)])

@@ -106,8 +106,9 @@ class Sockets:
                                      "never opened it")
 
     def respond(self, transport: Transport, status: int, body: bytes,
-                headers: list[tuple[str, str]]) -> None:
-        """Answer an HTTP request (over the broker when another node forwarded it)."""
+                headers: list[tuple[str, str]], *, keep_alive: bool = True) -> None:
+        """Answer an HTTP request (over the broker when another node forwarded it);
+        without `keep_alive`, the connection's last."""
         if transport.reply_to is not None:
             route, request_id = transport.reply_to
             self.transports.pop(transport.id, None)
@@ -118,7 +119,7 @@ class Sockets:
         self.responses[status] += 1
         # once shutting down, every answer is the connection's last (Connection: close)
         transport.framing.respond(status, headers, body, now=self.now,  # type: ignore[union-attr]
-                                  keep_alive=not self.shutting_down)
+                                  keep_alive=keep_alive and not self.shutting_down)
 
     def respond_json(self, transport: Transport, status: int, body: JsonValue) -> None:
         self.respond(transport, status, encode_json(body), [("content-type", JSON), *self.cors])

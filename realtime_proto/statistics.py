@@ -79,5 +79,6 @@ class NodeStatistics:
     forwarded: dict[str, int] = field(default_factory=dict)
     #: each webhook URL's delivery counters
     webhooks: tuple[WebhookStatistics, ...] = ()
-    #: connections refused at the door, by limit: "node" (503), "user" (429)
+    #: connections refused at the door, by limit: "node" (503), "handshakes" (503),
+    #: "user" (429)
     refused_connections: Mapping[str, int] = field(default_factory=dict)

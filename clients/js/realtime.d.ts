@@ -83,6 +83,8 @@ export interface CloseInfo {
   code: number;
   /** HTTP status when an HTTP request was refused. */
   status?: number;
+  /** seconds of the Retry-After of a busy server's 503 or 429, when the client saw it */
+  retryAfter?: number;
   reason?: string;
 }
 

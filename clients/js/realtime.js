@@ -176,7 +176,14 @@ async function readHttpError(res) {
   let code = typeof e.code === 'number' ? e.code : 0;
   if (!code && res.status === 401) code = 4001;
   if (!code && res.status === 404) code = 4022;
-  return { status: res.status, code, message: e.message || res.statusText || `HTTP ${res.status}` };
+  const message = e.message || res.statusText || `HTTP ${res.status}`;
+  return { status: res.status, code, message, retryAfter: retryAfterSeconds(res.headers?.get?.('retry-after')) };
+}
+
+// The seconds of a Retry-After header given in seconds (an HTTP date is not used here).
+function retryAfterSeconds(value) {
+  const seconds = Number(value);
+  return value && Number.isFinite(seconds) && seconds > 0 ? seconds : undefined;
 }
 
 // The close code of a connection the application closed (disconnect_user): not retried.
@@ -187,6 +194,14 @@ export const REPLACED_CODE = 4013;
 
 function isAuthFailure(info) {
   return !!info && (info.code === 4001 || info.status === 401);
+}
+
+// The server refused the connection because it is busy (a reconnect storm, a full node:
+// 503 or 429 with Retry-After): the other transports would be refused too, so the client
+// waits and retries later. A 503 without Retry-After (a proxy that does not pass
+// WebSocket through, say) still falls back to the next transport.
+function isOverloaded(info) {
+  return !!info && (info.status === 503 || info.status === 429) && info.retryAfter > 0;
 }
 
 function sleep(ms, transport) {
@@ -257,6 +272,7 @@ class WebSocketTransport {
     this.closed = false;
     this.ws = null;
     this._error = '';
+    this._refusal = null; // a refused handshake's status and Retry-After (the ws package)
     this.connectionId = null;
   }
 
@@ -279,6 +295,15 @@ class WebSocketTransport {
       return;
     }
     this.ws = ws;
+    if (typeof ws.on === 'function') {
+      // the `ws` package shows a refused handshake's response (browsers do not): keep its
+      // status and Retry-After, then end the attempt as it would have
+      ws.on('unexpected-response', (req, res) => {
+        this._refusal = { status: res.statusCode, retryAfter: retryAfterSeconds(res.headers['retry-after']) };
+        res.resume();
+        ws.terminate();
+      });
+    }
     try {
       ws.binaryType = 'arraybuffer';
     } catch {
@@ -310,13 +335,13 @@ class WebSocketTransport {
       let code = ev && typeof ev.code === 'number' ? ev.code : 1006;
       // The `ws` package reports a refused handshake as "Unexpected server
       // response: 401"; browsers hide the status (the SSE fallback sees it).
-      let status;
+      let status = this._refusal && this._refusal.status;
       const m = /Unexpected server response: (\d{3})/.exec(this._error);
-      if (m) {
-        status = Number(m[1]);
-        if (status === 401) code = 4001;
-      }
-      this._finish({ code, status, reason: (ev && ev.reason) || this._error });
+      if (m) status = Number(m[1]);
+      if (status === 401) code = 4001;
+      const retryAfter = this._refusal && this._refusal.retryAfter;
+      const reason = (ev && ev.reason) || this._error || (status ? `HTTP ${status}` : '');
+      this._finish({ code, status, retryAfter, reason });
     };
   }
 
@@ -529,7 +554,7 @@ class SseTransport extends HttpTransportBase {
     if (this.closed) return;
     if (!res.ok) {
       const err = await readHttpError(res);
-      this._fail({ code: err.code || 1006, status: err.status, reason: err.message });
+      this._fail({ code: err.code || 1006, status: err.status, retryAfter: err.retryAfter, reason: err.message });
       return;
     }
     if (!res.body || typeof res.body.getReader !== 'function') {
@@ -606,7 +631,7 @@ class PollingTransport extends HttpTransportBase {
     if (this.closed) return;
     if (!res.ok) {
       const err = await readHttpError(res);
-      this._fail({ code: err.code || 1006, status: err.status, reason: err.message });
+      this._fail({ code: err.code || 1006, status: err.status, retryAfter: err.retryAfter, reason: err.message });
       return;
     }
     let body;
@@ -1169,6 +1194,7 @@ export class RealtimeClient extends Emitter {
         this._authFailures++;
         break; // the same token is refused on every transport
       }
+      if (isOverloaded(result.info)) break; // and so is a busy server's every transport
     }
     this._scheduleReconnect(last || { code: 1006 });
   }
@@ -1337,7 +1363,10 @@ export class RealtimeClient extends Emitter {
       return;
     }
     const ceiling = Math.min(o.maxReconnectDelay, o.reconnectDelay * 2 ** Math.min(this._attempts, 30));
-    const delay = Math.floor(Math.random() * ceiling);
+    // a busy server's Retry-After first, then the jittered backoff: the refused clients
+    // do not all come back in the same second
+    const wait = isOverloaded(info) ? info.retryAfter * 1000 : 0;
+    const delay = wait + Math.floor(Math.random() * ceiling);
     this._attempts++;
     this._clearReconnect();
     this._setState('reconnecting', { delay, attempt: this._attempts, ...info });

@@ -43,7 +43,8 @@ class PusherRoutes:
         close code that stops pusher-js from retrying (4001, 4007)."""
         sockets = self._sockets
         peer = self._admission.peer(transport, request)
-        if self._admission.refused_connect(transport, peer, now):
+        if self._admission.overloaded(transport, now) or self._admission.refused_connect(
+                transport, peer, now):
             return
         key = request.path.removeprefix("/app/")
         wire = self._codecs.get(key)

@@ -355,6 +355,32 @@ def test_connections_per_address_and_api_calls_per_key_are_rate_limited() -> Non
     assert api(h, "GET", "/api/channels").status == 200
 
 
+def test_the_node_admits_new_connections_at_its_handshake_rate_and_refuses_with_503() -> None:
+    from realtime_proto.config import RateLimits
+    from realtime_proto.ratelimit import Rate
+
+    h = Harness(hub=HubConfig(node_id="n1", rates=RateLimits(connections=None,
+                                                             handshakes=Rate(2, 2))))
+    assert [http(h, "GET", "/poll").status for _ in range(2)] == [200, 200]
+    refused = http(h, "GET", "/poll")
+    assert refused.status == 503
+    assert json.loads(refused.body)["error"]["code"] == ErrorCode.TOO_MANY_CONNECTIONS
+    assert 0 < json.loads(refused.body)["retry_after"] <= 0.5
+    assert refused.headers["retry-after"] == "1"
+    peer = WebSocketPeer()
+    transport = h.open()
+    h.feed(transport, peer.handshake_bytes("/ws"))
+    assert not peer.accepted and b" 503 " in h.take(transport).split(b"\r\n")[0] + b" "
+    assert transport in h.closed  # a refused socket is not kept alive
+    # what is not a new connection is served: the API, health, an open long-poll's polls
+    assert api(h, "GET", "/api/channels").status == 200
+    assert http(h, "GET", "/health").status == 200
+    assert h.node.statistics().refused_connections == {"handshakes": 2}
+    h.advance(0.5)  # one token back
+    assert ws_connect(h)[1].accepted
+    assert http(h, "GET", "/poll").status == 503
+
+
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() -> None:
     from realtime_proto.actions import Authenticate
     from realtime_proto.config import RateLimits

@@ -997,3 +997,31 @@ describe('Node without a WebSocket implementation', () => {
     }
   });
 });
+
+describe('a busy server (503 with Retry-After before the upgrade)', () => {
+  test('is not asked again on the other transports; the retry waits Retry-After plus the backoff', async () => {
+    const server = await startRealtimeServer({ extraArgs: ['--max-handshakes-per-second', '0.5'] });
+    try {
+      const first = makeClient(server.wsUrl, null, { transports: ['websocket'] });
+      await connected(first); // takes the second's only token
+      const second = makeClient(server.wsUrl, null, { transports: ['websocket', 'sse', 'polling'] });
+      const reconnecting = new Promise((resolve) => {
+        second.on('state', (state, previous, info) => {
+          if (state === 'reconnecting') resolve(info);
+        });
+      });
+      const info = await withTimeout(reconnecting, 8000, 'the refusal');
+      assert.equal(info.status, 503);
+      assert.equal(info.retryAfter, 2); // a token every 2 s
+      assert.ok(info.delay >= 2000, `waited ${info.delay} ms`);
+      await connected(second, 15000);
+      assert.equal(second.transport, 'websocket');
+      const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      // one refusal: the WebSocket's; SSE and long-polling were not tried
+      assert.match(metrics, /realtime_connections_refused_total\{[^}]*limit="handshakes"[^}]*\} 1\n/);
+    } finally {
+      closeAll();
+      await server.kill('SIGTERM');
+    }
+  });
+});

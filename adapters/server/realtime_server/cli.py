@@ -111,6 +111,9 @@ _HELP = {
                        "the upgrade",
     "max_connections_per_user": "connections of one user across the cluster (0: no limit); "
                                 "past it, see --per-user-limit-policy",
+    "max_handshakes_per_second": "new connections this node admits per second from all "
+                                 "clients together (0: no limit); past it: 503 with "
+                                 "Retry-After before the upgrade (reconnect storms)",
     "per_user_limit_policy": "at --max-connections-per-user: refuse (the new connection: 429 "
                              "with 4013) or oldest (the user's oldest is closed with 4013)",
     "compression": "offer permessage-deflate (RFC 7692) to WebSocket clients on /ws: a "

@@ -85,7 +85,8 @@ BOUNDS: dict[str, Bounds] = {
     **dict.fromkeys(["max_message_bytes", "max_subscriptions", "max_output_bytes",
                      "max_poll_backlog", "max_body_bytes", "message_burst", "subscribe_burst",
                      "connection_burst", "api_burst", "history_max_pending"], _COUNT),
-    **dict.fromkeys(["message_rate", "subscribe_rate", "connection_rate", "api_rate"], _RATE),
+    **dict.fromkeys(["message_rate", "subscribe_rate", "connection_rate", "api_rate",
+                     "max_handshakes_per_second"], _RATE),
     "broker_bundle_bytes": Bounds(0),  # 0: no bundling
 }
 
@@ -167,6 +168,8 @@ class Settings:
     refresh_lead: float = 30.0
     max_connections: int = 0
     max_connections_per_user: int = 0
+    #: new connections admitted per second from all clients together (0: no limit)
+    max_handshakes_per_second: float = 0.0
     per_user_limit_policy: str = "refuse"
     #: permessage-deflate on native WebSocket connections (off until measured worth it)
     compression: bool = False
@@ -246,8 +249,10 @@ def build_node_config(settings: Settings, node_id: str, *, runtime: str) -> Node
     events = set(settings.webhook_events)
     if events - {"presence", "connections"}:
         raise ValueError(f"webhook events {sorted(events)}: use presence and/or connections")
+    handshakes = settings.max_handshakes_per_second
     rates = RateLimits(messages=rate("message"), subscriptions=rate("subscribe"),
-                       connections=rate("connection"), api_calls=rate("api"))
+                       connections=rate("connection"), api_calls=rate("api"),
+                       handshakes=Rate(handshakes, max(1.0, handshakes)) if handshakes else None)
     history = parse_history(settings.history)
     if settings.pusher_app:
         history += CACHE_RULES  # the last event of Pusher cache channels
