@@ -18,9 +18,10 @@ from __future__ import annotations
 import enum
 
 from .connection import Connection
-from .errors import LocalProtocolError
+from .machine import Machine
 
-__all__ = ["TRANSITIONS", "SubscriptionInput", "SubscriptionState", "state_of", "transition"]
+__all__ = ["SUBSCRIPTION_MACHINE", "TRANSITIONS", "SubscriptionInput", "SubscriptionState",
+           "state_of", "transition"]
 
 
 class SubscriptionState(enum.Enum):
@@ -54,8 +55,7 @@ class SubscriptionInput(enum.Enum):
 
 _S, _I = SubscriptionState, SubscriptionInput
 
-#: (state, input) -> the next state; every other pair is a misuse
-TRANSITIONS: dict[tuple[SubscriptionState, SubscriptionInput], SubscriptionState] = {
+SUBSCRIPTION_MACHINE = Machine("subscription", SubscriptionState, SubscriptionInput, {
     (_S.IDLE, _I.JOIN): _S.SUBSCRIBED,
     (_S.IDLE, _I.ASK): _S.AUTHORIZING,
     (_S.AUTHORIZING, _I.ALLOW): _S.SUBSCRIBED,
@@ -64,7 +64,9 @@ TRANSITIONS: dict[tuple[SubscriptionState, SubscriptionInput], SubscriptionState
     (_S.AUTHORIZING, _I.LEAVE): _S.IDLE,
     (_S.SUBSCRIBED, _I.REPEAT): _S.SUBSCRIBED,
     (_S.SUBSCRIBED, _I.LEAVE): _S.IDLE,
-}
+})
+#: (state, input) -> the next state; every other pair is a misuse
+TRANSITIONS = SUBSCRIPTION_MACHINE.table
 
 
 def state_of(conn: Connection, channel: str) -> SubscriptionState:
@@ -76,13 +78,5 @@ def state_of(conn: Connection, channel: str) -> SubscriptionState:
     return SubscriptionState.IDLE
 
 
-def transition(state: SubscriptionState, event: SubscriptionInput) -> SubscriptionState:
-    """The state after `event`.
-
-    Raises:
-        LocalProtocolError: the table has no such step.
-    """
-    after = TRANSITIONS.get((state, event))
-    if after is None:
-        raise LocalProtocolError(f"a subscription cannot {event.value} when {state.value}")
-    return after
+#: the state after an input; raises `LocalProtocolError` for a step the table lacks
+transition = SUBSCRIPTION_MACHINE.advance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import product
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from realtime_proto.events import (
     MessageReceived,
 )
 from realtime_proto.subscription_states import (
+    SUBSCRIPTION_MACHINE,
     TRANSITIONS,
     SubscriptionInput,
     SubscriptionState,
@@ -40,7 +42,7 @@ def test_every_pair_is_a_step_or_a_misuse() -> None:
             assert transition(state, event) is TRANSITIONS[state, event]
             steps += 1
         else:
-            with pytest.raises(LocalProtocolError, match=event.value):
+            with pytest.raises(LocalProtocolError, match=event.name):
                 transition(state, event)
     assert steps == len(TRANSITIONS) == 8
 
@@ -176,7 +178,12 @@ def test_a_walk_through_the_hub_takes_every_step_of_the_table() -> None:
 def test_a_step_the_table_does_not_have_raises_and_changes_nothing() -> None:
     driven = Driven()
     conn = driven.hub._connections[driven.conn]
-    with pytest.raises(LocalProtocolError, match="cannot leave when idle"):
+    with pytest.raises(LocalProtocolError, match="LEAVE is not allowed in state IDLE"):
         driven.hub._subscriptions.leave(conn, CHANNEL, driven.clock.now)
     driven.check()
     assert driven.hub.actions() == []
+
+
+def test_the_design_document_shows_the_table_the_code_holds() -> None:
+    design = Path(__file__).resolve().parents[2] / "docs" / "design.md"
+    assert SUBSCRIPTION_MACHINE.markdown() in design.read_text(encoding="utf-8")
