@@ -179,9 +179,13 @@ class Transmit:
     """Bytes are waiting for these sockets: pull each one's with `Node.data_to_send`.
 
     One action per Node call, for every socket that got output in it (a fan-out to
-    10,000 sockets is one action, not 10,000)."""
+    10,000 sockets is one action, not 10,000). `partial`: one chunk of a fan-out that
+    goes on at the next `Node.actions()` (`NodeConfig.fanout_chunk`): write these now if
+    the socket writes are not being coalesced, so the first subscribers need not wait
+    for the last."""
 
     transport_ids: tuple[TransportId, ...]
+    partial: bool = False
 
 
 @final

@@ -239,9 +239,15 @@ class NodeConfig:
     #: agree to permessage-deflate (RFC 7692) on native WebSocket connections whose
     #: client offers it; a broadcast is compressed once per window size
     compression: bool = False
+    #: a fan-out to more sockets than this, met when nothing else waits in the call, goes
+    #: out in chunks of this many: each `actions()` returns a partial `Transmit` for one
+    #: (0: every fan-out is queued whole before its `Transmit`)
+    fanout_chunk: int = 0
 
     def __post_init__(self) -> None:
         hub = self.hub
+        if self.fanout_chunk < 0:
+            raise ConfigError(f"fanout_chunk must be 0 (off) or positive, not {self.fanout_chunk}")
         if self.webhooks is not None and not (
                 hub.presence_webhooks or hub.connection_webhooks or hub.client_event_webhooks):
             raise ConfigError("webhooks need events: hub.presence_webhooks, "

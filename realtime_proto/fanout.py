@@ -28,13 +28,39 @@ class Fanout:
         #: connections closed for not reading fast enough
         self.slow_consumers = 0
         self._policies: dict[str | None, SlowConsumerPolicy] = {}
-
+        #: the fan-out going out in chunks (`NodeConfig.fanout_chunk`): its action and the
+        #: index of the first subscriber not yet reached
+        self.rest: tuple[Deliver, int] | None = None
 
     @property
     def _config(self) -> NodeConfig:
         return self._sockets.config  # read each time: the Node's may be replaced
-    def deliver(self, action: Deliver) -> None:
-        """Encode once per codec, then one backlog append per subscriber."""
+
+    def fan_out(self, action: Deliver) -> None:
+        """Deliver the last of a call's actions that reach sockets (chunks are on): in
+        chunks when it is large and alone (nothing queued yet in this call), so that the
+        adapter can write the first subscribers' sockets before the last ones are reached.
+        Under load, messages come several to a call and go out whole, coalesced per socket."""
+        chunk = self._config.fanout_chunk
+        connection_ids = action.connection_ids
+        if self.rest is None and not self._sockets.fanned and len(connection_ids) > chunk:
+            self.rest = (action, chunk)
+            connection_ids = connection_ids[:chunk]
+        self.deliver(action, connection_ids)
+
+    def continue_fanout(self, *, to_the_end: bool) -> None:
+        """Deliver the next chunk of the fan-out going out in chunks, or all that is left."""
+        assert self.rest is not None
+        action, start = self.rest
+        connection_ids = action.connection_ids
+        end = len(connection_ids) if to_the_end else start + self._config.fanout_chunk
+        # set first: a callback inside `deliver` (a slow consumer's close) may finish it
+        self.rest = (action, end) if end < len(connection_ids) else None
+        self.deliver(action, connection_ids[start:end])
+    def deliver(self, action: Deliver,
+                connection_ids: tuple[ConnectionId, ...] | None = None) -> None:
+        """Encode once per codec, then one backlog append per subscriber (of
+        `connection_ids`, a chunk of the action's, when given)."""
         payload, event_id = action.payload, action.event_id
         #: codec -> this message's bytes in it; with no channel (to one connection or one
         #: user) the bytes may name the user: (codec, user) -> bytes, and no shortcut
@@ -50,7 +76,9 @@ class Fanout:
         policy = self._policy(action.channel)
         key = (conflation_key(action.channel, action.payload)
                if policy is SlowConsumerPolicy.LATEST else None)
-        for connection_id in action.connection_ids:  # the hot loop of a fan-out
+        if connection_ids is None:
+            connection_ids = action.connection_ids
+        for connection_id in connection_ids:  # the hot loop of a fan-out
             route = routes.get(connection_id)
             if type(route) is not Transport:
                 if isinstance(route, PollSession):

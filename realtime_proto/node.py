@@ -54,6 +54,9 @@ from .statistics import NodeStatistics
 
 __all__ = ["Node"]
 
+#: the Hub actions that write to sockets (their order per socket is kept)
+_TO_SOCKETS = (Deliver, Disconnect)
+
 
 class Node:
     """Everything between the sockets and the application, for one server process.
@@ -183,7 +186,13 @@ class Node:
         return self._webhooks.next_deadline(self.hub.next_deadline())
 
     def actions(self) -> list[NodeAction]:
-        """Drain the actions produced so far, including those of calls made on `hub`."""
+        """Drain the actions produced so far, including those of calls made on `hub`.
+
+        While a fan-out goes out in chunks, each call after the one that handed out a
+        chunk's `Transmit` (`partial`) delivers the next chunk: call it until it is empty."""
+        fanout = self._fanout
+        while fanout.rest is not None and not self._sockets.fanned:
+            fanout.continue_fanout(to_the_end=False)
         self._finish_call()
         sockets = self._sockets
         actions, sockets.actions = sockets.actions, []
@@ -308,10 +317,20 @@ class Node:
     def _run_hub(self) -> None:
         """Hand the Hub's actions to their parts (or on to the adapter)."""
         sockets = self._sockets
-        for action in self.hub.actions():
+        actions = self.hub.actions()
+        last = None  # the last action that reaches sockets: it may go out in chunks
+        if actions:
+            if self._fanout.rest is not None:  # more came behind a chunked fan-out: the rest first
+                self._fanout.continue_fanout(to_the_end=True)
+            if sockets.config.fanout_chunk:
+                last = next((a for a in reversed(actions) if type(a) in _TO_SOCKETS), None)
+        for action in actions:
             match action:
                 case Deliver():
-                    self._fanout.deliver(action)
+                    if action is last:
+                        self._fanout.fan_out(action)
+                    else:
+                        self._fanout.deliver(action)
                 case Disconnect():
                     self._fanout.disconnect(action)
                 case ClientEventSent():
@@ -339,4 +358,4 @@ class Node:
                 ready[transport.id] = None
         if ready:
             sockets.fanned = {}
-            sockets.actions.append(Transmit(tuple(ready)))
+            sockets.actions.append(Transmit(tuple(ready), partial=self._fanout.rest is not None))

@@ -351,8 +351,8 @@ class ServerBase:
         broker = self.broker
         assert broker is not None
         match action:
-            case Transmit(transport_ids):
-                self.transmit(transport_ids)
+            case Transmit(transport_ids, partial):
+                self.transmit(transport_ids, partial=partial)
             case CloseTransport(transport_id):
                 if not self.close_transport(transport_id):
                     self.node.data_to_send(transport_id)  # gone already: drop its last bytes
@@ -416,9 +416,18 @@ class ServerBase:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def transmit(self, transport_ids: Iterable[TransportId]) -> None:
+    def transmit(self, transport_ids: Iterable[TransportId], *, partial: bool = False) -> None:
         """Bytes wait for these sockets: write each once, after this turn of the loop, with
-        all that the turn queued for it (`schedule_flush`, then `write`)."""
+        all that the turn queued for it (`schedule_flush`, then `write`).
+
+        `partial` (a chunk of a fan-out that goes on, `Transmit.partial`): written at once
+        when nothing waits for the flush yet, so the first subscribers do not wait for the
+        last; once this turn has queued writes (load: several calls in a turn), queued
+        with them."""
+        if partial and not self._flush_scheduled:
+            for transport_id in transport_ids:
+                self.write(transport_id)
+            return
         self._to_write.update(dict.fromkeys(transport_ids))
         if not self._flush_scheduled:
             self._flush_scheduled = True
