@@ -4,6 +4,7 @@ wire codec (`wire.py`), with the slow-consumer policies; and the closes the Hub 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from .actions import Deliver, Disconnect
 from .backlog import SlowConsumerPolicy, conflation_key, find_policy
@@ -46,7 +47,7 @@ class Fanout:
         if self.rest is None and not self._sockets.fanned and len(connection_ids) > chunk:
             self.rest = (action, chunk)
             connection_ids = connection_ids[:chunk]
-        self.deliver(action, connection_ids)
+        self.deliver((action,), connection_ids)
 
     def continue_fanout(self, *, to_the_end: bool) -> None:
         """Deliver the next chunk of the fan-out going out in chunks, or all that is left."""
@@ -56,60 +57,63 @@ class Fanout:
         end = len(connection_ids) if to_the_end else start + self._config.fanout_chunk
         # set first: a callback inside `deliver` (a slow consumer's close) may finish it
         self.rest = (action, end) if end < len(connection_ids) else None
-        self.deliver(action, connection_ids[start:end])
-    def deliver(self, action: Deliver,
+        self.deliver((action,), connection_ids[start:end])
+    def deliver(self, run: Sequence[Deliver],
                 connection_ids: tuple[ConnectionId, ...] | None = None) -> None:
-        """Encode once per codec, then one backlog append per subscriber (of
-        `connection_ids`, a chunk of the action's, when given)."""
-        payload, event_id = action.payload, action.event_id
-        #: codec -> this message's bytes in it; with no channel (to one connection or one
-        #: user) the bytes may name the user: (codec, user) -> bytes, and no shortcut
-        frames: dict[object, bytes] = {}
-        direct = action.channel is None
-        last_codec: WireCodec | None = None
-        last_frame = b""
+        """Deliver a run of messages to the same connections (one `connection_ids` tuple)
+        on the same channel, in order: each encoded once per codec, then one backlog append
+        per subscriber (of `connection_ids`, a chunk of the run's, when given)."""
         sockets = self._sockets
         fanned = sockets.fanned
         routes = sockets.routes
-        limits = self._config.hub.limits
+        limits = sockets.config.hub.limits  # not `_config`: a property read per message
         max_output_bytes = limits.max_output_bytes
-        policy = self._policy(action.channel)
-        key = (conflation_key(action.channel, action.payload)
-               if policy is SlowConsumerPolicy.LATEST else None)
+        channel = run[0].channel
+        direct = channel is None
+        policy = self._policy(channel)
+        latest = policy is SlowConsumerPolicy.LATEST
         if connection_ids is None:
-            connection_ids = action.connection_ids
-        for connection_id in connection_ids:  # the hot loop of a fan-out
-            route = routes.get(connection_id)
-            if type(route) is not Transport:
-                if isinstance(route, PollSession):
-                    if not route.push(payload, limits.max_poll_backlog):
-                        self._overflow_poll(route, policy, action.channel)
-                    sockets.polls_to_answer[connection_id] = route
-                continue  # a PollSession, or gone
-            codec = route.codec
-            if codec is last_codec:
-                frame = last_frame
-            else:
-                assert codec is not None
-                user = route.wire_user if direct else None
-                cache_key = codec if user is None else (codec, user)
-                found = frames.get(cache_key)
-                if found is None:
-                    found = frames[cache_key] = self._encode(codec, payload, event_id, user,
-                                                             frames)
-                frame = found
-                if not direct:
-                    last_codec, last_frame = codec, frame
-            if not frame:
-                continue  # nothing this protocol says
-            backlog = route.backlog
-            if backlog.bytes > max_output_bytes:  # earlier ones still unread
-                if policy is SlowConsumerPolicy.DISCONNECT:
-                    self._slow(connection_id)
-                    continue
-                backlog.drop_oldest(max_output_bytes // 2, action.channel)
-            backlog.push(frame, key)
-            fanned[route.id] = None
+            connection_ids = run[0].connection_ids
+        for action in run:
+            payload, event_id = action.payload, action.event_id
+            #: codec -> this message's bytes in it; with no channel (to one connection or
+            #: one user) the bytes may name the user: (codec, user) -> bytes, no shortcut
+            frames: dict[object, bytes] = {}
+            last_codec: WireCodec | None = None
+            last_frame = b""
+            key = conflation_key(channel, payload) if latest else None
+            for connection_id in connection_ids:  # the hot loop of a fan-out
+                route = routes.get(connection_id)
+                if type(route) is not Transport:
+                    if isinstance(route, PollSession):
+                        if not route.push(payload, limits.max_poll_backlog):
+                            self._overflow_poll(route, policy, channel)
+                        sockets.polls_to_answer[connection_id] = route
+                    continue  # a PollSession, or gone
+                codec = route.codec
+                if codec is last_codec:
+                    frame = last_frame
+                else:
+                    assert codec is not None
+                    user = route.wire_user if direct else None
+                    cache_key = codec if user is None else (codec, user)
+                    found = frames.get(cache_key)
+                    if found is None:
+                        found = frames[cache_key] = self._encode(codec, payload, event_id,
+                                                                 user, frames)
+                    frame = found
+                    if not direct:
+                        last_codec, last_frame = codec, frame
+                if not frame:
+                    continue  # nothing this protocol says
+                backlog = route.backlog
+                if backlog.bytes > max_output_bytes:  # earlier ones still unread
+                    if policy is SlowConsumerPolicy.DISCONNECT:
+                        self._slow(connection_id)
+                        continue
+                    backlog.drop_oldest(max_output_bytes // 2, channel)
+                backlog.push(frame, key)
+                fanned[route.id] = None
 
     def _encode(self, codec: WireCodec, payload: bytes, event_id: str | None,
                 user: str | None, frames: dict[object, bytes]) -> bytes:

@@ -324,13 +324,21 @@ class Node:
                 self._fanout.continue_fanout(to_the_end=True)
             if sockets.config.fanout_chunk:
                 last = next((a for a in reversed(actions) if type(a) in _TO_SOCKETS), None)
+        run: list[Deliver] = []  # messages in a row to the same connections (a bundle's)
         for action in actions:
+            if type(action) is Deliver and action is not last:
+                if run and (action.connection_ids is not run[0].connection_ids
+                            or action.channel != run[0].channel):
+                    self._fanout.deliver(run)
+                    run = []
+                run.append(action)
+                continue
+            if run:
+                self._fanout.deliver(run)
+                run = []
             match action:
                 case Deliver():
-                    if action is last:
-                        self._fanout.fan_out(action)
-                    else:
-                        self._fanout.deliver(action)
+                    self._fanout.fan_out(action)
                 case Disconnect():
                     self._fanout.disconnect(action)
                 case ClientEventSent():
@@ -342,6 +350,8 @@ class Node:
                     self._webhooks.notify(action, sockets.now)
                 case _:
                     assert_never(action)
+        if run:
+            self._fanout.deliver(run)
         self._webhooks.take(sockets.now)
 
     def _finish_call(self) -> None:
