@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from realtime_proto import ErrorCode, HubConfig, Limits
 from realtime_proto.actions import CloseTransport, Transmit
+from realtime_proto.envelope import EnvelopeKind, Outgoing, encode
+from realtime_proto.events import EnvelopeReceived
 from realtime_proto.framing import MessageIn, PeerClosed
 from realtime_proto.testing.peers import HttpPeer, SseEvent, SsePeer, WebSocketPeer
 
@@ -475,3 +477,55 @@ def test_latest_policy_conflates_by_key() -> None:
                                             for x in range(5) for user in ("ann", "bob")])
     got = [m["data"] for m in ws_messages(peer, b"".join(h.node.data_to_send(transport)))]
     assert got == [{"key": "ann", "x": 4}, {"key": "bob", "x": 4}]
+
+
+def _bundle_from_n2(channel: str, events: list[str]) -> EnvelopeReceived:
+    """Another node's bundle of messages on `channel`, as the broker hands it over."""
+    run = [Outgoing(f"c:{channel}", sequence, EnvelopeKind.CHANNEL,
+                    json.dumps({"type": "event", "channel": channel, "event": event,
+                                "data": "p" * 100}).encode())
+           for sequence, event in enumerate(events, start=1)]
+    return EnvelopeReceived(topic=f"c:{channel}", data=encode(b'"n2"', 1, run))
+
+
+def test_a_bundle_from_another_node_reaches_every_subscriber_in_order_then_a_local_one() -> None:
+    h = Harness()
+    subscribers = []
+    for _number in range(2):
+        transport, peer, _ = ws_connect(h)
+        h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "n"})))
+        h.take(transport)
+        subscribers.append((transport, peer))
+    events = [f"e{number}" for number in range(30)]
+    h.node.handle(_bundle_from_n2("n", events), now=h.clock.now)
+    h.node.hub.broadcast("n", "local", None, now=h.clock.now)
+    h.pump()
+    for transport, peer in subscribers:
+        assert [m["event"] for m in ws_messages(peer, h.take(transport))] == [*events, "local"]
+
+
+def test_a_subscriber_that_does_not_read_is_dropped_once_within_a_bundle() -> None:
+    h = Harness(hub=HubConfig(node_id="n1", limits=Limits(max_output_bytes=1000)))
+    transport, _peer = _behind(h, "disconnect", "n")
+    h.node.handle(_bundle_from_n2("n", [f"e{number}" for number in range(30)]),
+                  now=h.clock.now)
+    h.pump()
+    assert transport in h.closed
+    assert h.node.statistics().slow_consumers == 1
+
+
+def test_drop_oldest_within_a_bundle_keeps_the_newest_in_order() -> None:
+    from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
+
+    h = Harness(hub=HubConfig(node_id="n1", limits=Limits(max_output_bytes=2000)),
+                slow_consumers=(SlowConsumerRule("feed.*", SlowConsumerPolicy.DROP_OLDEST),))
+    transport, peer = _behind(h, "drop_oldest", "feed.1")
+    events = [f"e{number:02}" for number in range(60)]
+    h.node.handle(_bundle_from_n2("feed.1", events), now=h.clock.now)
+    h.node.actions()  # its socket is full: no pull
+    messages = ws_messages(peer, b"".join(h.node.data_to_send(transport)))
+    assert transport not in h.closed
+    kept = [m["event"] for m in messages if m["event"] != "messages.dropped"]
+    assert kept == events[-len(kept):] and len(kept) < 60
+    [notice] = [m for m in messages if m["event"] == "messages.dropped"]
+    assert notice["data"]["count"] == 60 - len(kept)
