@@ -64,7 +64,8 @@ class ChannelHistory:
             self._actions.append(streams.append(channel, rule, payload, exclude, now))
             return message_id
         position = streams.keep(channel, rule, payload, now) if rule else None
-        self.fan_out(channel, payload, position, exclude)
+        if channel in self._subscribers:  # a node without subscribers (node A) skips the call
+            self.fan_out(channel, payload, position, exclude)
         self._actions.append(self._cluster.envelope(channel_topic(channel), EnvelopeKind.CHANNEL,
                                                     payload, exclude))
         return message_id
