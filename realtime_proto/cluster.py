@@ -35,6 +35,7 @@ from .envelope import EnvelopeKind, Outgoing, Received, SequenceWindow, encode
 from .errors import MessageError
 from .jsoncodec import dumps, quote
 from .message import decode_json
+from .occupancy import Occupancy
 from .presence import Entry, Member, PresenceTable
 from .reporter import Reporter, Transition
 
@@ -132,7 +133,7 @@ class ClusterState:
         self.reporter = Reporter(config.webhook_settle) if config.presence_webhooks else None
         #: with the reporter: the nodes with subscribers of each channel that is not a
         #: presence channel (those are in the presence table)
-        self.occupied: dict[str, set[str]] = {}
+        self.occupied = Occupancy(self.presence)
         if self.reporter is not None:
             self.presence.changed = set()
         #: subscribers per channel over the cluster (None: not shared)
@@ -189,8 +190,7 @@ class ClusterState:
             extra["sc"] = self.counts.local
         if self.reporter is not None:
             extra.update(rv=self.reporter.version, rb=sorted(self.reporter.reported),
-                         o=sorted(c for c, nodes in self.occupied.items()
-                                  if self.node_id in nodes))
+                         o=self.occupied.of(self.node_id))
         return self._control(t="state", e=entries, q=latest, **extra)
 
     def occupy(self, channel: str, subscribed: bool) -> list[BrokerPublish]:
@@ -198,25 +198,8 @@ class ClusterState:
         a presence channel, or lost its last; the announcement."""
         if self.reporter is None:
             return []
-        self._occupy(channel, self.node_id, subscribed)
+        self.occupied.set(channel, self.node_id, subscribed)
         return [self._control(t="occ", c=channel, s=subscribed)]
-
-    def _occupy(self, channel: str, node: str, subscribed: bool) -> None:
-        nodes = self.occupied.setdefault(channel, set())
-        was = bool(nodes)
-        if subscribed:
-            nodes.add(node)
-        else:
-            nodes.discard(node)
-        if not nodes:
-            del self.occupied[channel]
-        if was != bool(nodes) and self.presence.changed is not None:
-            self.presence.changed.add((channel, ""))
-
-    def _unoccupy_node(self, node: str) -> None:
-        """A node left (or restarted): its channels are no longer occupied by it."""
-        for channel in [c for c, nodes in self.occupied.items() if node in nodes]:
-            self._occupy(channel, node, False)
 
     # -- our subscriptions ---------------------------------------------------------------
 
@@ -277,7 +260,7 @@ class ClusterState:
             self.window.forget_origin(origin)
             self._states.pop(origin, None)
             left = self.presence.remove_node(origin)
-            self._unoccupy_node(origin)
+            self.occupied.forget_node(origin)
             if self.counts is not None:
                 self.counts.forget(origin)
         self.incarnations[origin] = run
@@ -328,12 +311,7 @@ class ClusterState:
                            for c, n, u, i in body["e"]]
                 joined, left = self.presence.replace_node(origin, entries)
                 if self.reporter is not None and "o" in body:
-                    channels = {str(c) for c in body["o"]}
-                    for channel in [c for c, n in self.occupied.items() if origin in n]:
-                        if channel not in channels:
-                            self._occupy(channel, origin, False)
-                    for channel in channels:
-                        self._occupy(channel, origin, True)
+                    self.occupied.replace_node(origin, (str(c) for c in body["o"]))
                 if self.counts is not None and isinstance(body.get("sc"), dict):
                     self.counts.replace(origin, body["sc"])
                 if self.reporter is not None and "rv" in body:
@@ -348,7 +326,7 @@ class ClusterState:
             elif kind == "cnt" and self.counts is not None and isinstance(body["s"], dict):
                 self.counts.update(origin, body["s"])
             elif kind == "occ" and self.reporter is not None:
-                self._occupy(str(body["c"]), origin, bool(body["s"]))
+                self.occupied.set(str(body["c"]), origin, bool(body["s"]))
             elif kind == "rep" and self.reporter is not None:
                 self.reporter.apply([((str(c), str(u)), bool(p)) for c, u, p in body["k"]],
                                     int(body["v"]))
@@ -411,7 +389,7 @@ class ClusterState:
                 self._states.pop(node, None)
                 self.window.forget_origin(node)
                 left.extend(self.presence.remove_node(node))
-                self._unoccupy_node(node)
+                self.occupied.forget_node(node)
                 if self.counts is not None:
                     self.counts.forget(node)
         return actions, left

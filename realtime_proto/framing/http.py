@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import final
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
@@ -20,6 +18,7 @@ from realtime_proto.framing import (
     RequestReceived,
     Violation,
 )
+from realtime_proto.framing.http_checks import head_problem, split_target, unsupported_coding
 from realtime_proto.machine import Machine
 
 __all__ = ["HTTP_MACHINE", "LAST_CHUNK", "HttpFraming", "HttpInput", "HttpState", "encode_chunk",
@@ -34,10 +33,6 @@ _DELIMITING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 _NO_CONTENT = frozenset({204, 304})
 _JSON = "application/json"
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
-# A control character h11 lets through in a field (RFC 9110 §5.5: only HTAB, SP and visible
-# characters); CR, LF and NUL it refuses itself.
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding[ \t]*:([^\r\n]*)", re.IGNORECASE)
 
 
 class HttpState(enum.Enum):
@@ -292,7 +287,7 @@ class HttpFraming:
                 status = exc.error_status_hint
                 message = "request head too large" if status == 431 else "malformed request"
                 if status == 501:  # h11 reads no transfer coding but chunked alone
-                    status, message = _unsupported_coding(bytes(self._raw or b""))
+                    status, message = unsupported_coding(bytes(self._raw or b""))
                 self._fail(status, ErrorCode.MALFORMED_MESSAGE, message)
                 return
             match event:
@@ -317,7 +312,7 @@ class HttpFraming:
         if head_length > self._max_head:
             self._fail(431, ErrorCode.MALFORMED_MESSAGE, "request head too large")
             return
-        if (problem := _head_problem(self._raw_head, request)) is not None:
+        if (problem := head_problem(self._raw_head, request)) is not None:
             self._fail(400, ErrorCode.MALFORMED_MESSAGE, problem)
             return
         for name, value in request.headers:
@@ -332,7 +327,7 @@ class HttpFraming:
         request = self._request
         assert request is not None
         target = request.target.decode("ascii")
-        path, query = _split_target(target)
+        path, query = split_target(target)
         headers: dict[str, str] = {}
         for raw_name, raw_value in request.headers:
             name, value = raw_name.decode("ascii"), raw_value.decode("latin-1")
@@ -428,53 +423,3 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
-
-
-def _head_problem(raw_head: bytes, request: h11.Request) -> str | None:
-    """Why a head h11 parsed is still refused (400 and close), or None.
-
-    h11 tolerates these; RFC 9112 lets a server refuse them, and refusing them leaves
-    no room for a proxy in front to read the message differently (request smuggling).
-    """
-    if _CONTROL.search(raw_head) is not None:
-        return "control character in the request head"
-    if raw_head.count(b"\n") != raw_head.count(b"\r\n"):
-        return "bare LF in the request head"  # RFC 9112 §2.2
-    if b"\n " in raw_head or b"\n\t" in raw_head:
-        return "obs-fold header continuation"  # RFC 9112 §5.2
-    lowered = raw_head.lower()
-    length_at = lowered.find(b"\ncontent-length:")  # h11 merges equal copies and lists
-    if length_at >= 0 and (lowered.find(b"\ncontent-length:", length_at + 1) >= 0
-                           or b"," in raw_head[length_at:raw_head.find(b"\n", length_at + 1)]):
-        return "more than one Content-Length"
-    if b"\ntransfer-encoding:" in lowered:
-        if length_at >= 0:
-            return "both Transfer-Encoding and Content-Length"  # RFC 9112 §6.1
-        if request.http_version == b"1.0":
-            return "Transfer-Encoding in an HTTP/1.0 request"  # RFC 9112 §6.1
-    return None
-
-
-def _unsupported_coding(raw: bytes) -> tuple[int, str]:
-    """The answer to a Transfer-Encoding h11 refused: 400 unless chunked is the final coding.
-
-    Without chunked last the body has no end a server can find (RFC 9112 §6.3), so the
-    framing is broken: 400. With chunked last, an earlier coding (gzip) is one this
-    server does not implement: 501.
-    """
-    codings = [coding.strip().lower() for value in _TRANSFER_ENCODING.findall(raw)
-               for coding in value.split(b",")]
-    if codings and codings[-1] == b"chunked":
-        return 501, "unsupported transfer coding"
-    return 400, "Transfer-Encoding does not end with chunked"
-
-
-def _split_target(target: str) -> tuple[str, dict[str, str]]:
-    """Split a request-target into its percent-decoded path and its query (last value wins)."""
-    target = target.partition("#")[0]
-    if target.startswith("/") or target == "*":
-        raw_path, _, raw_query = target.partition("?")
-    else:  # absolute-form (RFC 9112 §3.2.2), as sent to proxies
-        parts = urlsplit(target)
-        raw_path, raw_query = parts.path or "/", parts.query
-    return unquote(raw_path, errors="replace"), dict(parse_qsl(raw_query, keep_blank_values=True))
