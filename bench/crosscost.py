@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,35 +33,52 @@ def batch_request(count: int) -> bytes:
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
 
 
-def measure(batch: int, subscribers: int, repeats: int = 25, rounds: int = 10,
-            ) -> tuple[float, float]:
-    """Best seconds per message on node A and on node B."""
-    from memprofile import SUBSCRIBE, drain, sans_io_node
-
+def batch_publisher(node: Any, batch: int) -> Callable[[], list[Any]]:
+    """A function that sends node `node` one `POST /api/batch` of `batch` messages and
+    returns the `BrokerPublish` actions it made (its own answer drained)."""
     from realtime_proto.actions import BrokerPublish, Transmit
-    from realtime_proto.events import EnvelopeReceived
-    from realtime_proto.testing.peers import WebSocketPeer
 
-    node_a, node_b = sans_io_node("node-a"), sans_io_node("node-b")
-    peer = WebSocketPeer()
-    for index in range(subscribers):
-        transport = node_b.open_connection(now=1000.0, peer=f"127.0.0.1:{index}")
-        node_b.receive_data(transport, peer.handshake_bytes("/ws"), now=1000.0)
-        node_b.receive_data(transport, peer.send_text(SUBSCRIBE.decode()), now=1000.0)
-        drain(node_b)
-    publisher = node_a.open_connection(now=1000.0, peer="127.0.0.1:1")
+    publisher = node.open_connection(now=1000.0, peer="127.0.0.1:1")
     request = batch_request(batch)
 
     def publish() -> list[BrokerPublish]:
-        node_a.receive_data(publisher, request, now=1000.0)
+        node.receive_data(publisher, request, now=1000.0)
         out = []
-        for action in node_a.actions():
+        for action in node.actions():
             if isinstance(action, BrokerPublish):
                 out.append(action)
             elif isinstance(action, Transmit):
                 for transport_id in action.transport_ids:
-                    node_a.data_to_send(transport_id)
+                    node.data_to_send(transport_id)
         return out
+
+    return publish
+
+
+def subscribe_websockets(node: Any, count: int) -> None:
+    """`count` WebSocket connections to `node`, each subscribed to the bench channel."""
+    from memprofile import SUBSCRIBE, drain
+
+    from realtime_proto.testing.peers import WebSocketPeer
+
+    for index in range(count):
+        peer = WebSocketPeer()
+        transport = node.open_connection(now=1000.0, peer=f"127.0.0.1:{index}")
+        node.receive_data(transport, peer.handshake_bytes("/ws"), now=1000.0)
+        node.receive_data(transport, peer.send_text(SUBSCRIBE.decode()), now=1000.0)
+        drain(node)
+
+
+def measure(batch: int, subscribers: int, repeats: int = 25, rounds: int = 10,
+            ) -> tuple[float, float]:
+    """Best seconds per message on node A and on node B."""
+    from memprofile import drain, sans_io_node
+
+    from realtime_proto.events import EnvelopeReceived
+
+    node_a, node_b = sans_io_node("node-a"), sans_io_node("node-b")
+    subscribe_websockets(node_b, subscribers)
+    publish = batch_publisher(node_a, batch)
 
     def receive(published: list[Any]) -> None:
         for action in published:

@@ -27,44 +27,21 @@ SCENARIOS = {"fanout": 10 * 1000, "node-a": 500, "node-b": 500}  # units per rou
 def run(scenario: str, rounds: int) -> None:
     """Do `rounds` rounds of a scenario (the part callgrind counts)."""
     sys.path.insert(0, str(BENCH))
-    from crosscost import batch_request
-    from memprofile import SUBSCRIBE, drain, sans_io_node
+    from crosscost import batch_publisher, subscribe_websockets
+    from memprofile import drain, sans_io_node
 
-    from realtime_proto.actions import BrokerPublish, Transmit
     from realtime_proto.events import EnvelopeReceived
-    from realtime_proto.testing.peers import WebSocketPeer
-
-    def subscribe(node: object, count: int) -> None:
-        for index in range(count):
-            peer = WebSocketPeer()
-            transport = node.open_connection(now=1000.0, peer=f"127.0.0.1:{index}")  # type: ignore[attr-defined]
-            node.receive_data(transport, peer.handshake_bytes("/ws"), now=1000.0)  # type: ignore[attr-defined]
-            node.receive_data(transport, peer.send_text(SUBSCRIBE.decode()), now=1000.0)  # type: ignore[attr-defined]
-            drain(node)
 
     if scenario == "fanout":
         node = sans_io_node("instructions")
-        subscribe(node, 1000)
+        subscribe_websockets(node, 1000)
         for number in range(rounds * 10):
             node.hub.broadcast("bench", "tick", {"n": number, "t": 1.5}, now=1000.0)
             drain(node)
         return
     node_a, node_b = sans_io_node("node-a"), sans_io_node("node-b")
-    subscribe(node_b, 1)
-    publisher = node_a.open_connection(now=1000.0, peer="127.0.0.1:1")
-    request = batch_request(500)
-
-    def publish() -> list[BrokerPublish]:
-        node_a.receive_data(publisher, request, now=1000.0)
-        published = []
-        for action in node_a.actions():
-            if isinstance(action, BrokerPublish):
-                published.append(action)
-            elif isinstance(action, Transmit):
-                for transport_id in action.transport_ids:
-                    node_a.data_to_send(transport_id)
-        return published
-
+    subscribe_websockets(node_b, 1)
+    publish = batch_publisher(node_a, 500)
     made = [publish() for _ in range(rounds if scenario == "node-a" else 8)]
     if scenario == "node-b":
         for published in made[:rounds]:
