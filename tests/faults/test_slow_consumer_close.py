@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import struct
 from typing import Any
 
 from realtime_behaviour import Runtime
-from realtime_behaviour.cases.bad_input import with_bystander
+from realtime_behaviour.cases.bad_input import slow_subscriber, with_bystander
 from realtime_behaviour.clients import WsClient
-from realtime_behaviour.wire import HANDSHAKE, frame, server_frame
+from realtime_behaviour.wire import server_frame
 
 #: how long the cut client stops reading: most of the adapters' close grace period (5 s)
 STALL = 3.0
@@ -27,17 +26,7 @@ STALL = 3.0
 def test_a_cut_slow_consumer_that_stalls_within_the_grace_reads_a_whole_4021_close(
         runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        sock.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(HANDSHAKE + frame(json.dumps({"type": "subscribe",
-                                                  "channel": "news"}).encode()))
-        await reader.readuntil(b"\r\n\r\n")
-        async with asyncio.timeout(10):
-            while sum(server.channels().values()) < 2:
-                await asyncio.sleep(0.01)
+        reader, writer = await slow_subscriber(server)
         payload = "y" * 256 * 1024
         async with asyncio.timeout(60):
             while server.node.statistics().slow_consumers == 0:

@@ -33,6 +33,23 @@ __all__ = [
 Scenario = Callable[[Any, WsClient], Awaitable[None]]
 
 
+async def slow_subscriber(server: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw WebSocket client of `server` with a 4 KiB receive buffer, subscribed to
+    `news` beside the bystander (returned once the server counts both)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(HANDSHAKE + frame(json.dumps({"type": "subscribe",
+                                              "channel": "news"}).encode()))
+    await reader.readuntil(b"\r\n\r\n")
+    async with asyncio.timeout(10):
+        while sum(server.channels().values()) < 2:
+            await asyncio.sleep(0.01)
+    return reader, writer
+
+
 def with_bystander(runtime: Runtime, scenario: Scenario, **settings: Any) -> None:
     async def main() -> None:
         async with serving(runtime, **settings) as server, \
@@ -232,17 +249,7 @@ def test_truncated_request_is_dropped_quietly(runtime: Runtime) -> None:
 
 def test_slow_consumer_alone_is_dropped_with_4021(runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        sock.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(HANDSHAKE + frame(json.dumps({"type": "subscribe",
-                                                  "channel": "news"}).encode()))
-        await reader.readuntil(b"\r\n\r\n")
-        async with asyncio.timeout(10):
-            while sum(server.channels().values()) < 2:
-                await asyncio.sleep(0.01)
+        _, writer = await slow_subscriber(server)
         payload = "y" * 256 * 1024  # loopback buffers take megabytes before they push back
         async with asyncio.timeout(60):
             while server.node.statistics().slow_consumers == 0:
@@ -257,17 +264,7 @@ def test_slow_consumer_alone_is_dropped_with_4021(runtime: Runtime) -> None:
 def test_a_reader_that_lags_within_the_limit_gets_everything_in_order(runtime: Runtime) -> None:
     """Sends that would block wait for the socket, and what follows queues behind them."""
     async def scenario(server: Any, good: WsClient) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        sock.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(HANDSHAKE + frame(json.dumps({"type": "subscribe",
-                                                  "channel": "news"}).encode()))
-        await reader.readuntil(b"\r\n\r\n")
-        async with asyncio.timeout(10):
-            while sum(server.channels().values()) < 2:
-                await asyncio.sleep(0.01)
+        reader, writer = await slow_subscriber(server)
         count, pad = 100, "z" * 64 * 1024  # 6.5 MB: more than the kernel buffers take
         for number in range(count):
             server.broadcast("news", "bulk", {"n": number, "pad": pad})
