@@ -2,9 +2,9 @@
 
 It keeps what a client must remember across reconnects — subscriptions, stream positions
 for recovery, presence members, sends queued while offline — and decides when to retry
-(exponential backoff with jitter) and when a silent connection is dead. When the server
-reports lost messages (`messages.lost`) on a channel with history, it resubscribes to
-replay them and delivers each offset once.
+(exponential backoff with jitter, or a busy server's `Retry-After`) and when a silent
+connection is dead. When the server reports lost messages (`messages.lost`) on a channel
+with history, it resubscribes to replay them and delivers each offset once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import bisect
 import enum
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -21,6 +21,7 @@ from .errors import DISCONNECTED, ErrorCode
 from .message import JsonValue
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "ChannelMessage",
     "ClientEvent",
     "ClientProtocol",
@@ -30,7 +31,11 @@ __all__ = [
     "PresenceChanged",
     "Subscribed",
     "SubscriptionFailed",
+    "busy_retry_after",
 ]
+
+#: the longest `Retry-After` (seconds) a client waits for; a longer one is cut to this
+MAX_RETRY_AFTER = 60.0
 
 
 class ClientState(enum.Enum):
@@ -118,6 +123,21 @@ ClientEvent = (Connected | Subscribed | SubscriptionFailed | ChannelMessage | Pr
                | MessagesLost)
 
 
+def busy_retry_after(status: int, headers: Iterable[tuple[bytes, bytes]]) -> float | None:
+    """The `Retry-After` seconds of a busy server's refused handshake (HTTP 503 or 429);
+    None for another status, or without a `Retry-After` in seconds (a date is not used)."""
+    if status not in (503, 429):
+        return None
+    for name, value in headers:
+        if name.lower() == b"retry-after":
+            try:
+                seconds = float(value)
+            except ValueError:
+                return None
+            return seconds if 0 < seconds < float("inf") else None
+    return None
+
+
 class _Offsets:
     """The offsets delivered on a channel in its epoch, as sorted disjoint ranges.
 
@@ -189,6 +209,9 @@ class ClientProtocol:
         self.connection_id: str | None = None
         self.user_id: str | None = None
         self.next_attempt_at: float | None = None
+        #: the `Retry-After` seconds of the busy server (503 or 429) that refused the last
+        #: attempt; None once connected, or when the last attempt ended otherwise
+        self.retry_after: float | None = None
         self._jitter = jitter
         self._backoff = (backoff_min, backoff_max)
         self._attempts = 0
@@ -250,11 +273,17 @@ class ClientProtocol:
         """A socket opened; wait for `connection.established`."""
         self._last_heard_at = now
 
-    def connection_lost(self, *, now: float, refused: bool = False,
-                        code: int | None = None) -> None:
+    def connection_lost(self, *, now: float, refused: bool = False, code: int | None = None,
+                        retry_after: float | None = None) -> None:
         """The socket closed (with the server's close `code`, if any) or could not open;
         plan the next attempt, unless the server refused the token, the application
-        disconnected this user (4010) or a newer connection replaced this one (4013)."""
+        disconnected this user (4010) or a newer connection replaced this one (4013).
+
+        A busy server's `retry_after` (`busy_retry_after`) replaces the backoff: the next
+        attempt waits it, at most `MAX_RETRY_AFTER`, plus a random share of up to half of
+        it again, so the clients refused together do not come back together.
+        """
+        self.retry_after = None
         for entry in self._channels.values():
             entry.active = False
         if self.state in (ClientState.DISCONNECTED, ClientState.FAILED):
@@ -267,7 +296,12 @@ class ClientProtocol:
         low, high = self._backoff
         ceiling = min(high, low * 2 ** self._attempts)
         self._attempts += 1
-        self.next_attempt_at = now + ceiling * (0.5 + self._jitter() / 2)  # bounded jitter
+        if retry_after is None:
+            self.next_attempt_at = now + ceiling * (0.5 + self._jitter() / 2)  # bounded jitter
+        else:
+            self.retry_after = retry_after
+            wait = min(retry_after, MAX_RETRY_AFTER)
+            self.next_attempt_at = now + wait * (1 + self._jitter() / 2)
 
     def receive(self, text: str | bytes, *, now: float) -> list[ClientEvent]:
         """One message from the server; the events it means for the application."""
@@ -338,6 +372,7 @@ class ClientProtocol:
         self.state = ClientState.CONNECTED
         self._attempts = 0
         self.next_attempt_at = None
+        self.retry_after = None
         self.connection_id = details.get("connection_id")
         self.user_id = details.get("user_id")
         heartbeat = details.get("heartbeat")

@@ -54,7 +54,8 @@ class TcpProxy:
         self.target_port = target_port
         self.host = host
         self.port = 0
-        self.accepted = 0
+        #: when each connection was accepted (the loop's clock)
+        self.accepted: list[float] = []
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._refusing = False
@@ -118,7 +119,7 @@ class TcpProxy:
         self._swallowing = swallowing
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
+        self.accepted.append(asyncio.get_running_loop().time())
         if self._refusing:
             writer.transport.abort()
             return

@@ -8,13 +8,17 @@ import time
 
 from realtime_asyncio import RealtimeClient, RealtimeServer
 from realtime_proto.client import (
+    MAX_RETRY_AFTER,
     ChannelMessage,
     ClientProtocol,
     ClientState,
     MessagesLost,
     Subscribed,
+    busy_retry_after,
 )
 from realtime_proto.jwt import encode_hs256
+
+from ..brokers.proxy import TcpProxy
 
 SECRET = "client-secret"
 
@@ -189,6 +193,54 @@ def test_an_expiring_token_is_refreshed_by_the_token_function_without_a_gap() ->
         await client.close()
         await node.aclose()
     asyncio.run(scenario())
+
+
+def test_a_busy_server_s_retry_after_delays_the_next_attempt() -> None:
+    async def scenario() -> None:
+        node = server(max_handshakes_per_second=0.5)  # one handshake every 2 s
+        await node.start()
+        async with TcpProxy("127.0.0.1", node.port) as front, \
+                RealtimeClient(f"ws://127.0.0.1:{node.port}"):  # takes the one handshake
+            client = RealtimeClient(f"ws://127.0.0.1:{front.port}", backoff_min=0.01,
+                                    backoff_max=0.02, jitter=lambda: 0.0)
+            seen: list[float | None] = []
+            client.on("state", lambda state: seen.append(client.retry_after)
+                      if state is ClientState.RECONNECTING else None)
+            await client.connect(timeout=10)  # refused with 503 + Retry-After: 1 or 2, then in
+            [retry_after] = seen
+            assert retry_after in (1.0, 2.0) and client.attempts == 2
+            assert client.retry_after is None
+            first, second = front.accepted
+            assert second - first >= retry_after  # not the 10-20 ms backoff
+            await client.close()
+        await node.aclose()
+    asyncio.run(scenario())
+
+
+def test_busy_retry_after_reads_a_503_or_429_retry_after_in_seconds() -> None:
+    assert busy_retry_after(503, [(b"content-type", b"x"), (b"retry-after", b"2")]) == 2.0
+    assert busy_retry_after(429, [(b"Retry-After", b"1.5")]) == 1.5
+    assert busy_retry_after(503, []) is None  # a proxy's 503: the ordinary backoff
+    assert busy_retry_after(401, [(b"retry-after", b"2")]) is None
+    for value in (b"Wed, 21 Oct 2026 07:28:00 GMT", b"0", b"-1", b"nan", b"inf"):
+        assert busy_retry_after(503, [(b"retry-after", value)]) is None
+
+
+def test_client_protocol_waits_a_busy_server_s_retry_after_instead_of_the_backoff() -> None:
+    jitters = iter([0.0, 0.5, 0.0, 0.0])
+    protocol = ClientProtocol(jitter=lambda: next(jitters), backoff_min=0.5, backoff_max=20)
+    protocol.connection_lost(now=10, retry_after=3)
+    assert (protocol.state, protocol.next_attempt_at, protocol.retry_after) \
+        == (ClientState.RECONNECTING, 13, 3)
+    protocol.connection_lost(now=20, retry_after=2)  # plus a random share of up to half of it
+    assert protocol.next_attempt_at == 22.5
+    protocol.connection_lost(now=30, retry_after=3600)
+    assert (protocol.next_attempt_at, protocol.retry_after) == (30 + MAX_RETRY_AFTER, 3600)
+    protocol.connection_lost(now=40)  # the fourth failure in a row: 0.5 s * 2**3, jittered
+    assert (protocol.next_attempt_at, protocol.retry_after) == (42, None)
+    protocol.connection_lost(now=50, retry_after=1, refused=True)  # a refused token ends it
+    assert protocol.state is ClientState.FAILED and protocol.retry_after is None
+    assert protocol.next_deadline() is None
 
 
 async def _until(check: object) -> None:

@@ -33,6 +33,7 @@ from realtime_proto.client import (
     PresenceChanged,
     Subscribed,
     SubscriptionFailed,
+    busy_retry_after,
 )
 from realtime_proto.message import JsonValue
 
@@ -111,6 +112,9 @@ class RealtimeClient:
     the client ends `failed` (no token, no connection).
     With `auto_recover`, a `messages.lost` whose range is known on a channel with history
     makes the channel resubscribe and replay the lost messages (each offset once).
+    A busy server's refusal (HTTP 503 or 429 with `Retry-After` in seconds) is retried after
+    `Retry-After` (at most 60 s) plus a random share of up to half of it, instead of the
+    backoff (`retry_after` tells what it was).
     """
 
     def __init__(self, url: str, *, token: TokenSource = None, backoff_min: float = 0.5,
@@ -139,6 +143,12 @@ class RealtimeClient:
     def state(self) -> ClientState:
         """connecting, connected, reconnecting, disconnected or failed."""
         return self.protocol.state
+
+    @property
+    def retry_after(self) -> float | None:
+        """The `Retry-After` seconds of the busy server (503 or 429) that refused the last
+        attempt; None once connected, or when the last attempt ended otherwise."""
+        return self.protocol.retry_after
 
     @property
     def connection_id(self) -> str | None:
@@ -202,26 +212,27 @@ class RealtimeClient:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self.protocol.state not in (ClientState.DISCONNECTED, ClientState.FAILED):
-            refused, code = False, None
+            refused, code, retry_after = False, None, None
             with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
-                refused, code = await self._session()
+                refused, code, retry_after = await self._session()
             self._drop_socket()
             self.connected.clear()
-            self.protocol.connection_lost(now=loop.time(), refused=refused, code=code)
+            self.protocol.connection_lost(now=loop.time(), refused=refused, code=code,
+                                          retry_after=retry_after)
             self._set_state()
             if self.protocol.next_attempt_at is not None:
                 await asyncio.sleep(max(0.0, self.protocol.next_attempt_at - loop.time()))
 
-    async def _session(self) -> tuple[bool, int | None]:
-        """One connection, until it ends; whether the server refused the token, and the
-        close code it sent, if any."""
+    async def _session(self) -> tuple[bool, int | None, float | None]:
+        """One connection, until it ends; whether the server refused the token, the close
+        code it sent, if any, and a busy server's `Retry-After`."""
         loop = asyncio.get_running_loop()
         self.attempts += 1
         try:
             token = await self._fetch_token()
         except Exception:
             log.exception("the token function failed: giving up")
-            return True, None
+            return True, None, None
         target = self._path + (f"?{urlencode({'token': token})}" if token else "")
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self._host, self._port, ssl=self._ssl), 10)
@@ -236,15 +247,15 @@ class RealtimeClient:
                 data = await asyncio.wait_for(reader.read(65536), wait)
             except TimeoutError:
                 if self.protocol.is_dead(now=loop.time()):
-                    return False, None
+                    return False, None, None
                 continue
             if not data:
-                return False, None
+                return False, None, None
             ws.receive_data(data)
             for event in ws.events():
                 match event:
-                    case RejectConnection(status_code=status):
-                        return status == 401, None
+                    case RejectConnection(status_code=status, headers=headers):
+                        return status == 401, None, busy_retry_after(status, headers)
                     case AcceptConnection():
                         pass
                     case TextMessage():
@@ -252,7 +263,7 @@ class RealtimeClient:
                     case Ping():
                         writer.write(ws.send(event.response()))
                     case CloseConnection(code=code):
-                        return False, code
+                        return False, code, None
                     case _:  # Pong, BytesMessage, RejectData: wsproto's `Event` is an open
                         pass  # class, not a union, so `assert_never` cannot apply here
             self.flush()
