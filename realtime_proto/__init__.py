@@ -7,6 +7,7 @@ from .events import ConnectionId, TransportId, TransportKind, User
 from .hub import Hub
 from .message import Message, MessageType
 from .node import Node
+from .publication import Publication
 
 #: the one version of the Python packages (hatch reads it; clients/js/package.json agrees)
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "MessageType",
     "Node",
     "NodeConfig",
+    "Publication",
     "RealtimeError",
     "StaticFile",
     "TransportId",

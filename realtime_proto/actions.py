@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
@@ -23,6 +23,7 @@ __all__ = [
     "CloseTransport",
     "ConnectionInfo",
     "Deliver",
+    "DeliverBundle",
     "Disconnect",
     "HistoryAppend",
     "HistoryRead",
@@ -60,6 +61,17 @@ class Deliver:
     event_id: str | None = None
     #: the channel it was published on (its slow-consumer policy applies)
     channel: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DeliverBundle:
+    """Send several encoded messages of a channel, in order, to these connections: what a
+    bundle from another node carries (one action for the run, not one per message)."""
+
+    connection_ids: tuple[ConnectionId, ...]
+    payloads: Sequence[bytes]
+    channel: str
 
 
 @final
@@ -229,6 +241,7 @@ class PostWebhook:
 
 HubAction = (
     Deliver
+    | DeliverBundle
     | Disconnect
     | BrokerPublish
     | BrokerSubscribe

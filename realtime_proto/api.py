@@ -141,8 +141,10 @@ def _publication(fields: dict[str, Any]) -> _Publication:
 
 def _broadcast(hub: Hub, publications: list[_Publication], now: float) -> list[list[str]]:
     """Publish in order; per publication, the message id of each of its channels."""
-    return [[hub.broadcast(channel, event, data, now=now, exclude=exclude)
-             for channel in channels] for channels, event, data, exclude in publications]
+    ids = iter(hub.broadcast_many([(channel, event, data, exclude)
+                                   for channels, event, data, exclude in publications
+                                   for channel in channels], now=now))
+    return [[next(ids) for _ in publication[0]] for publication in publications]
 
 
 def _to_connection(hub: Hub, connection_id: ConnectionId, fields: dict[str, Any],

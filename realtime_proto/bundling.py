@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .actions import BrokerPublish, Deliver, Disconnect, HubAction
+from .actions import BrokerPublish, Deliver, DeliverBundle, Disconnect, HubAction
 from .envelope import Outgoing, encode
 
 __all__ = ["bundle"]
@@ -36,7 +36,7 @@ def bundle(actions: list[HubAction | Outgoing], origin: bytes, incarnation: int,
             run, run_at, size = [action], len(out), length + _HEADER_BYTES
             topic, follows = action.topic, action.sequence + 1
             out.append(action)  # type: ignore[arg-type]  # replaced at the close
-        elif type(action) is Deliver or type(action) is Disconnect:
+        elif isinstance(action, (Deliver, DeliverBundle, Disconnect)):  # this node's own
             out.append(action)
         else:
             _close(run, out, run_at, origin, incarnation)

@@ -47,7 +47,7 @@ class Fanout:
         if self.rest is None and not self._sockets.fanned and len(connection_ids) > chunk:
             self.rest = (action, chunk)
             connection_ids = connection_ids[:chunk]
-        self.deliver((action,), connection_ids)
+        self.deliver(connection_ids, action.channel, (action.payload,), (action.event_id,))
 
     def continue_fanout(self, *, to_the_end: bool) -> None:
         """Deliver the next chunk of the fan-out going out in chunks, or all that is left."""
@@ -57,25 +57,25 @@ class Fanout:
         end = len(connection_ids) if to_the_end else start + self._config.fanout_chunk
         # set first: a callback inside `deliver` (a slow consumer's close) may finish it
         self.rest = (action, end) if end < len(connection_ids) else None
-        self.deliver((action,), connection_ids[start:end])
-    def deliver(self, run: Sequence[Deliver],
-                connection_ids: tuple[ConnectionId, ...] | None = None) -> None:
-        """Deliver a run of messages to the same connections (one `connection_ids` tuple)
-        on the same channel, in order: each encoded once per codec, then one backlog append
-        per subscriber (of `connection_ids`, a chunk of the run's, when given)."""
+        self.deliver(connection_ids[start:end], action.channel, (action.payload,),
+                     (action.event_id,))
+
+    def deliver(self, connection_ids: Sequence[ConnectionId], channel: str | None,
+                payloads: Sequence[bytes],
+                event_ids: Sequence[str | None] | None = None) -> None:
+        """Deliver messages to the same connections on the same channel, in order: each
+        encoded once per codec, then one backlog append per subscriber. `event_ids`, when
+        given, has one SSE event id (or None) per payload."""
         sockets = self._sockets
         fanned = sockets.fanned
         routes = sockets.routes
         limits = sockets.config.hub.limits  # not `_config`: a property read per message
         max_output_bytes = limits.max_output_bytes
-        channel = run[0].channel
         direct = channel is None
         policy = self._policy(channel)
         latest = policy is SlowConsumerPolicy.LATEST
-        if connection_ids is None:
-            connection_ids = run[0].connection_ids
-        for action in run:
-            payload, event_id = action.payload, action.event_id
+        for index, payload in enumerate(payloads):
+            event_id = event_ids[index] if event_ids else None
             #: codec -> this message's bytes in it; with no channel (to one connection or
             #: one user) the bytes may name the user: (codec, user) -> bytes, no shortcut
             frames: dict[object, bytes] = {}

@@ -15,7 +15,7 @@ is a part in a module of its own (`hub_*.py`) that owns its state:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, assert_never
 
 from .actions import BrokerSubscribe, ConnectionInfo, HubAction
@@ -50,6 +50,7 @@ from .hub_subscriptions import Subscriptions
 from .hub_webhooks import WebhookEvents
 from .message import JsonValue
 from .presence import CONNECTIONS, Member
+from .publication import PublicationTuple
 from .signals import ChannelSignals
 from .statistics import HubStatistics
 
@@ -168,7 +169,21 @@ class Hub:
             MessageError: the channel name is invalid (4008).
         """
         self._out.advance(now)
-        return self._history.broadcast(channel, event, data, now, exclude, user_id, ephemeral)
+        return self._history.broadcast(((channel, event, data, exclude),), now, user_id,
+                                       ephemeral)[0]
+
+    def broadcast_many(self, publications: Sequence[PublicationTuple], *,
+                       now: float) -> list[str]:
+        """Publish several events at once, in order, as `broadcast` does each (cheaper per
+        event: what they share is worked out once); their message ids. Each is a
+        `Publication` (channel, event, data, exclude) or a plain tuple of those.
+
+        Raises:
+            MessageError: a channel name is invalid (4008) or an event is not a string
+                (4005); then none is published.
+        """
+        self._out.advance(now)
+        return self._history.broadcast(publications, now)
 
     def send_to_user(self, user_id: str, event: str, data: JsonValue = None, *,
                      now: float) -> str:

@@ -4,7 +4,7 @@ local subscribers in stream order, what a subscription recovers, and reported lo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .channels import validate_channel_name
@@ -12,11 +12,13 @@ from .cluster import ClusterState, channel_topic
 from .config import HubConfig
 from .connection import Connection, SubscribeOptions
 from .envelope import EnvelopeKind
+from .errors import ErrorCode, MessageError
 from .events import ConnectionId, HistoryAppended, HistoryLoaded
 from .history import StreamSlice, stamp
 from .hub_outbox import Outbox
 from .hub_presence import Presence
 from .message import JsonValue, MessageType
+from .publication import PublicationTuple
 from .signals import ChannelSignals
 from .streams import Gap, Position, Ready, Streams
 
@@ -49,26 +51,41 @@ class ChannelHistory:
         #: messages this node's subscribers were told they lost
         self.reported_lost = 0
 
-    def broadcast(self, channel: str, event: str, data: JsonValue, now: float,
-                  exclude: ConnectionId | None, user_id: str | None, ephemeral: bool) -> str:
-        """Publish an event to a channel here and on every node (`Hub.broadcast`)."""
-        validate_channel_name(channel)
-        streams = self.streams
-        rule = None if ephemeral else streams.rule(channel)
-        message_id, payload = self._out.encode(MessageType.EVENT, now, channel=channel,
-                                               event=event, data=data, user_id=user_id)
-        self.published += 1
-        if rule is not None and streams.shared:
-            if (oldest := streams.full()) is not None:
-                self.appended(oldest)
-            self._actions.append(streams.append(channel, rule, payload, exclude, now))
-            return message_id
-        position = streams.keep(channel, rule, payload, now) if rule else None
-        if channel in self._subscribers:  # a node without subscribers (node A) skips the call
-            self.fan_out(channel, payload, position, exclude)
-        self._actions.append(self._cluster.envelope(channel_topic(channel), EnvelopeKind.CHANNEL,
-                                                    payload, exclude))
-        return message_id
+    def broadcast(self, publications: Sequence[PublicationTuple], now: float,
+                  user_id: str | None = None, ephemeral: bool = False) -> list[str]:
+        """Publish events to channels here and on every node, in order; their message ids
+        (`Hub.broadcast`, `Hub.broadcast_many`). All are checked before any goes out.
+
+        Raises:
+            MessageError: a channel name is invalid (4008), an event not a string (4005).
+        """
+        for publication in publications:
+            validate_channel_name(publication[0])
+            if not isinstance(publication[1], str):
+                raise MessageError(ErrorCode.INVALID_FIELD, "field 'event' must be a string")
+        streams, subscribers, actions = self.streams, self._subscribers, self._actions
+        rule_of = streams.rule
+        encode = self._out.event_encoder(now, user_id)
+        envelope = self._cluster.envelope
+        ids = []
+        for channel, event, data, exclude in publications:
+            message_id, payload = encode(channel, event, data)
+            ids.append(message_id)
+            rule = None if ephemeral else rule_of(channel)
+            position = None
+            if rule is not None:
+                if streams.shared:
+                    if (oldest := streams.full()) is not None:
+                        self.appended(oldest)
+                    actions.append(streams.append(channel, rule, payload, exclude, now))
+                    continue
+                position = streams.keep(channel, rule, payload, now)
+            if channel in subscribers:  # a node without subscribers (node A) skips the call
+                self.fan_out(channel, payload, position, exclude)
+            actions.append(envelope(channel_topic(channel), EnvelopeKind.CHANNEL, payload,
+                                    exclude))
+        self.published += len(ids)
+        return ids
 
     def tick(self, now: float) -> None:
         """Release what waited too long for the shared store, give up on its answers."""

@@ -115,7 +115,8 @@ class ClientMessages:
             if rule is not None and streams.shared:
                 self._out.actions.append(SaveReadPosition(channel=channel, user_id=user_id,
                                                           position=position, ttl=rule.ttl))
-        self._history.broadcast(channel, message.event, data, now, conn.id, user_id, ephemeral)
+        self._history.broadcast(((channel, message.event, data, conn.id),), now, user_id,
+                                ephemeral)
         if self._config.report_events:
             self._out.actions.append(
                 ClientEventSent(channel, message.event, data, user_id, conn.id))

@@ -11,7 +11,8 @@ from .connection import Connection
 from .envelope import Outgoing
 from .errors import ErrorCode, LocalProtocolError, MessageError
 from .events import ConnectionId
-from .message import JsonValue, MessageType, encode_message
+from .jsoncodec import quote
+from .message import EventEncoder, JsonValue, MessageType, encode_message
 
 __all__ = ["Outbox"]
 
@@ -28,6 +29,7 @@ class Outbox:
         #: message ids: this node's random prefix and a count (unique in the cluster,
         #: and cheaper than a random id per publish)
         self._message_prefix = new_id() + "."
+        self._quoted_prefix = quote(self._message_prefix)[:-1]  # without its closing quote
         self._messages_made = 0
         self._epoch = epoch
         self._unix_ms_for, self._unix_ms_value = epoch.monotonic_at, epoch.unix_ms
@@ -85,6 +87,22 @@ class Outbox:
         message_id = f"{self._message_prefix}{self._messages_made:x}"
         return message_id, encode_message(message_id, kind, channel, event, data,
                                           self.unix_ms(now), user_id)
+
+    def event_encoder(self, now: float, user_id: str | None = None
+                      ) -> Callable[[str, str, JsonValue], tuple[str, bytes]]:
+        """`encode` for events to channels at one time (a batch of publishes): the
+        function takes (channel, event, data) and returns the message id and bytes."""
+        events = EventEncoder(self.unix_ms(now), user_id)
+        prefix, quoted_prefix = self._message_prefix, self._quoted_prefix
+
+        def encode(channel: str, event: str, data: JsonValue) -> tuple[str, bytes]:
+            self._messages_made += 1
+            made = self._messages_made
+            # `%`: half the time of an f-string with a format spec, once per publish
+            return "%s%x" % (prefix, made), events.encode(  # noqa: UP031
+                b'%s%x"' % (quoted_prefix, made), channel, event, data)
+
+        return encode
 
     def unix_ms(self, now: float) -> int:
         """Unix milliseconds at `now`, worked out once per distinct `now` (a batch of

@@ -6,8 +6,12 @@ publish path spends much of its time there. Whatever orjson refuses goes to the 
 library, which decides: integers beyond 64 bits, circular or very deep structures. Two
 differences remain: orjson writes NaN and infinities as `null` (the standard library
 writes `NaN`, which JSON does not allow), and it encodes a few more types (enums of any
-base, UUIDs). Decoding stays with the standard library: orjson turns integers beyond 64
-bits into floats.
+base, UUIDs).
+
+Decoding (`loads_exact`) takes orjson for bytes only when its result is certain to be the
+standard library's: orjson turns integers beyond 64 bits into floats, so text that may hold
+one (19 digits in a row where a number can start) goes to the standard library, as does
+whatever orjson refuses (the standard library then decides, or says what is wrong).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - the speedups extra is optional
     orjson = None
 
-__all__ = ["dumps", "quote"]
+__all__ = ["dumps", "loads_exact", "quote"]
 
 #: dict keys that are not strings become strings (as in `json`); dataclasses and datetimes
 #: are refused (as by `json`) instead of encoded
@@ -62,3 +66,28 @@ def quote(text: str) -> bytes:
     if orjson is not None:
         return orjson.dumps(text)  # type: ignore[no-any-return]
     return encode_basestring(text).encode()
+
+
+#: JSON text mapped so that an integer of 19 digits or more shows as `:` and 19 `0`: digits
+#: become `0`; what may stand before a number (`:`, `[`, `,`, a minus sign) becomes `:`;
+#: whitespace goes (`_SPACE`); the rest becomes `x`. (Digits in a string may match too:
+#: then the standard library decodes, which is only slower.)
+_NUMBER_SHAPE = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x3A if byte in b":[,-" else 0x78
+                      for byte in range(256))
+_SPACE = b" \t\r\n"
+_LONG_INTEGER = b":" + b"0" * 19
+
+
+def loads_exact(raw: bytes) -> Any:
+    """JSON bytes decoded by orjson when that gives what `json.loads` would give.
+
+    Raises:
+        LookupError: orjson is not installed, refuses the text, or might decode it
+            differently (a long integer): decode it with the standard library.
+    """
+    if orjson is None or _LONG_INTEGER in b":" + raw.translate(_NUMBER_SHAPE, _SPACE):
+        raise LookupError("the standard library decides")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise LookupError("the standard library decides") from None

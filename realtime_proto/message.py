@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, final
 
 from .errors import ErrorCode, MessageError
-from .jsoncodec import dumps, quote
+from .jsoncodec import dumps, loads_exact, quote
 
-__all__ = ["JsonValue", "Message", "MessageType", "decode_json", "encode_json",
-           "encode_message"]
+__all__ = ["EventEncoder", "JsonValue", "Message", "MessageType", "decode_json",
+           "encode_json", "encode_message"]
 
 #: Anything `json` can encode; kept loose because payloads are the application's.
 JsonValue: TypeAlias = Any
@@ -151,7 +151,10 @@ def decode_json(raw: str | bytes, *, max_bytes: int | None = None) -> JsonValue:
         if max_bytes is not None and size > max_bytes:
             raise MessageError(ErrorCode.MESSAGE_TOO_LARGE, f"message over {max_bytes} bytes")
         if isinstance(raw, bytes):
-            raw = raw.decode()
+            try:  # orjson when it decodes as `json` does (text it refuses says why below)
+                return loads_exact(raw)
+            except LookupError:
+                raw = raw.decode()
     except UnicodeError:  # bytes that are not UTF-8, or text with a surrogate in it
         raise MessageError(ErrorCode.INVALID_UTF8, "message is not valid UTF-8") from None
     try:
@@ -186,15 +189,41 @@ def encode_message(message_id: str, kind: MessageType, channel: str | None, even
     Raises:
         TypeError, ValueError: as `encode_json`, for `data` JSON cannot hold.
     """
-    encoded = _MESSAGE % (quote(message_id), _TYPES[kind], _string(channel), _string(event),
-                          dumps(data), timestamp)
-    if user_id is not None:
-        encoded = encoded[:-1] + b',"user_id":' + quote(user_id) + b"}"
-    return encoded
+    return b"".join((b'{"id":', quote(message_id), _middle(kind, channel, event), dumps(data),
+                     _tail(timestamp, user_id)))
 
 
-_MESSAGE = b'{"id":%s,"type":"%s","channel":%s,"event":%s,"data":%s,"timestamp":%d}'
-_TYPES = {kind: kind.value.encode() for kind in MessageType}
+class EventEncoder:
+    """Events of one publish call encoded as `encode_message` encodes each: what they share
+    (the time, the user, each pair of channel and event names) is encoded once."""
+
+    def __init__(self, timestamp: int, user_id: str | None = None) -> None:
+        self._tail = _tail(timestamp, user_id)
+        self._middles: dict[tuple[str, str], bytes] = {}
+
+    def encode(self, quoted_id: bytes, channel: str, event: str, data: JsonValue) -> bytes:
+        """An event's bytes; `quoted_id` is its id as a JSON string (`jsoncodec.quote`).
+
+        Raises:
+            TypeError, ValueError: as `encode_json`, for `data` JSON cannot hold.
+        """
+        middle = self._middles.get((channel, event))
+        if middle is None:
+            middle = self._middles[channel, event] = _middle(MessageType.EVENT, channel, event)
+        return b'{"id":%s%s%s%s' % (quoted_id, middle, dumps(data), self._tail)
+
+
+def _middle(kind: MessageType, channel: str | None, event: str | None) -> bytes:
+    """A message's bytes between its id and its data."""
+    return b',"type":"%s","channel":%s,"event":%s,"data":' % (
+        kind.value.encode(), _string(channel), _string(event))
+
+
+def _tail(timestamp: int, user_id: str | None) -> bytes:
+    """A message's bytes after its data."""
+    if user_id is None:
+        return b',"timestamp":%d}' % timestamp
+    return b',"timestamp":%d,"user_id":%s}' % (timestamp, quote(user_id))
 
 
 def _string(value: str | None) -> bytes:

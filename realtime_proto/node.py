@@ -20,6 +20,7 @@ from .actions import (
     BrokerUnsubscribe,
     ClientEventSent,
     Deliver,
+    DeliverBundle,
     Disconnect,
     HistoryAppend,
     HistoryRead,
@@ -45,6 +46,7 @@ from .forwarder import Forwarder
 from .framing import MessageIn, PeerClosed, RequestReceived, Violation
 from .framing.http import HttpFraming
 from .frontdoor import FrontDoor, Routes
+from .gcpause import gc_paused
 from .hooks import Webhooks
 from .hub import Hub
 from .polling import LongPolling
@@ -55,7 +57,7 @@ from .statistics import NodeStatistics
 __all__ = ["Node"]
 
 #: the Hub actions that write to sockets (their order per socket is kept)
-_TO_SOCKETS = (Deliver, Disconnect)
+_TO_SOCKETS = (Deliver, DeliverBundle, Disconnect)
 
 
 class Node:
@@ -117,6 +119,7 @@ class Node:
         self._transports[transport_id] = Transport(transport_id, framing, peer, secure)
         return transport_id
 
+    @gc_paused
     def receive_data(self, transport_id: TransportId, data: bytes, *, now: float) -> None:
         """Bytes arrived on a socket. Input for a socket the Node closed is ignored (it
         races with the close: `closed` tells).
@@ -134,6 +137,7 @@ class Node:
             self._pump(transport, now)
         self._finish_call()
 
+    @gc_paused
     def receive_eof(self, transport_id: TransportId, *, now: float) -> None:
         """The peer closed its side, or the socket failed (ignored once the Node closed it).
 
@@ -151,6 +155,7 @@ class Node:
                 self._sockets.finish(transport, now)
         self._finish_call()
 
+    @gc_paused
     def handle(self, event: NodeEvent, *, now: float) -> None:
         """Feed an application, broker or callback event."""
         self._sockets.now = now
@@ -166,6 +171,7 @@ class Node:
             self.hub.handle(event, now=now)
         self._finish_call()
 
+    @gc_paused
     def tick(self, *, now: float) -> None:
         """Let time pass; call at `next_deadline()`."""
         self._sockets.now = now
@@ -324,21 +330,23 @@ class Node:
                 self._fanout.continue_fanout(to_the_end=True)
             if sockets.config.fanout_chunk:
                 last = next((a for a in reversed(actions) if type(a) in _TO_SOCKETS), None)
-        run: list[Deliver] = []  # messages in a row to the same connections (a bundle's)
+        run: list[Deliver] = []  # messages in a row to the same connections
         for action in actions:
             if type(action) is Deliver and action is not last:
                 if run and (action.connection_ids is not run[0].connection_ids
                             or action.channel != run[0].channel):
-                    self._fanout.deliver(run)
+                    self._deliver_run(run)
                     run = []
                 run.append(action)
                 continue
             if run:
-                self._fanout.deliver(run)
+                self._deliver_run(run)
                 run = []
             match action:
                 case Deliver():
                     self._fanout.fan_out(action)
+                case DeliverBundle():
+                    self._fanout.deliver(action.connection_ids, action.channel, action.payloads)
                 case Disconnect():
                     self._fanout.disconnect(action)
                 case ClientEventSent():
@@ -351,8 +359,14 @@ class Node:
                 case _:
                     assert_never(action)
         if run:
-            self._fanout.deliver(run)
+            self._deliver_run(run)
         self._webhooks.take(sockets.now)
+
+    def _deliver_run(self, run: list[Deliver]) -> None:
+        """Messages in a row to the same connections on the same channel, in one pass."""
+        self._fanout.deliver(run[0].connection_ids, run[0].channel,
+                             [action.payload for action in run],
+                             [action.event_id for action in run])
 
     def _finish_call(self) -> None:
         """Answer the polls that got messages, then one Transmit for the sockets with output."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, assert_never
 
 from ..actions import (
@@ -14,6 +14,7 @@ from ..actions import (
     BrokerUnsubscribe,
     ClientEventSent,
     Deliver,
+    DeliverBundle,
     Disconnect,
     HistoryAppend,
     HistoryRead,
@@ -88,15 +89,21 @@ class MemoryTransport:
         messages, self.inbox[connection_id] = self.inbox[connection_id], []
         return messages
 
+    def _deliver(self, connection_ids: Iterable[ConnectionId],
+                 payloads: Iterable[bytes]) -> None:
+        messages = [json.loads(payload) for payload in payloads]
+        for connection_id in connection_ids:
+            self.inbox.setdefault(connection_id, []).extend(messages)
+
     def run(self) -> None:
         """Carry out every pending Hub action."""
         while actions := self.hub.actions():
             for action in actions:
                 match action:
                     case Deliver():
-                        message = json.loads(action.payload)
-                        for connection_id in action.connection_ids:
-                            self.inbox.setdefault(connection_id, []).append(message)
+                        self._deliver(action.connection_ids, (action.payload,))
+                    case DeliverBundle():
+                        self._deliver(action.connection_ids, action.payloads)
                     case Disconnect():
                         self.closed[action.connection_id] = (action.code, action.reason)
                     case Notify():

@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from realtime_proto import Epoch, ErrorCode, Hub, HubConfig, Limits, LocalProtocolError, User
+from realtime_proto import (
+    Epoch,
+    ErrorCode,
+    Hub,
+    HubConfig,
+    Limits,
+    LocalProtocolError,
+    MessageError,
+    Publication,
+    User,
+)
 from realtime_proto.actions import BrokerPublish, BrokerSubscribe, BrokerUnsubscribe
 from realtime_proto.events import ConnectionId
 from realtime_proto.history import HistoryRule
@@ -47,6 +57,27 @@ def test_subscribe_public_and_receive_broadcast() -> None:
         assert message["id"] == message_id
         assert (message["event"], message["channel"], message["data"]) == ("headline", "news",
                                                                           {"t": 1})
+
+
+def test_broadcast_many_is_each_broadcast_in_order_or_nothing() -> None:
+    hub, transport, clock = make(HubConfig(history=(HistoryRule("room.*", 10, 60),)))
+    a, b = transport.connect(), transport.connect()
+    for conn, channel in ((a, "news"), (a, "room.1"), (b, "room.1")):
+        transport.send(conn, {"type": "subscribe", "channel": channel})
+    transport.take(a), transport.take(b)
+    for bad in ([("news", "e", 1, None), ("bad name!", "e", 2, None)],
+                [("news", "e", 1, None), ("news", 7, 2, None)]):
+        with pytest.raises(MessageError):
+            hub.broadcast_many(bad, now=clock.now)  # type: ignore[arg-type]
+    assert hub.actions() == []  # nothing of a refused call went out
+    ids = hub.broadcast_many([Publication("news", "e", 1), Publication("room.1", "r", 2, b),
+                              ("room.1", "r", 3, None)], now=clock.now)
+    transport.run()
+    got_a, got_b = transport.take(a), transport.take(b)
+    assert [(m["id"], m["channel"], m["data"]) for m in got_a] == [
+        (ids[0], "news", 1), (ids[1], "room.1", 2), (ids[2], "room.1", 3)]
+    assert [(m["data"], m["offset"]) for m in got_a[1:]] == [(2, 1), (3, 2)]  # kept in order
+    assert [m["data"] for m in got_b] == [3]  # excluded from the one it sent
 
 
 def test_message_ids_are_unique_on_a_node_and_across_nodes() -> None:

@@ -1,4 +1,5 @@
-"""The JSON the core writes is the same with orjson (the speedups extra) and without it."""
+"""The JSON the core writes, and what it decodes, is the same with orjson (the speedups
+extra) and without it."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from realtime_proto import jsoncodec
-from realtime_proto.message import Message, MessageType, encode_message
+from realtime_proto.errors import ErrorCode, MessageError
+from realtime_proto.message import (
+    EventEncoder,
+    Message,
+    MessageType,
+    decode_json,
+    encode_message,
+)
 
 VALUES: list[Any] = [
     None, True, 0, -7, 2**63 - 1, 1.5, 0.1, "", "ü ✓ 𝄞", 'quote " backslash \\ nl \n tab \t',
@@ -70,3 +80,48 @@ def test_the_publish_path_encodes_as_message_encode(codec: str, user_id: str | N
                           data=data, timestamp=1700, user_id=user_id)
         assert made == message.encode()
         assert json.loads(made)["data"] == json.loads(json.dumps(data))
+        events = EventEncoder(1700, user_id)  # a batch's encoder: the same bytes, each time
+        for channel, event in [("room", "said"), ("dé \"q\"", "e"), ("room", "said")]:
+            expected = Message(type=MessageType.EVENT, id="m.1f", channel=channel, event=event,
+                               data=data, timestamp=1700, user_id=user_id).encode()
+            assert events.encode(b'"m.1f"', channel, event, data) == expected
+
+
+DECODED = [
+    b'{"a":1}', b"[1, 12345678901234567890123]", b'{"a":-99999999999999999999}',
+    b"  12345678901234567890123  ", b'{"a":18446744073709551615,"b":-9223372036854775808}',
+    b'{"a":"x:1234567890123456789012"}', b"NaN", b"[1e400]", b'{"a":1,"a":2}',
+    b'{"a":"\\ud83d\\ude00"}', b"[0.1, 1.7976931348623157e308, 5e-324, -0.0, -0]",
+]
+
+
+@pytest.mark.parametrize("text", DECODED)
+def test_decoding_gives_what_the_standard_library_gives(codec: str, text: bytes) -> None:
+    decoded = decode_json(text)
+    assert repr(decoded) == repr(json.loads(text))  # repr: 1e400 is inf, NaN is not == NaN
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    (b'"\\ud800"', ErrorCode.INVALID_UTF8), (b'["\\udc00"]', ErrorCode.INVALID_UTF8),
+    (b"\xff", ErrorCode.INVALID_UTF8), (b"[" * 5000 + b"]" * 5000, ErrorCode.MALFORMED_MESSAGE),
+    (b'{"a":}', ErrorCode.MALFORMED_MESSAGE), (b"\xef\xbb\xbf{}", ErrorCode.MALFORMED_MESSAGE),
+])
+def test_what_orjson_refuses_to_decode_the_standard_library_explains(
+        codec: str, text: bytes, code: ErrorCode) -> None:
+    with pytest.raises(MessageError) as raised:
+        decode_json(text)
+    assert raised.value.code == code
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(value=_JSON, indent=st.sampled_from([None, 1]), ascii_only=st.booleans())
+def test_any_json_text_decodes_as_the_standard_library_decodes(
+        value: Any, indent: int | None, ascii_only: bool) -> None:
+    text = json.dumps(value, indent=indent, ensure_ascii=ascii_only).encode()
+    assert repr(decode_json(text)) == repr(json.loads(text))

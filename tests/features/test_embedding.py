@@ -12,6 +12,7 @@ import pytest
 from realtime_asyncio import RealtimeServer, ServerNotStarted
 from realtime_behaviour import ThreadedServer
 from realtime_behaviour.clients import connect
+from realtime_proto import Publication
 from realtime_proto.errors import MessageError
 from tests.behaviour.serving import RUNTIMES, selectors_module, serving
 
@@ -81,6 +82,32 @@ def test_broadcasts_from_eight_threads_all_arrive_in_per_thread_order(runtime: s
             assert received == {t: list(range(PER_THREAD)) for t in range(THREADS)}
             assert arrived_ids == {i for thread_ids in ids for i in thread_ids}
             await client.nothing()
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_broadcast_many_publishes_in_order_or_nothing(runtime: str) -> None:
+    async def scenario() -> None:
+        async with serving(runtime) as server, connect("websocket", server.port) as news, \
+                connect("websocket", server.port) as sports:
+            await news.subscribe("news")
+            await sports.subscribe("sports")
+            target = raw(server)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                bad = pool.submit(target.broadcast_many, [Publication("news", "n", 0),
+                                                          Publication("bad channel!", "n")])
+                with pytest.raises(MessageError, match="channel"):
+                    await asyncio.wrap_future(bad)
+                ids = await asyncio.wrap_future(pool.submit(target.broadcast_many, [
+                    Publication("news", "n", 1), ("sports", "s", {"goal": 1}, None),
+                    Publication("news", "n", 2)]))
+            assert len(set(ids)) == 3
+            first, second = await news.next("n"), await news.next("n")
+            assert [first["data"], second["data"]] == [1, 2]  # not 0: nothing of the bad call
+            assert [first["id"], second["id"]] == [ids[0], ids[2]]
+            goal = await sports.next("s")
+            assert (goal["data"], goal["id"]) == ({"goal": 1}, ids[1])
+            await news.nothing()
     asyncio.run(scenario())
 
 

@@ -14,13 +14,13 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, TypeVar, assert_never
 
 from realtime_brokers import BrokerStatistics
 from realtime_brokers.history import HistoryStatistics
-from realtime_proto import ChannelRule, Node
+from realtime_proto import ChannelRule, Node, Publication
 from realtime_proto.actions import (
     Authenticate,
     Authorize,
@@ -192,6 +192,15 @@ class ServerBase:
         """
         return self.on_server_thread(self._broadcast, channel, event, data, exclude)
 
+    def broadcast_many(self, publications: Sequence[Publication]) -> list[str]:
+        """Publish several events in one call, in order, as `broadcast` does each (cheaper
+        per event); their message ids. Each is a `Publication(channel, event, data,
+        exclude)` or a plain tuple of those four. All are checked before any goes out:
+        when one is invalid, none is sent. Safe from any thread, and raises as `broadcast`
+        does (`MessageError` 4005 too, for an event that is not a string).
+        """
+        return self.on_server_thread(self._broadcast_many, publications)
+
     def send_to_user(self, user_id: str, event: str, data: JsonValue = None) -> str:
         """Send to every connection of a user, on every node; the message id. Safe from
         any thread, and raises as `broadcast` does."""
@@ -296,6 +305,13 @@ class ServerBase:
                                              exclude=ConnectionId(exclude) if exclude else None)
         self.pump()
         return message_id
+
+    def _broadcast_many(self, publications: Sequence[Publication]) -> list[str]:
+        message_ids = self.node.hub.broadcast_many(
+            [(channel, event, data, ConnectionId(exclude) if exclude else None)
+             for channel, event, data, exclude in publications], now=self.now())
+        self.pump()
+        return message_ids
 
     def _send_to_user(self, user_id: str, event: str, data: JsonValue) -> str:
         message_id = self.node.hub.send_to_user(user_id, event, data, now=self.now())
