@@ -63,10 +63,8 @@ class LongPolling:
         sockets = self._sockets
         session = sockets.routes.get(ConnectionId(request.query["connection_id"]))
         if not isinstance(session, PollSession):
-            if self._forward(transport, request, now):
-                return
-            sockets.respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
-                                                            "unknown or expired connection"))
+            if not self._forward(transport, request, now):
+                self._unknown(transport)
             return
         try:
             cursor = int(request.query.get("cursor", "0"))
@@ -126,15 +124,12 @@ class LongPolling:
     def send(self, transport: Transport, request: RequestReceived, now: float) -> None:
         """`POST /send?connection_id=…`: one message or an array of them, for the Hub."""
         sockets = self._sockets
-        if self._refused_for_codec(transport, request):
+        found = self._command_route(transport, request, now)
+        if found is None:
             return
-        connection_id = ConnectionId(request.query.get("connection_id", ""))
-        route = sockets.routes.get(connection_id)
-        if route is None and self._forward(transport, request, now):
-            return
-        if route is None or (isinstance(route, PollSession) and route.closed):
-            sockets.respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
-                                                            "unknown or expired connection"))
+        connection_id, route = found
+        if isinstance(route, PollSession) and route.closed:
+            self._unknown(transport)
             return
         try:
             messages = longpoll.parse_send_body(request.body,
@@ -154,15 +149,10 @@ class LongPolling:
     def close_request(self, transport: Transport, request: RequestReceived, now: float) -> None:
         """`POST /close`: an SSE or long-poll client leaves now rather than by timeout."""
         sockets = self._sockets
-        if self._refused_for_codec(transport, request):
+        found = self._command_route(transport, request, now)
+        if found is None:
             return
-        connection_id = ConnectionId(request.query.get("connection_id", ""))
-        route = sockets.routes.get(connection_id)
-        if route is None:
-            if not self._forward(transport, request, now):
-                sockets.respond_json(transport, 404, error_body(
-                    ErrorCode.UNKNOWN_CONNECTION, "unknown or expired connection"))
-            return
+        connection_id, route = found
         sockets.hub.disconnect(connection_id, 1000, "closed by the client")
         sockets.run_hub()
         if isinstance(route, PollSession):
@@ -172,12 +162,22 @@ class LongPolling:
                 self.answer(held, route, now)
         sockets.respond_json(transport, 200, {"closed": True})
 
-    def _refused_for_codec(self, transport: Transport, request: RequestReceived) -> bool:
-        """Answer 404 to a `/send` or `/close` naming a connection whose codec takes no
-        native HTTP commands (a Pusher socket id is no secret); whether it did."""
-        route = self._sockets.routes.get(ConnectionId(request.query.get("connection_id", "")))
-        if not isinstance(route, Transport) or route.codec is None or route.codec.http_commands:
-            return False
+    def _command_route(self, transport: Transport, request: RequestReceived, now: float
+                       ) -> tuple[ConnectionId, Transport | PollSession] | None:
+        """The connection a `/send` or `/close` names, when it is on this node and takes
+        native HTTP commands; otherwise None, the request answered: forwarded to the node
+        that holds the connection, or 404 (unknown, expired, or a codec without native
+        HTTP commands: a Pusher socket id is no secret)."""
+        connection_id = ConnectionId(request.query.get("connection_id", ""))
+        route = self._sockets.routes.get(connection_id)
+        if route is None and self._forward(transport, request, now):
+            return None
+        if route is None or (isinstance(route, Transport) and route.codec is not None
+                             and not route.codec.http_commands):
+            self._unknown(transport)
+            return None
+        return connection_id, route
+
+    def _unknown(self, transport: Transport) -> None:
         self._sockets.respond_json(transport, 404, error_body(ErrorCode.UNKNOWN_CONNECTION,
                                                               "unknown or expired connection"))
-        return True

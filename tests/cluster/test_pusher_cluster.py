@@ -4,7 +4,9 @@ node A, Pusher clients are on node B (and A)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,15 +26,21 @@ from .nodes import broker_url, require
 BROKERS = ["redis", "nats", "amqp", "postgresql"]
 
 
+@contextlib.asynccontextmanager
+async def two_nodes(kind: str, **options: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """Two asyncio nodes serving the Pusher app, joined through the broker of `kind`."""
+    broker, app = broker_url(kind), (f"{APP_ID}:{KEY}:{SECRET}",)
+    async with serving("asyncio", broker=broker, pusher_app=app, **options) as node_a, \
+            serving("asyncio", broker=broker, pusher_app=app, **options) as node_b:
+        yield node_a, node_b
+
+
 @pytest.mark.parametrize("kind", BROKERS)
 def test_triggers_presence_and_termination_cross_nodes(kind: str) -> None:
     require(kind)
-    broker = broker_url(kind)
 
     async def scenario() -> None:
-        app = (f"{APP_ID}:{KEY}:{SECRET}",)
-        async with serving("asyncio", broker=broker, pusher_app=app) as node_a, \
-                serving("asyncio", broker=broker, pusher_app=app) as node_b, \
+        async with two_nodes(kind) as (node_a, node_b), \
                 pusher_socket(node_b.port) as bob, pusher_socket(node_a.port) as ann, \
                 pusher_socket(node_b.port) as carol:
             client_a = sdk(node_a.port)
@@ -96,14 +104,11 @@ def test_triggers_presence_and_termination_cross_nodes(kind: str) -> None:
 
 def test_member_added_webhook_once_across_nodes() -> None:
     require("redis")
-    broker = broker_url("redis")
 
     async def scenario() -> None:
         received: list[dict[str, Any]] = []
-        app = (f"{APP_ID}:{KEY}:{SECRET}",)
         async with webhook_receiver(received) as url, \
-                serving("asyncio", broker=broker, pusher_app=app, pusher_webhook=url) as a, \
-                serving("asyncio", broker=broker, pusher_app=app, pusher_webhook=url) as b, \
+                two_nodes("redis", pusher_webhook=url) as (a, b), \
                 pusher_socket(a.port) as on_a, pusher_socket(b.port) as on_b:
             client = sdk(a.port)
             room = f"presence-room-{time.monotonic_ns()}"
@@ -130,12 +135,9 @@ def test_member_added_webhook_once_across_nodes() -> None:
 @pytest.mark.parametrize("kind", ["redis", "nats"])
 def test_subscription_counts_and_channel_lists_span_the_nodes(kind: str) -> None:
     require(kind)
-    broker = broker_url(kind)
 
     async def scenario() -> None:
-        app = (f"{APP_ID}:{KEY}:{SECRET}",)
-        async with serving("asyncio", broker=broker, pusher_app=app) as node_a, \
-                serving("asyncio", broker=broker, pusher_app=app) as node_b, \
+        async with two_nodes(kind) as (node_a, node_b), \
                 pusher_socket(node_a.port) as ann, pusher_socket(node_b.port) as bob, \
                 pusher_socket(node_b.port) as carol:
             client_a = sdk(node_a.port)

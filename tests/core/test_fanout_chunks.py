@@ -16,20 +16,14 @@ from realtime_proto.events import TransportId
 from realtime_proto.testing.peers import HttpPeer, WebSocketPeer
 
 from .nodekit import API_KEY, Harness
-from .test_node import ws_connect, ws_messages
+from .test_node import ws_messages, ws_subscribed
 
 CHUNK = 4
 SUBSCRIBERS = 10
 
 
 def subscribed(h: Harness) -> dict[TransportId, WebSocketPeer]:
-    peers = {}
-    for _ in range(SUBSCRIBERS):
-        transport, peer, _ = ws_connect(h)
-        h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "c"})))
-        h.take(transport)
-        peers[transport] = peer
-    return peers
+    return dict(ws_subscribed(h, "c") for _ in range(SUBSCRIBERS))
 
 
 def transmits(h: Harness) -> list[Transmit]:

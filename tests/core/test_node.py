@@ -29,6 +29,15 @@ def ws_connect(h: Harness, query: str = "") -> tuple[Any, WebSocketPeer, list[di
     return transport, peer, messages
 
 
+def ws_subscribed(h: Harness, channel: str) -> tuple[Any, WebSocketPeer]:
+    """A WebSocket client subscribed to `channel`, the answers so far taken (and, until
+    the test pulls its bytes again, an adapter that stopped pulling them)."""
+    transport, peer, _ = ws_connect(h)
+    h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": channel})))
+    h.take(transport)
+    return transport, peer
+
+
 def ws_messages(peer: WebSocketPeer, data: bytes) -> list[dict[str, Any]]:
     return [json.loads(e.data) for e in peer.receive(data) if isinstance(e, MessageIn)]
 
@@ -80,12 +89,7 @@ def test_any_chunking_of_the_client_bytes_gives_the_same_conversation(data: st.D
 
 def test_broadcast_is_encoded_once_per_framing_whatever_the_audience() -> None:
     h = Harness()
-    peers = []
-    for _ in range(4):
-        transport, peer, _ = ws_connect(h)
-        h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "news"})))
-        h.take(transport)
-        peers.append((transport, peer))
+    peers = [ws_subscribed(h, "news") for _ in range(4)]
     sse = []
     for _ in range(3):
         peer = SsePeer(target="/sse?channels=news")
@@ -297,11 +301,8 @@ def test_bad_token_is_refused_before_the_upgrade() -> None:
 
 def test_slow_websocket_consumer_is_dropped_and_others_keep_receiving() -> None:
     h = Harness(hub=HubConfig(node_id="n1", limits=Limits(max_output_bytes=1000)))
-    slow, slow_peer, _ = ws_connect(h)
-    good, good_peer, _ = ws_connect(h)
-    for transport, peer in ((slow, slow_peer), (good, good_peer)):
-        h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "n"})))
-        h.take(transport)
+    slow, _ = ws_subscribed(h, "n")
+    good, good_peer = ws_subscribed(h, "n")
     # the adapter stops pulling for `slow` (its socket is full): emulate by not pumping it
     for _number in range(20):
         h.node.hub.broadcast("n", "x", "y" * 100, now=h.clock.now)
@@ -437,14 +438,6 @@ def test_an_untrusted_peer_cannot_escape_its_limit_with_a_forged_header() -> Non
     assert statuses == [200, 429, 429]
 
 
-def _behind(h: Harness, policy: str, channel: str) -> tuple[Any, WebSocketPeer]:
-    """A WebSocket client subscribed to `channel` whose adapter stopped pulling its bytes."""
-    transport, peer, _ = ws_connect(h)
-    h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": channel})))
-    h.take(transport)
-    return transport, peer
-
-
 def _publish_without_pulling(h: Harness, channel: str, messages: list[Any]) -> None:
     for data in messages:
         h.node.hub.broadcast(channel, "tick", data, now=h.clock.now)
@@ -456,7 +449,7 @@ def test_drop_oldest_policy_keeps_the_newest_and_tells_the_client() -> None:
 
     h = Harness(hub=HubConfig(node_id="n1", limits=Limits(max_output_bytes=2000)),
                 slow_consumers=(SlowConsumerRule("feed.*", SlowConsumerPolicy.DROP_OLDEST),))
-    transport, peer = _behind(h, "drop_oldest", "feed.1")
+    transport, peer = ws_subscribed(h, "feed.1")
     _publish_without_pulling(h, "feed.1", [{"n": n, "pad": "x" * 100} for n in range(60)])
     messages = ws_messages(peer, b"".join(h.node.data_to_send(transport)))
     assert transport not in h.closed
@@ -472,7 +465,7 @@ def test_latest_policy_conflates_by_key() -> None:
     from realtime_proto.backlog import SlowConsumerPolicy, SlowConsumerRule
 
     h = Harness(slow_consumers=(SlowConsumerRule("cursors", SlowConsumerPolicy.LATEST),))
-    transport, peer = _behind(h, "latest", "cursors")
+    transport, peer = ws_subscribed(h, "cursors")
     _publish_without_pulling(h, "cursors", [{"key": user, "x": x}
                                             for x in range(5) for user in ("ann", "bob")])
     got = [m["data"] for m in ws_messages(peer, b"".join(h.node.data_to_send(transport)))]
@@ -490,12 +483,7 @@ def _bundle_from_n2(channel: str, events: list[str]) -> EnvelopeReceived:
 
 def test_a_bundle_from_another_node_reaches_every_subscriber_in_order_then_a_local_one() -> None:
     h = Harness()
-    subscribers = []
-    for _number in range(2):
-        transport, peer, _ = ws_connect(h)
-        h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "n"})))
-        h.take(transport)
-        subscribers.append((transport, peer))
+    subscribers = [ws_subscribed(h, "n") for _ in range(2)]
     events = [f"e{number}" for number in range(30)]
     h.node.handle(_bundle_from_n2("n", events), now=h.clock.now)
     h.node.hub.broadcast("n", "local", None, now=h.clock.now)
@@ -506,7 +494,7 @@ def test_a_bundle_from_another_node_reaches_every_subscriber_in_order_then_a_loc
 
 def test_a_subscriber_that_does_not_read_is_dropped_once_within_a_bundle() -> None:
     h = Harness(hub=HubConfig(node_id="n1", limits=Limits(max_output_bytes=1000)))
-    transport, _peer = _behind(h, "disconnect", "n")
+    transport, _peer = ws_subscribed(h, "n")
     h.node.handle(_bundle_from_n2("n", [f"e{number}" for number in range(30)]),
                   now=h.clock.now)
     h.pump()
@@ -519,7 +507,7 @@ def test_drop_oldest_within_a_bundle_keeps_the_newest_in_order() -> None:
 
     h = Harness(hub=HubConfig(node_id="n1", limits=Limits(max_output_bytes=2000)),
                 slow_consumers=(SlowConsumerRule("feed.*", SlowConsumerPolicy.DROP_OLDEST),))
-    transport, peer = _behind(h, "drop_oldest", "feed.1")
+    transport, peer = ws_subscribed(h, "feed.1")
     events = [f"e{number:02}" for number in range(60)]
     h.node.handle(_bundle_from_n2("feed.1", events), now=h.clock.now)
     h.node.actions()  # its socket is full: no pull

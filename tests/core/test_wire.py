@@ -3,23 +3,16 @@ share the channel, and per user for what is sent to a user."""
 
 from __future__ import annotations
 
-import json
-
 from realtime_proto.testing.peers import SsePeer
 
 from .nodekit import Harness
-from .test_node import ws_connect, ws_messages
+from .test_node import ws_messages, ws_subscribed
 from .test_pusher import ONE, frames, pusher_connect, send
 
 
 def test_a_channel_shared_by_three_protocols_is_encoded_once_per_codec() -> None:
     h = Harness(pusher_apps=(ONE,))
-    native = []
-    for _ in range(3):
-        transport, peer, _ = ws_connect(h)
-        h.feed(transport, peer.send_text(json.dumps({"type": "subscribe", "channel": "news"})))
-        h.take(transport)
-        native.append((transport, peer))
+    native = [ws_subscribed(h, "news") for _ in range(3)]
     sse_peer = SsePeer(target="/sse?channels=news")
     sse = h.open()
     h.feed(sse, sse_peer.request_bytes)

@@ -139,6 +139,16 @@ async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
         return await reader.read(-1)
 
 
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes on a new connection; everything the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await read_to_eof(reader)
+    finally:
+        writer.close()
+
+
 PIPELINED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
@@ -177,41 +187,32 @@ def test_ambiguous_requests_get_one_4xx_and_close(head: bytes, status: int,
     """RFC 9112 and RFC 6455 §4.2: one clear 4xx, then the connection closes, so the
     request pipelined behind it is never answered."""
     async def scenario(server: Any, good: WsClient) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(head + PIPELINED)
-        answer = await read_to_eof(reader)
+        answer = await exchange(server.port, head + PIPELINED)
         assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:60]
         assert answer.count(b"HTTP/1.1 ") == 1  # the pipelined GET /health got nothing
         body = json.loads(answer.partition(b"\r\n\r\n")[2])
         assert body["error"]["code"] == 4000
         if status == 426:
             assert b"sec-websocket-version: 13\r\n" in answer.lower()
-        writer.close()
     with_bystander(runtime, scenario)
 
 
 def test_post_on_ws_is_405_with_allow(runtime: Runtime) -> None:
     async def scenario(server: Any, good: WsClient) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
-                     b"Connection: close\r\n\r\n")
-        answer = await read_to_eof(reader)
+        answer = await exchange(server.port, b"POST /ws HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 405 ")
         assert b"\r\nallow: GET\r\n" in answer.lower().replace(b"get", b"GET")
-        writer.close()
     with_bystander(runtime, scenario)
 
 
 def test_absolute_form_target_is_routed_by_path(runtime: Runtime) -> None:
     """RFC 9112 §3.2.2: a server accepts absolute-form; the path picks the endpoint."""
     async def scenario(server: Any, good: WsClient) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET http://elsewhere.example/health HTTP/1.1\r\nHost: elsewhere.example"
-                     b"\r\nConnection: close\r\n\r\n")
-        answer = await read_to_eof(reader)
+        answer = await exchange(server.port, b"GET http://elsewhere.example/health HTTP/1.1"
+                                b"\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert json.loads(answer.partition(b"\r\n\r\n")[2])["status"] == "ok"
-        writer.close()
     with_bystander(runtime, scenario)
 
 
